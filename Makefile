@@ -1,0 +1,35 @@
+# The two commands a newcomer needs: `make demo` and `make test`.
+# Each creates .venv on first use and installs the project into it.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test bench lint clean
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@echo "Installing paper-digest and its dependencies into $(VENV) (first run only)..."
+	@$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test]'
+	@touch $(STAMP)
+
+## Run today's digests on the embedded default (SQLite, bundled papers, file outbox).
+demo: $(STAMP)
+	@$(BIN)/digest demo
+
+## Run the whole test suite against the real services on this machine.
+test: $(STAMP)
+	@$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+## Print throughput figures (not part of `make test`).
+bench: $(STAMP)
+	@$(BIN)/digest bench
+
+lint: $(STAMP)
+	@$(BIN)/pip install --quiet ruff mypy
+	@$(BIN)/ruff check digest workers tests
+	@$(BIN)/mypy digest
+
+clean:
+	rm -rf $(VENV) data .pytest_cache

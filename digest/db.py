@@ -1,0 +1,82 @@
+"""The engine, the session factory and migrations: the one place that opens the database."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.orm import Session, sessionmaker
+
+from .settings import PACKAGE_DIR, Settings
+
+MIGRATIONS_DIR = PACKAGE_DIR / "migrations"
+
+
+def make_engine(database_url: str, **kwargs: Any) -> Engine:
+    """Create an engine; SQLite gets foreign keys, WAL and a busy timeout so workers can share it."""
+    if database_url.startswith("sqlite"):
+        path = database_url.split("///", 1)[-1]
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(database_url, connect_args={"timeout": 30}, **kwargs)
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cursor = dbapi_conn.cursor()
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.close()
+
+        return engine
+    return create_engine(database_url, pool_pre_ping=True, **kwargs)
+
+
+@lru_cache(maxsize=8)
+def engine_for(database_url: str) -> Engine:
+    return make_engine(database_url)
+
+
+def session_factory(settings: Settings) -> sessionmaker[Session]:
+    return sessionmaker(engine_for(settings.database_url), expire_on_commit=False)
+
+
+@contextmanager
+def session_scope(settings: Settings) -> Iterator[Session]:
+    """A session that commits on success and rolls back on error."""
+    session = session_factory(settings)()
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
+
+
+def alembic_config(database_url: str) -> Any:
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.set_main_option("sqlalchemy.url", database_url.replace("%", "%%"))
+    return config
+
+
+def upgrade(settings: Settings, revision: str = "head") -> None:
+    """Apply migrations up to `revision` (the demo and the tests use this, never create_all)."""
+    from alembic import command
+
+    command.upgrade(alembic_config(settings.database_url), revision)
+
+
+def current_revision(settings: Settings) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
+    with engine_for(settings.database_url).connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()

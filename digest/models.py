@@ -1,0 +1,207 @@
+"""The database schema: papers, subscribers and their topics, and the delivery ledger.
+
+Constraints that keep the data correct live here and in the migrations, not only in code:
+an address is unique whatever its case, a subscriber has at most one delivery per digest date,
+and a paper can be carried to a subscriber only once (`delivery_items` is unique on both).
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import date, datetime, timezone
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Date,
+    DateTime,
+    Enum,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    func,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeDecorator
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on every backend (SQLite stores naive values)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: object) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=timezone.utc)
+        return value.astimezone(timezone.utc)
+
+    def process_result_value(self, value: datetime | None, dialect: object) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=timezone.utc)
+        return value.astimezone(timezone.utc)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class SubscriberStatus(str, enum.Enum):
+    PENDING = "pending"
+    ACTIVE = "active"
+    UNSUBSCRIBED = "unsubscribed"
+    BOUNCED = "bounced"
+    COMPLAINED = "complained"
+
+
+class DeliveryStatus(str, enum.Enum):
+    CLAIMED = "claimed"  # row written, message not yet handed to the mail backend
+    SENT = "sent"
+    FAILED = "failed"  # the backend refused it; nothing reached the subscriber
+    IN_DOUBT = "in_doubt"  # the backend may have accepted it but we could not confirm
+
+
+def _enum(enum_cls: type[enum.Enum], name: str) -> Enum:
+    return Enum(
+        enum_cls,
+        name=name,
+        native_enum=False,
+        create_constraint=True,
+        length=16,
+        values_callable=lambda e: [m.value for m in e],
+        validate_strings=True,
+    )
+
+
+class Paper(Base):
+    __tablename__ = "papers"
+    __table_args__ = (
+        UniqueConstraint("source_id", name="uq_papers_source_id"),
+        Index("ix_papers_first_seen_at", "first_seen_at"),
+        Index("ix_papers_title_key", "title_key"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    source: Mapped[str] = mapped_column(String(32))  # page | daily-papers | arxiv
+    # The arXiv id (without version) when known, else "page:<hash of the normalised title>".
+    source_id: Mapped[str] = mapped_column(String(128))
+    title_key: Mapped[str] = mapped_column(String(64))
+    title: Mapped[str] = mapped_column(Text)
+    abstract: Mapped[str] = mapped_column(Text, default="")
+    authors: Mapped[list[str]] = mapped_column(JSON, default=list)
+    url: Mapped[str | None] = mapped_column(Text, nullable=True)
+    pdf_url: Mapped[str | None] = mapped_column(Text, nullable=True)
+    published_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    upvotes: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    comments: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    stars: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    first_seen_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+    def __repr__(self) -> str:
+        return f"<Paper {self.id} {self.source_id} {self.title[:40]!r}>"
+
+
+class Subscriber(Base):
+    __tablename__ = "subscribers"
+    __table_args__ = (
+        Index("ix_subscribers_status", "status"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    email: Mapped[str] = mapped_column(String(320))
+    status: Mapped[SubscriberStatus] = mapped_column(
+        _enum(SubscriberStatus, "subscriber_status"), default=SubscriberStatus.PENDING
+    )
+    time_zone: Mapped[str] = mapped_column(String(64), default="UTC")
+    send_hour: Mapped[int] = mapped_column(Integer, default=7)
+    papers_per_digest: Mapped[int] = mapped_column(Integer, default=10)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    confirmed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    unsubscribed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+    profile: Mapped[TopicProfile] = relationship(
+        back_populates="subscriber", uselist=False, cascade="all, delete-orphan", lazy="joined"
+    )
+
+    def __repr__(self) -> str:
+        return f"<Subscriber {self.id} {self.email} {self.status.value}>"
+
+
+# Case-insensitive uniqueness of addresses, enforced by the database on every backend.
+Index("uq_subscribers_email_lower", func.lower(Subscriber.email), unique=True)
+
+
+class TopicProfile(Base):
+    __tablename__ = "topic_profiles"
+
+    subscriber_id: Mapped[int] = mapped_column(
+        ForeignKey("subscribers.id", ondelete="CASCADE"), primary_key=True
+    )
+    topics: Mapped[str] = mapped_column(Text, default="")
+    exclude: Mapped[str] = mapped_column(Text, default="")
+    # Send the day's trending papers even when none matches the topics.
+    trending_fallback: Mapped[bool] = mapped_column(Boolean, default=False)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+    subscriber: Mapped[Subscriber] = relationship(back_populates="profile")
+
+
+class Delivery(Base):
+    """One digest for one subscriber on one date: the ledger that makes retries safe."""
+
+    __tablename__ = "deliveries"
+    __table_args__ = (
+        UniqueConstraint("subscriber_id", "digest_date", name="uq_deliveries_subscriber_date"),
+        Index("ix_deliveries_digest_date_status", "digest_date", "status"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    subscriber_id: Mapped[int] = mapped_column(ForeignKey("subscribers.id", ondelete="CASCADE"))
+    digest_date: Mapped[date] = mapped_column(Date)
+    status: Mapped[DeliveryStatus] = mapped_column(
+        _enum(DeliveryStatus, "delivery_status"), default=DeliveryStatus.CLAIMED
+    )
+    message_id: Mapped[str] = mapped_column(String(255))
+    paper_count: Mapped[int] = mapped_column(Integer, default=0)
+    trending_fallback: Mapped[bool] = mapped_column(Boolean, default=False)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    claimed_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+    items: Mapped[list[DeliveryItem]] = relationship(
+        back_populates="delivery", cascade="all, delete-orphan", order_by="DeliveryItem.rank"
+    )
+
+
+class DeliveryItem(Base):
+    """A paper carried by a delivery, with the reason it was picked."""
+
+    __tablename__ = "delivery_items"
+    __table_args__ = (
+        UniqueConstraint("subscriber_id", "paper_id", name="uq_delivery_items_subscriber_paper"),
+        Index("ix_delivery_items_delivery_id", "delivery_id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    delivery_id: Mapped[int] = mapped_column(ForeignKey("deliveries.id", ondelete="CASCADE"))
+    subscriber_id: Mapped[int] = mapped_column(ForeignKey("subscribers.id", ondelete="CASCADE"))
+    paper_id: Mapped[int] = mapped_column(ForeignKey("papers.id", ondelete="CASCADE"))
+    rank: Mapped[int] = mapped_column(Integer)
+    score: Mapped[float] = mapped_column(Float)
+    why: Mapped[str] = mapped_column(Text, default="")
+
+    delivery: Mapped[Delivery] = relationship(back_populates="items")
+    paper: Mapped[Paper] = relationship()

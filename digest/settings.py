@@ -1,0 +1,167 @@
+"""Every setting in one typed object, read once from the environment and an optional `.env`.
+
+The rest of the code receives a `Settings`; nothing else reads `os.environ`. `.env.example`
+documents each variable below with its default, and a test keeps the two in step.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from dotenv import dotenv_values
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+PROJECT_DIR = PACKAGE_DIR.parent
+
+
+class SettingsError(ValueError):
+    """A setting has a value the service cannot use; the message says which and how to fix it."""
+
+
+def _env_name(name: str) -> str:
+    return name.upper()
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Configuration of one deployment. Field names are the lower-case environment variables."""
+
+    # Storage
+    data_dir: Path = Path("data")
+    database_url: str = ""  # empty: SQLite file under data_dir
+
+    # Mail
+    mail_backend: str = "file"  # file | smtp | console
+    outbox_dir: Path = Path("")  # empty: data_dir / "outbox"
+    mail_from: str = "Paper Digest <digest@localhost>"
+    mail_reply_to: str = ""
+    smtp_host: str = "localhost"
+    smtp_port: int = 25
+    smtp_security: str = "none"  # none | starttls | tls
+    smtp_username: str = ""
+    smtp_password: str = field(default="", repr=False)
+    smtp_timeout: float = 30.0
+
+    # Links and identity
+    public_base_url: str = "http://localhost:8000"
+    list_id: str = "Paper Digest <daily.digest.localhost>"
+    unsubscribe_mailto: str = ""  # empty: unsubscribe@<domain of mail_from>
+    secret_key: str = field(default="", repr=False)  # empty: generated once into data_dir
+
+    # Digest and ranking
+    default_send_hour: int = 7
+    default_time_zone: str = "UTC"
+    default_papers_per_digest: int = 10
+    lookback_days: int = 3
+    min_relevance: float = 0.08
+    trending_weight: float = 0.25
+    recency_half_life_days: float = 3.0
+
+    # Ingest
+    http_timeout: float = 20.0
+
+    # Scale-out (Celery workers)
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    batch_size: int = 100
+
+    @classmethod
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, env_file: str | Path | None = ".env"
+    ) -> Settings:
+        """Build settings from `.env` (if present) overlaid by the process environment."""
+        values: dict[str, str] = {}
+        if env_file and Path(env_file).is_file():
+            values.update({k: v for k, v in dotenv_values(env_file).items() if v is not None})
+        values.update(os.environ if environ is None else environ)
+        kwargs: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = values.get(_env_name(f.name))
+            if raw is None or raw == "":
+                continue
+            kwargs[f.name] = _coerce(f.name, f.type, raw)
+        return cls(**kwargs).resolved()
+
+    def resolved(self) -> Settings:
+        """Fill the derived defaults (paths under data_dir, SQLite URL) and validate."""
+        data_dir = Path(self.data_dir).expanduser()
+        changes: dict[str, Any] = {"data_dir": data_dir}
+        if not self.database_url:
+            changes["database_url"] = f"sqlite:///{(data_dir / 'digest.sqlite3').as_posix()}"
+        if str(self.outbox_dir) in ("", "."):
+            changes["outbox_dir"] = data_dir / "outbox"
+        if self.mail_backend not in ("file", "smtp", "console"):
+            raise SettingsError(
+                f"MAIL_BACKEND={self.mail_backend!r} is not one of file, smtp, console."
+            )
+        if self.smtp_security not in ("none", "starttls", "tls"):
+            raise SettingsError(
+                f"SMTP_SECURITY={self.smtp_security!r} is not one of none, starttls, tls."
+            )
+        if not 0 <= self.default_send_hour <= 23:
+            raise SettingsError("DEFAULT_SEND_HOUR must be an hour from 0 to 23.")
+        return _replace(self, **changes)
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    @property
+    def mail_domain(self) -> str:
+        """The domain of the From address, used for Message-IDs and the unsubscribe mailto."""
+        from email.utils import parseaddr
+
+        address = parseaddr(self.mail_from)[1]
+        return address.rpartition("@")[2] or "localhost"
+
+    @property
+    def unsubscribe_address(self) -> str:
+        return self.unsubscribe_mailto or f"unsubscribe@{self.mail_domain}"
+
+    def signing_key(self) -> str:
+        """SECRET_KEY, or a random key generated once and kept in data_dir (embedded default).
+
+        Generating it keeps a newcomer's links stable across runs without shipping a secret.
+        """
+        if self.secret_key:
+            return self.secret_key
+        key_file = self.data_dir / "secret_key"
+        if key_file.is_file():
+            return key_file.read_text().strip()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        key = secrets.token_urlsafe(32)
+        key_file.write_text(key + "\n")
+        key_file.chmod(0o600)
+        return key
+
+
+def _replace(settings: Settings, **changes: Any) -> Settings:
+    from dataclasses import replace
+
+    return replace(settings, **changes)
+
+
+def _coerce(name: str, type_name: Any, raw: str) -> Any:
+    """Turn an environment string into the field's type, with an error that names the variable."""
+    kind = type_name if isinstance(type_name, str) else getattr(type_name, "__name__", "str")
+    try:
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+        if kind == "bool":
+            return raw.strip().lower() in ("1", "true", "yes", "on")
+        if kind == "Path":
+            return Path(raw)
+        return raw
+    except ValueError as exc:
+        raise SettingsError(f"{_env_name(name)}={raw!r} is not a valid {kind}.") from exc
+
+
+def setting_names() -> list[str]:
+    """Environment variable names of every setting (used to check `.env.example`)."""
+    return [_env_name(f.name) for f in fields(Settings)]

@@ -1,0 +1,127 @@
+"""Shared fixtures: real databases (SQLite and PostgreSQL), settings, a real SMTP server.
+
+PostgreSQL is required: a run that cannot reach it fails rather than skipping, so CI never
+passes on SQLite alone. Set TEST_POSTGRES_URL to point at another server.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.orm import Session
+
+from digest import db
+from digest.models import Base
+from digest.settings import Settings
+
+from .smtp_server import SMTPServer
+
+ADMIN_POSTGRES_URL = os.environ.get(
+    "TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+)
+SHARED_DIR = Path(__file__).resolve().parents[1].parent / "shared"
+REPO_SHARED_DIR = Path(os.environ.get("DIGEST_SHARED_DIR", SHARED_DIR))
+
+
+def make_settings(tmp_path: Path, **overrides: object) -> Settings:
+    base: dict[str, object] = dict(
+        data_dir=tmp_path / "data",
+        mail_backend="file",
+        mail_from="Paper Digest <digest@digest.test>",
+        public_base_url="https://digest.test",
+        list_id="Paper Digest <daily.digest.test>",
+        secret_key="test-secret-key",
+        lookback_days=3,
+    )
+    base.update(overrides)
+    return Settings(**base).resolved()  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    if not REPO_SHARED_DIR.is_dir():
+        pytest.fail(f"shared/ not found at {REPO_SHARED_DIR}; set DIGEST_SHARED_DIR")
+    return REPO_SHARED_DIR
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A migrated SQLite file, copied for each test (migrating once keeps the suite fast)."""
+    path = tmp_path_factory.mktemp("sqlite-template") / "template.sqlite3"
+    db.upgrade(Settings(database_url=f"sqlite:///{path}").resolved())
+    db.engine_for(f"sqlite:///{path}").dispose()
+    return path
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A fresh PostgreSQL database for this test session, migrated with Alembic."""
+    admin = create_engine(ADMIN_POSTGRES_URL, isolation_level="AUTOCOMMIT")
+    name = f"digest_test_{uuid.uuid4().hex[:10]}"
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    except Exception as exc:  # noqa: BLE001 - any failure here means "no PostgreSQL"
+        pytest.fail(
+            f"PostgreSQL is required for the tests but {ADMIN_POSTGRES_URL} is unreachable: "
+            f"{exc}. Start it (see README) or set TEST_POSTGRES_URL."
+        )
+    url = ADMIN_POSTGRES_URL.rsplit("/", 1)[0] + f"/{name}"
+    db.upgrade(Settings(database_url=url).resolved())
+    yield url
+    db.engine_for(url).dispose()
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+def _truncate_postgres(url: str) -> None:
+    tables = ", ".join(t.name for t in reversed(Base.metadata.sorted_tables))
+    with db.engine_for(url).begin() as conn:
+        conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def settings(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Settings]:
+    """Settings over a migrated, empty database; every test using it runs on both backends."""
+    if request.param == "sqlite":
+        path = tmp_path / "digest.sqlite3"
+        shutil.copy(request.getfixturevalue("sqlite_template"), path)
+        url = f"sqlite:///{path}"
+    else:
+        url = request.getfixturevalue("postgres_url")
+        _truncate_postgres(url)
+    yield make_settings(tmp_path, database_url=url)
+    if request.param == "sqlite":
+        db.engine_for(url).dispose()
+
+
+@pytest.fixture
+def sqlite_settings(tmp_path: Path, sqlite_template: Path) -> Iterator[Settings]:
+    """Settings over a migrated SQLite file, for tests whose subject is not the database."""
+    path = tmp_path / "digest.sqlite3"
+    shutil.copy(sqlite_template, path)
+    url = f"sqlite:///{path}"
+    yield make_settings(tmp_path, database_url=url)
+    db.engine_for(url).dispose()
+
+
+@pytest.fixture
+def session(settings: Settings) -> Iterator[Session]:
+    with db.session_factory(settings)() as s:
+        yield s
+
+
+@pytest.fixture
+def smtp_server() -> Iterator[SMTPServer]:
+    """A real SMTP server (aiosmtpd) on a free loopback port, recording what it receives."""
+    server = SMTPServer()
+    server.start()
+    yield server
+    server.stop()

@@ -1,0 +1,70 @@
+"""The schema's guarantees, on SQLite and PostgreSQL alike."""
+
+from __future__ import annotations
+
+from datetime import date
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from digest import db
+from digest.models import Delivery, DeliveryItem, Subscriber, SubscriberStatus
+from digest.settings import Settings
+
+from .factories import make_delivery, make_paper, make_subscriber
+
+
+def test_migrations_reach_head(settings: Settings) -> None:
+    assert db.current_revision(settings) == "0001"
+
+
+def test_email_is_unique_whatever_its_case(session: Session) -> None:
+    make_subscriber(session, email="Ada@Example.org")
+    session.commit()
+    session.add(Subscriber(email="ada@example.ORG"))
+    with pytest.raises(IntegrityError):
+        session.commit()
+
+
+def test_one_delivery_per_subscriber_per_day(session: Session) -> None:
+    sub = make_subscriber(session)
+    make_delivery(session, sub, date(2026, 11, 23))
+    session.commit()
+    with pytest.raises(IntegrityError):
+        make_delivery(session, sub, date(2026, 11, 23))
+        session.commit()
+
+
+def test_a_paper_is_never_carried_twice_to_one_subscriber(session: Session) -> None:
+    sub = make_subscriber(session)
+    paper = make_paper(session)
+    d1 = make_delivery(session, sub, date(2026, 11, 22))
+    session.add(DeliveryItem(delivery=d1, subscriber_id=sub.id, paper_id=paper.id, rank=1,
+                             score=0.5, why=""))
+    session.commit()
+    d2 = make_delivery(session, sub, date(2026, 11, 23))
+    session.add(DeliveryItem(delivery=d2, subscriber_id=sub.id, paper_id=paper.id, rank=1,
+                             score=0.5, why=""))
+    with pytest.raises(IntegrityError):
+        session.commit()
+
+
+def test_times_come_back_timezone_aware(session: Session) -> None:
+    sub = make_subscriber(session)
+    session.commit()
+    session.expire_all()
+    again = session.scalars(select(Subscriber).where(Subscriber.id == sub.id)).one()
+    assert again.created_at.tzinfo is not None
+    assert again.status is SubscriberStatus.ACTIVE
+    assert again.profile.topics
+
+
+def test_deleting_a_subscriber_removes_their_deliveries(session: Session) -> None:
+    sub = make_subscriber(session)
+    make_delivery(session, sub, date(2026, 11, 23))
+    session.commit()
+    session.delete(sub)
+    session.commit()
+    assert session.scalars(select(Delivery)).all() == []
