@@ -80,3 +80,17 @@ def current_revision(settings: Settings) -> str | None:
 
     with engine_for(settings.database_url).connect() as conn:
         return MigrationContext.configure(conn).get_current_revision()
+
+
+def dialect_insert(session: Session) -> Any:
+    """The backend's INSERT construct, which offers ON CONFLICT DO NOTHING on both backends."""
+    name = session.get_bind().dialect.name
+    if name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        return pg_insert
+    if name == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        return sqlite_insert
+    raise RuntimeError(f"Unsupported database {name!r}: use SQLite or PostgreSQL.")

@@ -59,7 +59,7 @@ class Settings:
     default_papers_per_digest: int = 10
     lookback_days: int = 3
     min_relevance: float = 0.08
-    trending_weight: float = 0.25
+    trending_boost: float = 1.0  # a paper at the top of the trending signal scores up to 2x
     recency_half_life_days: float = 3.0
 
     # Ingest

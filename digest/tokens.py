@@ -1,0 +1,58 @@
+"""Signed links in emails: each token names one purpose and one subscriber.
+
+itsdangerous signs `subscriber_id` with a salt per purpose, so a token made to confirm an
+address cannot unsubscribe anyone, and a token for one subscriber does nothing for another.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
+
+from .settings import Settings
+
+
+class Purpose(str, Enum):
+    UNSUBSCRIBE = "unsubscribe"
+    PREFERENCES = "preferences"
+    CONFIRM = "confirm"
+
+
+# None: never expires. An unsubscribe link in a year-old email must still work.
+MAX_AGE_SECONDS: dict[Purpose, int | None] = {
+    Purpose.UNSUBSCRIBE: None,
+    Purpose.PREFERENCES: 90 * 86400,
+    Purpose.CONFIRM: 2 * 86400,
+}
+
+
+class InvalidToken(ValueError):
+    """The link is forged, for another purpose, or expired."""
+
+
+def _serializer(settings: Settings, purpose: Purpose) -> URLSafeTimedSerializer:
+    return URLSafeTimedSerializer(settings.signing_key(), salt=f"paper-digest:{purpose.value}")
+
+
+def make_token(settings: Settings, purpose: Purpose, subscriber_id: int) -> str:
+    return _serializer(settings, purpose).dumps(subscriber_id)
+
+
+def read_token(settings: Settings, purpose: Purpose, token: str) -> int:
+    """The subscriber id a valid token names; InvalidToken otherwise."""
+    try:
+        value = _serializer(settings, purpose).loads(token, max_age=MAX_AGE_SECONDS[purpose])
+    except SignatureExpired as exc:
+        raise InvalidToken("This link has expired.") from exc
+    except BadSignature as exc:
+        raise InvalidToken("This link is not valid.") from exc
+    if not isinstance(value, int):
+        raise InvalidToken("This link is not valid.")
+    return value
+
+
+def link(settings: Settings, purpose: Purpose, subscriber_id: int) -> str:
+    """The absolute URL a subscriber follows for `purpose`."""
+    base = settings.public_base_url.rstrip("/")
+    return f"{base}/{purpose.value}/{make_token(settings, purpose, subscriber_id)}"
