@@ -17,7 +17,7 @@ MIGRATIONS_DIR = PACKAGE_DIR / "migrations"
 
 
 def make_engine(database_url: str, **kwargs: Any) -> Engine:
-    """Create an engine; SQLite gets foreign keys, WAL and a busy timeout so workers can share it."""
+    """Create an engine; SQLite gets foreign keys, WAL and a busy timeout to share the file."""
     if database_url.startswith("sqlite"):
         path = database_url.split("///", 1)[-1]
         if path and path != ":memory:":

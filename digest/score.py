@@ -264,7 +264,9 @@ def _top_indices(values: np.ndarray, k: int) -> np.ndarray:
     return part[np.argsort(-values[part], kind="stable")]
 
 
-def trending_scores(papers: Sequence[CandidatePaper], now: datetime, half_life_days: float) -> np.ndarray:
+def trending_scores(
+    papers: Sequence[CandidatePaper], now: datetime, half_life_days: float
+) -> np.ndarray:
     """Engagement normalised per source, times exponential decay with age."""
     raw = np.array(
         [

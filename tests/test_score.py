@@ -18,7 +18,9 @@ from digest.score import (
 NOW = datetime(2026, 11, 23, 12, tzinfo=timezone.utc)
 
 
-def paper(pid: int, title: str, abstract: str = "", source: str = "arxiv", **kw: object) -> CandidatePaper:
+def paper(
+    pid: int, title: str, abstract: str = "", source: str = "arxiv", **kw: object
+) -> CandidatePaper:
     return CandidatePaper(
         id=pid, title=title, abstract=abstract or title, source=source,
         first_seen_at=kw.pop("first_seen_at", NOW - timedelta(hours=2)),  # type: ignore[arg-type]

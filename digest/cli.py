@@ -1,0 +1,562 @@
+"""`digest`: the one command for users and admins. Each command is a thin door into the library."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import replace
+from datetime import date, datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import click
+from sqlalchemy import func, or_, select
+
+from . import db
+from .models import Delivery, Paper, SubscriberStatus
+from .settings import Settings, SettingsError
+
+DEMO_SUBSCRIBERS: list[dict[str, Any]] = [
+    {"email": "ada@example.org", "topics": "LoRA, low-rank adaptation, parameter-efficient "
+     "fine-tuning", "papers_per_digest": 5},
+    {"email": "grace@example.org", "topics": "diffusion models, image generation, "
+     "text-to-image", "papers_per_digest": 5},
+    {"email": "alan@example.org", "topics": "reinforcement learning, reward models, RLHF",
+     "papers_per_digest": 5},
+    {"email": "katherine@example.org", "topics": "vision transformers, object detection, "
+     "segmentation", "exclude": "medical", "papers_per_digest": 5},
+    {"email": "emmy@example.org", "topics": "graph neural networks, molecules",
+     "papers_per_digest": 3},
+    {"email": "barbara@example.org", "topics": "medieval poetry",
+     "trending_fallback": True, "papers_per_digest": 3},
+    {"email": "edsger@example.org", "topics": "sourdough baking"},
+]
+
+
+def _settings(ctx: click.Context) -> Settings:
+    return ctx.ensure_object(dict)["settings"]  # type: ignore[no-any-return]
+
+
+def _ensure_schema(settings: Settings) -> None:
+    """The embedded SQLite default migrates itself; a server database is migrated on purpose."""
+    from alembic.script import ScriptDirectory
+
+    head = ScriptDirectory.from_config(db.alembic_config(settings.database_url)).get_current_head()
+    try:
+        current = db.current_revision(settings)
+    except Exception as exc:  # noqa: BLE001 - report any connection failure the same way
+        raise click.ClickException(
+            f"Cannot open the database at {_safe_url(settings)}: {exc}\n"
+            "Check DATABASE_URL and that the server is running."
+        ) from exc
+    if current == head:
+        return
+    if settings.is_sqlite:
+        db.upgrade(settings)
+        return
+    raise click.ClickException(
+        f"The database is at revision {current or 'none'}, not {head}. Run `digest db upgrade`."
+    )
+
+
+def _safe_url(settings: Settings) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(settings.database_url).render_as_string(hide_password=True)
+
+
+def _parse_day(value: str | None) -> date:
+    if not value:
+        return datetime.now(timezone.utc).date()
+    try:
+        return date.fromisoformat(value)
+    except ValueError as exc:
+        raise click.BadParameter(f"{value!r} is not a date like 2026-11-23.") from exc
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.pass_context
+def main(ctx: click.Context) -> None:
+    """Paper Digest: email each subscriber the new papers that match their topics.
+
+    Configuration comes from the environment and an optional .env file (see .env.example).
+    The embedded default keeps a SQLite database and a file outbox under ./data.
+
+    \b
+    Start with:  digest demo
+    """
+    try:
+        ctx.ensure_object(dict)["settings"] = Settings.from_env()
+    except SettingsError as exc:
+        raise click.ClickException(f"{exc} Fix it in the environment or .env.") from exc
+
+
+# --- database ---------------------------------------------------------------------------
+
+
+@main.group("db")
+def db_group() -> None:
+    """Database schema: apply and inspect migrations."""
+
+
+@db_group.command("upgrade")
+@click.option("--revision", default="head", show_default=True, help="Target revision.")
+@click.pass_context
+def db_upgrade(ctx: click.Context, revision: str) -> None:
+    """Apply migrations to DATABASE_URL.
+
+    Example: DATABASE_URL=postgresql+psycopg://digest@db/digest digest db upgrade
+    """
+    settings = _settings(ctx)
+    db.upgrade(settings, revision)
+    click.echo(f"Database at {_safe_url(settings)} is at revision {db.current_revision(settings)}.")
+
+
+@db_group.command("current")
+@click.pass_context
+def db_current(ctx: click.Context) -> None:
+    """Print the database's migration revision.
+
+    Example: digest db current
+    """
+    click.echo(db.current_revision(_settings(ctx)) or "none (run `digest db upgrade`)")
+
+
+# --- ingest -----------------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("sources", nargs=-1)
+@click.option(
+    "--format", "fmt", type=click.Choice(["page", "daily-papers", "arxiv"]),
+    help="Input format; detected from the content when omitted.",
+)
+@click.option("--sample", is_flag=True, help="Ingest the bundled sample papers.")
+@click.pass_context
+def ingest(ctx: click.Context, sources: tuple[str, ...], fmt: str | None, sample: bool) -> None:
+    """Add papers from files or URLs (papers page text, daily-papers JSON, arXiv Atom).
+
+    \b
+    Example: digest ingest ../shared/seeds/*.txt
+             digest ingest 'https://export.arxiv.org/api/query?search_query=cat:cs.LG'
+    """
+    from .ingest import ingest as ingest_sources
+    from .ingest import load_sample_papers
+
+    settings = _settings(ctx)
+    if not sources and not sample:
+        raise click.UsageError("Give at least one file or URL, or --sample.")
+    _ensure_schema(settings)
+    with db.session_scope(settings) as session:
+        reports = []
+        if sample:
+            reports.append(load_sample_papers(session))
+        if sources:
+            reports.append(ingest_sources(session, list(sources), fmt, settings.http_timeout))
+    failed = False
+    for report in reports:
+        click.echo(report.summary())
+        failed = failed or any(s.error for s in report.sources)
+    if failed:
+        sys.exit(1)
+
+
+# --- the daily run ----------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--date", "day_text", metavar="YYYY-MM-DD", help="Digest date (default: today, UTC).")
+@click.option("--dry-run", is_flag=True, help="Score and render, but claim and send nothing.")
+@click.pass_context
+def run(ctx: click.Context, day_text: str | None, dry_run: bool) -> None:
+    """Send each active subscriber their digest for the day (once; a rerun sends nothing).
+
+    It ingests nothing by itself: run `digest ingest` first.
+
+    Example: digest run --date 2026-11-23 --dry-run
+    """
+    settings = _settings(ctx)
+    _ensure_schema(settings)
+    report = _run_with_progress(settings, _parse_day(day_text), dry_run)
+    click.echo(report.summary())
+    if report.outbox_index:
+        click.echo(f"Outbox: {report.outbox_index.resolve()}")
+    if report.failed:
+        sys.exit(1)
+
+
+def _run_with_progress(settings: Settings, day: date, dry_run: bool) -> Any:
+    from .pipeline import run_day
+
+    bar: Any = None
+
+    def on_plan(total: int) -> None:
+        nonlocal bar
+        bar = click.progressbar(length=max(total, 1), label="Sending digests", file=sys.stderr)
+        bar.__enter__()
+
+    try:
+        return run_day(
+            settings, day, dry_run=dry_run, on_plan=on_plan,
+            progress=lambda n: bar.update(n) if bar else None,
+        )
+    finally:
+        if bar is not None:
+            bar.__exit__(None, None, None)
+
+
+@main.command()
+@click.argument("email")
+@click.option("--date", "day_text", metavar="YYYY-MM-DD", help="Digest date (default: today).")
+@click.option(
+    "--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+    help="Directory for the files (default: DATA_DIR/previews).",
+)
+@click.pass_context
+def preview(ctx: click.Context, email: str, day_text: str | None, out_dir: Path | None) -> None:
+    """Write the digest EMAIL would get as HTML and text files; sends and records nothing.
+
+    Example: digest preview ada@example.org --date 2026-11-23
+    """
+    from .pipeline import preview_digest
+    from .subscribers import SubscriberError
+
+    settings = _settings(ctx)
+    _ensure_schema(settings)
+    day = _parse_day(day_text)
+    try:
+        rendered = preview_digest(settings, email, day)
+    except SubscriberError as exc:
+        raise click.ClickException(str(exc)) from exc
+    if rendered is None:
+        click.echo(f"No new paper matches {email}'s topics for {day}; nothing would be sent.")
+        return
+    out_dir = out_dir or Path(settings.data_dir) / "previews"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = f"{day.isoformat()}-{''.join(c if c.isalnum() else '_' for c in email)}"
+    html_path, text_path = out_dir / f"{stem}.html", out_dir / f"{stem}.txt"
+    html_path.write_text(rendered.html, encoding="utf-8")
+    text_path.write_text(rendered.text, encoding="utf-8")
+    click.echo(f"Subject: {rendered.subject}")
+    click.echo(f"HTML: {html_path.resolve()}")
+    click.echo(f"Text: {text_path.resolve()}")
+
+
+@main.command()
+@click.pass_context
+def demo(ctx: click.Context) -> None:
+    """Run a day on the embedded default: sample papers, sample subscribers, file outbox.
+
+    Safe to run again: papers and subscribers are not duplicated and nobody gets a second
+    digest for the same day.
+
+    Example: digest demo
+    """
+    from .ingest import load_sample_papers
+    from .subscribers import add_subscriber, find_subscriber
+
+    settings = replace(_settings(ctx), mail_backend="file")
+    click.echo(f"Database: {_safe_url(settings)}")
+    _ensure_schema(settings)
+    with db.session_scope(settings) as session:
+        click.echo(load_sample_papers(session).summary())
+        added = 0
+        for spec in DEMO_SUBSCRIBERS:
+            if find_subscriber(session, spec["email"]) is None:
+                add_subscriber(session, **spec)
+                added += 1
+        click.echo(f"Sample subscribers: {len(DEMO_SUBSCRIBERS)} ({added} new).")
+    report = _run_with_progress(settings, datetime.now(timezone.utc).date(), False)
+    click.echo(report.summary())
+    _print_sent(settings, report.day)
+    index = Path(settings.outbox_dir).resolve() / "index.html"
+    click.echo(f"\nOpen the outbox in a browser: file://{index}")
+
+
+def _print_sent(settings: Settings, day: date) -> None:
+    from .models import Subscriber
+
+    with db.session_scope(settings) as session:
+        rows = session.execute(
+            select(Subscriber.email, Delivery.paper_count, Delivery.status)
+            .join(Delivery, Delivery.subscriber_id == Subscriber.id)
+            .where(Delivery.digest_date == day)
+            .order_by(Subscriber.email)
+        ).all()
+    if rows:
+        click.echo(f"\nDigests for {day}:")
+    for email, count, status in rows:
+        click.echo(f"  {email:<28} {count:>2} paper{'' if count == 1 else 's'}  {status.value}")
+
+
+# --- subscribers ------------------------------------------------------------------------
+
+
+@main.group("subscribers")
+def subscribers_group() -> None:
+    """Add, list, inspect, import, export and remove subscribers."""
+
+
+def _subscriber_errors(func_: Any) -> Any:
+    """Turn a SubscriberError into a clear CLI error instead of a traceback."""
+    import functools
+
+    from .subscribers import SubscriberError
+
+    @functools.wraps(func_)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func_(*args, **kwargs)
+        except SubscriberError as exc:
+            raise click.ClickException(str(exc)) from exc
+
+    return wrapper
+
+
+@subscribers_group.command("add")
+@click.argument("email")
+@click.option("--topics", required=True, help="Comma-separated topics, e.g. 'LoRA, RLHF'.")
+@click.option("--exclude", default="", help="Comma-separated words to keep out.")
+@click.option("--time-zone", default=None, help="IANA zone, e.g. Europe/Paris.")
+@click.option("--hour", "send_hour", type=int, default=None, help="Local hour to send (0-23).")
+@click.option("--papers", "papers_per_digest", type=int, default=None, help="Papers per digest.")
+@click.option("--trending-fallback", is_flag=True, help="Send trending papers when none match.")
+@click.option("--pending", is_flag=True, help="Add as pending (awaiting confirmation).")
+@click.pass_context
+@_subscriber_errors
+def subscribers_add(
+    ctx: click.Context, email: str, topics: str, exclude: str, time_zone: str | None,
+    send_hour: int | None, papers_per_digest: int | None, trending_fallback: bool, pending: bool,
+) -> None:
+    """Add an active subscriber (an admin action: no confirmation email).
+
+    Example: digest subscribers add ada@example.org --topics "LoRA, activation sparsity"
+    """
+    from .subscribers import add_subscriber
+
+    settings = _settings(ctx)
+    _ensure_schema(settings)
+    with db.session_scope(settings) as session:
+        sub = add_subscriber(
+            session, email, topics, exclude=exclude,
+            time_zone=time_zone or settings.default_time_zone,
+            send_hour=settings.default_send_hour if send_hour is None else send_hour,
+            papers_per_digest=papers_per_digest or settings.default_papers_per_digest,
+            trending_fallback=trending_fallback,
+            status=SubscriberStatus.PENDING if pending else SubscriberStatus.ACTIVE,
+        )
+        click.echo(f"Added {sub.email} ({sub.status.value}).")
+
+
+@subscribers_group.command("list")
+@click.option("--status", type=click.Choice([s.value for s in SubscriberStatus]), default=None)
+@click.pass_context
+def subscribers_list(ctx: click.Context, status: str | None) -> None:
+    """List subscribers with their status and topics.
+
+    Example: digest subscribers list --status active
+    """
+    from .subscribers import list_subscribers
+
+    settings = _settings(ctx)
+    _ensure_schema(settings)
+    with db.session_scope(settings) as session:
+        subs = list(list_subscribers(session, SubscriberStatus(status) if status else None))
+        for sub in subs:
+            topics = sub.profile.topics if sub.profile else ""
+            click.echo(f"{sub.email:<32} {sub.status.value:<12} {topics[:60]}")
+        click.echo(f"{len(subs)} subscriber(s).")
+
+
+@subscribers_group.command("show")
+@click.argument("email")
+@click.pass_context
+@_subscriber_errors
+def subscribers_show(ctx: click.Context, email: str) -> None:
+    """Show one subscriber's settings, topics and recent deliveries.
+
+    Example: digest subscribers show ada@example.org
+    """
+    from .subscribers import get_subscriber
+
+    settings = _settings(ctx)
+    _ensure_schema(settings)
+    with db.session_scope(settings) as session:
+        sub = get_subscriber(session, email)
+        click.echo(f"Email:        {sub.email}")
+        click.echo(f"Status:       {sub.status.value}")
+        click.echo(f"Topics:       {sub.profile.topics}")
+        click.echo(f"Exclude:      {sub.profile.exclude or '-'}")
+        fallback = "yes" if sub.profile.trending_fallback else "no"
+        click.echo(f"Trending when nothing matches: {fallback}")
+        click.echo(f"Sends at:     {sub.send_hour:02d}:00 {sub.time_zone}, "
+                   f"{sub.papers_per_digest} papers")
+        click.echo(f"Created:      {sub.created_at:%Y-%m-%d %H:%M} UTC")
+        if sub.confirmed_at:
+            click.echo(f"Confirmed:    {sub.confirmed_at:%Y-%m-%d %H:%M} UTC")
+        deliveries = session.scalars(
+            select(Delivery).where(Delivery.subscriber_id == sub.id)
+            .order_by(Delivery.digest_date.desc()).limit(10)
+        ).all()
+        click.echo(f"Deliveries:   {len(deliveries)} shown (latest first)")
+        for d in deliveries:
+            click.echo(f"  {d.digest_date}  {d.status.value:<9} {d.paper_count} papers  "
+                       f"{d.message_id}")
+            for item in d.items:
+                click.echo(f"      {item.rank:>2}. {item.paper.title[:70]}  ({item.why})")
+
+
+@subscribers_group.command("remove")
+@click.argument("email")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.pass_context
+@_subscriber_errors
+def subscribers_remove(ctx: click.Context, email: str, yes: bool) -> None:
+    """Delete a subscriber and their delivery history.
+
+    Example: digest subscribers remove ada@example.org --yes
+    """
+    from .subscribers import get_subscriber, remove_subscriber
+
+    settings = _settings(ctx)
+    _ensure_schema(settings)
+    with db.session_scope(settings) as session:
+        get_subscriber(session, email)
+        if not yes:
+            click.confirm(f"Delete {email} and their history?", abort=True)
+        remove_subscriber(session, email)
+    click.echo(f"Removed {email}.")
+
+
+@subscribers_group.command("set-topics")
+@click.argument("email")
+@click.argument("topics")
+@click.option("--exclude", default=None, help="Replace the words to keep out.")
+@click.pass_context
+@_subscriber_errors
+def subscribers_set_topics(
+    ctx: click.Context, email: str, topics: str, exclude: str | None
+) -> None:
+    """Replace a subscriber's topics (from their next digest on).
+
+    Example: digest subscribers set-topics ada@example.org "LoRA, activation sparsity"
+    """
+    from .subscribers import set_topics
+
+    settings = _settings(ctx)
+    _ensure_schema(settings)
+    with db.session_scope(settings) as session:
+        sub = set_topics(session, email, topics, exclude)
+        click.echo(f"{sub.email}: topics now {sub.profile.topics!r}.")
+
+
+@subscribers_group.command("import")
+@click.argument("csv_file", type=click.File("r", encoding="utf-8-sig"))
+@click.option("--pending", is_flag=True, help="Import as pending instead of active.")
+@click.pass_context
+@_subscriber_errors
+def subscribers_import(ctx: click.Context, csv_file: Any, pending: bool) -> None:
+    """Import subscribers from CSV with a header row (email,topics[,exclude,time_zone,...]).
+
+    Bad lines are reported one by one; every valid line is imported.
+
+    Example: digest subscribers import people.csv
+    """
+    from .subscribers import import_csv
+
+    settings = _settings(ctx)
+    _ensure_schema(settings)
+    status = SubscriberStatus.PENDING if pending else SubscriberStatus.ACTIVE
+    with db.session_scope(settings) as session:
+        report = import_csv(session, csv_file, status)
+    for error in report.errors:
+        click.echo(error, err=True)
+    click.echo(report.summary())
+    if report.errors:
+        sys.exit(1)
+
+
+@subscribers_group.command("export")
+@click.argument("csv_file", type=click.File("w", encoding="utf-8"), default="-")
+@click.pass_context
+def subscribers_export(ctx: click.Context, csv_file: Any) -> None:
+    """Export every subscriber as CSV (to a file, or standard output).
+
+    Example: digest subscribers export subscribers.csv
+    """
+    from .subscribers import export_csv
+
+    settings = _settings(ctx)
+    _ensure_schema(settings)
+    with db.session_scope(settings) as session:
+        count = export_csv(session, csv_file)
+    if csv_file.name != "<stdout>":
+        click.echo(f"Exported {count} subscriber(s) to {csv_file.name}.")
+
+
+# --- papers -----------------------------------------------------------------------------
+
+
+@main.group("papers")
+def papers_group() -> None:
+    """Inspect the papers in the database."""
+
+
+@papers_group.command("list")
+@click.option("--limit", default=20, show_default=True, help="How many, newest first.")
+@click.option("--search", default=None, help="Only titles containing this text.")
+@click.pass_context
+def papers_list(ctx: click.Context, limit: int, search: str | None) -> None:
+    """List papers, most recently seen first.
+
+    Example: digest papers list --search LoRA
+    """
+    settings = _settings(ctx)
+    _ensure_schema(settings)
+    with db.session_scope(settings) as session:
+        query = select(Paper).order_by(Paper.first_seen_at.desc(), Paper.id.desc()).limit(limit)
+        if search:
+            query = query.where(func.lower(Paper.title).contains(search.lower()))
+        papers = session.scalars(query).all()
+        total = session.scalar(select(func.count()).select_from(Paper))
+        for p in papers:
+            votes = f"{p.upvotes:>4}▲" if p.upvotes is not None else "     "
+            click.echo(f"{p.id:>6}  {p.source_id:<24} {votes}  {p.title[:70]}")
+        click.echo(f"{len(papers)} shown of {total} paper(s).")
+
+
+@papers_group.command("show")
+@click.argument("paper")
+@click.pass_context
+def papers_show(ctx: click.Context, paper: str) -> None:
+    """Show one paper by database id or source id (e.g. an arXiv id).
+
+    Example: digest papers show 2607.07673
+    """
+    settings = _settings(ctx)
+    _ensure_schema(settings)
+    with db.session_scope(settings) as session:
+        conditions = [Paper.source_id == paper]
+        if paper.isdigit():
+            conditions.append(Paper.id == int(paper))
+        found = session.scalars(select(Paper).where(or_(*conditions))).first()
+        if found is None:
+            raise click.ClickException(f"No paper with id or source id {paper!r}.")
+        click.echo(f"Title:     {found.title}")
+        click.echo(f"Authors:   {', '.join(found.authors) or '-'}")
+        click.echo(f"Source:    {found.source} {found.source_id}")
+        click.echo(f"Page:      {found.url or '-'}")
+        click.echo(f"PDF:       {found.pdf_url or '-'}")
+        click.echo(f"Published: {found.published_at or '-'}")
+        click.echo(f"First seen: {found.first_seen_at:%Y-%m-%d %H:%M} UTC")
+        engagement = [
+            f"{n} {label}" for n, label in
+            ((found.upvotes, "upvotes"), (found.comments, "comments"), (found.stars, "stars"))
+            if n is not None
+        ]
+        click.echo(f"Engagement: {', '.join(engagement) or '-'}")
+        click.echo("")
+        click.echo(found.abstract)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,653 @@
+"""Turn a rendered digest into a MIME message and hand it to the configured mail backend.
+
+`build_message` makes the one message format every backend sends; `open_sender(settings)`
+returns the backend chosen by MAIL_BACKEND:
+
+- `smtp`: `SMTPSender`, one reused connection, every failure classified into a `SendResult`;
+- `file` (the embedded default): `FileSender`, `.eml` + `.html` files and a browsable index;
+- `console`: `ConsoleSender`, a short summary per message on stdout.
+
+A sender never raises for one recipient's failure: it answers SENT, TEMPORARY or PERMANENT
+and the pipeline decides what to record and whether to retry.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import hmac
+import logging
+import os
+import re
+import smtplib
+import socket
+import ssl
+import sys
+import tempfile
+from dataclasses import dataclass
+from datetime import date, datetime, timezone
+from email.message import EmailMessage
+from email.parser import BytesHeaderParser
+from email.policy import EmailPolicy
+from email.policy import default as default_policy
+from email.utils import format_datetime, parseaddr
+from enum import Enum
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Protocol, Self, TextIO
+from urllib.parse import quote, urlsplit
+
+import idna
+from jinja2 import Environment, FileSystemLoader
+
+from .settings import PROJECT_DIR, Settings
+
+log = logging.getLogger(__name__)
+
+TEMPLATES_DIR = PROJECT_DIR / "templates"
+
+# An unquoted addr-spec (what email-validator's normalised form is): no quotes, brackets,
+# commas, whitespace or controls, so it can go into a header and an SMTP command as it is.
+# Letters beyond ASCII are allowed: domains are sent as punycode, local parts need SMTPUTF8.
+_SPECIALS = r"\s\x00-\x1f\x7f-\x9f\"(),:;<>@\[\\\]"
+_LOCAL, _LABEL = rf"[^{_SPECIALS}]+", rf"[^{_SPECIALS}.]+"
+_ADDRESS = re.compile(rf"{_LOCAL}@{_LABEL}(\.{_LABEL})*")
+_KIND = re.compile(r"[a-z0-9][a-z0-9_-]{0,39}")
+_MESSAGE_ID = re.compile(r"<[\x21-\x3b\x3d\x3f-\x7e]+@[\x21-\x3b\x3d\x3f-\x7e]+>")
+_UNSAFE_IN_HEADER = re.compile(r"[\x00-\x20\x7f-\x9f]")
+_UNSAFE_IN_URL = re.compile(r"[^\x21-\x7e]|[<>\"\\]")
+
+
+# --- The message --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OutgoingEmail:
+    """One rendered email for one recipient; validated on construction."""
+
+    to: str
+    subject: str
+    html: str
+    text: str
+    message_id: str
+    unsubscribe_url: str
+    date: datetime
+    kind: str = "digest"
+
+    def __post_init__(self) -> None:
+        check_address(self.to, "recipient")
+        check_url(self.unsubscribe_url, "unsubscribe URL")
+        if not _MESSAGE_ID.fullmatch(self.message_id):
+            raise ValueError(
+                f"refusing Message-ID {self.message_id!r}: it must look like <id@domain> "
+                "with no spaces or control characters (make it with message_id_for)"
+            )
+        if not _KIND.fullmatch(self.kind):
+            raise ValueError(
+                f"refusing email kind {self.kind!r}: use lower-case letters, digits, - and _"
+            )
+
+
+def check_address(address: str, what: str = "address") -> str:
+    """Return `address` if it is a plain addr-spec safe to put in a header; else ValueError."""
+    if _UNSAFE_IN_HEADER.search(address):
+        raise ValueError(
+            f"refusing {what} {address!r}: it contains whitespace or control characters, "
+            "which could inject mail headers"
+        )
+    if not _ADDRESS.fullmatch(address):
+        raise ValueError(
+            f"refusing {what} {address!r}: expected a bare address like reader@example.org "
+            "(no display name, no quoting)"
+        )
+    return address
+
+
+def check_url(url: str, what: str = "URL") -> str:
+    """Return `url` if it is an absolute http(s) URL safe inside <...> in a header."""
+    if _UNSAFE_IN_URL.search(url):
+        raise ValueError(
+            f'refusing {what} {url!r}: it contains whitespace, control, non-ASCII or <>"\\ '
+            "characters (percent-encode them)"
+        )
+    parts = urlsplit(url)
+    if parts.scheme not in ("https", "http") or not parts.netloc:
+        raise ValueError(f"refusing {what} {url!r}: it must be an absolute https:// URL")
+    return url
+
+
+def wire_address(address: str) -> str:
+    """The address as headers and SMTP carry it: an internationalised domain in punycode."""
+    local, _, domain = address.rpartition("@")
+    if domain.isascii():
+        return address
+    try:
+        return f"{local}@{idna.encode(domain, uts46=True).decode('ascii')}"
+    except idna.IDNAError as exc:
+        raise ValueError(f"refusing address {address!r}: its domain is not valid IDNA") from exc
+
+
+def needs_smtputf8(address: str) -> bool:
+    """A non-ASCII local part can only travel with SMTPUTF8 and UTF-8 headers (RFC 6531/6532)."""
+    return not wire_address(address).isascii()
+
+
+def clean_subject(subject: str) -> str:
+    """One line of text: every run of whitespace or control characters becomes one space."""
+    return " ".join(_UNSAFE_IN_HEADER.sub(" ", subject).split())
+
+
+def message_id_for(settings: Settings, kind: str, subscriber_id: int, day: date) -> str:
+    """The Message-ID of one subscriber's email of one kind for one day.
+
+    Deterministic, so a retried send carries the same id and receivers (and our file outbox)
+    treat it as the same message; the keyed hash keeps ids from different deployments that
+    share a mail domain (say, localhost) from colliding.
+    """
+    if not _KIND.fullmatch(kind):
+        raise ValueError(f"refusing email kind {kind!r}: use lower-case letters, digits, - and _")
+    local = f"{kind}.{day.isoformat()}.{int(subscriber_id)}"
+    tag = hmac.new(settings.signing_key().encode(), local.encode(), hashlib.sha256)
+    return f"<{local}.{tag.hexdigest()[:16]}@{settings.mail_domain}>"
+
+
+class _MailPolicy(EmailPolicy):
+    """`email.policy.SMTP` with 7-bit bodies, and URL headers folded only between items.
+
+    The email package RFC 2047-encodes any header word longer than a line, which turns a long
+    unsubscribe URL into =?utf-8?q?...?= that no mail client reads as a URL (RFC 2369 wants the
+    bare <URL>). Bodies are 7-bit (quoted-printable or base64) because we do not ask the
+    server for 8BITMIME.
+    """
+
+    _VERBATIM = frozenset({"list-unsubscribe", "list-unsubscribe-post", "message-id"})
+
+    def fold(self, name: str, value: Any) -> str:
+        if name.lower() in self._VERBATIM and str(value).isascii():
+            return self._fold_at_commas(name, str(value))
+        return super().fold(name, value)
+
+    def fold_binary(self, name: str, value: Any) -> bytes:
+        if name.lower() in self._VERBATIM and str(value).isascii():
+            return self._fold_at_commas(name, str(value)).encode("ascii")
+        return super().fold_binary(name, value)
+
+    def _fold_at_commas(self, name: str, value: str) -> str:
+        limit = self.max_line_length or 998
+        lines = [f"{name}:"]
+        items = value.split(", ")
+        for i, item in enumerate(items):
+            piece = item + ("," if i < len(items) - 1 else "")
+            if len(lines[-1]) + 1 + len(piece) > limit and lines[-1] != f"{name}:":
+                lines.append("")
+            lines[-1] += " " + piece
+        return self.linesep.join(lines) + self.linesep
+
+
+MAIL_POLICY = _MailPolicy(linesep="\r\n", cte_type="7bit")
+UTF8_MAIL_POLICY = MAIL_POLICY.clone(utf8=True)  # only for recipients that need SMTPUTF8
+
+
+def build_message(settings: Settings, email: OutgoingEmail) -> EmailMessage:
+    """The MIME message for `email`: multipart/alternative, text then HTML, UTF-8."""
+    unsubscribe_mailto = check_address(settings.unsubscribe_address, "UNSUBSCRIBE_MAILTO")
+    sent_at = email.date if email.date.tzinfo else email.date.replace(tzinfo=timezone.utc)
+
+    msg = EmailMessage(policy=UTF8_MAIL_POLICY if needs_smtputf8(email.to) else MAIL_POLICY)
+    msg["From"] = settings.mail_from
+    msg["To"] = wire_address(email.to)
+    if settings.mail_reply_to:
+        msg["Reply-To"] = settings.mail_reply_to
+    msg["Date"] = format_datetime(sent_at)
+    msg["Subject"] = clean_subject(email.subject)
+    msg["Message-ID"] = email.message_id
+    msg["List-Id"] = settings.list_id
+    # RFC 8058 one-click: mail providers POST "List-Unsubscribe=One-Click" to the https URL;
+    # the mailto is the RFC 2369 fallback for clients that only send mail.
+    msg["List-Unsubscribe"] = (
+        f"<{email.unsubscribe_url}>, <mailto:{unsubscribe_mailto}?subject=unsubscribe>"
+    )
+    msg["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
+    msg["Precedence"] = "bulk"
+    msg["X-Digest-Kind"] = email.kind
+    msg.set_content(email.text, charset="utf-8")
+    msg.add_alternative(email.html, subtype="html", charset="utf-8")
+    # A boundary made from the content keeps the bytes of a message the same on every build.
+    # "=_" never occurs in quoted-printable or base64 text, and 7-bit text does not contain
+    # its own hash.
+    content = "\0".join((email.message_id, email.subject, email.text, email.html))
+    msg.set_boundary("=_" + hashlib.sha256(content.encode("utf-8", "replace")).hexdigest()[:32])
+    for part in msg.iter_parts():
+        del part["MIME-Version"]  # only the top level carries it
+    return msg
+
+
+def message_bytes(settings: Settings, email: OutgoingEmail) -> bytes:
+    """The message exactly as sent: CRLF line endings, bodies 7-bit (headers too, unless the
+    recipient's address needs SMTPUTF8)."""
+    msg = build_message(settings, email)
+    return msg.as_bytes(policy=msg.policy)
+
+
+# --- The sender interface -----------------------------------------------------------------
+
+
+class SendOutcome(str, Enum):
+    SENT = "sent"
+    TEMPORARY = "temporary"  # try again later; nothing says the address is bad
+    PERMANENT = "permanent"  # the server refused this message or recipient for good
+
+
+@dataclass(frozen=True)
+class SendResult:
+    outcome: SendOutcome
+    detail: str = ""  # the server's reply or the error, e.g. "550 5.1.1 No such user"
+    # The server may have accepted the message but we never saw its answer (the connection
+    # broke after the body went out), so sending again may deliver it twice.
+    in_doubt: bool = False
+
+    @property
+    def sent(self) -> bool:
+        return self.outcome is SendOutcome.SENT
+
+
+class Sender(Protocol):
+    """A mail backend: send messages one by one, then close (or use as a context manager)."""
+
+    def send(self, email: OutgoingEmail) -> SendResult: ...
+
+    def close(self) -> None: ...
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def open_sender(settings: Settings, stream: TextIO | None = None) -> Sender:
+    """The backend MAIL_BACKEND names; `stream` is where the console backend prints."""
+    if settings.mail_backend == "smtp":
+        return SMTPSender(settings)
+    if settings.mail_backend == "file":
+        return FileSender(settings)
+    if settings.mail_backend == "console":
+        return ConsoleSender(settings, stream)
+    raise ValueError(f"MAIL_BACKEND={settings.mail_backend!r} is not one of file, smtp, console")
+
+
+# --- SMTP ---------------------------------------------------------------------------------
+
+
+@functools.cache
+def _local_hostname() -> str:
+    # smtplib calls getfqdn() (a DNS lookup) for every connection unless told the name.
+    return socket.getfqdn()
+
+
+class _Unreachable(Exception):
+    """Could not open a usable session; the message says what to check."""
+
+
+class _Dropped(Exception):
+    """The connection broke before the message body went out: safe to send again."""
+
+
+class SMTPSender(Sender):
+    """Send over one SMTP connection, opened on the first message and reused for the rest.
+
+    A connection that broke while idle (the server's timeout, a "421" on MAIL) is reopened
+    once and the message retried. If the server cannot be reached at all, this and every
+    later message of this sender answer TEMPORARY at once, so an unreachable host costs one
+    timeout per session rather than one per message.
+    """
+
+    def __init__(self, settings: Settings, ssl_context: ssl.SSLContext | None = None) -> None:
+        self.settings = settings
+        self.connections_opened = 0
+        self._ssl_context = ssl_context
+        self._smtp: smtplib.SMTP | None = None
+        self._unreachable: str | None = None
+        self._envelope_from = check_address(parseaddr(settings.mail_from)[1], "MAIL_FROM")
+
+    def send(self, email: OutgoingEmail) -> SendResult:
+        data = message_bytes(self.settings, email)
+        try:
+            return self._attempt(email.to, data)
+        except _Dropped as exc:
+            log.info("SMTP connection lost (%s); reconnecting to retry %s", exc, email.to)
+        try:
+            return self._attempt(email.to, data)
+        except _Dropped as exc:
+            return SendResult(SendOutcome.TEMPORARY, f"connection lost twice: {exc}")
+
+    def _attempt(self, to: str, data: bytes) -> SendResult:
+        if self._unreachable is not None:
+            return SendResult(SendOutcome.TEMPORARY, self._unreachable)
+        try:
+            smtp = self._connection()
+        except _Unreachable as exc:
+            self._unreachable = str(exc)
+            log.warning("%s", exc)
+            return SendResult(SendOutcome.TEMPORARY, str(exc))
+        try:
+            return self._transaction(smtp, wire_address(to), data)
+        except _Dropped:
+            self._discard()
+            raise
+
+    def close(self) -> None:
+        if self._smtp is not None:
+            with contextlib.suppress(smtplib.SMTPException, OSError):
+                self._smtp.quit()
+            self._discard()
+
+    def _transaction(self, smtp: smtplib.SMTP, to: str, data: bytes) -> SendResult:
+        """MAIL, RCPT, DATA by hand, so a failure can be told apart by stage."""
+        options: list[str] = []
+        if not to.isascii():
+            if not smtp.has_extn("smtputf8"):
+                # Retrying cannot help while the relay stays the same.
+                return SendResult(
+                    SendOutcome.PERMANENT,
+                    f"the SMTP server does not offer SMTPUTF8, needed for {to}",
+                )
+            options = ["SMTPUTF8", "BODY=8BITMIME"]
+        try:
+            code, reply = smtp.mail(self._envelope_from, options)
+            if code != 250:
+                return self._refused(smtp, code, reply, f"sender {self._envelope_from} refused")
+            code, reply = smtp.rcpt(to)
+            if code not in (250, 251):
+                return self._refused(smtp, code, reply)
+        except (smtplib.SMTPServerDisconnected, OSError) as exc:
+            raise _Dropped(_describe(exc)) from exc
+        try:
+            code, reply = smtp.data(data)
+        except smtplib.SMTPDataError as exc:  # the DATA command itself was refused
+            return self._refused(smtp, exc.smtp_code, exc.smtp_error)
+        except (smtplib.SMTPServerDisconnected, OSError) as exc:
+            # Whether the server queued the message is unknown: do not send it again here.
+            self._discard()
+            return SendResult(
+                SendOutcome.TEMPORARY, f"no reply to DATA: {_describe(exc)}", in_doubt=True
+            )
+        if code != 250:
+            return self._refused(smtp, code, reply)
+        return SendResult(SendOutcome.SENT, _reply_text(code, reply))
+
+    def _refused(
+        self, smtp: smtplib.SMTP, code: int, reply: bytes | str, context: str = ""
+    ) -> SendResult:
+        if code == 421:  # "closing the channel": typically the server's idle timeout
+            raise _Dropped(_reply_text(code, reply))
+        detail = _reply_text(code, reply)
+        if context or code == 530:
+            # A refused MAIL FROM or "530 authentication required" is about our configuration,
+            # not the recipient: never PERMANENT, which would mark a good address as bad.
+            log.error(
+                "%s: %s; check MAIL_FROM, SMTP_USERNAME and the server's relay rules",
+                context or "the SMTP server refused to relay",
+                detail,
+            )
+            self._reset(smtp)
+            return SendResult(SendOutcome.TEMPORARY, f"{context or 'not relayed'}: {detail}")
+        self._reset(smtp)
+        outcome = SendOutcome.PERMANENT if 500 <= code <= 599 else SendOutcome.TEMPORARY
+        return SendResult(outcome, detail)
+
+    def _reset(self, smtp: smtplib.SMTP) -> None:
+        """RSET after a refusal so the connection is clean for the next message."""
+        try:
+            code, _ = smtp.rset()
+        except (smtplib.SMTPException, OSError):
+            code = 0
+        if code != 250:
+            self._discard()
+
+    def _connection(self) -> smtplib.SMTP:
+        if self._smtp is None:
+            self._smtp = self._connect()
+            self.connections_opened += 1
+        return self._smtp
+
+    def _connect(self) -> smtplib.SMTP:
+        s = self.settings
+        where = f"SMTP server {s.smtp_host}:{s.smtp_port} (SMTP_SECURITY={s.smtp_security})"
+        context = self._ssl_context or ssl.create_default_context()
+        smtp: smtplib.SMTP | None = None
+        try:
+            if s.smtp_security == "tls":
+                smtp = smtplib.SMTP_SSL(
+                    s.smtp_host,
+                    s.smtp_port,
+                    local_hostname=_local_hostname(),
+                    timeout=s.smtp_timeout,
+                    context=context,
+                )
+            else:
+                smtp = smtplib.SMTP(
+                    s.smtp_host,
+                    s.smtp_port,
+                    local_hostname=_local_hostname(),
+                    timeout=s.smtp_timeout,
+                )
+            smtp.ehlo()
+            if s.smtp_security == "starttls":
+                smtp.starttls(context=context)
+                smtp.ehlo()
+            if s.smtp_username:
+                smtp.login(s.smtp_username, s.smtp_password)
+            return smtp
+        except smtplib.SMTPAuthenticationError as exc:
+            problem = (
+                f"{where} refused the login as {s.smtp_username!r}: {_describe(exc)}; "
+                "check SMTP_USERNAME and SMTP_PASSWORD"
+            )
+        except smtplib.SMTPNotSupportedError as exc:
+            problem = (
+                f"{where} cannot do what the settings ask ({exc}); check SMTP_SECURITY "
+                "(starttls needs the server to offer STARTTLS) and SMTP_USERNAME (login needs "
+                "the server to offer AUTH, usually only after STARTTLS)"
+            )
+        except ssl.SSLError as exc:
+            problem = (
+                f"TLS with {where} failed: {exc}; check SMTP_SECURITY (port 465 is usually tls, "
+                "587 starttls) and the server's certificate"
+            )
+        except (smtplib.SMTPException, OSError) as exc:
+            problem = (
+                f"cannot reach {where}: {_describe(exc)}; check SMTP_HOST, SMTP_PORT and that "
+                "the server is running and reachable from here"
+            )
+        if smtp is not None:
+            smtp.close()
+        raise _Unreachable(problem)
+
+    def _discard(self) -> None:
+        if self._smtp is not None:
+            self._smtp.close()
+            self._smtp = None
+
+
+def _reply_text(code: int, reply: bytes | str) -> str:
+    text = reply.decode("utf-8", "replace") if isinstance(reply, bytes) else reply
+    return f"{code} {' '.join(text.split())}".strip()
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, smtplib.SMTPResponseException):
+        return _reply_text(exc.smtp_code, exc.smtp_error)
+    if isinstance(exc, TimeoutError | socket.timeout):
+        return f"timed out ({exc or 'no answer'})"
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+# --- File outbox --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OutboxEntry:
+    """One message in the file outbox, as the index shows it."""
+
+    day: str
+    date: datetime | None
+    to: str
+    subject: str
+    kind: str
+    message_id: str
+    eml_href: str
+    html_href: str | None
+
+
+class FileSender(Sender):
+    """Write each message into `outbox_dir/<day>/` as `.eml` plus an `.html` copy to open.
+
+    A file's name comes from the kind, recipient and Message-ID, so sending the same message
+    again overwrites it. `close()` rewrites `outbox_dir/index.html` listing every message in
+    the outbox, earlier runs included.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.outbox_dir = Path(settings.outbox_dir).resolve()
+        self.index_path = self.outbox_dir / "index.html"
+        self.written: list[Path] = []
+
+    def send(self, email: OutgoingEmail) -> SendResult:
+        eml_path = self.path_for(email)
+        data = message_bytes(self.settings, email)
+        eml_path.parent.mkdir(parents=True, exist_ok=True)
+        _write_atomically(eml_path, data)
+        _write_atomically(eml_path.with_suffix(".html"), email.html.encode("utf-8"))
+        self.written.append(eml_path)
+        return SendResult(SendOutcome.SENT, str(eml_path))
+
+    def path_for(self, email: OutgoingEmail) -> Path:
+        """Where `email`'s .eml goes; always inside the outbox whatever the address holds."""
+        recipient = re.sub(r"[^A-Za-z0-9@+_.-]+", "_", email.to).strip("._-")[:64] or "recipient"
+        digest = hashlib.sha256(email.message_id.encode()).hexdigest()[:12]
+        path = (
+            self.outbox_dir
+            / email.date.date().isoformat()
+            / f"{email.kind}--{recipient}--{digest}.eml"
+        )
+        if not path.resolve().is_relative_to(self.outbox_dir):
+            raise ValueError(f"refusing to write {path}: outside the outbox {self.outbox_dir}")
+        return path
+
+    def close(self) -> None:
+        self.write_index()
+
+    def write_index(self) -> Path:
+        entries = outbox_entries(self.outbox_dir)
+        days: dict[str, list[OutboxEntry]] = {}
+        for entry in entries:
+            days.setdefault(entry.day, []).append(entry)
+        html = (
+            _templates()
+            .get_template("outbox/index.html")
+            .render(days=days, count=len(entries), outbox_dir=str(self.outbox_dir))
+        )
+        self.outbox_dir.mkdir(parents=True, exist_ok=True)
+        _write_atomically(self.index_path, html.encode("utf-8"))
+        return self.index_path
+
+
+def outbox_entries(outbox_dir: Path) -> list[OutboxEntry]:
+    """Every .eml under `outbox_dir/<day>/`, newest first, read from its headers only."""
+    entries = []
+    if not outbox_dir.is_dir():
+        return []
+    parser = BytesHeaderParser(policy=default_policy)
+    for day_dir in outbox_dir.iterdir():
+        if not (day_dir.is_dir() and re.fullmatch(r"\d{4}-\d{2}-\d{2}", day_dir.name)):
+            continue
+        for eml in day_dir.glob("*.eml"):
+            headers = parser.parsebytes(_read_head(eml))
+            sent_at = getattr(headers["Date"], "datetime", None) if headers["Date"] else None
+            html = eml.with_suffix(".html")
+            entries.append(
+                OutboxEntry(
+                    day=day_dir.name,
+                    date=sent_at,
+                    to=str(headers["To"] or ""),
+                    subject=str(headers["Subject"] or ""),
+                    kind=str(headers["X-Digest-Kind"] or ""),
+                    message_id=str(headers["Message-ID"] or ""),
+                    eml_href=f"{day_dir.name}/{quote(eml.name, safe='@+')}",
+                    html_href=f"{day_dir.name}/{quote(html.name, safe='@+')}"
+                    if html.is_file()
+                    else None,
+                )
+            )
+
+    def newest_first(e: OutboxEntry) -> tuple[str, float, str]:
+        return (e.day, e.date.timestamp() if e.date else 0.0, e.eml_href)
+
+    return sorted(entries, key=newest_first, reverse=True)
+
+
+def _read_head(path: Path) -> bytes:
+    """The header block of a message file, without reading a large body."""
+    with path.open("rb") as f:
+        head = f.read(16384)
+        while b"\r\n\r\n" not in head and b"\n\n" not in head:
+            more = f.read(16384)
+            if not more:
+                break
+            head += more
+    return head
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    # A reader (a browser on index.html, a mail client on an .eml) never sees half a file.
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@functools.cache
+def _templates() -> Environment:
+    return Environment(loader=FileSystemLoader(TEMPLATES_DIR), autoescape=True)
+
+
+# --- Console ------------------------------------------------------------------------------
+
+
+class ConsoleSender(Sender):
+    """Print a short summary of each message: for trying the service without mail."""
+
+    preview_lines = 6
+
+    def __init__(self, settings: Settings, stream: TextIO | None = None) -> None:
+        self.settings = settings
+        self._stream = stream
+
+    def send(self, email: OutgoingEmail) -> SendResult:
+        out = self._stream or sys.stdout
+        lines = [line for line in email.text.splitlines() if line.strip()]
+        print(f"--- {email.kind} to {email.to} ---", file=out)
+        print(f"Subject: {clean_subject(email.subject)}", file=out)
+        print(f"Message-ID: {email.message_id}", file=out)
+        for line in lines[: self.preview_lines]:
+            print(f"  {line}", file=out)
+        if len(lines) > self.preview_lines:
+            print(f"  ... ({len(lines) - self.preview_lines} more lines)", file=out)
+        out.flush()
+        return SendResult(SendOutcome.SENT, "printed")
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,278 @@
+"""The whole day, end to end: database → score → render → a real SMTP server, on both databases."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import date, datetime, timedelta, timezone
+from email.message import EmailMessage
+from html.parser import HTMLParser
+
+import pytest
+from sqlalchemy import event, select
+from sqlalchemy.orm import Session
+
+from digest import db
+from digest.models import Delivery, DeliveryItem, DeliveryStatus, Subscriber, SubscriberStatus
+from digest.pipeline import SKIP_ALREADY_SENT, SKIP_NO_MATCH, run_day
+from digest.settings import Settings
+from digest.tokens import Purpose, read_token
+
+from .factories import make_paper, make_subscriber
+from .smtp_server import SMTPServer
+
+DAY = date(2026, 11, 23)
+MORNING = datetime(2026, 11, 23, 6, tzinfo=timezone.utc)
+HOSTILE_TITLE = 'LoRA tricks <script>alert("x")</script>\r\nBcc: victim@example.com'
+
+
+def seed_papers(session: Session, first_seen: datetime = MORNING) -> dict[str, int]:
+    papers = {
+        "lora": make_paper(
+            session, title="LoRA: Low-Rank Adaptation of Large Language Models",
+            abstract="We freeze pretrained weights and inject trainable low-rank matrices (LoRA) "
+                     "for parameter-efficient fine-tuning of large language models.",
+            upvotes=120, first_seen_at=first_seen, published_at=first_seen),
+        "hostile": make_paper(
+            session, title=HOSTILE_TITLE,
+            abstract="Low-rank adaptation with <b>bold</b> claims & ampersands for LoRA.",
+            first_seen_at=first_seen, published_at=first_seen),
+        "diffusion": make_paper(
+            session, title="Denoising Diffusion Models for Image Generation",
+            abstract="Diffusion models generate images by iterative denoising.",
+            upvotes=40, first_seen_at=first_seen, published_at=first_seen),
+        "rl": make_paper(
+            session, title="Reward Models for Reinforcement Learning from Human Feedback",
+            abstract="We train reward models from human preference data for RLHF.",
+            first_seen_at=first_seen, published_at=first_seen),
+    }
+    return {k: p.id for k, p in papers.items()}
+
+
+@pytest.fixture
+def smtp_settings(settings: Settings, smtp_server: SMTPServer) -> Settings:
+    return replace(settings, mail_backend="smtp", smtp_host="127.0.0.1", smtp_port=smtp_server.port,
+                   min_relevance=0.05)
+
+
+def visible_links(html: str) -> dict[str, str]:
+    """Map each link's visible text to its href, as a reader's mail client shows them."""
+
+    class Links(HTMLParser):
+        def __init__(self) -> None:
+            super().__init__()
+            self.links: dict[str, str] = {}
+            self._href: str | None = None
+            self._text: list[str] = []
+
+        def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+            if tag == "a":
+                self._href, self._text = dict(attrs).get("href"), []
+
+        def handle_data(self, data: str) -> None:
+            if self._href is not None:
+                self._text.append(data)
+
+        def handle_endtag(self, tag: str) -> None:
+            if tag == "a" and self._href is not None:
+                self.links[" ".join("".join(self._text).split())] = self._href
+                self._href = None
+
+    parser = Links()
+    parser.feed(html)
+    return parser.links
+
+
+def parts(message: EmailMessage) -> tuple[str, str]:
+    text = message.get_body(("plain",))
+    html = message.get_body(("html",))
+    assert text is not None and html is not None
+    return text.get_content(), html.get_content()
+
+
+def test_each_subscriber_gets_one_digest_with_the_right_papers(
+    session: Session, smtp_settings: Settings, smtp_server: SMTPServer
+) -> None:
+    ids = seed_papers(session)
+    lora = make_subscriber(session, email="ada@example.org", topics="LoRA, low-rank adaptation")
+    make_subscriber(session, email="grace@example.org", topics="diffusion models, image generation")
+    make_subscriber(session, email="nobody@example.org", topics="medieval poetry")
+    make_subscriber(session, email="fallback@example.org", topics="medieval poetry",
+                    trending_fallback=True, papers_per_digest=2)
+    make_subscriber(session, email="pending@example.org", status=SubscriberStatus.PENDING)
+    make_subscriber(session, email="gone@example.org", status=SubscriberStatus.UNSUBSCRIBED)
+    session.commit()
+
+    report = run_day(smtp_settings, DAY)
+
+    received = smtp_server.by_recipient()
+    assert sorted(received) == ["ada@example.org", "fallback@example.org", "grace@example.org"]
+    assert all(len(messages) == 1 for messages in received.values())
+    assert sorted(report.sent) == sorted(received)
+    assert report.skipped[SKIP_NO_MATCH] == 1
+    assert smtp_server.connections == 1  # one connection reused for every message
+
+    message = received["ada@example.org"][0]
+    text, html = parts(message)
+    assert message["To"] == "ada@example.org"
+    assert "23 Nov 2026" in message["Subject"] and "2 new papers" in message["Subject"]
+    assert message["Bcc"] is None and "\n" not in message["Subject"]
+    assert message["Message-ID"] == session.scalar(
+        select(Delivery.message_id).where(Delivery.subscriber_id == lora.id))
+    assert message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    unsubscribe_https = message["List-Unsubscribe"].split(",")[0].strip(" <>")
+    assert "mailto:" in message["List-Unsubscribe"]
+    assert read_token(smtp_settings, Purpose.UNSUBSCRIBE, unsubscribe_https.rsplit("/", 1)[1]) \
+        == lora.id
+
+    links = visible_links(html)
+    assert links["LoRA: Low-Rank Adaptation of Large Language Models"].startswith(
+        "https://arxiv.org/abs/")
+    assert links.get("Unsubscribe") == unsubscribe_https
+    assert "Change preferences" in links or "Preferences" in links
+    assert "<script>" not in html and "&lt;script&gt;" in html
+    assert "LoRA: Low-Rank Adaptation of Large Language Models" in text
+    assert unsubscribe_https in text
+
+    fallback_text, _ = parts(received["fallback@example.org"][0])
+    assert "trending" in fallback_text.lower()
+
+    delivered = session.scalars(
+        select(DeliveryItem.paper_id).where(DeliveryItem.subscriber_id == lora.id)).all()
+    assert set(delivered) == {ids["lora"], ids["hostile"]}
+    statuses = set(session.scalars(select(Delivery.status)).all())
+    assert statuses == {DeliveryStatus.SENT}
+
+
+def test_a_second_run_the_same_day_sends_nothing(
+    session: Session, smtp_settings: Settings, smtp_server: SMTPServer
+) -> None:
+    seed_papers(session)
+    make_subscriber(session, topics="LoRA")
+    session.commit()
+    assert len(run_day(smtp_settings, DAY).sent) == 1
+    again = run_day(smtp_settings, DAY)
+    assert again.sent == [] and again.skipped[SKIP_ALREADY_SENT] == 1
+    assert len(smtp_server.received) == 1
+
+
+def test_the_next_day_brings_only_new_papers_never_the_same_twice(
+    session: Session, smtp_settings: Settings, smtp_server: SMTPServer
+) -> None:
+    seed_papers(session)
+    sub = make_subscriber(session, topics="LoRA, low-rank adaptation", papers_per_digest=1)
+    session.commit()
+    run_day(smtp_settings, DAY)
+    # Nothing new tomorrow: no empty email.
+    tomorrow = run_day(smtp_settings, DAY + timedelta(days=1))
+    assert tomorrow.sent == [] and tomorrow.skipped[SKIP_NO_MATCH] == 1
+    make_paper(session, title="DoRA: Weight-Decomposed Low-Rank Adaptation",
+               abstract="An improvement over LoRA for low-rank adaptation.",
+               first_seen_at=MORNING + timedelta(days=2))
+    session.commit()
+    assert len(run_day(smtp_settings, DAY + timedelta(days=2)).sent) == 1
+    titles = session.scalars(
+        select(DeliveryItem.paper_id).where(DeliveryItem.subscriber_id == sub.id)).all()
+    assert len(titles) == len(set(titles)) == 2
+    subjects = [m["Subject"] for m in smtp_server.messages]
+    assert len(subjects) == 2
+
+
+def test_a_refused_address_is_suppressed_and_the_rest_still_go(
+    session: Session, smtp_settings: Settings, smtp_server: SMTPServer
+) -> None:
+    seed_papers(session)
+    make_subscriber(session, email="ada@example.org", topics="LoRA")
+    bad = make_subscriber(session, email="bounce@example.org", topics="LoRA")
+    make_subscriber(session, email="grace@example.org", topics="LoRA")
+    session.commit()
+    smtp_server.reject_recipients.add("bounce@example.org")
+    report = run_day(smtp_settings, DAY)
+    assert sorted(report.sent) == ["ada@example.org", "grace@example.org"]
+    assert [email for email, _ in report.failed] == ["bounce@example.org"]
+    session.expire_all()
+    assert session.get(Subscriber, bad.id).status is SubscriberStatus.BOUNCED
+    assert session.scalar(select(Delivery.status).where(Delivery.subscriber_id == bad.id)) \
+        is DeliveryStatus.FAILED
+
+
+def test_a_temporary_failure_releases_the_claim_so_a_rerun_delivers(
+    session: Session, smtp_settings: Settings, smtp_server: SMTPServer
+) -> None:
+    seed_papers(session)
+    make_subscriber(session, email="ada@example.org", topics="LoRA")
+    session.commit()
+    smtp_server.fail_next.append("451 4.3.0 Try again later")
+    first = run_day(smtp_settings, DAY)
+    assert first.sent == [] and "temporary" in first.failed[0][1]
+    second = run_day(smtp_settings, DAY)
+    assert second.sent == ["ada@example.org"]
+    assert len(smtp_server.received) == 1
+
+
+def test_dry_run_claims_and_sends_nothing(
+    session: Session, smtp_settings: Settings, smtp_server: SMTPServer
+) -> None:
+    seed_papers(session)
+    make_subscriber(session, topics="LoRA")
+    session.commit()
+    report = run_day(smtp_settings, DAY, dry_run=True)
+    assert len(report.sent) == 1 and "would send" in report.summary()
+    assert smtp_server.received == []
+    assert session.scalars(select(Delivery)).all() == []
+
+
+def test_file_outbox_is_the_default_and_has_an_index(session: Session, settings: Settings) -> None:
+    seed_papers(session)
+    make_subscriber(session, email="ada@example.org", topics="LoRA")
+    session.commit()
+    report = run_day(settings, DAY)
+    assert report.outbox_index is not None and report.outbox_index.is_file()
+    index = report.outbox_index.read_text()
+    assert "ada@example.org" in index
+    assert len(list(settings.outbox_dir.rglob("*.eml"))) == 1
+
+
+def test_database_round_trips_per_batch_do_not_grow_with_subscribers(
+    session: Session, settings: Settings
+) -> None:
+    seed_papers(session)
+    for n in range(60):
+        make_subscriber(session, email=f"r{n}@example.org", topics="LoRA, diffusion")
+    session.commit()
+    engine = db.engine_for(settings.database_url)
+
+    def statements_for(batch_size: int, day: date) -> int:
+        count = 0
+
+        def on_execute(*_args: object) -> None:
+            nonlocal count
+            count += 1
+
+        event.listen(engine, "before_cursor_execute", on_execute)
+        try:
+            run_day(replace(settings, batch_size=batch_size, mail_backend="console"), day)
+        finally:
+            event.remove(engine, "before_cursor_execute", on_execute)
+        return count
+
+    small = statements_for(10, DAY)  # 6 batches of 10
+    large = statements_for(60, DAY + timedelta(days=1))  # 1 batch of 60
+    # Same number of subscribers: per-batch cost is constant, so fewer batches, fewer queries.
+    assert large < small
+    per_batch = (small - large) / 5
+    assert per_batch <= 12, per_batch
+
+
+def test_a_connection_lost_after_the_message_is_in_doubt_and_never_resent(
+    session: Session, smtp_settings: Settings, smtp_server: SMTPServer
+) -> None:
+    seed_papers(session)
+    sub = make_subscriber(session, email="ada@example.org", topics="LoRA")
+    session.commit()
+    smtp_server.drop_next_data = 1  # the server queues the message, then hangs up
+    first = run_day(smtp_settings, DAY)
+    assert first.sent == [] and "in doubt" in first.failed[0][1]
+    assert session.scalar(select(Delivery.status).where(Delivery.subscriber_id == sub.id)) \
+        is DeliveryStatus.IN_DOUBT
+    second = run_day(smtp_settings, DAY)
+    assert second.sent == [] and len(smtp_server.received) == 1
