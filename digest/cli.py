@@ -288,6 +288,23 @@ def _print_sent(settings: Settings, day: date) -> None:
         click.echo(f"  {email:<28} {count:>2} paper{'' if count == 1 else 's'}  {status.value}")
 
 
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=int)
+@click.option("--debug", is_flag=True, help="Reload on code changes (development only).")
+@click.pass_context
+def serve(ctx: click.Context, host: str, port: int, debug: bool) -> None:
+    """Run the web app for development (production: gunicorn, see deploy/).
+
+    Example: digest serve --port 8000
+    """
+    from .web import create_app
+
+    settings = _settings(ctx)
+    _ensure_schema(settings)
+    create_app(settings).run(host=host, port=port, debug=debug)
+
+
 # --- subscribers ------------------------------------------------------------------------
 
 

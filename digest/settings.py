@@ -65,9 +65,20 @@ class Settings:
     # Ingest
     http_timeout: float = 20.0
 
+    ingest_sources: str = ""  # URLs or paths, space-separated, for the scheduled ingest
+    ingest_interval_minutes: int = 60
+
     # Scale-out (Celery workers)
     redis_url: str = "redis://127.0.0.1:6379/0"
+    celery_broker_url: str = ""  # empty: redis_url
     batch_size: int = 100
+    beat_interval_minutes: int = 15
+    claim_lease_seconds: int = 600
+    ledger_window: int = 25
+    send_rate_per_second: float = 0.0  # 0: unlimited
+    smtp_retry_attempts: int = 4
+    smtp_retry_base_delay: float = 0.5
+    smtp_retry_max_delay: float = 8.0
 
     @classmethod
     def from_env(
@@ -102,6 +113,8 @@ class Settings:
             raise SettingsError(
                 f"SMTP_SECURITY={self.smtp_security!r} is not one of none, starttls, tls."
             )
+        if not self.celery_broker_url:
+            changes["celery_broker_url"] = self.redis_url
         if not 0 <= self.default_send_hour <= 23:
             raise SettingsError("DEFAULT_SEND_HOUR must be an hour from 0 to 23.")
         return _replace(self, **changes)
