@@ -205,6 +205,40 @@ def _run_with_progress(settings: Settings, day: date, dry_run: bool) -> Any:
 
 
 @main.command()
+@click.option("--date", "day_text", metavar="YYYY-MM-DD", help="Digest date (default: today, UTC).")
+@click.pass_context
+def status(ctx: click.Context, day_text: str | None) -> None:
+    """How a day's digests stand: due, sent, pending, retrying, failed, bounced, in doubt.
+
+    Example: digest status --date 2026-11-23
+    """
+    from .pipeline import day_status
+
+    settings = _settings(ctx)
+    _ensure_schema(settings)
+    result = day_status(settings, _parse_day(day_text))
+    click.echo(f"Digests for {result.day.isoformat()}")
+    for line in result.lines():
+        click.echo(f"  {line}")
+
+
+@main.command()
+@click.pass_context
+def health(ctx: click.Context) -> None:
+    """Check the database, Redis and SMTP; exit non-zero at the first that is down.
+
+    Example: digest health
+    """
+    from .health import run_checks
+
+    checks = run_checks(_settings(ctx))
+    for check in checks:
+        click.echo(f"{check.name:<9} {'ok  ' if check.ok else 'DOWN'}  {check.detail}")
+    if not checks[-1].ok:
+        raise click.ClickException(f"{checks[-1].name} is down.")
+
+
+@main.command()
 @click.argument("email")
 @click.option("--date", "day_text", metavar="YYYY-MM-DD", help="Digest date (default: today).")
 @click.option(

@@ -67,10 +67,13 @@ class SubscriberStatus(str, enum.Enum):
 
 
 class DeliveryStatus(str, enum.Enum):
-    CLAIMED = "claimed"  # row written, message not yet handed to the mail backend
+    CLAIMED = "claimed"  # planned or owned by an attempt; not yet handed to the mail backend
+    SENDING = "sending"  # being handed to the mail backend by the attempt that owns it
     SENT = "sent"
-    FAILED = "failed"  # the backend refused it; nothing reached the subscriber
-    IN_DOUBT = "in_doubt"  # the backend may have accepted it but we could not confirm
+    FAILED = "failed"  # the backend refused it for good; nothing reached the subscriber
+    IN_DOUBT = "in_doubt"  # the backend may have accepted it; never resent blindly
+    RETRYING = "retrying"  # a temporary failure; planned again once lease_until has passed
+    SKIPPED = "skipped"  # nothing to send today (no paper matched)
 
 
 def _enum(enum_cls: type[enum.Enum], name: str) -> Enum:
@@ -166,6 +169,7 @@ class Delivery(Base):
     __table_args__ = (
         UniqueConstraint("subscriber_id", "digest_date", name="uq_deliveries_subscriber_date"),
         Index("ix_deliveries_digest_date_status", "digest_date", "status"),
+        Index("ix_deliveries_status_lease", "status", "lease_until"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -178,6 +182,10 @@ class Delivery(Base):
     paper_count: Mapped[int] = mapped_column(Integer, default=0)
     trending_fallback: Mapped[bool] = mapped_column(Boolean, default=False)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # The attempt (one run of one batch) that owns the row until lease_until.
+    claim_token: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     claimed_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 

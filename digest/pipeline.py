@@ -1,26 +1,31 @@
-"""The day's story, top-down: plan → prepare once → for each batch: score, render, send, record.
+"""The day's story, top-down: plan → prepare once → for each batch: claim, score, render, send.
 
-`run_day` is what `digest run`, `digest demo` and the Celery tasks call. Per-day work
-(the paper index, the trending signal, each paper's card) is done once in `prepare_day`;
-per-subscriber work runs in batches whose database round trips do not grow with the batch.
+`run_day` runs a whole day in this process (`digest run`, `digest demo`). The scheduled path
+splits the same steps across Celery: `plan_due` (beat) finds subscribers whose local send hour
+has come and plans their deliveries; `send_planned_batch` (a worker task) sends one batch.
+Both go through `process_batch`, so there is one implementation of a batch.
 
-The delivery row is the ledger: it is claimed (inserted, unique per subscriber and date)
-and committed before the message is handed to the mail backend, then marked with the
-outcome. A second run the same day finds the claim and sends nothing.
+Per-day work (the paper index, the trending signal, each paper's card) is done once per
+process and day by `prepared_day`; per-subscriber work runs in batches whose database round
+trips do not grow with the batch. The ledger (`ledger.py`) makes every step safe to repeat.
 """
 
 from __future__ import annotations
 
+import logging
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta, timezone
 from pathlib import Path
+from typing import TypeVar
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import exists, func, select, update
 from sqlalchemy.orm import Session
 
-from . import db
+from . import db, ledger
 from .models import (
     Delivery,
     DeliveryItem,
@@ -49,13 +54,17 @@ from .send import (
 from .settings import Settings
 from .tokens import Purpose, link
 
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
 SKIP_NO_MATCH = "no new paper matched their topics"
 SKIP_ALREADY_SENT = "already has today's digest"
+SKIP_ELSEWHERE = "being handled by another run"
 
 
 @dataclass
 class DayReport:
-    """What a run did, for the CLI's summary and the tests."""
+    """What a run did, for the CLI's summary, the task result and the tests."""
 
     day: date
     due: int = 0
@@ -82,6 +91,15 @@ class DayReport:
         lines += [f"  failed {email}: {reason}" for email, reason in self.failed]
         return "\n".join(lines)
 
+    def as_dict(self) -> dict[str, object]:
+        """JSON-safe, for Celery task results."""
+        return {
+            "day": self.day.isoformat(),
+            "sent": len(self.sent),
+            "skipped": dict(self.skipped),
+            "failed": [list(f) for f in self.failed],
+        }
+
 
 @dataclass
 class PreparedDay:
@@ -93,6 +111,9 @@ class PreparedDay:
     cards: dict[int, PaperCard]
 
 
+# --- the whole day in one process ------------------------------------------------------
+
+
 def run_day(
     settings: Settings,
     day: date,
@@ -101,17 +122,29 @@ def run_day(
     progress: Callable[[int], None] | None = None,
     on_plan: Callable[[int], None] | None = None,
 ) -> DayReport:
-    """Send each active subscriber their digest for `day`, once."""
+    """Send each active subscriber their digest for `day`, once, whatever their send hour."""
     report = DayReport(day=day, dry_run=dry_run)
+    now = datetime.now(timezone.utc)
     with db.session_scope(settings) as session:
-        subscriber_ids = plan_day(session, day, report)
+        due = list(session.scalars(select(Subscriber.id).where(_active()).order_by(Subscriber.id)))
+        report.due = len(due)
+        if dry_run:
+            planned = _not_yet_handled(session, day, due, now)
+        else:
+            ledger.mark_abandoned_in_doubt(session, now)
+            pairs = plan_pairs(session, settings, [(s, day) for s in due], now, retry_now=True)
+            planned = [sid for sid, _ in pairs]
+        _count_already_handled(session, day, set(due) - set(planned), report)
         if on_plan:
-            on_plan(len(subscriber_ids))
+            on_plan(len(planned))
         prepared = prepare_day(session, settings, day)
         report.candidates = len(prepared.index)
         with open_sender(settings) as sender:
-            for batch in chunked(subscriber_ids, settings.batch_size):
-                report.merge(send_batch(session, settings, prepared, batch, sender, dry_run))
+            for batch in chunked(planned, settings.batch_size):
+                if dry_run:
+                    report.merge(preview_batch(session, settings, prepared, batch))
+                else:
+                    report.merge(process_batch(session, settings, prepared, batch, sender))
                 if progress:
                     progress(len(batch))
         if settings.mail_backend == "file" and not dry_run:
@@ -119,25 +152,173 @@ def run_day(
     return report
 
 
-def plan_day(session: Session, day: date, report: DayReport | None = None) -> list[int]:
-    """Active subscribers who have no delivery for `day` yet."""
-    already = select(Delivery.subscriber_id).where(Delivery.digest_date == day)
-    active = Subscriber.status == SubscriberStatus.ACTIVE
-    ids = list(
-        session.scalars(
+# --- plan: who is due, and when ---------------------------------------------------------
+
+
+def _active() -> object:
+    return Subscriber.status == SubscriberStatus.ACTIVE
+
+
+def due_subscribers(session: Session, now: datetime) -> list[tuple[int, date]]:
+    """(subscriber, their local date) for everyone whose local send hour has come today.
+
+    Each subscriber's hour is read in their own IANA zone at `now`, so DST shifts move it with
+    local time. A subscriber whose hour passed while the system was down is still due later
+    that local day; one who already has a delivery row for their local date is not due again
+    (unless that row was abandoned: planned or claimed, and its lease ran out).
+    """
+    zones = session.scalars(select(Subscriber.time_zone).where(_active()).distinct()).all()
+    due: list[tuple[int, date]] = []
+    for zone in sorted(zones):
+        local = now.astimezone(_zone(zone))
+        handled = exists().where(
+            Delivery.subscriber_id == Subscriber.id,
+            Delivery.digest_date == local.date(),
+            ~ledger.stale_condition(now),  # type: ignore[operator]
+        )
+        ids = session.scalars(
             select(Subscriber.id)
-            .where(active, Subscriber.id.not_in(already))
+            .where(
+                _active(),
+                Subscriber.time_zone == zone,
+                Subscriber.send_hour <= local.hour,
+                ~handled,
+            )
             .order_by(Subscriber.id)
+        ).all()
+        due += [(sid, local.date()) for sid in ids]
+    return due
+
+
+def _zone(name: str) -> ZoneInfo:
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        log.warning("unknown time zone %r in the database; using UTC", name)
+        return ZoneInfo("UTC")
+
+
+def plan_pairs(
+    session: Session,
+    settings: Settings,
+    pairs: Sequence[tuple[int, date]],
+    now: datetime,
+    retry_now: bool = False,
+) -> list[tuple[int, date]]:
+    """Write planned delivery rows; returns the pairs this call planned (not another planner)."""
+    message_ids = {
+        (sid, day): message_id_for(settings, "digest", sid, day) for sid, day in pairs
+    }
+    return ledger.plan(
+        session, pairs, message_ids, now, settings.claim_lease_seconds, retry_now=retry_now
+    )
+
+
+def plan_due(settings: Settings, now: datetime) -> list[tuple[date, list[int]]]:
+    """Beat's step: report abandoned sends, plan who is due now, and cut them into batches."""
+    with db.session_scope(settings) as session:
+        in_doubt = ledger.mark_abandoned_in_doubt(session, now)
+        if in_doubt:
+            log.warning("%d deliveries in doubt: their worker stopped while sending", in_doubt)
+        planned = plan_pairs(session, settings, due_subscribers(session, now), now)
+    by_day: dict[date, list[int]] = {}
+    for sid, day in planned:
+        by_day.setdefault(day, []).append(sid)
+    return [
+        (day, list(batch))
+        for day, ids in sorted(by_day.items())
+        for batch in chunked(ids, settings.batch_size)
+    ]
+
+
+def _not_yet_handled(session: Session, day: date, ids: Sequence[int], now: datetime) -> list[int]:
+    handled = set(
+        session.scalars(
+            select(Delivery.subscriber_id).where(
+                Delivery.digest_date == day, ~ledger.stale_condition(now)  # type: ignore[operator]
+            )
         )
     )
-    if report is not None:
-        done = session.scalar(
-            select(func.count()).select_from(Subscriber).where(active, Subscriber.id.in_(already))
+    return [sid for sid in ids if sid not in handled]
+
+
+def _count_already_handled(
+    session: Session, day: date, ids: set[int], report: DayReport
+) -> None:
+    if not ids:
+        return
+    for status, count in session.execute(
+        select(Delivery.status, func.count())
+        .where(Delivery.digest_date == day, Delivery.subscriber_id.in_(ids))
+        .group_by(Delivery.status)
+    ):
+        if status is DeliveryStatus.SENT:
+            report.skipped[SKIP_ALREADY_SENT] += count
+        elif status in (DeliveryStatus.CLAIMED, DeliveryStatus.SENDING):
+            report.skipped[SKIP_ELSEWHERE] += count
+        else:
+            report.skipped[f"already {status.value.replace('_', ' ')} today"] += count
+
+
+@dataclass(frozen=True)
+class DayStatus:
+    """How a day's digests stand, for `digest status` and operators."""
+
+    day: date
+    active: int
+    counts: Counter[str]
+    bounced: int
+
+    @property
+    def not_planned(self) -> int:
+        return max(self.active - sum(self.counts.values()), 0)
+
+    def lines(self) -> list[str]:
+        c = self.counts
+        rows = [
+            ("due (active subscribers)", self.active),
+            ("sent", c["sent"]),
+            ("pending (planned or claimed, not yet sent)", c["planned"] + c["claimed"]),
+            ("sending now", c["sending"]),
+            ("retrying after a temporary failure", c["retrying"]),
+            ("stale (worker gone, will be planned again)", c["stale"]),
+            ("failed (refused by the mail server)", c["failed"]),
+            ("   of which bounced addresses", self.bounced),
+            ("in doubt (may have been sent; not resent)", c["in_doubt"]),
+            ("skipped (nothing matched)", c["skipped"]),
+            ("not planned yet (send hour not reached)", self.not_planned),
+        ]
+        return [f"{label:<46} {count:>8}" for label, count in rows]
+
+
+def day_status(settings: Settings, day: date) -> DayStatus:
+    with db.session_scope(settings) as session:
+        counts = ledger.day_counts(session, day)
+        active = session.scalar(select(func.count()).select_from(Subscriber).where(_active()))
+        bounced = session.scalar(
+            select(func.count())
+            .select_from(Delivery)
+            .join(Subscriber, Subscriber.id == Delivery.subscriber_id)
+            .where(
+                Delivery.digest_date == day,
+                Delivery.status == DeliveryStatus.FAILED,
+                Subscriber.status == SubscriberStatus.BOUNCED,
+            )
         )
-        report.due = len(ids) + int(done or 0)
-        if done:
-            report.skipped[SKIP_ALREADY_SENT] += int(done)
-    return ids
+        # Subscribers who left since being sent still count as due that day.
+        active = int(active or 0) + int(
+            session.scalar(
+                select(func.count())
+                .select_from(Delivery)
+                .join(Subscriber, Subscriber.id == Delivery.subscriber_id)
+                .where(Delivery.digest_date == day, ~_active())  # type: ignore[operator]
+            )
+            or 0
+        )
+    return DayStatus(day=day, active=active, counts=counts, bounced=int(bounced or 0))
+
+
+# --- prepare: the day's shared work, once ----------------------------------------------
 
 
 def day_bounds(day: date, lookback_days: int) -> tuple[datetime, datetime]:
@@ -208,9 +389,36 @@ def paper_card(paper: Paper) -> PaperCard:
     )
 
 
+_PREPARED: dict[tuple[str, date], tuple[tuple[object, ...], PreparedDay]] = {}
+
+
+def prepared_day(session: Session, settings: Settings, day: date) -> PreparedDay:
+    """The day's PreparedDay, built once per process and reused by every batch it runs.
+
+    It is rebuilt only when the day's candidate papers change (a fingerprint query).
+    """
+    start, end = day_bounds(day, settings.lookback_days)
+    fingerprint = tuple(
+        session.execute(
+            select(func.count(), func.max(Paper.id), func.max(Paper.updated_at)).where(
+                Paper.first_seen_at > start, Paper.first_seen_at <= end
+            )
+        ).one()
+    )
+    key = (settings.database_url, day)
+    cached = _PREPARED.get(key)
+    if cached is None or cached[0] != fingerprint:
+        _PREPARED.clear()  # one day at a time is plenty, and keeps memory flat
+        _PREPARED[key] = (fingerprint, prepare_day(session, settings, day))
+    return _PREPARED[key][1]
+
+
+# --- one batch: claim, score, render, send, record --------------------------------------
+
+
 @dataclass(frozen=True)
 class Composed:
-    """One subscriber's digest, ready to claim and send."""
+    """One subscriber's digest, ready to send."""
 
     subscriber_id: int
     email: str
@@ -218,37 +426,179 @@ class Composed:
     message: OutgoingEmail
 
 
-def send_batch(
+def send_planned_batch(settings: Settings, day: date, subscriber_ids: Sequence[int]) -> DayReport:
+    """A worker's step: send one planned batch over one mail connection; safe to run twice."""
+    with db.session_scope(settings) as session:
+        prepared = prepared_day(session, settings, day)
+        with open_sender(settings) as sender:
+            return process_batch(session, settings, prepared, subscriber_ids, sender)
+
+
+def process_batch(
     session: Session,
     settings: Settings,
     prepared: PreparedDay,
     subscriber_ids: Sequence[int],
     sender: Sender,
-    dry_run: bool = False,
 ) -> DayReport:
-    """Score, render, claim, send and record one batch; safe to run twice."""
-    report = DayReport(day=prepared.day, dry_run=dry_run)
+    """Claim the batch for this attempt, then score, render, send and record in windows."""
+    day = prepared.day
+    report = DayReport(day=day)
+    token = uuid.uuid4().hex
+    now = datetime.now(timezone.utc)
+    claims = ledger.claim(session, day, subscriber_ids, token, now, settings.claim_lease_seconds)
+    if len(claims) < len(subscriber_ids):
+        report.skipped[SKIP_ELSEWHERE] += len(subscriber_ids) - len(claims)
+    delivery_ids = {c.subscriber_id: c.delivery_id for c in claims}
+    composed, skipped, unsendable = compose_batch(session, settings, prepared, list(delivery_ids))
+    report.skipped[SKIP_NO_MATCH] += len(skipped)
+    ledger.finish(session, day, token, DeliveryStatus.SKIPPED, skipped, now)
+    for sid, email, reason in unsendable:
+        report.failed.append((email, reason))
+        ledger.finish(session, day, token, DeliveryStatus.FAILED, [sid], now, error=reason)
+    ledger.set_contents(
+        session, day, token,
+        {c.subscriber_id: (len(c.selection.picks), c.selection.trending_fallback)
+         for c in composed},
+    )
+    ledger.attach_items(session, delivery_items(composed, delivery_ids))
+    session.commit()
+    for window in chunked(composed, settings.ledger_window):
+        send_window(session, settings, day, token, window, sender, report)
+    return report
+
+
+def compose_batch(
+    session: Session, settings: Settings, prepared: PreparedDay, subscriber_ids: Sequence[int]
+) -> tuple[list[Composed], list[int], list[tuple[int, str, str]]]:
+    """Score and render a batch: (digests to send, ids with nothing to send, unsendable)."""
     subscribers, profiles = load_batch(session, prepared.day, subscriber_ids)
     selections = prepared.index.select(profiles)
     composed: list[Composed] = []
+    nothing: list[int] = []
+    unsendable: list[tuple[int, str, str]] = []
     for subscriber, selection in zip(subscribers, selections, strict=True):
         if not selection.picks:
-            report.skipped[SKIP_NO_MATCH] += 1
+            nothing.append(subscriber.id)
             continue
         try:
             message = compose_message(settings, prepared, subscriber, selection)
         except ValueError as exc:  # a stored value no message may carry; the rest go on
-            report.failed.append((subscriber.email, f"not sendable: {exc}"))
+            unsendable.append((subscriber.id, subscriber.email, f"not sendable: {exc}"))
             continue
         composed.append(Composed(subscriber.id, subscriber.email, selection, message))
-    if dry_run:
-        report.sent = [c.email for c in composed]
-        return report
-    claimed = claim_deliveries(session, prepared.day, composed)
-    if len(claimed) < len(composed):  # another run claimed them first
-        report.skipped[SKIP_ALREADY_SENT] += len(composed) - len(claimed)
-    outcomes = {c.subscriber_id: sender.send(c.message) for c in claimed}
-    record_outcomes(session, prepared.day, claimed, outcomes, report)
+    # Claimed rows whose subscriber stopped being active meanwhile: nothing to send.
+    loaded = {s.id for s in subscribers}
+    nothing += [sid for sid in subscriber_ids if sid not in loaded]
+    return composed, nothing, unsendable
+
+
+def delivery_items(
+    composed: Sequence[Composed], delivery_ids: dict[int, int]
+) -> list[dict[str, object]]:
+    return [
+        {
+            "delivery_id": delivery_ids[c.subscriber_id],
+            "subscriber_id": c.subscriber_id,
+            "paper_id": pick.paper_id,
+            "rank": rank,
+            "score": pick.score,
+            "why": " · ".join(pick.reasons),
+        }
+        for c in composed
+        for rank, pick in enumerate(c.selection.picks, start=1)
+    ]
+
+
+def send_window(
+    session: Session,
+    settings: Settings,
+    day: date,
+    token: str,
+    window: Sequence[Composed],
+    sender: Sender,
+    report: DayReport,
+) -> None:
+    """Mark a window SENDING, hand it to the mail backend, record each outcome.
+
+    Only this window can be in doubt if the process dies here: its rows are SENDING.
+    """
+    owned = ledger.start_sending(
+        session, day, token, [c.subscriber_id for c in window], datetime.now(timezone.utc),
+        settings.claim_lease_seconds,
+    )
+    results: dict[int, SendResult] = {
+        c.subscriber_id: sender.send(c.message) for c in window if c.subscriber_id in owned
+    }
+    record_outcomes(session, settings, day, token, window, results, report)
+
+
+def record_outcomes(
+    session: Session,
+    settings: Settings,
+    day: date,
+    token: str,
+    window: Sequence[Composed],
+    results: dict[int, SendResult],
+    report: DayReport,
+) -> None:
+    """Close each row of the window with what the mail backend said, in bulk."""
+    now = datetime.now(timezone.utc)
+    by_status: dict[DeliveryStatus, list[int]] = {}
+    errors: dict[int, str] = {}
+    for c in window:
+        result = results.get(c.subscriber_id)
+        if result is None:
+            continue  # another attempt owns it
+        if result.in_doubt:
+            status = DeliveryStatus.IN_DOUBT
+            report.failed.append((c.email, f"in doubt, not resent: {result.detail}"))
+        elif result.outcome is SendOutcome.SENT:
+            status = DeliveryStatus.SENT
+            report.sent.append(c.email)
+        elif result.outcome is SendOutcome.PERMANENT:
+            status = DeliveryStatus.FAILED
+            report.failed.append((c.email, f"refused, address suppressed: {result.detail}"))
+        else:
+            status = DeliveryStatus.RETRYING
+            report.failed.append((c.email, f"temporary failure, will retry: {result.detail}"))
+        by_status.setdefault(status, []).append(c.subscriber_id)
+        errors[c.subscriber_id] = result.detail[:1000]
+    for status, ids in by_status.items():
+        if status is DeliveryStatus.SENT:
+            ledger.finish(session, day, token, status, ids, now)
+        else:
+            # One statement per distinct error keeps this bulk in the common case.
+            for detail in {errors[i] for i in ids}:
+                ledger.finish(
+                    session, day, token, status, [i for i in ids if errors[i] == detail], now,
+                    error=detail, retry_after_seconds=RETRY_AFTER_SECONDS,
+                )
+    bounced = by_status.get(DeliveryStatus.FAILED, [])
+    if bounced:
+        suppress(session, bounced, SubscriberStatus.BOUNCED)
+    session.commit()
+
+
+RETRY_AFTER_SECONDS = 300
+
+
+def suppress(session: Session, subscriber_ids: Sequence[int], status: SubscriberStatus) -> None:
+    """Stop mailing these addresses (a hard bounce, a complaint)."""
+    session.execute(
+        update(Subscriber).where(Subscriber.id.in_(subscriber_ids)).values(status=status)
+    )
+
+
+def preview_batch(
+    session: Session, settings: Settings, prepared: PreparedDay, subscriber_ids: Sequence[int]
+) -> DayReport:
+    """Dry run of a batch: score and render, claim and send nothing."""
+    report = DayReport(day=prepared.day, dry_run=True)
+    composed, nothing, unsendable = compose_batch(session, settings, prepared, subscriber_ids)
+    report.sent = [c.email for c in composed]
+    report.skipped[SKIP_NO_MATCH] += len(nothing)
+    report.failed += [(email, reason) for _, email, reason in unsendable]
     return report
 
 
@@ -332,134 +682,6 @@ def compose_message(
     )
 
 
-def claim_deliveries(session: Session, day: date, composed: Sequence[Composed]) -> list[Composed]:
-    """Insert the batch's delivery rows; only those this process inserted are sent.
-
-    ON CONFLICT DO NOTHING on (subscriber, date) means a concurrent or repeated run that
-    claimed first wins, and this one sends nothing for that subscriber.
-    """
-    if not composed:
-        return []
-    insert = db.dialect_insert(session)
-    now = datetime.now(timezone.utc)
-    rows = [
-        {
-            "subscriber_id": c.subscriber_id,
-            "digest_date": day,
-            "status": DeliveryStatus.CLAIMED,
-            "message_id": c.message.message_id,
-            "paper_count": len(c.selection.picks),
-            "trending_fallback": c.selection.trending_fallback,
-            "claimed_at": now,
-        }
-        for c in composed
-    ]
-    result = session.execute(
-        insert(Delivery)
-        .values(rows)
-        .on_conflict_do_nothing(index_elements=["subscriber_id", "digest_date"])
-        .returning(Delivery.id, Delivery.subscriber_id)
-    )
-    delivery_ids = {subscriber_id: delivery_id for delivery_id, subscriber_id in result}
-    claimed = [c for c in composed if c.subscriber_id in delivery_ids]
-    items = [
-        {
-            "delivery_id": delivery_ids[c.subscriber_id],
-            "subscriber_id": c.subscriber_id,
-            "paper_id": pick.paper_id,
-            "rank": rank,
-            "score": pick.score,
-            "why": " · ".join(pick.reasons),
-        }
-        for c in claimed
-        for rank, pick in enumerate(c.selection.picks, start=1)
-    ]
-    if items:
-        session.execute(
-            insert(DeliveryItem)
-            .values(items)
-            .on_conflict_do_nothing(index_elements=["subscriber_id", "paper_id"])
-        )
-    session.commit()
-    return claimed
-
-
-def record_outcomes(
-    session: Session,
-    day: date,
-    claimed: Sequence[Composed],
-    outcomes: dict[int, SendResult],
-    report: DayReport,
-) -> None:
-    """Mark each claimed delivery with what the mail backend said, in bulk."""
-    now = datetime.now(timezone.utc)
-    sent_ids: list[int] = []
-    retry_ids: list[int] = []
-    doubt_ids: list[int] = []
-    bounced: list[tuple[int, str]] = []
-    for c in claimed:
-        result = outcomes[c.subscriber_id]
-        outcome, detail = result.outcome, result.detail
-        if result.in_doubt:
-            # The server may have queued it: never resend blindly; report it instead.
-            doubt_ids.append(c.subscriber_id)
-            report.failed.append((c.email, f"in doubt, not resent: {detail}"))
-        elif outcome is SendOutcome.SENT:
-            sent_ids.append(c.subscriber_id)
-            report.sent.append(c.email)
-        elif outcome is SendOutcome.PERMANENT:
-            bounced.append((c.subscriber_id, detail))
-            report.failed.append((c.email, f"refused, address suppressed: {detail}"))
-        else:
-            retry_ids.append(c.subscriber_id)
-            report.failed.append((c.email, f"temporary failure, will retry: {detail}"))
-    if sent_ids:
-        session.execute(
-            update(Delivery)
-            .where(Delivery.digest_date == day, Delivery.subscriber_id.in_(sent_ids))
-            .values(status=DeliveryStatus.SENT, sent_at=now)
-        )
-    if doubt_ids:
-        session.execute(
-            update(Delivery)
-            .where(Delivery.digest_date == day, Delivery.subscriber_id.in_(doubt_ids))
-            .values(status=DeliveryStatus.IN_DOUBT, error="connection lost after the message")
-        )
-    for subscriber_id, detail in bounced:
-        session.execute(
-            update(Delivery)
-            .where(Delivery.digest_date == day, Delivery.subscriber_id == subscriber_id)
-            .values(status=DeliveryStatus.FAILED, error=detail[:1000])
-        )
-    failed_ids = retry_ids + [s for s, _ in bounced]
-    if failed_ids:
-        # Papers of an undelivered digest may still be sent later.
-        session.execute(
-            delete(DeliveryItem).where(
-                DeliveryItem.subscriber_id.in_(failed_ids),
-                DeliveryItem.delivery_id.in_(
-                    select(Delivery.id).where(
-                        Delivery.digest_date == day, Delivery.subscriber_id.in_(failed_ids)
-                    )
-                ),
-            )
-        )
-    if retry_ids:
-        # A temporary failure releases the claim so the next run tries again.
-        session.execute(
-            delete(Delivery).where(
-                Delivery.digest_date == day, Delivery.subscriber_id.in_(retry_ids)
-            )
-        )
-    if bounced:
-        session.execute(
-            update(Subscriber)
-            .where(Subscriber.id.in_([s for s, _ in bounced]))
-            .values(status=SubscriberStatus.BOUNCED)
-        )
-    session.commit()
-
-
 def preview_digest(settings: Settings, email: str, day: date) -> RenderedEmail | None:
     """Render what `email` would receive for `day`, without claiming or sending anything."""
     from .subscribers import get_subscriber
@@ -484,7 +706,7 @@ def preview_digest(settings: Settings, email: str, day: date) -> RenderedEmail |
         return render_digest(digest_context(settings, prepared, subscriber, selection))
 
 
-def chunked(items: Sequence[int], size: int) -> Iterator[Sequence[int]]:
+def chunked(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
     size = max(1, size)
     for start in range(0, len(items), size):
         yield items[start : start + size]

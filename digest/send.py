@@ -9,6 +9,10 @@ returns the backend chosen by MAIL_BACKEND:
 
 A sender never raises for one recipient's failure: it answers SENT, TEMPORARY or PERMANENT
 and the pipeline decides what to record and whether to retry.
+
+Wrappers add resilience around any backend: `RetryingSender` retries a temporary failure a
+few times with backoff (SMTP_RETRY_*), `RateLimitedSender` holds every worker to one shared
+send rate kept in Redis (SEND_RATE_PER_SECOND). `open_sender` composes them from settings.
 """
 
 from __future__ import annotations
@@ -19,13 +23,17 @@ import hashlib
 import hmac
 import logging
 import os
+import random as random_module
 import re
 import smtplib
 import socket
 import ssl
 import sys
 import tempfile
-from dataclasses import dataclass
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from datetime import date, datetime, timezone
 from email.message import EmailMessage
 from email.parser import BytesHeaderParser
@@ -39,7 +47,10 @@ from typing import Any, Protocol, Self, TextIO
 from urllib.parse import quote, urlsplit
 
 import idna
+import redis
 from jinja2 import Environment, FileSystemLoader
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from .settings import PROJECT_DIR, Settings
 
@@ -246,6 +257,10 @@ class SendResult:
     # The server may have accepted the message but we never saw its answer (the connection
     # broke after the body went out), so sending again may deliver it twice.
     in_doubt: bool = False
+    # For TEMPORARY only: False when trying again within seconds cannot help, because the
+    # failure is about this session rather than this message (the server is unreachable, or
+    # refuses our login or sender address); retrying wrappers then leave it to the next run.
+    retry_now: bool = True
 
     @property
     def sent(self) -> bool:
@@ -272,14 +287,34 @@ class Sender(Protocol):
 
 
 def open_sender(settings: Settings, stream: TextIO | None = None) -> Sender:
-    """The backend MAIL_BACKEND names; `stream` is where the console backend prints."""
+    """The backend MAIL_BACKEND names, wrapped as the settings ask.
+
+    smtp: `SMTPSender` in a `RetryingSender` (if SMTP_RETRY_ATTEMPTS > 1); any backend: in a
+    `RateLimitedSender` sharing SEND_RATE_PER_SECOND through Redis (if it is > 0). Closing the
+    result closes the backend. `stream` is where the console backend prints.
+    """
+    sender: Sender
     if settings.mail_backend == "smtp":
-        return SMTPSender(settings)
-    if settings.mail_backend == "file":
-        return FileSender(settings)
-    if settings.mail_backend == "console":
-        return ConsoleSender(settings, stream)
-    raise ValueError(f"MAIL_BACKEND={settings.mail_backend!r} is not one of file, smtp, console")
+        sender = SMTPSender(settings)
+        if settings.smtp_retry_attempts > 1:
+            sender = RetryingSender(
+                sender,
+                attempts=settings.smtp_retry_attempts,
+                base_delay=settings.smtp_retry_base_delay,
+                max_delay=settings.smtp_retry_max_delay,
+            )
+    elif settings.mail_backend == "file":
+        sender = FileSender(settings)
+    elif settings.mail_backend == "console":
+        sender = ConsoleSender(settings, stream)
+    else:
+        raise ValueError(
+            f"MAIL_BACKEND={settings.mail_backend!r} is not one of file, smtp, console"
+        )
+    if settings.send_rate_per_second > 0:
+        limiter = RedisRateLimiter(settings.redis_url, settings.send_rate_per_second)
+        sender = RateLimitedSender(sender, limiter)
+    return sender
 
 
 # --- SMTP ---------------------------------------------------------------------------------
@@ -329,13 +364,13 @@ class SMTPSender(Sender):
 
     def _attempt(self, to: str, data: bytes) -> SendResult:
         if self._unreachable is not None:
-            return SendResult(SendOutcome.TEMPORARY, self._unreachable)
+            return SendResult(SendOutcome.TEMPORARY, self._unreachable, retry_now=False)
         try:
             smtp = self._connection()
         except _Unreachable as exc:
             self._unreachable = str(exc)
             log.warning("%s", exc)
-            return SendResult(SendOutcome.TEMPORARY, str(exc))
+            return SendResult(SendOutcome.TEMPORARY, str(exc), retry_now=False)
         try:
             return self._transaction(smtp, wire_address(to), data)
         except _Dropped:
@@ -397,7 +432,11 @@ class SMTPSender(Sender):
                 detail,
             )
             self._reset(smtp)
-            return SendResult(SendOutcome.TEMPORARY, f"{context or 'not relayed'}: {detail}")
+            return SendResult(
+                SendOutcome.TEMPORARY,
+                f"{context or 'not relayed'}: {detail}",
+                retry_now=not 500 <= code <= 599,  # a 5xx stays until the settings change
+            )
         self._reset(smtp)
         outcome = SendOutcome.PERMANENT if 500 <= code <= 599 else SendOutcome.TEMPORARY
         return SendResult(outcome, detail)
@@ -651,3 +690,246 @@ class ConsoleSender(Sender):
 
     def close(self) -> None:
         pass
+
+
+# --- Retries and the shared send rate -----------------------------------------------------
+
+
+class RetryingSender(Sender):
+    """Retry a temporary failure of `inner` with exponential backoff and full jitter.
+
+    Only a TEMPORARY result that is neither in doubt nor marked `retry_now=False` is tried
+    again, up to `attempts` tries in all; the n-th wait is random() * min(max_delay,
+    base_delay * 2**n). SENT and PERMANENT come back at once, and so does an in-doubt result:
+    the server may have queued that message, and a second copy is worse than a late one.
+    The detail of the result says how many attempts were made.
+    """
+
+    def __init__(
+        self,
+        inner: Sender,
+        attempts: int,
+        base_delay: float,
+        max_delay: float,
+        sleep: Callable[[float], None] = time.sleep,
+        random: Callable[[], float] = random_module.random,
+    ) -> None:
+        if attempts < 1:
+            raise ValueError(f"SMTP_RETRY_ATTEMPTS={attempts} must be at least 1")
+        if base_delay < 0 or max_delay < 0:
+            raise ValueError("SMTP_RETRY_BASE_DELAY and SMTP_RETRY_MAX_DELAY must not be negative")
+        self.inner = inner
+        self.attempts = attempts
+        self.base_delay = base_delay
+        self.max_delay = max_delay
+        self._sleep = sleep
+        self._random = random
+
+    def send(self, email: OutgoingEmail) -> SendResult:
+        attempt = 0
+        while True:
+            result = self.inner.send(email)
+            attempt += 1
+            if not self._worth_retrying(result) or attempt >= self.attempts:
+                break
+            # Full jitter: workers that failed together do not come back together.
+            delay = self._random() * min(self.max_delay, self.base_delay * 2 ** (attempt - 1))
+            log.info(
+                "temporary failure sending to %s (%s); attempt %d of %d, next in %.2fs",
+                email.to,
+                result.detail,
+                attempt,
+                self.attempts,
+                delay,
+            )
+            self._sleep(delay)
+        tries = f"{attempt} attempt" + ("s" if attempt > 1 else "")
+        return replace(result, detail=f"{result.detail} ({tries})".lstrip())
+
+    @staticmethod
+    def _worth_retrying(result: SendResult) -> bool:
+        return result.outcome is SendOutcome.TEMPORARY and not result.in_doubt and result.retry_now
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+class RateLimiter(Protocol):
+    """Blocks in `acquire()` until one more send is allowed."""
+
+    def acquire(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class LocalRateLimiter(RateLimiter):
+    """`rate_per_second` sends (after a first burst of `burst`) for the threads of this process.
+
+    GCRA: a "theoretical arrival time" advances by one interval per send; a send may go when
+    the clock is no more than burst - 1 intervals before it. Each caller reserves its slot
+    under the lock and waits outside it, so waiting threads are served in order.
+    """
+
+    def __init__(
+        self,
+        rate_per_second: float,
+        burst: int | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.interval, self.tolerance = _gcra_parameters(rate_per_second, burst)
+        self._clock = clock
+        self._sleep = sleep
+        self._lock = threading.Lock()
+        self._tat = 0.0
+
+    def reserve(self) -> float:
+        """Take the next slot; return how many seconds to wait before using it."""
+        with self._lock:
+            now = self._clock()
+            tat = max(self._tat, now)
+            self._tat = tat + self.interval
+            return max(0.0, tat - self.tolerance - now)
+
+    def acquire(self) -> None:
+        wait = self.reserve()
+        if wait > 0:
+            self._sleep(wait)
+
+    def close(self) -> None:
+        pass
+
+
+def _gcra_parameters(rate_per_second: float, burst: int | None) -> tuple[float, float]:
+    """(seconds between sends, how many seconds early a send may go) for a rate and burst."""
+    if not rate_per_second > 0:
+        raise ValueError(f"a send rate must be above 0 per second, not {rate_per_second}")
+    burst = 1 if burst is None else burst
+    if burst < 1:
+        raise ValueError(f"a burst must be at least 1 send, not {burst}")
+    interval = 1.0 / rate_per_second
+    return interval, (burst - 1) * interval
+
+
+# GCRA as in LocalRateLimiter, atomic in Redis and on the Redis server's clock (TIME), so the
+# clocks of the workers do not matter. Times are microseconds; they are written with %.0f
+# because Lua's tostring keeps only 14 digits.
+_GCRA_SCRIPT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local interval = tonumber(ARGV[1])
+local tolerance = tonumber(ARGV[2])
+local tat = tonumber(redis.call('GET', KEYS[1]) or '') or now
+if tat < now then tat = now end
+local next_tat = tat + interval
+local ttl_ms = math.ceil((next_tat - now) / 1000) + 1000
+redis.call('SET', KEYS[1], string.format('%.0f', next_tat), 'PX', string.format('%.0f', ttl_ms))
+local wait = tat - tolerance - now
+if wait < 0 then wait = 0 end
+return math.floor(wait)
+"""
+
+
+class RedisRateLimiter(RateLimiter):
+    """One send rate for every worker on every machine, kept in Redis under `key`.
+
+    Celery's own rate_limit counts per worker, so it cannot hold a provider account to its
+    messages per second. Each `acquire()` reserves the next slot with one atomic script call
+    and sleeps until it comes. If Redis cannot be reached, sends are neither stopped nor let
+    loose: this process limits itself locally at the same rate (so N workers may reach N times
+    the rate meanwhile), logs a warning, and asks Redis again every `recheck_seconds`.
+    """
+
+    def __init__(
+        self,
+        redis_url: str,
+        rate_per_second: float,
+        key: str = "paper-digest:send-rate",
+        burst: int | None = None,
+        recheck_seconds: float = 5.0,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        interval, tolerance = _gcra_parameters(rate_per_second, burst)
+        self.key = key
+        self.rate_per_second = rate_per_second
+        self.recheck_seconds = recheck_seconds
+        self._args = [f"{interval * 1e6:.3f}", f"{tolerance * 1e6:.3f}"]
+        self._sleep = sleep
+        self._local = LocalRateLimiter(rate_per_second, burst, sleep=sleep)
+        # One quick retry lets a pooled connection that a Redis restart broke reconnect; the
+        # library's default backoff would stall every send for seconds while Redis is down.
+        self._redis = redis.Redis.from_url(
+            redis_url,
+            socket_connect_timeout=2.0,
+            socket_timeout=2.0,
+            retry=Retry(NoBackoff(), 1),
+        )
+        # A registered script is called by its hash and loaded again on NOSCRIPT (a restarted
+        # or flushed Redis), so the script text crosses the network only when needed.
+        self._script = self._redis.register_script(_GCRA_SCRIPT)
+        kwargs = self._redis.connection_pool.connection_kwargs
+        where = kwargs.get("path") or f"{kwargs.get('host')}:{kwargs.get('port')}"
+        self.where = f"Redis at {where} db {kwargs.get('db', 0)}"  # no password in logs
+        self._lock = threading.Lock()
+        self._local_until: float | None = None  # monotonic time to ask Redis again
+
+    @property
+    def using_redis(self) -> bool:
+        """False while Redis was unreachable and this process limits itself."""
+        return self._local_until is None
+
+    def acquire(self) -> None:
+        wait = self._reserve()
+        if wait > 0:
+            self._sleep(wait)
+
+    def _reserve(self) -> float:
+        with self._lock:
+            local_until = self._local_until
+        if local_until is not None and time.monotonic() < local_until:
+            return self._local.reserve()
+        try:
+            wait_us = self._script(keys=[self.key], args=self._args)
+        except redis.RedisError as exc:
+            self._fall_back(exc)
+            return self._local.reserve()
+        if local_until is not None:
+            with self._lock:
+                self._local_until = None
+            log.info("%s answers again: the send rate is shared again", self.where)
+        return int(wait_us) / 1e6
+
+    def _fall_back(self, exc: redis.RedisError) -> None:
+        with self._lock:
+            first = self._local_until is None
+            self._local_until = time.monotonic() + self.recheck_seconds
+        if first:
+            log.warning(
+                "cannot use %s for the shared send rate (%s: %s); limiting this process to "
+                "%g sends per second until it answers",
+                self.where,
+                type(exc).__name__,
+                exc,
+                self.rate_per_second,
+            )
+
+    def close(self) -> None:
+        self._redis.close()
+
+
+class RateLimitedSender(Sender):
+    """Wait for `limiter` before each message to `inner`; closing closes both."""
+
+    def __init__(self, inner: Sender, limiter: RateLimiter) -> None:
+        self.inner = inner
+        self.limiter = limiter
+
+    def send(self, email: OutgoingEmail) -> SendResult:
+        self.limiter.acquire()
+        return self.inner.send(email)
+
+    def close(self) -> None:
+        try:
+            self.inner.close()
+        finally:
+            self.limiter.close()

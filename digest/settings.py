@@ -72,7 +72,7 @@ class Settings:
     redis_url: str = "redis://127.0.0.1:6379/0"
     celery_broker_url: str = ""  # empty: redis_url
     batch_size: int = 100
-    beat_interval_minutes: int = 15
+    beat_interval_minutes: float = 15.0
     claim_lease_seconds: int = 600
     ledger_window: int = 25
     send_rate_per_second: float = 0.0  # 0: unlimited

@@ -48,6 +48,7 @@ class SMTPServer:
     mail_replies: list[str] = field(default_factory=list)
     drop_next_mail: int = 0
     drop_next_data: int = 0
+    data_delay: float = 0.0  # seconds before answering DATA: a slow server, for crash tests
     credentials: dict[str, str] | None = None
     tls_context: ssl.SSLContext | None = None
     implicit_tls_context: ssl.SSLContext | None = None
@@ -145,6 +146,8 @@ class _Handler:
         return "250 OK"
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        if self.server.data_delay:
+            await asyncio.sleep(self.server.data_delay)
         with self.server._lock:
             if self.server.fail_next:
                 return self.server.fail_next.pop(0)

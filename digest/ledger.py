@@ -1,0 +1,292 @@
+"""The delivery ledger: how many processes send each digest exactly once, whatever fails.
+
+A delivery row (unique per subscriber and date) moves through:
+
+    planned  CLAIMED, no claim_token, lease_until = plan time + lease
+    claimed  CLAIMED, claim_token = the attempt running the batch
+    sending  SENDING: the attempt is handing these messages to the mail server right now
+    done     SENT | FAILED | SKIPPED | RETRYING (planned again after lease_until) | IN_DOUBT
+
+Every write is guarded by the attempt's claim_token, so a second copy of a task (a redelivery,
+a second beat) finds nothing to claim and sends nothing. A worker killed mid-batch leaves
+CLAIMED rows, which the planner hands to a new attempt once their lease has passed (they were
+never given to the mail server), and at most one window of SENDING rows, which the planner
+marks IN_DOUBT: the server may have accepted them, so they are reported, never resent blindly.
+
+Every function here costs one statement whatever the number of rows, so a batch's round trips
+do not grow with its size beyond one pair per window of LEDGER_WINDOW messages.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta, timezone
+
+from sqlalchemy import and_, delete, func, or_, select, update
+from sqlalchemy.orm import Session
+
+from . import db
+from .models import Delivery, DeliveryItem, DeliveryStatus
+
+OPEN_STATUSES = (DeliveryStatus.CLAIMED, DeliveryStatus.RETRYING)
+PLAN_CHUNK = 1000  # rows per INSERT: well under SQLite's and PostgreSQL's parameter limits
+
+
+@dataclass(frozen=True)
+class Claim:
+    subscriber_id: int
+    delivery_id: int
+
+
+def stale_condition(now: datetime) -> object:
+    """Rows whose owner went silent: planned or claimed but not sent by the end of the lease."""
+    return and_(Delivery.status.in_(OPEN_STATUSES), Delivery.lease_until < now)
+
+
+def plan(
+    session: Session,
+    due: Sequence[tuple[int, date]],
+    message_ids: dict[tuple[int, date], str],
+    now: datetime,
+    lease_seconds: int,
+    retry_now: bool = False,
+) -> list[tuple[int, date]]:
+    """Write planned rows for due (subscriber, day) pairs; return the pairs this call planned.
+
+    New pairs are inserted; stale rows are re-planned (with `retry_now`, RETRYING rows too,
+    without waiting for their backoff: an admin's manual run). Pairs another planner got first
+    are not returned, so two beats never enqueue the same subscriber twice.
+    """
+    if not due:
+        return []
+    planned: set[tuple[int, date]] = set()
+    for start in range(0, len(due), PLAN_CHUNK):
+        chunk = due[start : start + PLAN_CHUNK]
+        planned |= _plan_chunk(session, chunk, message_ids, now, lease_seconds, retry_now)
+    session.commit()
+    return [pair for pair in due if pair in planned]
+
+
+def _plan_chunk(
+    session: Session,
+    due: Sequence[tuple[int, date]],
+    message_ids: dict[tuple[int, date], str],
+    now: datetime,
+    lease_seconds: int,
+    retry_now: bool,
+) -> set[tuple[int, date]]:
+    lease = now + timedelta(seconds=lease_seconds)
+    insert = db.dialect_insert(session)
+    inserted = session.execute(
+        insert(Delivery)
+        .values(
+            [
+                {
+                    "subscriber_id": sid,
+                    "digest_date": day,
+                    "status": DeliveryStatus.CLAIMED,
+                    "message_id": message_ids[(sid, day)],
+                    "paper_count": 0,
+                    "trending_fallback": False,
+                    "claimed_at": now,
+                    "lease_until": lease,
+                    "attempts": 0,
+                }
+                for sid, day in due
+            ]
+        )
+        .on_conflict_do_nothing(index_elements=["subscriber_id", "digest_date"])
+        .returning(Delivery.subscriber_id, Delivery.digest_date)
+    ).all()
+    planned = {(sid, day) for sid, day in inserted}
+    stale = [pair for pair in due if pair not in planned]
+    if stale:
+        replanned = session.execute(
+            update(Delivery)
+            .where(
+                _pairs(stale),
+                or_(
+                    stale_condition(now),
+                    and_(Delivery.status == DeliveryStatus.RETRYING, retry_now),
+                ),
+            )
+            .values(status=DeliveryStatus.CLAIMED, claim_token=None, lease_until=lease)
+            .returning(Delivery.subscriber_id, Delivery.digest_date)
+        ).all()
+        planned |= {(sid, day) for sid, day in replanned}
+    return planned
+
+
+def claim(
+    session: Session,
+    day: date,
+    subscriber_ids: Sequence[int],
+    token: str,
+    now: datetime,
+    lease_seconds: int,
+) -> list[Claim]:
+    """Take ownership of a batch's planned rows for this attempt; others' live claims are left."""
+    if not subscriber_ids:
+        return []
+    rows = session.execute(
+        update(Delivery)
+        .where(
+            Delivery.digest_date == day,
+            Delivery.subscriber_id.in_(subscriber_ids),
+            Delivery.status == DeliveryStatus.CLAIMED,
+            or_(Delivery.claim_token.is_(None), Delivery.lease_until < now),
+        )
+        .values(
+            claim_token=token,
+            lease_until=now + timedelta(seconds=lease_seconds),
+            attempts=Delivery.attempts + 1,
+            claimed_at=now,
+        )
+        .returning(Delivery.subscriber_id, Delivery.id)
+    ).all()
+    if rows:
+        # Taking over an abandoned claim: its papers were attached but never sent.
+        session.execute(
+            delete(DeliveryItem).where(DeliveryItem.delivery_id.in_([did for _, did in rows]))
+        )
+    session.commit()
+    return sorted((Claim(sid, did) for sid, did in rows), key=lambda c: c.subscriber_id)
+
+
+def attach_items(session: Session, items: Sequence[dict[str, object]]) -> None:
+    """Record the papers each claimed delivery carries (unique per subscriber and paper)."""
+    if not items:
+        return
+    insert = db.dialect_insert(session)
+    session.execute(
+        insert(DeliveryItem)
+        .values(list(items))
+        .on_conflict_do_nothing(index_elements=["subscriber_id", "paper_id"])
+    )
+
+
+def set_contents(
+    session: Session, day: date, token: str, contents: dict[int, tuple[int, bool]]
+) -> None:
+    """Paper count and trending flag per claimed row, in one statement per distinct value."""
+    groups: dict[tuple[int, bool], list[int]] = {}
+    for sid, value in contents.items():
+        groups.setdefault(value, []).append(sid)
+    for (count, fallback), sids in groups.items():
+        session.execute(
+            update(Delivery)
+            .where(_owned(day, token), Delivery.subscriber_id.in_(sids))
+            .values(paper_count=count, trending_fallback=fallback)
+        )
+
+
+def start_sending(
+    session: Session, day: date, token: str, subscriber_ids: Sequence[int], now: datetime,
+    lease_seconds: int,
+) -> set[int]:
+    """Mark a window SENDING (committed before anything goes out); returns the rows still ours."""
+    rows = session.execute(
+        update(Delivery)
+        .where(
+            _owned(day, token),
+            Delivery.subscriber_id.in_(subscriber_ids),
+            Delivery.status == DeliveryStatus.CLAIMED,
+        )
+        .values(status=DeliveryStatus.SENDING, lease_until=now + timedelta(seconds=lease_seconds))
+        .returning(Delivery.subscriber_id)
+    ).scalars()
+    owned = set(rows)
+    session.commit()
+    return owned
+
+
+def finish(
+    session: Session,
+    day: date,
+    token: str,
+    status: DeliveryStatus,
+    subscriber_ids: Iterable[int],
+    now: datetime,
+    error: str | None = None,
+    retry_after_seconds: int = 0,
+) -> None:
+    """Close rows of this attempt with a final (or retrying) status."""
+    ids = list(subscriber_ids)
+    if not ids:
+        return
+    values: dict[str, object] = {"status": status, "error": error}
+    if status is DeliveryStatus.SENT:
+        values["sent_at"] = now
+    if status is DeliveryStatus.RETRYING:
+        values["lease_until"] = now + timedelta(seconds=retry_after_seconds)
+        values["claim_token"] = None
+    session.execute(
+        update(Delivery).where(_owned(day, token), Delivery.subscriber_id.in_(ids)).values(values)
+    )
+    if status in (DeliveryStatus.FAILED, DeliveryStatus.RETRYING, DeliveryStatus.SKIPPED):
+        # Papers of a digest that did not go out may be sent another day.
+        session.execute(
+            delete(DeliveryItem).where(
+                DeliveryItem.subscriber_id.in_(ids),
+                DeliveryItem.delivery_id.in_(
+                    select(Delivery.id).where(
+                        Delivery.digest_date == day, Delivery.subscriber_id.in_(ids)
+                    )
+                ),
+            )
+        )
+
+
+def mark_abandoned_in_doubt(session: Session, now: datetime) -> int:
+    """SENDING rows whose attempt died: the server may have them. Report, never resend."""
+    result = session.execute(
+        update(Delivery)
+        .where(Delivery.status == DeliveryStatus.SENDING, Delivery.lease_until < now)
+        .values(
+            status=DeliveryStatus.IN_DOUBT,
+            error="the worker stopped while handing this message to the mail server",
+        )
+    )
+    session.commit()
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+
+def day_counts(session: Session, day: date, now: datetime | None = None) -> Counter[str]:
+    """How many deliveries of `day` are in each state (claimed rows past their lease: 'stale')."""
+    now = now or datetime.now(timezone.utc)
+    counts: Counter[str] = Counter()
+    for status, count in session.execute(
+        select(Delivery.status, func.count())
+        .where(Delivery.digest_date == day)
+        .group_by(Delivery.status)
+    ):
+        if status is not DeliveryStatus.CLAIMED:
+            counts[status.value] += count
+    expired = Delivery.lease_until < now
+    stale, claimed, planned = session.execute(
+        select(
+            func.count().filter(expired),
+            func.count().filter(~expired, Delivery.claim_token.is_not(None)),
+            func.count().filter(~expired, Delivery.claim_token.is_(None)),
+        ).where(Delivery.digest_date == day, Delivery.status == DeliveryStatus.CLAIMED)
+    ).one()
+    counts.update({"stale": stale, "claimed": claimed, "planned": planned})
+    return +counts
+
+
+def _owned(day: date, token: str) -> object:
+    return and_(Delivery.digest_date == day, Delivery.claim_token == token)
+
+
+def _pairs(pairs: Sequence[tuple[int, date]]) -> object:
+    by_day: dict[date, list[int]] = {}
+    for sid, day in pairs:
+        by_day.setdefault(day, []).append(sid)
+    return or_(
+        *(
+            and_(Delivery.digest_date == day, Delivery.subscriber_id.in_(sids))
+            for day, sids in by_day.items()
+        )
+    )

@@ -1,0 +1,56 @@
+"""The Celery app, configured from the same Settings object as everything else, and its schedule."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from celery import Celery
+
+from digest.settings import Settings
+
+
+def make_app(settings: Settings | None = None) -> Celery:
+    settings = settings or Settings.from_env()
+    app = Celery("paper_digest", include=["workers.tasks"])
+    app.conf.update(
+        broker_url=settings.celery_broker_url,
+        broker_connection_retry_on_startup=True,
+        # Redis redelivers a task whose worker died once visibility_timeout has passed; the
+        # delivery ledger makes that redelivery (and any duplicate) harmless.
+        broker_transport_options={"visibility_timeout": settings.claim_lease_seconds * 2},
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_ignore_result=True,
+        task_serializer="json",
+        accept_content=["json"],
+        timezone="UTC",
+        enable_utc=True,
+        worker_hijack_root_logger=False,
+        beat_schedule=beat_schedule(settings),
+    )
+    app.conf.digest_settings = settings
+    return app
+
+
+def beat_schedule(settings: Settings) -> dict[str, dict[str, object]]:
+    """Beat looks for due subscribers every few minutes; ingest runs on its own schedule.
+
+    Two beats running at once are harmless: planning inserts ledger rows, and a subscriber
+    planned by one beat is not planned again by the other.
+    """
+    schedule: dict[str, dict[str, object]] = {
+        "plan-due-digests": {
+            "task": "workers.tasks.tick",
+            "schedule": timedelta(minutes=max(settings.beat_interval_minutes, 0.01)),
+        },
+    }
+    if settings.ingest_sources.strip():
+        schedule["ingest-sources"] = {
+            "task": "workers.tasks.ingest_sources",
+            "schedule": timedelta(minutes=max(1, settings.ingest_interval_minutes)),
+        }
+    return schedule
+
+
+app = make_app()

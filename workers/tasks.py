@@ -1,0 +1,42 @@
+"""Celery tasks: each parses JSON-safe arguments, calls one library function, and reports."""
+
+from __future__ import annotations
+
+from datetime import date, datetime, timezone
+
+from digest import db, pipeline
+from digest.ingest import ingest
+from digest.settings import Settings
+
+from .app import app
+
+
+def _settings() -> Settings:
+    return app.conf.digest_settings  # type: ignore[no-any-return]
+
+
+@app.task(acks_late=True)
+def tick(now: str | None = None) -> dict[str, object]:
+    """Plan the subscribers whose local send hour has come and enqueue their batches."""
+    moment = datetime.fromisoformat(now) if now else datetime.now(timezone.utc)
+    batches = pipeline.plan_due(_settings(), moment)
+    for day, ids in batches:
+        send_batch.delay(day.isoformat(), ids)
+    return {"batches": len(batches), "subscribers": sum(len(ids) for _, ids in batches)}
+
+
+@app.task(acks_late=True)
+def send_batch(day: str, subscriber_ids: list[int]) -> dict[str, object]:
+    """Send one batch of the day's digests; safe to run twice."""
+    return pipeline.send_planned_batch(
+        _settings(), date.fromisoformat(day), subscriber_ids
+    ).as_dict()
+
+
+@app.task(acks_late=True)
+def ingest_sources() -> dict[str, object]:
+    """Ingest the configured INGEST_SOURCES."""
+    settings = _settings()
+    with db.session_scope(settings) as session:
+        report = ingest(session, settings.ingest_sources.split(), None, settings.http_timeout)
+    return {"inserted": report.inserted, "updated": report.updated, "errors": report.errors}
