@@ -11,7 +11,7 @@ STAMP  := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@echo "Installing paper-digest and its dependencies into $(VENV) (first run only)..."
-	@$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test]'
+	@$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test,deploy]'
 	@touch $(STAMP)
 
 ## Run today's digests on the embedded default (SQLite, bundled papers, file outbox).
