@@ -609,5 +609,34 @@ def papers_show(ctx: click.Context, paper: str) -> None:
         click.echo(found.abstract)
 
 
+@main.command()
+@click.option("--subscribers", "-n", default=10_000, show_default=True, help="Subscribers.")
+@click.option("--papers", "-m", default=2_000, show_default=True, help="New papers that day.")
+@click.option("--workers", "-k", default=0, show_default=True,
+              help="Also run the day on K Celery workers (needs Redis and PostgreSQL).")
+@click.option("--backend", type=click.Choice(["smtp", "file"]), default="smtp",
+              show_default=True, help="In-process mail backend: an SMTP sink or the file outbox.")
+@click.option("--batch-size", default=None, type=int, help="Subscribers per batch.")
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
+@click.pass_context
+def bench(ctx: click.Context, subscribers: int, papers: int, workers: int, backend: str,
+          batch_size: int | None, as_json: bool) -> None:
+    """Run a synthetic day and print time, rate and ratio to the best case per stage.
+
+    Uses a throwaway SQLite file (and a throwaway PostgreSQL database with --workers);
+    your data is not touched.
+
+    Example: digest bench --subscribers 10000 --papers 2000 --workers 2
+    """
+    from .bench import figures_json, run_bench
+
+    settings = _settings(ctx)
+    if batch_size:
+        settings = replace(settings, batch_size=batch_size)
+    figures = run_bench(settings, subscribers, papers, workers, backend,
+                        progress=lambda line: click.echo(line, err=True))
+    click.echo(figures_json(figures) if as_json else figures.table())
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

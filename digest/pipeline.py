@@ -16,9 +16,11 @@ import logging
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta, timezone
 from pathlib import Path
+from time import perf_counter
 from typing import TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -56,6 +58,30 @@ from .tokens import Purpose, link
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+
+@dataclass
+class StageClock:
+    """Seconds spent per pipeline stage in this process, for `digest bench` and profiling."""
+
+    seconds: Counter[str] = field(default_factory=Counter)
+    items: Counter[str] = field(default_factory=Counter)
+
+    @contextmanager
+    def __call__(self, stage: str, items: int = 1) -> Iterator[None]:
+        start = perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[stage] += perf_counter() - start
+            self.items[stage] += items
+
+    def reset(self) -> None:
+        self.seconds.clear()
+        self.items.clear()
+
+
+CLOCK = StageClock()
 
 SKIP_NO_MATCH = "no new paper matched their topics"
 SKIP_ALREADY_SENT = "already has today's digest"
@@ -137,7 +163,8 @@ def run_day(
         _count_already_handled(session, day, set(due) - set(planned), report)
         if on_plan:
             on_plan(len(planned))
-        prepared = prepare_day(session, settings, day)
+        with CLOCK("prepare"):
+            prepared = prepare_day(session, settings, day)
         report.candidates = len(prepared.index)
         with open_sender(settings) as sender:
             for batch in chunked(planned, settings.batch_size):
@@ -409,7 +436,8 @@ def prepared_day(session: Session, settings: Settings, day: date) -> PreparedDay
     cached = _PREPARED.get(key)
     if cached is None or cached[0] != fingerprint:
         _PREPARED.clear()  # one day at a time is plenty, and keeps memory flat
-        _PREPARED[key] = (fingerprint, prepare_day(session, settings, day))
+        with CLOCK("prepare"):
+            _PREPARED[key] = (fingerprint, prepare_day(session, settings, day))
     return _PREPARED[key][1]
 
 
@@ -446,7 +474,10 @@ def process_batch(
     report = DayReport(day=day)
     token = uuid.uuid4().hex
     now = datetime.now(timezone.utc)
-    claims = ledger.claim(session, day, subscriber_ids, token, now, settings.claim_lease_seconds)
+    with CLOCK("ledger"):
+        claims = ledger.claim(
+            session, day, subscriber_ids, token, now, settings.claim_lease_seconds
+        )
     if len(claims) < len(subscriber_ids):
         report.skipped[SKIP_ELSEWHERE] += len(subscriber_ids) - len(claims)
     delivery_ids = {c.subscriber_id: c.delivery_id for c in claims}
@@ -461,8 +492,9 @@ def process_batch(
         {c.subscriber_id: (len(c.selection.picks), c.selection.trending_fallback)
          for c in composed},
     )
-    ledger.attach_items(session, delivery_items(composed, delivery_ids))
-    session.commit()
+    with CLOCK("ledger"):
+        ledger.attach_items(session, delivery_items(composed, delivery_ids))
+        session.commit()
     for window in chunked(composed, settings.ledger_window):
         send_window(session, settings, day, token, window, sender, report)
     return report
@@ -472,8 +504,10 @@ def compose_batch(
     session: Session, settings: Settings, prepared: PreparedDay, subscriber_ids: Sequence[int]
 ) -> tuple[list[Composed], list[int], list[tuple[int, str, str]]]:
     """Score and render a batch: (digests to send, ids with nothing to send, unsendable)."""
-    subscribers, profiles = load_batch(session, prepared.day, subscriber_ids)
-    selections = prepared.index.select(profiles)
+    with CLOCK("load", len(subscriber_ids)):
+        subscribers, profiles = load_batch(session, prepared.day, subscriber_ids)
+    with CLOCK("score", len(profiles)):
+        selections = prepared.index.select(profiles)
     composed: list[Composed] = []
     nothing: list[int] = []
     unsendable: list[tuple[int, str, str]] = []
@@ -482,7 +516,8 @@ def compose_batch(
             nothing.append(subscriber.id)
             continue
         try:
-            message = compose_message(settings, prepared, subscriber, selection)
+            with CLOCK("render"):
+                message = compose_message(settings, prepared, subscriber, selection)
         except ValueError as exc:  # a stored value no message may carry; the rest go on
             unsendable.append((subscriber.id, subscriber.email, f"not sendable: {exc}"))
             continue
@@ -523,14 +558,17 @@ def send_window(
 
     Only this window can be in doubt if the process dies here: its rows are SENDING.
     """
-    owned = ledger.start_sending(
-        session, day, token, [c.subscriber_id for c in window], datetime.now(timezone.utc),
-        settings.claim_lease_seconds,
-    )
-    results: dict[int, SendResult] = {
-        c.subscriber_id: sender.send(c.message) for c in window if c.subscriber_id in owned
-    }
-    record_outcomes(session, settings, day, token, window, results, report)
+    with CLOCK("ledger"):
+        owned = ledger.start_sending(
+            session, day, token, [c.subscriber_id for c in window], datetime.now(timezone.utc),
+            settings.claim_lease_seconds,
+        )
+    with CLOCK("send", len(owned)):
+        results: dict[int, SendResult] = {
+            c.subscriber_id: sender.send(c.message) for c in window if c.subscriber_id in owned
+        }
+    with CLOCK("ledger"):
+        record_outcomes(session, settings, day, token, window, results, report)
 
 
 def record_outcomes(

@@ -1,0 +1,518 @@
+"""`digest bench`: a whole synthetic day, measured stage by stage against the best case.
+
+It generates N subscribers with realistic topic profiles and M papers made from real
+abstracts, runs the day in this process (to an SMTP sink or the file outbox) and, with
+`--workers K`, on K Celery worker processes over Redis and PostgreSQL. Next to each stage it
+measures, in the same run, what the underlying library does at best (a raw sparse product,
+a raw `mjml2html`, a trivial SMTP client feeding the same sink), and prints the ratio.
+Not part of `make test` (a small smoke run of it is).
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import random
+import resource
+import signal
+import smtplib
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field, replace
+from datetime import date, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import create_engine, event, insert, text
+
+from . import db
+from .settings import Settings
+
+TOPIC_PHRASES = [
+    "LoRA", "parameter-efficient fine-tuning", "low-rank adaptation", "activation sparsity",
+    "mixture of experts", "diffusion models", "text-to-image generation", "video generation",
+    "vision transformers", "object detection", "semantic segmentation", "3D reconstruction",
+    "neural radiance fields", "reinforcement learning", "RLHF", "reward models",
+    "chain-of-thought reasoning", "mathematical reasoning", "code generation",
+    "retrieval-augmented generation", "RAG", "long context", "efficient attention",
+    "state space models", "quantization", "pruning", "knowledge distillation",
+    "speech recognition", "text-to-speech", "audio generation", "multimodal LLMs",
+    "vision-language models", "visual question answering", "graph neural networks",
+    "molecular property prediction", "protein structure", "time series forecasting",
+    "recommender systems", "federated learning", "differential privacy", "adversarial robustness",
+    "jailbreak attacks", "AI safety", "alignment", "instruction tuning", "in-context learning",
+    "tokenization", "machine translation", "question answering", "summarization",
+    "robotics", "embodied agents", "LLM agents", "tool use", "world models",
+    "self-supervised learning", "contrastive learning", "continual learning",
+    "medical imaging", "image editing",
+]
+ZONES = ["UTC", "Europe/Paris", "America/New_York", "Asia/Tokyo", "Asia/Kolkata",
+         "America/Los_Angeles", "Europe/London", "Australia/Sydney"]
+
+
+# --- synthetic data ---------------------------------------------------------------------
+
+
+def sample_texts() -> list[tuple[str, str]]:
+    """Real (title, abstract) pairs from the bundled sample corpus."""
+    from .ingest import SAMPLE_PAPERS, parse
+
+    result = parse(SAMPLE_PAPERS.read_bytes(), "page", str(SAMPLE_PAPERS))
+    return [(r.title, r.abstract) for r in result.records]
+
+
+def synthetic_papers(
+    m: int, rng: random.Random, now: datetime, offset: int = 0
+) -> list[dict[str, Any]]:
+    """M papers whose text mixes sentences of real abstracts: real vocabulary, distinct vectors."""
+    from .ingest import title_key
+
+    texts = sample_texts()
+    sentences = [s.strip() + "." for _, a in texts for s in a.split(". ") if len(s) > 40]
+    rows = []
+    for i in range(offset, offset + m):
+        t1, t2 = rng.choice(texts)[0], rng.choice(texts)[0]
+        head = t1.split(":")[0] if ":" in t1 else " ".join(t1.split()[:4])
+        title = f"{head}: {' '.join(t2.split()[-6:])} ({i})"
+        abstract = " ".join(rng.sample(sentences, 5))
+        upvotes = int(rng.paretovariate(1.2)) - 1 if rng.random() < 0.6 else None
+        rows.append({
+            "source": "daily-papers" if upvotes is not None else "arxiv",
+            "source_id": f"bench.{i:06d}",
+            "title_key": title_key(title),
+            "title": title,
+            "abstract": abstract,
+            "authors": [f"Author {rng.randrange(5000)}" for _ in range(rng.randint(1, 8))],
+            "url": f"https://arxiv.org/abs/bench.{i:06d}",
+            "pdf_url": f"https://arxiv.org/pdf/bench.{i:06d}",
+            "published_at": now - timedelta(hours=rng.uniform(0, 60)),
+            "upvotes": upvotes,
+            "comments": rng.randint(0, 6) if upvotes is not None else None,
+            "stars": None,
+            "first_seen_at": now - timedelta(hours=rng.uniform(0.5, 20)),
+            "updated_at": now,
+        })
+    return rows
+
+
+def populate(settings: Settings, subscribers: int, papers: int, seed: int = 7) -> None:
+    """Fill an empty, migrated database with the synthetic day (bulk inserts)."""
+    from .models import Paper, Subscriber, SubscriberStatus, TopicProfile
+
+    rng = random.Random(seed)
+    now = datetime.now(timezone.utc)
+    engine = db.engine_for(settings.database_url)
+    with engine.begin() as conn:
+        for start in range(0, papers, 1000):
+            conn.execute(insert(Paper),
+                         synthetic_papers(min(1000, papers - start), rng, now, offset=start))
+        for start in range(0, subscribers, 5000):
+            count = min(5000, subscribers - start)
+            conn.execute(insert(Subscriber), [
+                {"id": start + i + 1, "email": f"reader{start + i:07d}@bench.example.org",
+                 "status": SubscriberStatus.ACTIVE, "time_zone": rng.choice(ZONES),
+                 "send_hour": 0, "papers_per_digest": 10, "created_at": now,
+                 "confirmed_at": now}
+                for i in range(count)
+            ])
+            conn.execute(insert(TopicProfile), [
+                {"subscriber_id": start + i + 1,
+                 "topics": ", ".join(rng.sample(TOPIC_PHRASES, rng.randint(1, 4))),
+                 "exclude": "", "trending_fallback": rng.random() < 0.1, "updated_at": now}
+                for i in range(count)
+            ])
+        if engine.dialect.name == "postgresql":
+            conn.execute(text("SELECT setval('subscribers_id_seq', "
+                              "(SELECT max(id) FROM subscribers))"))
+
+
+# --- an SMTP sink in its own process -----------------------------------------------------
+
+
+def _sink_main(port: int, counter: Any, ready: Any) -> None:
+    import asyncio
+
+    from aiosmtpd.controller import Controller
+
+    class Count:
+        async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+            with counter.get_lock():
+                counter.value += 1
+            return "250 OK"
+
+    controller = Controller(Count(), hostname="127.0.0.1", port=port)
+    controller.start()
+    ready.set()
+    signal.sigwait({signal.SIGTERM})
+    controller.stop()
+    asyncio.set_event_loop(None)
+
+
+@dataclass
+class Sink:
+    """An aiosmtpd server that accepts and counts, in a separate process (its own core)."""
+
+    port: int = 0
+    counter: Any = None
+    process: multiprocessing.Process | None = None
+
+    def __enter__(self) -> Sink:
+        import socket
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        ctx = multiprocessing.get_context("fork")
+        self.counter = ctx.Value("l", 0)
+        ready = ctx.Event()
+        self.process = ctx.Process(target=_sink_main, args=(self.port, self.counter, ready),
+                                   daemon=True)
+        self.process.start()
+        ready.wait(20)
+        return self
+
+    @property
+    def received(self) -> int:
+        return int(self.counter.value)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.process and self.process.is_alive():
+            os.kill(self.process.pid, signal.SIGTERM)
+            self.process.join(10)
+
+
+def trivial_client_rate(port: int, message: bytes, count: int, connections: int) -> float:
+    """Messages/second the sink takes from plain smtplib clients sending prebuilt bytes."""
+
+    def feed(n: int) -> None:
+        with smtplib.SMTP("127.0.0.1", port) as client:
+            for _ in range(n):
+                client.sendmail("digest@bench.example.org", ["reader@bench.example.org"],
+                                message)
+
+    ctx = multiprocessing.get_context("fork")
+    per = max(1, count // connections)
+    procs = [ctx.Process(target=feed, args=(per,)) for _ in range(connections)]
+    start = time.perf_counter()
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join()
+    return per * connections / (time.perf_counter() - start)
+
+
+# --- best cases, measured in the same run ------------------------------------------------
+
+
+@dataclass
+class Figures:
+    """One benchmark run's numbers, printed as a table."""
+
+    subscribers: int
+    papers: int
+    rows: list[tuple[str, str, str, str, str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def add(self, stage: str, seconds: float, rate: str, best: str = "", ratio: str = "") -> None:
+        self.rows.append((stage, f"{seconds:9.3f} s", rate, best, ratio))
+
+    def table(self) -> str:
+        head = ("stage", "time", "rate", "best case (same run)", "ratio")
+        widths = [max(len(r[i]) for r in [head, *self.rows]) for i in range(5)]
+        line = "  ".join("{:<" + str(w) + "}" for w in widths)
+        out = [line.format(*head), line.format(*("-" * w for w in widths))]
+        out += [line.format(*r) for r in self.rows]
+        return "\n".join(out + self.notes)
+
+
+def best_score_seconds(prepared: Any, profiles: Sequence[Any], chunk: int = 1000) -> float:
+    """A raw sparse TF-IDF product in chunks of subscribers, keeping the top 10: the floor."""
+    import numpy as np
+    from sklearn.preprocessing import normalize
+
+    start = time.perf_counter()
+    matrix_t = prepared.index.matrix.T.tocsc()
+    for begin in range(0, len(profiles), chunk):
+        queries = normalize(prepared.index.vectorizer.transform(
+            [p.topics for p in profiles[begin : begin + chunk]]))
+        scores = (queries @ matrix_t).toarray()
+        np.argpartition(-scores, min(10, scores.shape[1] - 1), axis=1)[:, :10]
+    return time.perf_counter() - start
+
+
+def per_call(fn: Callable[[], object], repeat: int) -> float:
+    start = time.perf_counter()
+    for _ in range(repeat):
+        fn()
+    return (time.perf_counter() - start) / repeat
+
+
+# --- runs ---------------------------------------------------------------------------------
+
+
+@contextmanager
+def counted_statements(database_url: str) -> Iterator[list[int]]:
+    counter = [0]
+    engine = db.engine_for(database_url)
+
+    def on_execute(*_args: object) -> None:
+        counter[0] += 1
+
+    event.listen(engine, "before_cursor_execute", on_execute)
+    try:
+        yield counter
+    finally:
+        event.remove(engine, "before_cursor_execute", on_execute)
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_in_process(settings: Settings, figures: Figures, progress: Callable[[str], None]) -> None:
+    from .pipeline import CLOCK, run_day
+
+    CLOCK.reset()
+    day = datetime.now(timezone.utc).date()
+    done = [0]
+
+    def tick(n: int) -> None:
+        done[0] += n
+        if done[0] % max(1, figures.subscribers // 10) < n:
+            progress(f"  in-process: {done[0]:,}/{figures.subscribers:,} subscribers")
+
+    with counted_statements(settings.database_url) as statements:
+        start = time.perf_counter()
+        report = run_day(settings, day, progress=tick)
+        total = time.perf_counter() - start
+    sent = len(report.sent)
+    batches = -(-figures.subscribers // settings.batch_size)
+    figures.add(f"whole day in-process ({settings.mail_backend})", total,
+                f"{sent / total:,.0f} emails/s")
+    for stage in ("prepare", "load", "score", "render", "send", "ledger"):
+        seconds = CLOCK.seconds[stage]
+        items = CLOCK.items[stage] or 1
+        figures.add(f"  {stage}", seconds, f"{seconds / items * 1000:.3f} ms/item")
+    figures.notes.append(
+        f"in-process: {sent:,} sent, peak memory {peak_rss_mb():,.0f} MB, "
+        f"{statements[0]:,} database statements = {statements[0] / batches:.1f} per batch of "
+        f"{settings.batch_size}"
+    )
+
+
+def worker_env(settings: Settings) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CELERY")}
+    env.update(
+        DATA_DIR=str(settings.data_dir), DATABASE_URL=settings.database_url,
+        MAIL_BACKEND=settings.mail_backend, SMTP_HOST=settings.smtp_host,
+        SMTP_PORT=str(settings.smtp_port), SECRET_KEY=settings.secret_key,
+        REDIS_URL=settings.redis_url, CELERY_BROKER_URL=settings.celery_broker_url,
+        BATCH_SIZE=str(settings.batch_size), OUTBOX_DIR=str(settings.outbox_dir),
+        MAIL_FROM=settings.mail_from, PUBLIC_BASE_URL=settings.public_base_url,
+    )
+    return env
+
+
+def process_tree_peak_mb(pid: int) -> float:
+    """The largest VmHWM (peak resident memory) among a process and its children."""
+    peak = 0.0
+    pids = [pid]
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        pids += [int(c) for c in children]
+    except OSError:
+        pass
+    for p in pids:
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    peak = max(peak, int(line.split()[1]) / 1024)
+        except OSError:
+            continue
+    return peak
+
+
+def run_workers(settings: Settings, workers: int, figures: Figures,
+                progress: Callable[[str], None]) -> None:
+    """The same day on K Celery worker processes (concurrency 1 each) over Redis."""
+    import redis
+
+    from . import ledger
+    from .pipeline import plan_due
+
+    redis.Redis.from_url(settings.celery_broker_url).flushdb()
+    logs = Path(tempfile.mkdtemp(prefix="digest-bench-workers-"))
+    procs = []
+    for k in range(workers):
+        log = (logs / f"w{k}.log").open("wb")
+        procs.append(subprocess.Popen(
+            [str(Path(sys.executable).parent / "celery"), "-A", "workers", "worker",
+             "-n", f"bench{k}@%h", "--concurrency=1", "--loglevel=WARNING", "--without-gossip",
+             "--without-mingle", "--without-heartbeat"],
+            env=worker_env(settings), stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True))
+    try:
+        time.sleep(4)  # workers import the library
+        from workers.app import make_app
+
+        app = make_app(settings)
+        start = time.perf_counter()
+        batches = plan_due(settings, datetime.now(timezone.utc))
+        for day, ids in batches:
+            app.send_task("workers.tasks.send_batch", args=[day.isoformat(), ids])
+        planned = sum(len(ids) for _, ids in batches)
+        days = sorted({d for d, _ in batches})
+        while True:
+            with db.session_scope(settings) as session:
+                finished = sum(
+                    sum(ledger.day_counts(session, d)[k] for k in
+                        ("sent", "failed", "in_doubt", "skipped")) for d in days)
+            if finished >= planned:
+                break
+            progress(f"  {workers} workers: {finished:,}/{planned:,} digests")
+            time.sleep(1)
+        total = time.perf_counter() - start
+        peaks = [process_tree_peak_mb(p.pid) for p in procs]
+    finally:
+        for p in procs:
+            with suppress(ProcessLookupError):
+                os.killpg(p.pid, signal.SIGTERM)
+        for p in procs:
+            p.wait(30)
+    figures.add(f"whole day, {workers} Celery workers", total, f"{planned / total:,.0f} emails/s")
+    figures.notes.append(
+        f"{workers} workers: {planned:,} digests in {len(batches)} tasks, peak memory per "
+        f"worker {', '.join(f'{p:,.0f}' for p in peaks)} MB"
+    )
+
+
+@contextmanager
+def temporary_postgres(admin_url: str) -> Iterator[str]:
+    name = f"digest_bench_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = admin_url.rsplit("/", 1)[0] + f"/{name}"
+    try:
+        yield url
+    finally:
+        db.engine_for(url).dispose()
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def run_bench(
+    base: Settings,
+    subscribers: int,
+    papers: int,
+    workers: int = 0,
+    backend: str = "smtp",
+    postgres_admin_url: str = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres",
+    progress: Callable[[str], None] = print,
+) -> Figures:
+    """Generate the day, run it, measure the best cases in the same run; return the figures."""
+    figures = Figures(subscribers, papers)
+    workdir = Path(tempfile.mkdtemp(prefix="digest-bench-"))
+    with Sink() as sink:
+        settings = replace(
+            base, data_dir=workdir, outbox_dir=workdir / "outbox", mail_backend=backend,
+            smtp_host="127.0.0.1", smtp_port=sink.port, smtp_security="none",
+            smtp_username="", send_rate_per_second=0.0, secret_key="bench",
+            database_url=f"sqlite:///{workdir / 'bench.sqlite3'}",
+            celery_broker_url="redis://127.0.0.1:6379/12", redis_url="redis://127.0.0.1:6379/12",
+        )
+        progress(f"Generating {subscribers:,} subscribers and {papers:,} papers in "
+                 f"{settings.database_url}")
+        db.upgrade(settings)
+        populate(settings, subscribers, papers)
+        progress("Running the day in this process...")
+        run_in_process(settings, figures, progress)
+        measure_best_cases(settings, figures, sink, subscribers)
+        if workers:
+            with temporary_postgres(postgres_admin_url) as url:
+                pg = replace(settings, database_url=url)
+                progress(f"Generating the same day in PostgreSQL for {workers} workers...")
+                db.upgrade(pg)
+                populate(pg, subscribers, papers)
+                run_workers(pg, workers, figures, progress)
+    return figures
+
+
+def measure_best_cases(settings: Settings, figures: Figures, sink: Sink, n: int) -> None:
+    """What each stage's library does at best, measured now, next to our figures."""
+    import textwrap
+    from email.message import EmailMessage
+
+    from mjml import mjml2html
+
+    from .pipeline import CLOCK, compose_message, digest_context, load_batch, prepared_day
+    from .render import digest_template_context, email_environment
+    from .send import message_bytes
+
+    with db.session_scope(settings) as session:
+        day = datetime.now(timezone.utc).date()
+        prepared = prepared_day(session, settings, day)
+        sample_ids = list(range(1, min(n, 1000) + 1))
+        subscribers, profiles = load_batch(session, day, sample_ids)
+        # The day has been sent by now: sample as if it had not, ignoring what went out.
+        fresh = [replace(p, sent_paper_ids=frozenset(), since=None) for p in profiles[:50]]
+        pairs = [(s, sel) for s, sel in zip(subscribers, prepared.index.select(fresh),
+                                            strict=False) if sel.picks]
+        contexts = [digest_context(settings, prepared, s, sel) for s, sel in pairs]
+        messages = [compose_message(settings, prepared, s, sel) for s, sel in pairs]
+    all_profiles = profiles * max(1, n // max(len(profiles), 1))
+    best_score = best_score_seconds(prepared, all_profiles[:n])
+    ours_score = CLOCK.seconds["score"]
+    figures.add("score (best: raw sparse product)", best_score, f"{n:,} subscribers",
+                f"{best_score:.3f} s", f"{ours_score / best_score:.1f}x")
+    if not messages:
+        figures.notes.append("no digest matched in the sample: best cases not measured")
+        return
+    sample = messages[0]
+    # Render: our whole per-email render vs. a raw mjml2html of the same digest's MJML.
+    mjml_source = email_environment().get_template("email/digest/body.mjml").render(
+        digest_template_context(contexts[0]))
+    raw_mjml = per_call(lambda: mjml2html(mjml_source), 50)
+    ours_render = CLOCK.seconds["render"] / max(CLOCK.items["render"], 1)
+    figures.add("render one email (best: raw mjml2html)", ours_render, "per email",
+                f"{raw_mjml * 1000:.3f} ms", f"{ours_render / raw_mjml:.1f}x")
+    text = sample.text
+    wrap_naive = per_call(lambda: textwrap.fill(text, 72), 200)
+    figures.add("plain text (textwrap per email)", wrap_naive, "per email")
+
+    def naive_mime() -> bytes:
+        msg = EmailMessage()
+        msg["Subject"], msg["To"], msg["From"] = sample.subject, sample.to, \
+            settings.mail_from
+        msg.set_content(sample.text)
+        msg.add_alternative(sample.html, subtype="html")
+        return msg.as_bytes()
+
+    naive = per_call(naive_mime, 50)
+    ours_mime = per_call(lambda: message_bytes(settings, sample), 50)
+    figures.add("build MIME (ours / EmailMessage)", ours_mime, "per email",
+                f"{naive * 1000:.3f} ms", f"{ours_mime / naive:.2f}x")
+    data = message_bytes(settings, sample)
+    before = sink.received
+    rate = trivial_client_rate(sink.port, data, min(n, 5000), 2)
+    ours_send = CLOCK.items["send"] / max(CLOCK.seconds["send"], 1e-9)
+    figures.add("SMTP sink, trivial client x2", min(n, 5000) / rate, f"{rate:,.0f} msg/s",
+                f"ours {ours_send:,.0f} msg/s", f"{rate / max(ours_send, 1e-9):.1f}x")
+    figures.notes.append(f"sink received {sink.received:,} messages in all "
+                         f"({sink.received - before:,} from the trivial client)")
+
+
+def figures_json(figures: Figures) -> str:
+    return json.dumps({"subscribers": figures.subscribers, "papers": figures.papers,
+                       "rows": figures.rows, "notes": figures.notes}, indent=2)
+
+
+def today() -> date:
+    return datetime.now(timezone.utc).date()

@@ -1,0 +1,35 @@
+"""A small smoke run of `digest bench`: it generates a day, runs it, and prints every figure."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from digest.bench import run_bench
+from digest.cli import main
+from digest.settings import Settings
+
+pytestmark = pytest.mark.slow
+
+
+def test_bench_runs_in_process_and_on_a_worker(tmp_path: Path) -> None:
+    lines: list[str] = []
+    figures = run_bench(Settings(data_dir=tmp_path).resolved(), subscribers=120, papers=80,
+                        workers=1, progress=lines.append)
+    table = figures.table()
+    for stage in ("whole day in-process", "score", "render", "send", "ledger",
+                  "raw sparse product", "raw mjml2html", "EmailMessage", "trivial client",
+                  "1 Celery workers"):
+        assert stage in table, stage
+    assert "database statements" in table and "peak memory" in table
+    assert any("Generating" in line for line in lines)
+
+
+def test_bench_command_prints_the_table(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, ["bench", "-n", "60", "-m", "40", "--backend", "file"],
+                                env={"DATA_DIR": str(tmp_path)})
+    assert result.exit_code == 0, result.output
+    assert "whole day in-process (file)" in result.output
