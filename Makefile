@@ -23,8 +23,9 @@ test: $(STAMP)
 	@$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 ## Print throughput figures (not part of `make test`).
+BENCH_ARGS ?= --subscribers 10000 --papers 2000 --workers 2
 bench: $(STAMP)
-	@$(BIN)/digest bench
+	@$(BIN)/digest bench $(BENCH_ARGS)
 
 lint: $(STAMP)
 	@$(BIN)/pip install --quiet ruff mypy
