@@ -36,7 +36,14 @@ from .models import (
     Subscriber,
     SubscriberStatus,
 )
-from .render import DigestContext, DigestItem, PaperCard, RenderedEmail, render_digest
+from .render import (
+    DayRenderer,
+    DigestContext,
+    DigestItem,
+    PaperCard,
+    RenderedEmail,
+    render_digest,
+)
 from .score import (
     CandidatePaper,
     DayIndex,
@@ -135,6 +142,7 @@ class PreparedDay:
     now: datetime
     index: DayIndex
     cards: dict[int, PaperCard]
+    renderer: DayRenderer  # compiles the skeleton and each card once, fills them per subscriber
 
 
 # --- the whole day in one process ------------------------------------------------------
@@ -183,7 +191,7 @@ def run_day(
 
 
 def _active() -> object:
-    return Subscriber.status == SubscriberStatus.ACTIVE
+    return (Subscriber.status == SubscriberStatus.ACTIVE) & Subscriber.paused.is_(False)
 
 
 def due_subscribers(session: Session, now: datetime) -> list[tuple[int, date]]:
@@ -384,7 +392,10 @@ def prepare_day(session: Session, settings: Settings, day: date) -> PreparedDay:
         now,
         knobs,
     )
-    return PreparedDay(day=day, now=now, index=index, cards={p.id: paper_card(p) for p in papers})
+    return PreparedDay(
+        day=day, now=now, index=index, cards={p.id: paper_card(p) for p in papers},
+        renderer=DayRenderer(day, settings.public_base_url),
+    )
 
 
 def candidate_paper(paper: Paper) -> CandidatePaper:
@@ -707,7 +718,7 @@ def digest_context(
 def compose_message(
     settings: Settings, prepared: PreparedDay, subscriber: Subscriber, selection: Selection
 ) -> OutgoingEmail:
-    rendered = render_digest(digest_context(settings, prepared, subscriber, selection))
+    rendered = prepared.renderer.render(digest_context(settings, prepared, subscriber, selection))
     return OutgoingEmail(
         to=subscriber.email,
         subject=rendered.subject,

@@ -11,6 +11,7 @@ pass through `safe_url` (http and https only), and the subject is collapsed to o
 from __future__ import annotations
 
 import re
+import secrets
 import textwrap
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
+from markupsafe import escape
 from mjml import mjml2html
 
 # The repository's templates/ beside the package (Path(digest.__file__)...; __file__ is the same
@@ -66,6 +68,11 @@ class DigestItem:
     reasons: tuple[str, ...]  # ("matches: lora, low-rank adaptation", "trending: 212 upvotes")
     score: float
 
+    @property
+    def why(self) -> str:
+        """The reasons as the email's one "Why:" line."""
+        return " · ".join(one_line(r) for r in self.reasons)
+
 
 @dataclass(frozen=True)
 class DigestContext:
@@ -89,6 +96,16 @@ class RenderedEmail:
 
 
 # --- Small formatting helpers, each also a Jinja filter -------------------------------------
+
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+def printable(value: object) -> object:
+    """Every value a template prints, without C0 control characters (tab and newlines stay)."""
+    if isinstance(value, str) and _CONTROL.search(value):
+        return value.__class__(_CONTROL.sub("", value))
+    return value
 
 
 def one_line(value: object) -> str:
@@ -202,6 +219,7 @@ def email_environment() -> Environment:
         lstrip_blocks=True,
         keep_trailing_newline=True,
         auto_reload=False,  # templates ship with the code; don't stat them per email
+        finalize=printable,  # control characters break MJML and mean nothing to a reader
     )
     env.filters.update(
         one_line=one_line,
@@ -248,7 +266,15 @@ def _tidy_text(text: str) -> str:
 
 
 def render_digest(ctx: DigestContext) -> RenderedEmail:
-    """One subscriber's digest for one day."""
+    """One subscriber's digest for one day, rendered the plain way (Jinja → MJML → HTML).
+
+    `DayRenderer` gives the same email faster when many are rendered on one day.
+    """
+    _check_own_links(ctx)
+    return render_email("digest", digest_template_context(ctx))
+
+
+def _check_own_links(ctx: DigestContext) -> None:
     for label, url in (
         ("preferences_url", ctx.preferences_url),
         ("unsubscribe_url", ctx.unsubscribe_url),
@@ -257,21 +283,241 @@ def render_digest(ctx: DigestContext) -> RenderedEmail:
         # Our own links: a digest without a working unsubscribe link must not go out.
         if not safe_url(url):
             raise ValueError(f"{label} must be an http(s) URL, got {url!r}")
-    return render_email("digest", digest_template_context(ctx))
 
 
-def digest_template_context(ctx: DigestContext) -> dict[str, Any]:
-    """The variables templates/email/digest/* use."""
+def digest_template_context(ctx: DigestContext, with_cards: bool = True) -> dict[str, Any]:
+    """The variables templates/email/digest/* use (the fast path builds `cards_text` itself)."""
     topics = topic_list(ctx.topics)
-    return {
+    count = len(ctx.items)
+    kind = "trending paper" if ctx.trending_fallback else "new paper"
+    context: dict[str, Any] = {
         "day": ctx.day,
         "recipient": one_line(ctx.recipient),
         "topics": topics,
         "topics_short": shorten(topics, SUBJECT_TOPICS_CHARS),
         "items": ctx.items,
-        "count": len(ctx.items),
+        "count": count,
+        "count_phrase": plural(count, kind),
+        "is_are": "is" if count == 1 else "are",
+        "first_title": ctx.items[0].card.title if ctx.items else "",
         "trending_fallback": ctx.trending_fallback,
         "preferences_url": ctx.preferences_url,
         "unsubscribe_url": ctx.unsubscribe_url,
+        "preferences_href": safe_url(ctx.preferences_url),
+        "unsubscribe_href": safe_url(ctx.unsubscribe_url),
         "site_url": ctx.site_url,
+        "rank_slot": "",  # the fast path compiles cards with a placeholder here
     }
+    context["preview"] = one_line(
+        email_environment().get_template("email/digest/preview.txt").render(context)
+    )
+    if with_cards:
+        context["cards_text"] = "".join(
+            card_text(item.card, rank, item.why) for rank, item in enumerate(ctx.items, start=1)
+        )
+    return context
+
+
+def why_block(why: str, indent: int) -> str:
+    """The wrapped "Why: ..." lines of the plain-text card."""
+    return wrap("Why: " + why, indent=indent) if why else ""
+
+
+def card_text(card: PaperCard, rank: int, why: str) -> str:
+    """One paper in the plain-text part, through templates/email/digest/_card.txt."""
+    number = f"{rank}. "
+    macro = email_environment().get_template("email/digest/_card.txt").module.paper_card
+    return str(macro(card, number, why_block(why, len(number)))) + "\n"
+
+
+# --- The fast path: what is the same for everyone, compiled once per day ----------------------
+
+# Placeholders that survive Jinja and MJML untouched, replaced per subscriber. They are random
+# per renderer, so no title or address from outside can contain one.
+_SLOTS = ("preview", "topics", "count", "isare", "recipient", "pref", "unsub", "rank", "why")
+
+
+@dataclass(frozen=True)
+class _Skeleton:
+    """A compiled digest without cards, split where cards go, with slots to fill."""
+
+    head: tuple[str, ...]  # literal, slot, literal, slot, ... (even: literal, odd: slot name)
+    tail: tuple[str, ...]
+    offset: int  # where cards start in the compiled HTML
+    bare: str  # the compiled skeleton with its slots, no cards
+
+
+def _segments(html: str, slots: Mapping[str, str]) -> tuple[str, ...]:
+    names = {v: k for k, v in slots.items()}
+    pattern = re.compile("|".join(map(re.escape, slots.values())))
+    parts: list[str] = []
+    last = 0
+    for match in pattern.finditer(html):
+        parts += [html[last : match.start()], names[match.group(0)]]
+        last = match.end()
+    parts.append(html[last:])
+    return tuple(parts)
+
+
+def _html(value: str) -> str:
+    """A value as Jinja's autoescape prints it (finalize, then escape)."""
+    return str(escape(printable(value)))
+
+
+def _fill(segments: tuple[str, ...], values: Mapping[str, str]) -> str:
+    return "".join(values[part] if i % 2 else part for i, part in enumerate(segments))
+
+
+def _common_prefix(a: str, b: str) -> int:
+    n = min(len(a), len(b))
+    lo, hi = 0, n  # binary search on equal prefixes: C-speed comparisons, not a char loop
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if a[:mid] == b[:mid]:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+class DayRenderer:
+    """Render many digests of one day fast, identical to `render_digest`.
+
+    Per day (lazily, once each): the MJML skeleton of each digest variant is compiled with
+    placeholders for the subscriber's values, and each paper's card is compiled once and cut
+    out of a one-card digest. Per subscriber only the placeholders are filled (escaped exactly
+    as Jinja's autoescape does) and the cards are joined. If a compiled card does not fit the
+    skeleton as expected, that digest falls back to `render_digest`, so correctness never
+    depends on the shortcut.
+    """
+
+    def __init__(self, day: date, site_url: str) -> None:
+        self.day = day
+        self.site_url = site_url
+        token = secrets.token_hex(6)
+        self.slot = {name: f"pd{token}{name}" for name in _SLOTS}
+        self._skeletons: dict[tuple[bool, bool, bool], _Skeleton] = {}
+        self._cards: dict[tuple[int, bool, tuple[bool, bool, bool]], tuple[str, ...] | None] = {}
+        self._text_cards: dict[tuple[int, int, bool], str] = {}
+        self._why: dict[tuple[str, int], str] = {}
+        self.fallbacks = 0
+
+    def render(self, ctx: DigestContext) -> RenderedEmail:
+        _check_own_links(ctx)
+        context = digest_template_context(ctx, with_cards=False)
+        variant = (not ctx.items, ctx.trending_fallback, bool(context["topics"]))
+        skeleton = self._skeleton(variant, context)
+        cards: list[str] = []
+        for rank, item in enumerate(ctx.items, start=1):
+            unit = self._card(item.card, bool(item.why), variant, context)
+            if unit is None:
+                self.fallbacks += 1
+                return render_digest(ctx)
+            cards.append(_fill(unit, {"rank": str(rank), "why": _html(item.why)}))
+        values = {
+            "preview": _html(context["preview"]),
+            "topics": _html(context["topics"]),
+            "count": _html(context["count_phrase"]),
+            "isare": _html(context["is_are"]),
+            "recipient": _html(context["recipient"]),
+            "pref": _html(context["preferences_href"]),
+            "unsub": _html(context["unsubscribe_href"]),
+        }
+        html = _fill(skeleton.head, values) + "".join(cards) + _fill(skeleton.tail, values)
+        context["cards_text"] = "".join(
+            self._card_text(item.card, rank, item.why) for rank, item in enumerate(ctx.items, 1)
+        )
+        env = email_environment()
+        subject = one_line(env.get_template("email/digest/subject.txt").render(context))
+        text = _tidy_text(env.get_template("email/digest/body.txt").render(context))
+        return RenderedEmail(subject=subject, html=html, text=text)
+
+    # -- per day, once each ------------------------------------------------------------------
+
+    def _slot_context(
+        self, variant: tuple[bool, bool, bool], context: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        empty, fallback, has_topics = variant
+        slot = self.slot
+        return {
+            **context,
+            "preview": slot["preview"],
+            "topics": slot["topics"] if has_topics else "",
+            "count": 0 if empty else 2,
+            "count_phrase": slot["count"],
+            "is_are": slot["isare"],
+            "recipient": slot["recipient"],
+            "preferences_href": slot["pref"],
+            "unsubscribe_href": slot["unsub"],
+            "trending_fallback": fallback,
+            "site_url": self.site_url,
+            "day": self.day,
+            "rank_slot": slot["rank"],
+        }
+
+    def _compile(self, context: Mapping[str, Any]) -> str:
+        mjml = email_environment().get_template("email/digest/body.mjml").render(context)
+        return str(mjml2html(mjml, disable_comments=True))
+
+    def _skeleton(
+        self, variant: tuple[bool, bool, bool], context: Mapping[str, Any]
+    ) -> _Skeleton:
+        if variant not in self._skeletons:
+            slots = self._slot_context(variant, context)
+            bare = self._compile({**slots, "items": ()})
+            probe = PaperCard(0, "probe", ("A",), "probe", "https://probe.invalid", None, None)
+            one = self._compile({**slots, "items": (_SlotItem(probe, self.slot["why"]),)})
+            offset = _common_prefix(bare, one)
+            self._skeletons[variant] = _Skeleton(
+                head=_segments(bare[:offset], self.slot),
+                tail=_segments(bare[offset:], self.slot),
+                offset=offset,
+                bare=bare,
+            )
+        return self._skeletons[variant]
+
+    def _card(
+        self, card: PaperCard, has_why: bool, variant: tuple[bool, bool, bool],
+        context: Mapping[str, Any],
+    ) -> tuple[str, ...] | None:
+        key = (card.paper_id, has_why, variant)
+        if key not in self._cards:
+            skeleton = self._skeleton(variant, context)
+            slots = self._slot_context(variant, context)
+            why = self.slot["why"] if has_why else ""
+            one = self._compile({**slots, "items": (_SlotItem(card, why),)})
+            head, tail = skeleton.bare[: skeleton.offset], skeleton.bare[skeleton.offset :]
+            fits = one.startswith(head) and one.endswith(tail) and len(one) > len(skeleton.bare)
+            self._cards[key] = (
+                _segments(one[len(head) : len(one) - len(tail)], self.slot) if fits else None
+            )
+        return self._cards[key]
+
+    def _card_text(self, card: PaperCard, rank: int, why: str) -> str:
+        """The card's text, wrapped once per day; per subscriber only its number and why."""
+        digits = len(str(rank))
+        key = (card.paper_id, digits, bool(why))
+        if key not in self._text_cards:
+            number = "9" * digits + ". "  # the same width as the real number
+            macro = email_environment().get_template("email/digest/_card.txt").module.paper_card
+            block = str(macro(card, number, self.slot["why"] if why else "")) + "\n"
+            if not block.startswith(number):
+                raise RuntimeError("templates/email/digest/_card.txt must start with the number")
+            self._text_cards[key] = block[digits:]
+        text = str(rank) + self._text_cards[key]
+        if why:
+            indent = digits + 2
+            lines = self._why.get((why, indent))
+            if lines is None:
+                lines = self._why.setdefault((why, indent), why_block(why, indent))
+            text = text.replace(self.slot["why"], lines, 1)
+        return text
+
+
+@dataclass(frozen=True)
+class _SlotItem:
+    """A card whose why line is a slot (what the templates read of an item)."""
+
+    card: PaperCard
+    why: str
+

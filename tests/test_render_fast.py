@@ -1,0 +1,76 @@
+"""The per-day fast path renders exactly what the plain Jinja → MJML → HTML path renders."""
+
+from __future__ import annotations
+
+import random
+from datetime import date, datetime, timezone
+
+import pytest
+
+from digest.render import DayRenderer, DigestContext, DigestItem, PaperCard, render_digest
+
+DAY = date(2026, 11, 23)
+SITE = "https://digest.test"
+HOSTILE = [
+    '<script>alert("x")</script>', '"><img src=x onerror=alert(1)>', "Tom & Jerry's <b>bold</b>",
+    "line\r\nBcc: victim@example.com", "β-OPSD: Σ-Mem für Jörg — “quotes”", "{{ 7*7 }} {% raw %}",
+    "pdslotwhyq7 and \x01\x02 control", "a" * 300,
+]
+
+
+def card(i: int, rng: random.Random) -> PaperCard:
+    hostile = rng.random() < 0.3
+    title = rng.choice(HOSTILE) if hostile else f"Paper {i}: low-rank adaptation at scale"
+    return PaperCard(
+        paper_id=i,
+        title=title,
+        authors=tuple(rng.choice([*HOSTILE, "Ada Lovelace", "Alan Turing"])
+                      for _ in range(rng.randint(0, 5))),
+        abstract=rng.choice(["", "We study LoRA. " * rng.randint(1, 40), rng.choice(HOSTILE)]),
+        url=rng.choice([f"https://arxiv.org/abs/2611.{i:05d}", None, "javascript:alert(1)",
+                        'https://x.test/?a=1&b="2"']),
+        pdf_url=rng.choice([f"https://arxiv.org/pdf/2611.{i:05d}", None]),
+        published_at=rng.choice([None, datetime(2026, 11, 22, tzinfo=timezone.utc)]),
+        upvotes=rng.choice([None, 0, 212]),
+        comments=rng.choice([None, 3]),
+    )
+
+
+def context(rng: random.Random, cards: list[PaperCard]) -> DigestContext:
+    count = rng.choice([0, 1, 2, 5, 10, 12])
+    return DigestContext(
+        day=DAY,
+        recipient=rng.choice(["ada@example.org", "jörg@bücher.example", HOSTILE[1]]),
+        topics=rng.choice(["", "LoRA, activation sparsity", rng.choice(HOSTILE)]),
+        items=tuple(
+            DigestItem(card=c, reasons=tuple(rng.sample(
+                ["matches: LoRA", "trending: 212 upvotes", rng.choice(HOSTILE)],
+                rng.randint(0, 2))), score=1.0)
+            for c in rng.sample(cards, count)
+        ),
+        preferences_url=f"{SITE}/preferences/tok-{rng.randrange(10**6)}",
+        unsubscribe_url=f"{SITE}/unsubscribe/tok&<{rng.randrange(10**6)}>",
+        site_url=SITE,
+        trending_fallback=rng.random() < 0.25,
+    )
+
+
+def test_fast_path_is_identical_to_the_plain_render_for_many_digests() -> None:
+    rng = random.Random(20261123)
+    cards = [card(i, rng) for i in range(40)]
+    renderer = DayRenderer(DAY, SITE)
+    for _ in range(150):
+        ctx = context(rng, cards)
+        fast, plain = renderer.render(ctx), render_digest(ctx)
+        assert fast.subject == plain.subject
+        assert fast.text == plain.text
+        assert fast.html == plain.html
+    assert renderer.fallbacks == 0  # every card fit the skeleton: the shortcut was used
+
+
+def test_fast_path_refuses_a_digest_without_a_working_unsubscribe_link() -> None:
+    rng = random.Random(1)
+    ctx = context(rng, [card(i, rng) for i in range(20)])
+    bad = DigestContext(**{**ctx.__dict__, "unsubscribe_url": "javascript:alert(1)"})
+    with pytest.raises(ValueError, match="unsubscribe_url"):
+        DayRenderer(DAY, SITE).render(bad)
