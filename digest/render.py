@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import re
 import secrets
-import textwrap
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -177,15 +176,22 @@ def wrap(text: str, width: int = TEXT_WIDTH, indent: int = 0, first: str | None 
     Lines are indented by `indent` spaces; `first`, if given, replaces the first line's indent
     (a hanging "1. " before a title).
     """
+    # What textwrap.fill does with break_long_words and break_on_hyphens off, on text whose
+    # whitespace is already collapsed: greedy filling at spaces, several times faster.
+    words = str(text).split()
+    if not words:
+        return ""
     pad = " " * indent
-    return textwrap.fill(
-        one_line(text),
-        width=width,
-        initial_indent=pad if first is None else first,
-        subsequent_indent=pad,
-        break_long_words=False,
-        break_on_hyphens=False,
-    )
+    lines: list[str] = []
+    line = (pad if first is None else first) + words[0]
+    for word in words[1:]:
+        if len(line) + 1 + len(word) <= width:
+            line += " " + word
+        else:
+            lines.append(line)
+            line = pad + word
+    lines.append(line)
+    return "\n".join(lines)
 
 
 def plural(count: int, singular: str, many: str | None = None) -> str:
@@ -256,10 +262,14 @@ def render_email(name: str, context: Mapping[str, Any]) -> RenderedEmail:
     return RenderedEmail(subject=subject, html=html, text=text)
 
 
+_TRAILING_SPACE = re.compile(r"[^\S\n]+$", re.MULTILINE)
+_BLANK_LINES = re.compile(r"\n{3,}")
+
+
 def _tidy_text(text: str) -> str:
     """No trailing spaces, at most one blank line in a row, one final newline."""
-    lines = [line.rstrip() for line in text.strip("\n").splitlines()]
-    return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)) + "\n"
+    text = _TRAILING_SPACE.sub("", text.replace("\r\n", "\n").replace("\r", "\n"))
+    return _BLANK_LINES.sub("\n\n", text.strip("\n")) + "\n"
 
 
 # --- The digest ------------------------------------------------------------------------------
@@ -334,7 +344,9 @@ def card_text(card: PaperCard, rank: int, why: str) -> str:
 
 # Placeholders that survive Jinja and MJML untouched, replaced per subscriber. They are random
 # per renderer, so no title or address from outside can contain one.
-_SLOTS = ("preview", "topics", "count", "isare", "recipient", "pref", "unsub", "rank", "why")
+_SLOTS = (
+    "preview", "topics", "count", "isare", "recipient", "pref", "unsub", "rank", "why", "cards",
+)
 
 
 @dataclass(frozen=True)
@@ -405,14 +417,23 @@ class DayRenderer:
     def render(self, ctx: DigestContext) -> RenderedEmail:
         _check_own_links(ctx)
         context = digest_template_context(ctx, with_cards=False)
+        html = self.html(ctx, context)
+        if html is None:
+            self.fallbacks += 1
+            return render_digest(ctx)
+        env = email_environment()
+        subject = one_line(env.get_template("email/digest/subject.txt").render(context))
+        return RenderedEmail(subject=subject, html=html, text=self.text(ctx, context))
+
+    def html(self, ctx: DigestContext, context: dict[str, Any]) -> str | None:
+        """The HTML part from the day's compiled skeleton and cards; None if a card won't fit."""
         variant = (not ctx.items, ctx.trending_fallback, bool(context["topics"]))
         skeleton = self._skeleton(variant, context)
         cards: list[str] = []
         for rank, item in enumerate(ctx.items, start=1):
             unit = self._card(item.card, bool(item.why), variant, context)
             if unit is None:
-                self.fallbacks += 1
-                return render_digest(ctx)
+                return None
             cards.append(_fill(unit, {"rank": str(rank), "why": _html(item.why)}))
         values = {
             "preview": _html(context["preview"]),
@@ -423,14 +444,19 @@ class DayRenderer:
             "pref": _html(context["preferences_href"]),
             "unsub": _html(context["unsubscribe_href"]),
         }
-        html = _fill(skeleton.head, values) + "".join(cards) + _fill(skeleton.tail, values)
-        context["cards_text"] = "".join(
+        return _fill(skeleton.head, values) + "".join(cards) + _fill(skeleton.tail, values)
+
+    def text(self, ctx: DigestContext, context: dict[str, Any]) -> str:
+        """The plain-text part: each paper's text was wrapped and tidied once per day; only the
+        short frame around the cards is rendered and tidied per subscriber."""
+        template = email_environment().get_template("email/digest/body.txt")
+        if not ctx.items:
+            return _tidy_text(template.render({**context, "cards_text": ""}))
+        frame = _tidy_text(template.render({**context, "cards_text": self.slot["cards"]}))
+        cards = "\n\n".join(
             self._card_text(item.card, rank, item.why) for rank, item in enumerate(ctx.items, 1)
-        )
-        env = email_environment()
-        subject = one_line(env.get_template("email/digest/subject.txt").render(context))
-        text = _tidy_text(env.get_template("email/digest/body.txt").render(context))
-        return RenderedEmail(subject=subject, html=html, text=text)
+        ) + "\n"  # a blank line before what follows, as tidying the whole text leaves
+        return frame.replace(self.slot["cards"], cards, 1)
 
     # -- per day, once each ------------------------------------------------------------------
 
@@ -500,16 +526,18 @@ class DayRenderer:
         if key not in self._text_cards:
             number = "9" * digits + ". "  # the same width as the real number
             macro = email_environment().get_template("email/digest/_card.txt").module.paper_card
-            block = str(macro(card, number, self.slot["why"] if why else "")) + "\n"
+            block = _tidy_text(str(macro(card, number, self.slot["why"] if why else "")))
             if not block.startswith(number):
                 raise RuntimeError("templates/email/digest/_card.txt must start with the number")
-            self._text_cards[key] = block[digits:]
+            self._text_cards[key] = block[digits:].rstrip("\n")
         text = str(rank) + self._text_cards[key]
         if why:
             indent = digits + 2
             lines = self._why.get((why, indent))
             if lines is None:
-                lines = self._why.setdefault((why, indent), why_block(why, indent))
+                lines = self._why.setdefault(
+                    (why, indent), str(printable(why_block(why, indent)))
+                )
             text = text.replace(self.slot["why"], lines, 1)
         return text
 

@@ -74,3 +74,22 @@ def test_fast_path_refuses_a_digest_without_a_working_unsubscribe_link() -> None
     bad = DigestContext(**{**ctx.__dict__, "unsubscribe_url": "javascript:alert(1)"})
     with pytest.raises(ValueError, match="unsubscribe_url"):
         DayRenderer(DAY, SITE).render(bad)
+
+
+def test_wrap_is_textwraps_fill_without_breaking_words() -> None:
+    import textwrap
+
+    from digest.render import one_line, wrap
+
+    rng = random.Random(3)
+    vocabulary = ["a", "LoRA", "low-rank", "https://arxiv.org/abs/2611.00001v2", "β-OPSD",
+                  "x" * 90, "word", "—", "“quoted”", "tab\there", "new\nline", ""]
+    for _ in range(2000):
+        text = " ".join(rng.choice(vocabulary) for _ in range(rng.randint(0, 40)))
+        width, indent = rng.choice([20, 40, 72]), rng.choice([0, 3, 4])
+        first = rng.choice([None, "1. ", "10. "])
+        pad = " " * indent
+        expected = textwrap.fill(one_line(text), width=width, initial_indent=
+                                 pad if first is None else first, subsequent_indent=pad,
+                                 break_long_words=False, break_on_hyphens=False)
+        assert wrap(text, width, indent, first) == expected, (text, width, indent, first)
