@@ -191,7 +191,7 @@ def run_day(
 
 
 def _active() -> object:
-    return (Subscriber.status == SubscriberStatus.ACTIVE) & Subscriber.paused.is_(False)
+    return Subscriber.status == SubscriberStatus.ACTIVE
 
 
 def due_subscribers(session: Session, now: datetime) -> list[tuple[int, date]]:
