@@ -382,7 +382,8 @@ def subscribers_add(
 
     Example: digest subscribers add ada@example.org --topics "LoRA, activation sparsity"
     """
-    from .subscribers import add_subscriber
+    from .models import EventKind
+    from .subscribers import add_subscriber, record_event
 
     settings = _settings(ctx)
     _ensure_schema(settings)
@@ -395,6 +396,8 @@ def subscribers_add(
             trending_fallback=trending_fallback,
             status=SubscriberStatus.PENDING if pending else SubscriberStatus.ACTIVE,
         )
+        record_event(session, sub.id, EventKind.SUBSCRIBED, "cli",
+                     f"added by an admin ({sub.status.value})")
         click.echo(f"Added {sub.email} ({sub.status.value}).")
 
 
@@ -423,18 +426,18 @@ def subscribers_list(ctx: click.Context, status: str | None) -> None:
 @click.pass_context
 @_subscriber_errors
 def subscribers_show(ctx: click.Context, email: str) -> None:
-    """Show one subscriber's settings, topics and recent deliveries.
+    """Show one subscriber's settings, topics, recent deliveries and history.
 
     Example: digest subscribers show ada@example.org
     """
-    from .subscribers import get_subscriber
+    from .subscribers import get_subscriber, subscriber_history
 
     settings = _settings(ctx)
     _ensure_schema(settings)
     with db.session_scope(settings) as session:
         sub = get_subscriber(session, email)
         click.echo(f"Email:        {sub.email}")
-        click.echo(f"Status:       {sub.status.value}")
+        click.echo(f"Status:       {sub.status.value}{' (paused)' if sub.paused else ''}")
         click.echo(f"Topics:       {sub.profile.topics}")
         click.echo(f"Exclude:      {sub.profile.exclude or '-'}")
         fallback = "yes" if sub.profile.trending_fallback else "no"
@@ -454,6 +457,11 @@ def subscribers_show(ctx: click.Context, email: str) -> None:
                        f"{d.message_id}")
             for item in d.items:
                 click.echo(f"      {item.rank:>2}. {item.paper.title[:70]}  ({item.why})")
+        history = subscriber_history(session, sub)
+        click.echo(f"History:      {len(history)} event(s), oldest first")
+        for entry in history:
+            detail = f"  {entry.detail}" if entry.detail else ""
+            click.echo(f"  {entry.at:%Y-%m-%d %H:%M}  {entry.what:<19} {entry.source:<18}{detail}")
 
 
 @subscribers_group.command("remove")
@@ -636,6 +644,184 @@ def bench(ctx: click.Context, subscribers: int, papers: int, workers: int, backe
     figures = run_bench(settings, subscribers, papers, workers, backend,
                         progress=lambda line: click.echo(line, err=True))
     click.echo(figures_json(figures) if as_json else figures.table())
+
+
+# --- suppressions -----------------------------------------------------------------------
+
+
+@main.group("suppressions")
+def suppressions_group() -> None:
+    """The suppression list: addresses nothing is ever sent to (bounces, complaints, admins)."""
+
+
+@suppressions_group.command("list")
+@click.pass_context
+def suppressions_list(ctx: click.Context) -> None:
+    """List suppressed addresses, oldest first, with why and who added them.
+
+    Example: digest suppressions list
+    """
+    from .suppressions import list_suppressions
+
+    settings = _settings(ctx)
+    _ensure_schema(settings)
+    with db.session_scope(settings) as session:
+        rows = list_suppressions(session)
+        for row in rows:
+            detail = f"  {row.detail}" if row.detail else ""
+            click.echo(f"{row.address:<32} {row.reason.value:<11} {row.created_at:%Y-%m-%d %H:%M}"
+                       f"  {row.source}{detail}")
+        click.echo(f"{len(rows)} suppressed address(es).")
+
+
+@suppressions_group.command("add")
+@click.argument("address")
+@click.option("--reason", type=click.Choice(["manual", "bounced", "complained"]),
+              default="manual", show_default=True)
+@click.option("--note", default="", help="Why, for the history.")
+@click.option("--dry-run", is_flag=True, help="Say what would change; change nothing.")
+@click.pass_context
+def suppressions_add(
+    ctx: click.Context, address: str, reason: str, note: str, dry_run: bool
+) -> None:
+    """Never send anything to ADDRESS again; its subscriber (if any) stops getting digests.
+
+    Example: digest suppressions add ada@example.org --note "asked by phone"
+    """
+    from .models import SuppressionReason
+    from .suppressions import find_suppression, suppress_address
+
+    settings = _settings(ctx)
+    _ensure_schema(settings)
+    with db.session_scope(settings) as session:
+        if dry_run:
+            found = find_suppression(session, address)
+            click.echo(f"{address} is already suppressed ({found.reason.value})." if found
+                       else f"Would suppress {address} ({reason}).")
+            return
+        change = suppress_address(session, address, SuppressionReason(reason), "cli", note)
+    click.echo(f"Suppressed {change.address} ({reason})." if change.created
+               else f"{change.address} was already suppressed.")
+
+
+@suppressions_group.command("remove")
+@click.argument("address")
+@click.pass_context
+def suppressions_remove(ctx: click.Context, address: str) -> None:
+    """Lift a suppression. The subscriber stays unsubscribed until they subscribe and confirm.
+
+    Example: digest suppressions remove ada@example.org
+    """
+    from .suppressions import unsuppress_address
+
+    settings = _settings(ctx)
+    _ensure_schema(settings)
+    with db.session_scope(settings) as session:
+        change = unsuppress_address(session, address, "cli")
+    if not change.created:
+        raise click.ClickException(f"{change.address} is not suppressed.")
+    click.echo(f"{change.address} may subscribe again (they must confirm by email).")
+
+
+# --- deliverability ---------------------------------------------------------------------
+
+
+@main.command("dns-check")
+@click.option("--include", "includes", multiple=True, metavar="DOMAIN",
+              help="Your mail provider's SPF domain, e.g. sendgrid.net (repeatable).")
+@click.option("--dmarc-policy", type=click.Choice(["none", "quarantine", "reject"]),
+              default="none", show_default=True)
+@click.option("--dmarc-reports", default="", metavar="ADDRESS",
+              help="Where receivers send DMARC aggregate reports.")
+@click.pass_context
+def dns_check(
+    ctx: click.Context, includes: tuple[str, ...], dmarc_policy: str, dmarc_reports: str
+) -> None:
+    """Print the SPF, DKIM and DMARC records the sending domain needs, as zone-file lines.
+
+    The DKIM record carries the public half of DKIM_PRIVATE_KEY_PATH.
+
+    Example: digest dns-check --include sendgrid.net --dmarc-reports dmarc@example.org
+    """
+    from .deliverability import DeliverabilityError, dns_records
+
+    try:
+        report = dns_records(_settings(ctx), includes, dmarc_policy, dmarc_reports)
+    except DeliverabilityError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"; DNS records for mail from {report.domain}")
+    for record in report.records:
+        click.echo(f"; {record.why}")
+        click.echo(record.zone_line())
+    for problem in report.problems:
+        click.echo(f"warning: {problem}", err=True)
+
+
+# --- ranking: ad-hoc recommendations and the evaluation ----------------------------------
+
+
+@main.command()
+@click.option("--topics", required=True, help="Comma-separated topics, e.g. 'LoRA, RLHF'.")
+@click.option("--limit", "-n", default=10, show_default=True, type=click.IntRange(1, 100),
+              help="How many papers.")
+@click.option("--date", "day_text", metavar="YYYY-MM-DD", help="Rank that day's candidates.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list of {title, score, why}.")
+@click.pass_context
+def recommend(ctx: click.Context, topics: str, limit: int, day_text: str | None,
+              as_json: bool) -> None:
+    """Rank the papers in the database for ad-hoc topics, as a digest would.
+
+    Ranks the day's candidate papers, or every paper when the day has none.
+
+    Example: digest recommend --topics "LoRA, activation sparsity" --limit 5 --json
+    """
+    import json
+
+    from .recommend import recommend as recommend_papers
+
+    settings = _settings(ctx)
+    _ensure_schema(settings)
+    papers = recommend_papers(settings, topics, limit, _parse_day(day_text), max_limit=100)
+    if as_json:
+        click.echo(json.dumps(papers, indent=2, ensure_ascii=False))
+        return
+    if not papers:
+        click.echo("No paper matches these topics. Ingest some papers or try other words.")
+    for rank, paper in enumerate(papers, 1):
+        click.echo(f"{rank:>2}. {paper['score']:.3f}  {paper['title']}")
+        click.echo(f"    {paper['why']}" + (f"  {paper['url']}" if paper["url"] else ""))
+
+
+@main.command("eval")
+@click.option("--eval-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="The labelled set (profiles.json, judgments.jsonl); default: the repo's eval/.")
+@click.option("--seeds", "seeds_dir", type=click.Path(file_okay=False, path_type=Path),
+              default=None, help="Seed pages (*.txt); default: ../shared/seeds beside the repo.")
+@click.option("--split", type=click.Choice(["dev", "test", "all"]), default="dev",
+              show_default=True, help="Profiles to score; keep test for the very end.")
+@click.option("--method", "methods", multiple=True,
+              help="Only these methods (tfidf, bm25, ours-lexical, embeddings, hybrid).")
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
+@click.pass_context
+def eval_command(ctx: click.Context, eval_dir: Path | None, seeds_dir: Path | None, split: str,
+                 methods: tuple[str, ...], as_json: bool) -> None:
+    """Print nDCG@10 and P@10 of each ranking method on the labelled set, side by side.
+
+    Example: digest eval --split dev
+    """
+    from . import evaluate
+
+    try:
+        report = evaluate.run_eval(
+            _settings(ctx),
+            eval_dir or evaluate.DEFAULT_EVAL_DIR,
+            seeds_dir or evaluate.DEFAULT_SEEDS_DIR,
+            split,
+            methods,
+        )
+    except FileNotFoundError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(report.as_json() if as_json else report.table())
 
 
 if __name__ == "__main__":  # pragma: no cover

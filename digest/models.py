@@ -1,8 +1,10 @@
-"""The database schema: papers, subscribers and their topics, and the delivery ledger.
+"""The database schema: papers, subscribers and their topics, the delivery ledger, and the
+subscription history, suppression list and provider webhook events.
 
 Constraints that keep the data correct live here and in the migrations, not only in code:
 an address is unique whatever its case, a subscriber has at most one delivery per digest date,
-and a paper can be carried to a subscriber only once (`delivery_items` is unique on both).
+a paper can be carried to a subscriber only once (`delivery_items` is unique on both), an
+address is suppressed at most once, and a provider's event is recorded (and acted on) once.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
     func,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -76,13 +79,37 @@ class DeliveryStatus(str, enum.Enum):
     SKIPPED = "skipped"  # nothing to send today (no paper matched)
 
 
-def _enum(enum_cls: type[enum.Enum], name: str) -> Enum:
+class EventKind(str, enum.Enum):
+    """What happened to a subscriber; `subscriber_events` is their history."""
+
+    SUBSCRIBED = "subscribed"  # the subscribe form was sent for this address
+    CONFIRMATION_SENT = "confirmation_sent"
+    NOTICE_SENT = "notice_sent"  # "you are already subscribed", to the address's owner
+    CONFIRMED = "confirmed"
+    PREFERENCES_CHANGED = "preferences_changed"
+    PAUSED = "paused"
+    RESUMED = "resumed"
+    UNSUBSCRIBED = "unsubscribed"
+    RESUBSCRIBED = "resubscribed"
+    BOUNCED = "bounced"
+    COMPLAINED = "complained"
+    SUPPRESSED = "suppressed"  # by an admin
+    UNSUPPRESSED = "unsuppressed"
+
+
+class SuppressionReason(str, enum.Enum):
+    BOUNCED = "bounced"  # a hard bounce: the address does not exist
+    COMPLAINED = "complained"  # the recipient marked a message as spam
+    MANUAL = "manual"  # an admin's decision
+
+
+def _enum(enum_cls: type[enum.Enum], name: str, length: int = 16) -> Enum:
     return Enum(
         enum_cls,
         name=name,
         native_enum=False,
         create_constraint=True,
-        length=16,
+        length=length,
         values_callable=lambda e: [m.value for m in e],
         validate_strings=True,
     )
@@ -134,6 +161,8 @@ class Subscriber(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     confirmed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     unsubscribed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # Paused from the preferences page: still subscribed, but sent nothing until resumed.
+    paused: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
     profile: Mapped[TopicProfile] = relationship(
         back_populates="subscriber", uselist=False, cascade="all, delete-orphan", lazy="joined"
@@ -213,3 +242,49 @@ class DeliveryItem(Base):
 
     delivery: Mapped[Delivery] = relationship(back_populates="items")
     paper: Mapped[Paper] = relationship()
+
+
+class SubscriberEvent(Base):
+    """One step of a subscriber's history (deliveries are in `deliveries`)."""
+
+    __tablename__ = "subscriber_events"
+    __table_args__ = (Index("ix_subscriber_events_subscriber_id", "subscriber_id", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    subscriber_id: Mapped[int] = mapped_column(ForeignKey("subscribers.id", ondelete="CASCADE"))
+    kind: Mapped[EventKind] = mapped_column(_enum(EventKind, "subscriber_event_kind", 24))
+    detail: Mapped[str] = mapped_column(Text, default="")
+    source: Mapped[str] = mapped_column(String(64))  # web | cli | webhook:<provider> | pipeline
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Suppression(Base):
+    """An address no email may go to, whoever asks: not even a confirmation request."""
+
+    __tablename__ = "suppressions"
+    __table_args__ = (UniqueConstraint("address", name="uq_suppressions_address"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    address: Mapped[str] = mapped_column(String(320))  # lower-cased
+    reason: Mapped[SuppressionReason] = mapped_column(
+        _enum(SuppressionReason, "suppression_reason")
+    )
+    detail: Mapped[str] = mapped_column(Text, default="")
+    source: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class WebhookEvent(Base):
+    """A provider event (or a signed request's nonce) already handled: the replay ledger."""
+
+    __tablename__ = "webhook_events"
+    __table_args__ = (
+        UniqueConstraint("provider", "event_id", name="uq_webhook_events_provider_event"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    provider: Mapped[str] = mapped_column(String(32))
+    event_id: Mapped[str] = mapped_column(String(255))
+    kind: Mapped[str] = mapped_column(String(32))  # bounce | complaint | unsubscribe | request
+    address: Mapped[str | None] = mapped_column(String(320), nullable=True)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

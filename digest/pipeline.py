@@ -28,6 +28,7 @@ from sqlalchemy import exists, func, select, update
 from sqlalchemy.orm import Session
 
 from . import db, ledger
+from .embeddings import day_semantic_index
 from .models import (
     Delivery,
     DeliveryItem,
@@ -191,7 +192,7 @@ def run_day(
 
 
 def _active() -> object:
-    return Subscriber.status == SubscriberStatus.ACTIVE
+    return (Subscriber.status == SubscriberStatus.ACTIVE) & Subscriber.paused.is_(False)
 
 
 def due_subscribers(session: Session, now: datetime) -> list[tuple[int, date]]:
@@ -391,6 +392,7 @@ def prepare_day(session: Session, settings: Settings, day: date) -> PreparedDay:
         [f"{t}. {t}. {a}" for t, a in reversed(archive)],
         now,
         knobs,
+        semantic=day_semantic_index(settings, papers),
     )
     return PreparedDay(
         day=day, now=now, index=index, cards={p.id: paper_card(p) for p in papers},

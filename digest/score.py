@@ -24,15 +24,20 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
+from typing import Any, Protocol
 
 import numpy as np
 from scipy import sparse
-from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS, TfidfVectorizer
 from sklearn.preprocessing import normalize
 
-# Keeps "LoRA", "fMRI", "GPT-4", "low-rank" and "3D" as single tokens.
-TOKEN_PATTERN = r"(?u)\b\w[\w\-]*\w\b|\b\w\b"
+# A word, with its inner hyphens: "LoRA", "fMRI", "GPT-4", "low-rank", "3D".
+WORD_PATTERN = re.compile(r"\w+(?:[-\u2010\u2011]\w+)*")
+# "mixture of experts (MoE)", "sparse autoencoders (SAEs)": an acronym defined in parentheses.
+ACRONYM_DEFINITION = re.compile(r"\(\s*([A-Za-z][A-Za-z0-9]{1,9})\s*[);,]")
 NEAR_DUPLICATE_SIMILARITY = 0.8
+SEMANTIC_FLOOR = 0.15
+MMR_POOL = 3  # diversity re-ranks the best MMR_POOL x limit candidates, no more
 MAX_ARCHIVE_FOR_FIT = 20_000
 TRENDING_REASON_MIN_UPVOTES = 5
 
@@ -88,9 +93,31 @@ class Selection:
 
 @dataclass(frozen=True)
 class RankingKnobs:
-    min_relevance: float = 0.08
+    min_relevance: float = 0.03
     trending_boost: float = 1.0
     recency_half_life_days: float = 3.0
+    mmr_lambda: float = 0.85  # 1: pure relevance order; lower: more diverse digests
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> RankingKnobs:
+        return cls(
+            min_relevance=settings.min_relevance,
+            trending_boost=settings.trending_boost,
+            recency_half_life_days=settings.recency_half_life_days,
+        )
+
+
+class QueryEncoder(Protocol):
+    def encode(self, texts: Sequence[str]) -> np.ndarray: ...
+
+
+@dataclass
+class SemanticIndex:
+    """The optional semantic half of a day's index: paper embeddings and the query encoder."""
+
+    vectors: np.ndarray  # candidates x dim, rows L2-normalised, in candidate order
+    encoder: QueryEncoder
+    weight: float  # share of the semantic similarity in relevance (SEMANTIC_WEIGHT)
 
 
 def split_topics(topics: str) -> list[str]:
@@ -98,18 +125,106 @@ def split_topics(topics: str) -> list[str]:
     return [p.strip() for p in re.split(r"[,;\n]+", topics) if p.strip()]
 
 
+def _stem(word: str) -> str:
+    """A light plural fold ("transformers" -> "transformer", "LLMs" -> "llm"), nothing more."""
+    if len(word) <= 3 or not word.isalpha():
+        return word
+    if word.endswith("ies") and len(word) > 4:
+        return word[:-3] + "y"
+    if word.endswith("s") and not word.endswith(("ss", "us", "is")):
+        return word[:-1]
+    return word
+
+
+def analyze(text: str) -> list[str]:
+    """Terms of a text: lower-case words, plural-folded, stop words out, and word bigrams.
+
+    A hyphenated word counts as its parts and as the parts joined, so "low-rank" matches
+    "low rank" and "lowrank", and "fine-tuning" matches "finetuning"; "GPT-4" stays "gpt4"
+    as a term of its own as well as the bigram "gpt 4".
+    """
+    words: list[str] = []
+    extra: list[str] = []
+    for match in WORD_PATTERN.finditer(text.lower()):
+        parts = re.split(r"[-\u2010\u2011]", match.group())
+        if len(parts) > 1:
+            extra.append(_stem("".join(parts)))
+        words += [_stem(p) for p in parts if p not in ENGLISH_STOP_WORDS]
+    bigrams = [f"{a} {b}" for a, b in zip(words, words[1:], strict=False)]
+    return words + extra + bigrams
+
+
 def make_vectorizer(corpus_size: int = 1000) -> TfidfVectorizer:
-    """TF-IDF over word uni- and bigrams; very common terms are dropped only in a real corpus."""
+    """TF-IDF over `analyze` terms; very common terms are dropped only in a real corpus."""
     return TfidfVectorizer(
-        lowercase=True,
-        token_pattern=TOKEN_PATTERN,
-        ngram_range=(1, 2),
-        stop_words="english",
+        analyzer=analyze,
         sublinear_tf=True,
         min_df=1,
         max_df=0.6 if corpus_size >= 50 else 1.0,
         dtype=np.float32,
     )
+
+
+def learn_acronyms(texts: Sequence[str]) -> dict[str, str]:
+    """Acronym -> its most frequent spelled-out form in the corpus, lower-case.
+
+    Finds "long form (ACRONYM)" with Schwartz & Hearst's algorithm (2003): the acronym's
+    letters must appear in order in the words before the parenthesis, the first one starting
+    a word. So "MoE" typed alone can match papers that only say "mixture of experts".
+    """
+    seen: dict[str, dict[str, int]] = {}
+    for text in texts:
+        for match in ACRONYM_DEFINITION.finditer(text):
+            short = match.group(1)
+            if short.endswith("s") and sum(c.isupper() for c in short[:-1]) >= 2:
+                short = short[:-1]  # "SAEs" defines "SAE"
+            if sum(c.isupper() for c in short) < 2 or not any(c.isalpha() for c in short):
+                continue
+            before = re.split(r"[.;:()\[\]]", text[: match.start()])[-1].split()
+            window = " ".join(before[-min(len(short) + 5, 2 * len(short)) :])
+            long_form = _long_form(short, window)
+            if long_form and len(re.split(r"[\s\-]+", long_form)) > 1:
+                counts = seen.setdefault(short.lower(), {})
+                counts[long_form.lower()] = counts.get(long_form.lower(), 0) + 1
+    return {short: max(forms, key=lambda f: (forms[f], -len(f))) for short, forms in seen.items()}
+
+
+def _long_form(short: str, text: str) -> str | None:
+    """Schwartz & Hearst: the shortest tail of `text` whose letters spell `short` in order."""
+    s, t = len(short) - 1, len(text) - 1
+    while s >= 0:
+        char = short[s].lower()
+        if not char.isalnum():
+            s -= 1
+            continue
+        while t >= 0 and (
+            text[t].lower() != char or (s == 0 and t > 0 and text[t - 1].isalnum())
+        ):
+            t -= 1
+        if t < 0:
+            return None
+        t -= 1
+        s -= 1
+    return text[text.rfind(" ", 0, t + 1) + 1 :].strip() or None
+
+
+def expand_acronyms(phrase: str, acronyms: dict[str, str]) -> str:
+    """An acronym-only phrase ("MoE", "ViT") with its spelled-out forms appended.
+
+    Only phrases made of nothing but acronyms are expanded: in "linear RNNs" the other words
+    already say what is meant, and adding "recurrent neural networks" would dilute them.
+    """
+    words = WORD_PATTERN.findall(phrase)
+    if not words or any(sum(c.isupper() for c in word) < 2 for word in words):
+        return phrase
+    additions = []
+    for word in words:
+        key = word.lower()
+        if key not in acronyms and key.endswith("s"):
+            key = key[:-1]
+        if key in acronyms:
+            additions.append(acronyms[key])
+    return " ".join([phrase, *additions])
 
 
 @dataclass
@@ -123,11 +238,19 @@ class DayIndex:
     first_seen: np.ndarray  # per candidate, epoch seconds
     duplicate_group: np.ndarray  # per candidate, id of its near-duplicate group
     knobs: RankingKnobs
+    acronyms: dict[str, str] = field(default_factory=dict)
+    semantic: SemanticIndex | None = None
     paper_ids: np.ndarray = field(init=False)
     _position: dict[int, int] = field(init=False)
     _search_text: list[str] = field(init=False)
+    # Paper x paper cosine, dense while the day is small enough (MMR reads it per subscriber).
+    _similarity: np.ndarray | None = field(init=False, default=None)
+    _matrix_t: sparse.csc_matrix = field(init=False)
 
     def __post_init__(self) -> None:
+        self._matrix_t = self.matrix.T.tocsc()  # once a day, not once per batch
+        if 0 < len(self.papers) <= DENSE_SIMILARITY_MAX:
+            self._similarity = (self.matrix @ self.matrix.T).toarray().astype(np.float32)
         self.paper_ids = np.array([p.id for p in self.papers], dtype=np.int64)
         self._position = {p.id: i for i, p in enumerate(self.papers)}
         self._search_text = [f"{p.title} {p.abstract}".lower() for p in self.papers]
@@ -142,34 +265,63 @@ class DayIndex:
         if not self.papers:
             return [Selection(p.subscriber_id, ()) for p in profiles]
         phrase_lists = [split_topics(p.topics) for p in profiles]
-        relevance, matched = self._relevance(phrase_lists)
+        relevance, matched = self._relevance(phrase_lists, [p.topics for p in profiles])
         allowed = self._allowed(profiles)
+        # Scores, eligibility and each row's best candidates for the whole batch at once.
+        score = relevance * (1.0 + self.knobs.trending_boost * self.trending)[None, :]
+        eligible = allowed & (relevance >= self.knobs.min_relevance)
+        depth = min(MMR_POOL * max(p.limit for p in profiles) + 50, score.shape[1])
+        masked = np.where(eligible, score, -np.inf)
+        top = np.argpartition(-masked, depth - 1, axis=1)[:, :depth]
+        order = np.take_along_axis(
+            top, np.argsort(-np.take_along_axis(masked, top, axis=1), axis=1, kind="stable"),
+            axis=1,
+        )
         return [
-            self._select_one(profile, phrases, relevance[row], matched[row], allowed[row])
+            self._select_one(profile, phrases, relevance[row], matched[row], allowed[row],
+                             score[row], eligible[row], order[row])
             for row, (profile, phrases) in enumerate(zip(profiles, phrase_lists, strict=True))
         ]
 
-    def _relevance(self, phrase_lists: list[list[str]]) -> tuple[np.ndarray, list[np.ndarray]]:
-        """Per profile: blended relevance per paper, and per phrase its similarity per paper."""
-        flat = [phrase for phrases in phrase_lists for phrase in phrases]
-        counts = np.array([len(phrases) for phrases in phrase_lists])
+    def _relevance(
+        self, phrase_lists: list[list[str]], topics: list[str]
+    ) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Per profile: blended relevance per paper, and per phrase its similarity per paper.
+
+        Each profile contributes its phrases and its whole topics text as queries, so the
+        whole batch is one sparse product (and one encoder call with the semantic extra).
+        """
         n = len(self.papers)
-        if not flat:
-            return np.zeros((len(phrase_lists), n), dtype=np.float32), [
-                np.zeros((0, n), dtype=np.float32) for _ in phrase_lists
-            ]
-        queries = normalize(self.vectorizer.transform(flat))
-        similarity = (queries @ self.matrix.T).toarray()  # phrases x papers
-        relevance = np.zeros((len(phrase_lists), n), dtype=np.float32)
+        rows = [[*phrases, text] for phrases, text in zip(phrase_lists, topics, strict=True)]
+        flat = [expand_acronyms(q, self.acronyms) for queries in rows for q in queries]
+        relevance = np.zeros((len(rows), n), dtype=np.float32)
         matched: list[np.ndarray] = []
+        if not any(phrase_lists):
+            return relevance, [np.zeros((0, n), dtype=np.float32) for _ in rows]
+        lexical = (normalize(self.vectorizer.transform(flat)) @ self._matrix_t).toarray()
+        semantic = self._semantic_similarity(flat)
         start = 0
-        for row, count in enumerate(counts):
-            block = similarity[start : start + count]
+        for row, queries in enumerate(rows):
+            count = len(queries) - 1
+            block, whole = lexical[start : start + count], lexical[start + count]
             matched.append(block)
             if count:
-                relevance[row] = 0.75 * block.max(axis=0) + 0.25 * block.mean(axis=0)
-            start += count
+                relevance[row] = _blend(block, whole)
+                if semantic is not None:
+                    sem = _blend(semantic[start : start + count], semantic[start + count])
+                    w = self.semantic.weight if self.semantic else 0.0
+                    relevance[row] = (1.0 - w) * relevance[row] + w * sem
+            start += len(queries)
         return relevance, matched
+
+    def _semantic_similarity(self, queries: list[str]) -> np.ndarray | None:
+        """Embedding cosine per query and paper, with the unrelated floor moved to 0."""
+        if self.semantic is None:
+            return None
+        cosine = self.semantic.encoder.encode(queries) @ self.semantic.vectors.T
+        # MiniLM puts unrelated texts near 0.1 and on-topic ones at 0.4-0.7; move the floor
+        # to 0 so an off-topic paper gains nothing and the scale is comparable to TF-IDF's.
+        return np.clip((cosine - SEMANTIC_FLOOR) / (1.0 - SEMANTIC_FLOOR), 0.0, 1.0)
 
     def _allowed(self, profiles: Sequence[Profile]) -> np.ndarray:
         """Papers each profile may receive: new since their last digest and never sent to them."""
@@ -191,33 +343,67 @@ class DayIndex:
         relevance: np.ndarray,
         phrase_similarity: np.ndarray,
         allowed: np.ndarray,
+        score: np.ndarray,
+        eligible: np.ndarray,
+        order: np.ndarray,
     ) -> Selection:
-        knobs = self.knobs
-        score = relevance * (1.0 + knobs.trending_boost * self.trending)
-        eligible = allowed & (relevance >= knobs.min_relevance)
         fallback = False
-        if not eligible.any() and profile.trending_fallback:
+        if not eligible[order[0]] and profile.trending_fallback:
             score, eligible, fallback = self.trending.astype(np.float32), allowed, True
-        order = _top_indices(np.where(eligible, score, -np.inf), profile.limit + 50)
+            order = _top_indices(np.where(eligible, score, -np.inf), MMR_POOL * profile.limit + 50)
         exclusions = [w.lower() for w in split_topics(profile.exclude)]
-        picks: list[Pick] = []
+        pool: list[int] = []
         groups_taken: set[int] = set()
         for col in order:
-            if not eligible[col] or len(picks) >= profile.limit:
+            if not eligible[col] or len(pool) >= MMR_POOL * profile.limit:
                 break
-            if self.duplicate_group[col] in groups_taken or self._excluded(col, exclusions):
+            if self.duplicate_group[col] in groups_taken or (
+                exclusions and self._excluded(col, exclusions)
+            ):
                 continue
             groups_taken.add(int(self.duplicate_group[col]))
-            picks.append(
-                Pick(
-                    paper_id=int(self.paper_ids[col]),
-                    score=float(score[col]),
-                    relevance=float(relevance[col]),
-                    trending=float(self.trending[col]),
-                    reasons=self._reasons(col, phrases, phrase_similarity[:, col], fallback),
-                )
+            pool.append(int(col))
+        chosen = self._diversify(pool, score, profile.limit)
+        picks = [
+            Pick(
+                paper_id=int(self.paper_ids[col]),
+                score=float(score[col]),
+                relevance=float(relevance[col]),
+                trending=float(self.trending[col]),
+                reasons=self._reasons(col, phrases, phrase_similarity[:, col], fallback),
             )
+            for col in chosen
+        ]
         return Selection(profile.subscriber_id, tuple(picks), trending_fallback=fallback)
+
+    def _diversify(self, pool: list[int], score: np.ndarray, limit: int) -> list[int]:
+        """Maximal marginal relevance (Carbonell & Goldstein, 1998) over the best few papers.
+
+        Greedily takes the paper maximising  lambda * score / best score - (1 - lambda) *
+        its highest cosine with a paper already taken, so ten papers on one sub-topic give
+        way to the next sub-topic's best. Costs one small (pool x pool) product per subscriber.
+        """
+        mmr_lambda = self.knobs.mmr_lambda
+        if len(pool) <= 1 or mmr_lambda >= 1.0:
+            return pool[:limit]
+        if self._similarity is not None:
+            similarity = self._similarity[np.ix_(pool, pool)]
+        else:
+            vectors = self.matrix[pool]
+            similarity = (vectors @ vectors.T).toarray()
+        gains = score[pool].astype(np.float64)
+        gains = gains / gains.max() if gains.max() > 0 else gains
+        taken = [0]
+        redundancy = similarity[0].copy()
+        remaining = np.ones(len(pool), dtype=bool)
+        remaining[0] = False
+        while len(taken) < min(limit, len(pool)):
+            value = np.where(remaining, mmr_lambda * gains - (1 - mmr_lambda) * redundancy, -np.inf)
+            best = int(np.argmax(value))
+            taken.append(best)
+            remaining[best] = False
+            redundancy = np.maximum(redundancy, similarity[best])
+        return [pool[i] for i in taken]
 
     def _excluded(self, col: int, exclusions: list[str]) -> bool:
         text = self._search_text[col]
@@ -242,6 +428,19 @@ class DayIndex:
         elif fallback:
             reasons.append("trending today")
         return tuple(reasons)
+
+
+# How a profile's topics combine: the best-matching phrase, the mean over phrases, and the
+# whole text as one query (which rewards a paper touching several of the phrases at once).
+BLEND_MAX, BLEND_MEAN, BLEND_WHOLE = 0.5, 0.0, 0.5
+
+
+def _blend(per_phrase: np.ndarray, whole: np.ndarray) -> np.ndarray:
+    return (
+        BLEND_MAX * per_phrase.max(axis=0)
+        + BLEND_MEAN * per_phrase.mean(axis=0)
+        + BLEND_WHOLE * whole
+    )
 
 
 def trending_reason(paper: CandidatePaper) -> str:
@@ -276,7 +475,8 @@ def trending_scores(
         dtype=np.float64,
     )
     has_engagement = np.array(
-        [p.upvotes is not None or p.comments is not None for p in papers], dtype=bool
+        [p.upvotes is not None or p.comments is not None or p.stars is not None for p in papers],
+        dtype=bool,
     )
     sources = np.array([p.source for p in papers])
     engagement = np.zeros(len(papers))
@@ -297,6 +497,9 @@ def trending_scores(
     )
 
 
+DENSE_SIMILARITY_MAX = 6000  # 6,000 papers: a 144 MB float32 matrix, computed once a day
+
+
 def duplicate_groups(matrix: sparse.csr_matrix, threshold: float) -> np.ndarray:
     """Group near-duplicate papers (cosine above threshold) so a digest carries one of each."""
     n = matrix.shape[0]
@@ -314,6 +517,7 @@ def build_day_index(
     archive_texts: Sequence[str],
     now: datetime,
     knobs: RankingKnobs,
+    semantic: SemanticIndex | None = None,
 ) -> DayIndex:
     """Do the day's shared work once: vectors, trending signal, near-duplicate groups."""
     corpus = list(archive_texts[-MAX_ARCHIVE_FOR_FIT:]) + [p.text for p in candidates]
@@ -321,7 +525,7 @@ def build_day_index(
     try:
         vectorizer.fit(corpus or ["placeholder"])
     except ValueError:  # nothing but stop words: keep every word rather than fail the day
-        vectorizer.set_params(max_df=1.0, stop_words=None).fit(corpus or ["placeholder"])
+        vectorizer.set_params(max_df=1.0).fit(corpus or ["placeholder"])
     matrix = (
         normalize(vectorizer.transform([p.text for p in candidates])).tocsr()
         if candidates
@@ -337,6 +541,8 @@ def build_day_index(
         first_seen=np.array([p.first_seen_at.timestamp() for p in candidates], dtype=np.float64),
         duplicate_group=duplicate_groups(matrix, NEAR_DUPLICATE_SIMILARITY),
         knobs=knobs,
+        acronyms=learn_acronyms(corpus),
+        semantic=semantic,
     )
 
 

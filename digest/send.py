@@ -17,6 +17,7 @@ send rate kept in Redis (SEND_RATE_PER_SECOND). `open_sender` composes them from
 
 from __future__ import annotations
 
+import binascii
 import contextlib
 import functools
 import hashlib
@@ -227,18 +228,137 @@ def build_message(settings: Settings, email: OutgoingEmail) -> EmailMessage:
     # A boundary made from the content keeps the bytes of a message the same on every build.
     # "=_" never occurs in quoted-printable or base64 text, and 7-bit text does not contain
     # its own hash.
-    content = "\0".join((email.message_id, email.subject, email.text, email.html))
-    msg.set_boundary("=_" + hashlib.sha256(content.encode("utf-8", "replace")).hexdigest()[:32])
+    msg.set_boundary(_boundary(email))
     for part in msg.iter_parts():
         del part["MIME-Version"]  # only the top level carries it
     return msg
 
 
+def _boundary(email: OutgoingEmail) -> str:
+    """A boundary that is the same on every build of a message and never occurs in its parts:
+    "=_" cannot occur in quoted-printable or base64, and 7-bit parts are our own short text."""
+    return "=_" + hashlib.sha1(email.message_id.encode("ascii", "replace")).hexdigest()[:32]
+
+
 def message_bytes(settings: Settings, email: OutgoingEmail) -> bytes:
     """The message exactly as sent: CRLF line endings, bodies 7-bit (headers too, unless the
     recipient's address needs SMTPUTF8)."""
-    msg = build_message(settings, email)
-    return msg.as_bytes(policy=msg.policy)
+    if needs_smtputf8(email.to):
+        msg = build_message(settings, email)  # rare: the email package handles SMTPUTF8
+        return dkim_sign(settings, msg.as_bytes(policy=msg.policy))
+    return dkim_sign(settings, fast_message_bytes(settings, email))
+
+
+# --- Building the bytes directly: what build_message makes, at a fraction of the cost ---------
+
+_CRLF = b"\r\n"
+
+
+def fast_message_bytes(settings: Settings, email: OutgoingEmail) -> bytes:
+    """multipart/alternative bytes built directly: headers folded per RFC 5322 (RFC 2047 for
+    non-ASCII), both parts UTF-8 quoted-printable. The email package parses them to the same
+    headers and parts as `build_message` (a test checks); it is ~10x faster, which matters at
+    100,000 messages a day.
+    """
+    boundary = _boundary(email)
+    sent_at = email.date if email.date.tzinfo else email.date.replace(tzinfo=timezone.utc)
+    head = b"".join((
+        _header("From", settings.mail_from),
+        _header("To", wire_address(email.to)),
+        _constant_headers(settings)[0],
+        _header("Date", format_datetime(sent_at)),
+        _header("Subject", clean_subject(email.subject)),
+        _verbatim_header("Message-ID", email.message_id),
+        _constant_headers(settings)[1],
+        _verbatim_header(
+            "List-Unsubscribe",
+            f"<{email.unsubscribe_url}>, <mailto:{_unsubscribe_mailto(settings)}"
+            "?subject=unsubscribe>",
+        ),
+        _constant_headers(settings)[2],
+        _header("X-Digest-Kind", email.kind),
+        b"MIME-Version: 1.0\r\n",
+        f'Content-Type: multipart/alternative; boundary="{boundary}"\r\n'.encode("ascii"),
+    ))
+    # The CRLF before each delimiter belongs to the delimiter (RFC 2046), not to the part.
+    marker = f"\r\n--{boundary}\r\n".encode("ascii")
+    return b"".join((
+        head, _CRLF,
+        marker[2:], _text_part("plain", email.text),
+        marker, _text_part("html", email.html),
+        f"\r\n--{boundary}--\r\n".encode("ascii"),
+    ))
+
+
+def _text_part(subtype: str, body: str) -> bytes:
+    data = body.replace("\r\n", "\n").replace("\r", "\n").encode("utf-8")
+    if not data.endswith(b"\n"):
+        data += b"\n"
+    content_type = f'Content-Type: text/{subtype}; charset="utf-8"\r\n'.encode("ascii")
+    # As the email package does: short ASCII lines go as they are, anything else as QP.
+    if data.isascii() and max(map(len, data.split(b"\n"))) <= 78:
+        return content_type + b"Content-Transfer-Encoding: 7bit\r\n\r\n" + data.replace(
+            b"\n", b"\r\n"
+        )
+    encoded = binascii.b2a_qp(data, quotetabs=False, istext=True, header=False)
+    return (
+        content_type
+        + b"Content-Transfer-Encoding: quoted-printable\r\n\r\n"
+        + encoded.replace(b"\n", b"\r\n")
+    )
+
+
+@functools.lru_cache(maxsize=8)
+def _constant_headers(settings: Settings) -> tuple[bytes, bytes, bytes]:
+    """Headers that are the same for every message of a deployment, encoded once."""
+    reply_to = _header("Reply-To", settings.mail_reply_to) if settings.mail_reply_to else b""
+    return (
+        reply_to,
+        _header("List-Id", settings.list_id),
+        b"List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\nPrecedence: bulk\r\n",
+    )
+
+
+@functools.lru_cache(maxsize=8)
+def _unsubscribe_mailto(settings: Settings) -> str:
+    return check_address(settings.unsubscribe_address, "UNSUBSCRIBE_MAILTO")
+
+
+def _header(name: str, value: str) -> bytes:
+    """One header line, folded at spaces under 78 characters; RFC 2047 words if not ASCII."""
+    if any(ch in value for ch in "\r\n\0"):
+        raise ValueError(f"{name} contains a line break")
+    if not value.isascii() or "=?" in value:  # "=?" would read as an encoded word
+        return _encoded_header(name, value)
+    line = f"{name}: {value}"
+    if len(line) <= 78:
+        return line.encode("ascii") + _CRLF
+    return _fold(line).encode("ascii") + _CRLF
+
+
+def _fold(line: str, limit: int = 78) -> str:
+    words = line.split(" ")
+    lines = [" ".join(words[:2])]  # never fold between the name and the first word
+    for word in words[2:]:
+        if len(lines[-1]) + 1 + len(word) > limit and lines[-1].strip():
+            lines.append(" " + word)
+        else:
+            lines[-1] += " " + word
+    return "\r\n".join(lines)
+
+
+@functools.lru_cache(maxsize=4096)
+def _encoded_header(name: str, value: str) -> bytes:
+    """Non-ASCII headers (a subject with "β" or "—"): the email package's own RFC 2047
+    folding, which is slow, so each distinct value is encoded once."""
+    header = MAIL_POLICY.header_factory(name, value)
+    return header.fold(policy=MAIL_POLICY).encode("ascii")
+
+
+def _verbatim_header(name: str, value: str) -> bytes:
+    return MAIL_POLICY.fold_binary(name, value) if len(value) > 70 else (
+        f"{name}: {value}".encode("ascii") + _CRLF
+    )
 
 
 # --- The sender interface -----------------------------------------------------------------
@@ -933,3 +1053,48 @@ class RateLimitedSender(Sender):
             self.inner.close()
         finally:
             self.limiter.close()
+
+
+# --- DKIM -----------------------------------------------------------------------------------
+
+# Big mailbox providers honour one-click unsubscribe only when these are covered by a
+# passing DKIM signature aligned with From. Each one is listed twice ("oversigned") so a relay
+# or an attacker cannot add a second copy of it without breaking the signature.
+DKIM_SIGNED_HEADERS = (
+    "From", "Subject", "Date", "Message-ID", "List-Unsubscribe", "List-Unsubscribe-Post",
+)
+DKIM_ALSO_SIGNED = ("To", "Reply-To", "List-Id", "MIME-Version", "Content-Type")
+
+
+@functools.cache
+def _dkim_private_key(path: str) -> bytes:
+    try:
+        return Path(path).expanduser().read_bytes()
+    except OSError as exc:
+        raise ValueError(
+            f"cannot read DKIM_PRIVATE_KEY_PATH={path!r}: {exc}. Make a key with "
+            "`openssl genrsa -out dkim.pem 2048` and `digest dns-check` prints its DNS record."
+        ) from exc
+
+
+def dkim_sign(settings: Settings, data: bytes) -> bytes:
+    """`data` with a DKIM-Signature header in front, when DKIM_PRIVATE_KEY_PATH is set.
+
+    rsa-sha256, relaxed/relaxed canonicalisation (relays may refold headers), d= the
+    DKIM_DOMAIN (by default MAIL_FROM's domain, so DMARC aligns), s= DKIM_SELECTOR.
+    """
+    if not settings.dkim_private_key_path:
+        return data
+    import dkim
+
+    headers = [*DKIM_SIGNED_HEADERS, *DKIM_SIGNED_HEADERS, *DKIM_ALSO_SIGNED]
+    signature = dkim.sign(
+        data,
+        settings.dkim_selector.encode("ascii"),
+        settings.dkim_signing_domain.encode("ascii"),
+        _dkim_private_key(settings.dkim_private_key_path),
+        canonicalize=(b"relaxed", b"relaxed"),
+        include_headers=[h.encode("ascii") for h in headers],
+        linesep=b"\r\n",
+    )
+    return bytes(signature) + data

@@ -58,9 +58,10 @@ class Settings:
     default_time_zone: str = "UTC"
     default_papers_per_digest: int = 10
     lookback_days: int = 3
-    min_relevance: float = 0.08
+    min_relevance: float = 0.03
     trending_boost: float = 1.0  # a paper at the top of the trending signal scores up to 2x
     recency_half_life_days: float = 3.0
+    semantic_weight: float = 0.3  # share of embedding similarity; used only with [semantic]
 
     # Ingest
     http_timeout: float = 20.0
@@ -79,6 +80,25 @@ class Settings:
     smtp_retry_attempts: int = 4
     smtp_retry_base_delay: float = 0.5
     smtp_retry_max_delay: float = 8.0
+
+    # Web app: subscribe, confirm, preferences, unsubscribe
+    trusted_proxy_count: int = 0  # reverse proxies in front whose X-Forwarded-For is believed
+    subscribe_rate_limit_per_hour: int = 10  # subscribe attempts per client address
+    subscribe_address_limit_per_day: int = 5  # subscribe attempts per email address
+    confirm_resend_minutes: int = 10  # a pending address gets at most one confirmation per window
+
+    # Provider webhooks (bounces, complaints, unsubscribes); empty: that endpoint is off
+    webhook_secret: str = field(default="", repr=False)  # generic JSON webhook, HMAC-SHA256
+    webhook_max_age_seconds: int = 300  # older (or newer) signed timestamps are replays
+    sendgrid_webhook_public_key: str = ""  # base64 DER ECDSA key from SendGrid's settings
+    mailgun_webhook_signing_key: str = field(default="", repr=False)
+    postmark_webhook_username: str = ""
+    postmark_webhook_password: str = field(default="", repr=False)
+
+    # DKIM signing of outgoing mail; empty path: messages go out unsigned
+    dkim_private_key_path: str = ""
+    dkim_selector: str = "digest"
+    dkim_domain: str = ""  # empty: the domain of MAIL_FROM
 
     @classmethod
     def from_env(
@@ -117,6 +137,11 @@ class Settings:
             changes["celery_broker_url"] = self.redis_url
         if not 0 <= self.default_send_hour <= 23:
             raise SettingsError("DEFAULT_SEND_HOUR must be an hour from 0 to 23.")
+        if self.postmark_webhook_username and not self.postmark_webhook_password:
+            raise SettingsError(
+                "POSTMARK_WEBHOOK_USERNAME is set but POSTMARK_WEBHOOK_PASSWORD is empty; "
+                "set both, or neither to turn the Postmark webhook off."
+            )
         return _replace(self, **changes)
 
     @property
@@ -130,6 +155,11 @@ class Settings:
 
         address = parseaddr(self.mail_from)[1]
         return address.rpartition("@")[2] or "localhost"
+
+    @property
+    def dkim_signing_domain(self) -> str:
+        """The d= of our DKIM signatures: DKIM_DOMAIN, or the domain of MAIL_FROM (aligned)."""
+        return self.dkim_domain or self.mail_domain
 
     @property
     def unsubscribe_address(self) -> str:

@@ -1,23 +1,37 @@
-"""Subscribers: add, validate, change topics, remove, and move them in and out of CSV.
+"""Subscribers: add, validate, change topics, remove, move them in and out of CSV, and their
+life cycle: subscribe (double opt-in), confirm, change preferences, pause, unsubscribe,
+resubscribe, each step recorded in their history (`subscriber_events`).
 
 Every door (CLI, web form, CSV import) goes through `add_subscriber`, so an address is
 validated and normalised the same way everywhere and duplicates are caught whatever their case.
+The web app is a thin door over `signup`, `confirm`, `update_preferences`, `unsubscribe` and
+`resubscribe`.
 """
 
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
+from enum import Enum
 from typing import IO
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from email_validator import EmailNotValidError, validate_email
 from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from .models import Subscriber, SubscriberStatus, TopicProfile
+from .models import (
+    Delivery,
+    EventKind,
+    Subscriber,
+    SubscriberEvent,
+    SubscriberStatus,
+    TopicProfile,
+)
+from .settings import Settings
 
 CSV_FIELDS = [
     "email",
@@ -37,6 +51,14 @@ MAX_PAPERS_PER_DIGEST = 50
 
 class SubscriberError(ValueError):
     """Input that cannot become a subscriber; the message is fit to show the user."""
+
+
+class InvalidForm(SubscriberError):
+    """Form fields that cannot be used, each with a message fit to show next to it."""
+
+    def __init__(self, errors: dict[str, str]) -> None:
+        super().__init__("; ".join(errors.values()))
+        self.errors = errors
 
 
 def normalize_email(raw: str) -> str:
@@ -252,3 +274,399 @@ def _status(value: str | None, default: SubscriberStatus) -> SubscriberStatus:
     except ValueError as exc:
         names = ", ".join(s.value for s in SubscriberStatus)
         raise SubscriberError(f"status {value!r} is not one of {names}.") from exc
+
+
+# --- The life cycle: history --------------------------------------------------------------
+
+
+def record_event(
+    session: Session,
+    subscriber_id: int,
+    kind: EventKind,
+    source: str,
+    detail: str = "",
+    now: datetime | None = None,
+) -> SubscriberEvent:
+    event = SubscriberEvent(
+        subscriber_id=subscriber_id,
+        kind=kind,
+        source=source[:64],
+        detail=detail[:1000],
+        created_at=now or datetime.now(timezone.utc),
+    )
+    session.add(event)
+    return event
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    at: datetime
+    what: str  # an EventKind value, or "delivery"
+    detail: str
+    source: str
+
+
+def subscriber_history(session: Session, subscriber: Subscriber) -> list[HistoryEntry]:
+    """Everything that happened to a subscriber, oldest first: their events and deliveries."""
+    entries = [
+        HistoryEntry(e.created_at, e.kind.value, e.detail, e.source)
+        for e in session.scalars(
+            select(SubscriberEvent)
+            .where(SubscriberEvent.subscriber_id == subscriber.id)
+            .order_by(SubscriberEvent.id)
+        )
+    ]
+    for d in session.scalars(select(Delivery).where(Delivery.subscriber_id == subscriber.id)):
+        papers = f"{d.paper_count} paper{'' if d.paper_count == 1 else 's'}"
+        detail = f"digest of {d.digest_date}: {d.status.value}, {papers}"
+        if d.error:
+            detail += f" ({d.error[:120]})"
+        entries.append(HistoryEntry(d.sent_at or d.claimed_at, "delivery", detail, "pipeline"))
+    return sorted(entries, key=lambda e: e.at)
+
+
+def last_event_at(session: Session, subscriber_id: int, kind: EventKind) -> datetime | None:
+    return session.scalar(
+        select(func.max(SubscriberEvent.created_at)).where(
+            SubscriberEvent.subscriber_id == subscriber_id, SubscriberEvent.kind == kind
+        )
+    )
+
+
+# --- The life cycle: preferences ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Preferences:
+    """What a subscriber chooses on the subscribe and preferences pages."""
+
+    topics: str
+    time_zone: str
+    send_hour: int
+    papers_per_digest: int
+
+
+def read_preferences(
+    values: Mapping[str, str], default_time_zone: str = "UTC", default_send_hour: int = 7,
+    default_papers: int = 10,
+) -> Preferences:
+    """Preferences from form fields (strings); InvalidForm names each field that is wrong."""
+    errors: dict[str, str] = {}
+    topics = ""
+    try:
+        topics = clean_topics(values.get("topics", ""))
+        if not topics:
+            errors["topics"] = "Give at least one topic, e.g. “LoRA, activation sparsity”."
+    except SubscriberError as exc:
+        errors["topics"] = str(exc)
+    time_zone = (values.get("time_zone") or "").strip() or default_time_zone
+    try:
+        validate_time_zone(time_zone)
+    except SubscriberError:
+        errors["time_zone"] = "Choose a time zone from the list, e.g. Europe/Paris."
+    send_hour = _form_int(values, "send_hour", default_send_hour, 0, 23, errors,
+                          "Choose an hour from 0 to 23.")
+    papers = _form_int(values, "papers_per_digest", default_papers, 1, MAX_PAPERS_PER_DIGEST,
+                       errors, f"Choose from 1 to {MAX_PAPERS_PER_DIGEST} papers.")
+    if errors:
+        raise InvalidForm(errors)
+    return Preferences(topics, time_zone, send_hour, papers)
+
+
+def _form_int(
+    values: Mapping[str, str], name: str, default: int, low: int, high: int,
+    errors: dict[str, str], message: str,
+) -> int:
+    raw = (values.get(name) or "").strip()
+    if not raw:
+        return default
+    try:
+        number = int(raw)
+    except ValueError:
+        errors[name] = message
+        return default
+    if not low <= number <= high:
+        errors[name] = message
+    return number
+
+
+def _apply_preferences(subscriber: Subscriber, prefs: Preferences) -> list[str]:
+    """Set `prefs` on a subscriber; returns what changed, for the history."""
+    changes = []
+    if subscriber.profile.topics != prefs.topics:
+        changes.append(f"topics: {prefs.topics[:200]}")
+        subscriber.profile.topics = prefs.topics
+    if subscriber.time_zone != prefs.time_zone:
+        changes.append(f"time zone: {prefs.time_zone}")
+        subscriber.time_zone = prefs.time_zone
+    if subscriber.send_hour != prefs.send_hour:
+        changes.append(f"hour: {prefs.send_hour:02d}:00")
+        subscriber.send_hour = prefs.send_hour
+    if subscriber.papers_per_digest != prefs.papers_per_digest:
+        changes.append(f"papers: {prefs.papers_per_digest}")
+        subscriber.papers_per_digest = prefs.papers_per_digest
+    return changes
+
+
+def update_preferences(
+    session: Session,
+    subscriber_id: int,
+    prefs: Preferences,
+    paused: bool,
+    source: str = "web",
+    now: datetime | None = None,
+) -> list[str]:
+    """Save a subscriber's preferences; they apply from the next digest. Returns the changes."""
+    now = now or datetime.now(timezone.utc)
+    subscriber = subscriber_by_id(session, subscriber_id)
+    changes = _apply_preferences(subscriber, prefs)
+    if changes:
+        record_event(session, subscriber.id, EventKind.PREFERENCES_CHANGED, source,
+                     "; ".join(changes), now)
+    if paused != subscriber.paused:
+        subscriber.paused = paused
+        kind = EventKind.PAUSED if paused else EventKind.RESUMED
+        record_event(session, subscriber.id, kind, source, "", now)
+        changes.append("paused" if paused else "resumed")
+    session.flush()
+    return changes
+
+
+def subscriber_by_id(session: Session, subscriber_id: int) -> Subscriber:
+    subscriber = session.get(Subscriber, subscriber_id)
+    if subscriber is None:
+        raise UnknownSubscriber("This subscription no longer exists.")
+    return subscriber
+
+
+class UnknownSubscriber(SubscriberError):
+    """A signed link names a subscriber who has since been deleted."""
+
+
+# --- The life cycle: double opt-in -------------------------------------------------------
+
+
+class SignupOutcome(str, Enum):
+    """What a subscribe request led to. The page says the same for every one of them."""
+
+    CONFIRMATION = "confirmation"  # new or pending: send the confirmation email
+    CONFIRMATION_RECENT = "confirmation_recent"  # one went out within the resend window
+    ALREADY_ACTIVE = "already_active"  # tell the address's owner, not the visitor
+    ALREADY_ACTIVE_RECENT = "already_active_recent"  # the owner was told within the window
+    SUPPRESSED = "suppressed"  # nothing may be sent to this address
+
+
+@dataclass(frozen=True)
+class Signup:
+    outcome: SignupOutcome
+    email: str
+    subscriber_id: int | None = None
+    topics: str = ""
+
+    @property
+    def notice(self) -> str | None:
+        """The email template to send now, if any."""
+        return {
+            SignupOutcome.CONFIRMATION: "confirm",
+            SignupOutcome.ALREADY_ACTIVE: "already_subscribed",
+        }.get(self.outcome)
+
+
+def request_subscription(
+    session: Session,
+    email: str,
+    prefs: Preferences,
+    *,
+    resend_after: timedelta = timedelta(minutes=10),
+    source: str = "web",
+    now: datetime | None = None,
+) -> Signup:
+    """Record a subscribe request and decide which email, if any, it earns.
+
+    A new address becomes PENDING and gets nothing but the confirmation; a pending one gets
+    it again at most once per `resend_after`; an active one is left as it is (the visitor may
+    not be its owner) and its owner gets a notice; a suppressed one gets nothing at all.
+    An address that unsubscribed may come back: it stays unsubscribed until it confirms.
+    """
+    from .suppressions import is_suppressed
+
+    now = now or datetime.now(timezone.utc)
+    address = normalize_email(email)
+    subscriber = find_subscriber(session, address)
+    if is_suppressed(session, address):
+        return Signup(SignupOutcome.SUPPRESSED, address, subscriber.id if subscriber else None)
+    if subscriber is None:
+        subscriber = add_subscriber(
+            session, address, prefs.topics, time_zone=prefs.time_zone,
+            send_hour=prefs.send_hour, papers_per_digest=prefs.papers_per_digest,
+            status=SubscriberStatus.PENDING, now=now,
+        )
+        record_event(session, subscriber.id, EventKind.SUBSCRIBED, source, "", now)
+        return Signup(SignupOutcome.CONFIRMATION, address, subscriber.id, prefs.topics)
+    if subscriber.status is SubscriberStatus.ACTIVE:
+        told = last_event_at(session, subscriber.id, EventKind.NOTICE_SENT)
+        recent = told is not None and now - told < resend_after
+        outcome = SignupOutcome.ALREADY_ACTIVE_RECENT if recent else SignupOutcome.ALREADY_ACTIVE
+        return Signup(outcome, subscriber.email, subscriber.id, subscriber.profile.topics)
+    # PENDING or UNSUBSCRIBED: the latest form wins; nothing is sent until they confirm.
+    changes = _apply_preferences(subscriber, prefs)
+    again = "again" if subscriber.status is SubscriberStatus.UNSUBSCRIBED else "while pending"
+    record_event(session, subscriber.id, EventKind.SUBSCRIBED, source,
+                 "; ".join([again, *changes]), now)
+    sent = last_event_at(session, subscriber.id, EventKind.CONFIRMATION_SENT)
+    left = subscriber.unsubscribed_at
+    # Recent: sent within the window (and, for one who left, since they left).
+    recent = sent is not None and now - sent < resend_after and (left is None or sent > left)
+    outcome = SignupOutcome.CONFIRMATION_RECENT if recent else SignupOutcome.CONFIRMATION
+    session.flush()
+    return Signup(outcome, subscriber.email, subscriber.id, subscriber.profile.topics)
+
+
+def confirm(
+    session: Session, subscriber_id: int, source: str = "web", now: datetime | None = None
+) -> Subscriber:
+    """Activate a subscriber whose confirmation link was followed; safe to repeat."""
+    from .suppressions import is_suppressed
+
+    now = now or datetime.now(timezone.utc)
+    subscriber = subscriber_by_id(session, subscriber_id)
+    if subscriber.status is SubscriberStatus.ACTIVE:
+        return subscriber
+    if is_suppressed(session, subscriber.email):
+        raise SubscriberError(
+            "This address cannot be subscribed: mail to it bounced or was reported as spam."
+        )
+    if subscriber.status is SubscriberStatus.UNSUBSCRIBED:
+        # Only a confirmation asked for after they left may bring them back.
+        sent = last_event_at(session, subscriber.id, EventKind.CONFIRMATION_SENT)
+        if sent is None or (subscriber.unsubscribed_at and sent <= subscriber.unsubscribed_at):
+            raise SubscriberError(
+                "This link was sent before you unsubscribed. Subscribe again to get a new one."
+            )
+    was_unsubscribed = subscriber.status is SubscriberStatus.UNSUBSCRIBED
+    subscriber.status = SubscriberStatus.ACTIVE
+    subscriber.confirmed_at = now
+    subscriber.unsubscribed_at = None
+    subscriber.paused = False
+    kind = EventKind.RESUBSCRIBED if was_unsubscribed else EventKind.CONFIRMED
+    record_event(session, subscriber.id, kind, source, "confirmed by email", now)
+    session.flush()
+    return subscriber
+
+
+def unsubscribe(
+    session: Session,
+    subscriber_id: int,
+    source: str = "web",
+    detail: str = "",
+    now: datetime | None = None,
+) -> Subscriber:
+    """Stop all mail to a subscriber (they keep their history); safe to repeat."""
+    now = now or datetime.now(timezone.utc)
+    subscriber = subscriber_by_id(session, subscriber_id)
+    if subscriber.status in (SubscriberStatus.ACTIVE, SubscriberStatus.PENDING):
+        subscriber.status = SubscriberStatus.UNSUBSCRIBED
+        subscriber.unsubscribed_at = now
+        record_event(session, subscriber.id, EventKind.UNSUBSCRIBED, source, detail, now)
+        session.flush()
+    return subscriber
+
+
+def resubscribe(
+    session: Session, subscriber_id: int, source: str = "web", now: datetime | None = None
+) -> Subscriber:
+    """Undo an unsubscribe from the page that did it (the link proves the mailbox is theirs)."""
+    from .suppressions import is_suppressed
+
+    now = now or datetime.now(timezone.utc)
+    subscriber = subscriber_by_id(session, subscriber_id)
+    if subscriber.status is SubscriberStatus.ACTIVE:
+        return subscriber
+    if subscriber.status is not SubscriberStatus.UNSUBSCRIBED or is_suppressed(
+        session, subscriber.email
+    ):
+        raise SubscriberError(
+            "This address cannot be subscribed again here: mail to it bounced or was reported "
+            "as spam."
+        )
+    subscriber.status = SubscriberStatus.ACTIVE
+    subscriber.unsubscribed_at = None
+    subscriber.confirmed_at = subscriber.confirmed_at or now
+    subscriber.paused = False
+    record_event(session, subscriber.id, EventKind.RESUBSCRIBED, source, "", now)
+    session.flush()
+    return subscriber
+
+
+class NoticeNotSent(SubscriberError):
+    """The mail backend did not take the confirmation (or notice) email; try again later."""
+
+
+def signup(
+    settings: Settings,
+    values: Mapping[str, str],
+    client: str,
+    source: str = "web",
+    now: datetime | None = None,
+) -> Signup:
+    """The subscribe form end to end: rate limits, validation, the record, the one email.
+
+    Raises RateLimited (too many attempts from `client`, or for the address), InvalidForm
+    (per field), or NoticeNotSent. Every other outcome looks the same to the visitor: what
+    happened is told only to the address's owner, by email.
+    """
+    from . import db, notices, ratelimit
+
+    per_client = ratelimit.hit(settings.redis_url, "subscribe-client", client,
+                               settings.subscribe_rate_limit_per_hour, 3600)
+    if not per_client.allowed:
+        raise ratelimit.RateLimited(
+            "Too many subscribe requests from your network. Please try again later.",
+            per_client.retry_after,
+        )
+    errors: dict[str, str] = {}
+    address = ""
+    try:
+        address = normalize_email(values.get("email", ""))
+    except SubscriberError as exc:
+        errors["email"] = str(exc)
+    try:
+        prefs = read_preferences(values, settings.default_time_zone,
+                                 settings.default_send_hour, settings.default_papers_per_digest)
+    except InvalidForm as exc:
+        errors.update(exc.errors)
+    if errors:
+        raise InvalidForm(errors)
+    per_address = ratelimit.hit(settings.redis_url, "subscribe-address", address,
+                                settings.subscribe_address_limit_per_day, 86400)
+    if not per_address.allowed:
+        # Says nothing about the address itself: only that it was asked for too often.
+        raise ratelimit.RateLimited(
+            "This address was submitted too many times today. Please try again tomorrow.",
+            per_address.retry_after,
+        )
+    for attempt in (1, 2):
+        try:
+            with db.session_scope(settings) as session:
+                result = request_subscription(
+                    session, address, prefs, source=source, now=now,
+                    resend_after=timedelta(minutes=settings.confirm_resend_minutes),
+                )
+            break
+        except IntegrityError:
+            # Two submissions of a new address at once: the other one created the row, so
+            # the second attempt finds it pending and goes down the "pending" path.
+            if attempt == 2:
+                raise
+    if result.notice is None or result.subscriber_id is None:
+        return result
+    sent = notices.send_notice(settings, result.notice, result.subscriber_id, result.email,
+                               result.topics)
+    if not sent.sent:
+        raise NoticeNotSent(
+            "We could not send the email just now. Please try again in a few minutes."
+        )
+    kind = EventKind.CONFIRMATION_SENT if result.notice == "confirm" else EventKind.NOTICE_SENT
+    with db.session_scope(settings) as session:
+        record_event(session, result.subscriber_id, kind, source, "", now)
+    return result

@@ -31,6 +31,10 @@ class InvalidToken(ValueError):
     """The link is forged, for another purpose, or expired."""
 
 
+class ExpiredToken(InvalidToken):
+    """The link was genuine but is older than its purpose allows."""
+
+
 def _serializer(settings: Settings, purpose: Purpose) -> URLSafeTimedSerializer:
     return URLSafeTimedSerializer(settings.signing_key(), salt=f"paper-digest:{purpose.value}")
 
@@ -44,7 +48,7 @@ def read_token(settings: Settings, purpose: Purpose, token: str) -> int:
     try:
         value = _serializer(settings, purpose).loads(token, max_age=MAX_AGE_SECONDS[purpose])
     except SignatureExpired as exc:
-        raise InvalidToken("This link has expired.") from exc
+        raise ExpiredToken("This link has expired.") from exc
     except BadSignature as exc:
         raise InvalidToken("This link is not valid.") from exc
     if not isinstance(value, int):

@@ -1,24 +1,264 @@
 """The web side (Flask): subscribe, confirm, preferences, unsubscribe, provider webhooks.
 
-`create_app()` is the application factory gunicorn and `digest serve` use.
+`create_app()` is the application factory gunicorn and `digest serve` use. Views are thin:
+they read the request, call one library function (`subscribers`, `webhooks`, `recommend`)
+and render a page from `templates/web/`.
+
+| route                                  | what                                                   |
+|----------------------------------------|--------------------------------------------------------|
+| GET  /                                 | subscribe form, with a live preview of today's papers  |
+| POST /subscribe                        | double opt-in: sends the confirmation email            |
+| GET  /preview?topics=...               | JSON: the papers these topics would bring today        |
+| GET, POST /confirm/<token>             | a page with one button; the POST confirms              |
+| GET, POST /preferences/<token>         | topics, hour, time zone, papers per digest, pause      |
+| GET, POST /unsubscribe/<token>         | a page with one button; the POST unsubscribes; RFC 8058|
+| POST /unsubscribe/<token>/resubscribe  | the way back                                           |
+| POST /webhooks/<provider>              | sendgrid, mailgun, postmark, generic                   |
+| GET  /healthz                          | 200 when the database answers                          |
+
+A GET never changes anything: mail scanners open links to see where they lead. Forms carry
+a CSRF token kept in the (signed) session cookie; the RFC 8058 one-click POST and the
+webhooks carry none, and prove themselves by the signed link or the provider's signature.
 """
 
 from __future__ import annotations
 
-from flask import Flask, jsonify
-from sqlalchemy import text
+import hashlib
+import hmac
+import secrets
+from datetime import timedelta
+from functools import cache
+from typing import Any
+from zoneinfo import available_timezones
 
-from . import db
-from .settings import Settings
+from flask import Flask, Response, abort, jsonify, redirect, render_template, request, session
+from sqlalchemy import text
+from werkzeug.exceptions import HTTPException
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+from . import db, subscribers, tokens, webhooks
+from .models import Subscriber, SubscriberStatus
+from .ratelimit import RateLimited
+from .render import BRAND, topic_list
+from .settings import PROJECT_DIR, Settings
+from .subscribers import MAX_PAPERS_PER_DIGEST, InvalidForm, SubscriberError
+from .tokens import Purpose
+
+WEB_TEMPLATES = PROJECT_DIR / "templates" / "web"
+MAX_REQUEST_BYTES = 1024 * 1024  # webhooks batch events; forms are far smaller
+
+# 'self' only: no inline script or style, no third-party anything, no framing.
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'; "
+    "object-src 'none'"
+)
+SECURITY_HEADERS = {
+    "Content-Security-Policy": CSP,
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    # Links carry tokens: never hand the URL to another site.
+    "Referrer-Policy": "no-referrer",
+    "Permissions-Policy": "camera=(), microphone=(), geolocation=(), interest-cohort=()",
+    "Cross-Origin-Opener-Policy": "same-origin",
+}
+PAPER_CHOICES = (3, 5, 10, 15, 20, 30, MAX_PAPERS_PER_DIGEST)
+
+
+class LinkError(Exception):
+    """A signed link that cannot be used; rendered as a friendly page."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@cache
+def time_zones() -> list[str]:
+    return sorted(z for z in available_timezones() if "/" in z or z == "UTC")
 
 
 def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or Settings.from_env()
-    app = Flask(__name__)
+    app = Flask(
+        __name__,
+        template_folder=str(WEB_TEMPLATES),
+        static_folder=str(WEB_TEMPLATES / "static"),
+        static_url_path="/static",
+    )
     app.config["DIGEST_SETTINGS"] = settings
+    # The session cookie holds only the CSRF secret; its key is derived, never the link key.
+    app.secret_key = hmac.new(
+        settings.signing_key().encode(), b"paper-digest:flask-session", hashlib.sha256
+    ).hexdigest()
+    app.config.update(
+        MAX_CONTENT_LENGTH=MAX_REQUEST_BYTES,
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        SESSION_COOKIE_SECURE=settings.public_base_url.startswith("https://"),
+        SESSION_COOKIE_NAME="digest_session",
+        PERMANENT_SESSION_LIFETIME=timedelta(days=1),
+        SEND_FILE_MAX_AGE_DEFAULT=3600,
+    )
+    if settings.trusted_proxy_count > 0:
+        n = settings.trusted_proxy_count
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n)  # type: ignore[method-assign]
+    providers = webhooks.configured_providers(settings)  # a bad key fails here, at start
+
+    app.jinja_env.globals.update(brand=BRAND, csrf_token=_csrf_token)
+    app.jinja_env.filters.update(topic_list=topic_list)
+
+    @app.after_request
+    def security_headers(response: Response) -> Response:
+        for name, value in SECURITY_HEADERS.items():
+            response.headers.setdefault(name, value)
+        if not request.path.startswith("/static/"):
+            response.headers.setdefault("Cache-Control", "no-store")
+        return response
+
+    # --- subscribe ------------------------------------------------------------------------
+
+    @app.get("/")
+    def subscribe_page() -> Any:
+        return _subscribe_form(settings, {}, {})
+
+    @app.get("/subscribe")
+    def subscribe_get() -> Any:
+        return redirect("/", code=303)
+
+    @app.post("/subscribe")
+    def subscribe() -> Any:
+        _check_csrf()
+        try:
+            signup = subscribers.signup(settings, request.form, client=_client())
+        except InvalidForm as exc:
+            return _subscribe_form(settings, request.form, exc.errors), 400
+        except RateLimited as exc:
+            return _too_many(str(exc), exc.retry_after)
+        except subscribers.NoticeNotSent as exc:
+            return _message("We could not send the email", str(exc), status=503)
+        return render_template("check_inbox.html", email=signup.email,
+                               minutes=settings.confirm_resend_minutes)
+
+    @app.get("/preview")
+    def preview() -> Any:
+        from .recommend import MAX_TOPICS_CHARS, recommend
+
+        topics = request.args.get("topics", "")[:MAX_TOPICS_CHARS]
+        limit = request.args.get("limit", "5")
+        papers = recommend(settings, topics, int(limit) if limit.isdigit() else 5)
+        return jsonify(topics=topics, papers=papers)
+
+    # --- confirm --------------------------------------------------------------------------
+
+    @app.get("/confirm/<token>")
+    def confirm_page(token: str) -> Any:
+        subscriber = _load(settings, Purpose.CONFIRM, token)
+        if subscriber.status is SubscriberStatus.ACTIVE:
+            return _confirmed(subscriber, already=True)
+        return render_template("confirm.html", subscriber=subscriber)
+
+    @app.post("/confirm/<token>")
+    def confirm(token: str) -> Any:
+        _check_csrf()
+        subscriber_id = _read_token(settings, Purpose.CONFIRM, token)
+        with db.session_scope(settings) as s:
+            subscriber = subscribers.confirm(s, subscriber_id)
+            return _confirmed(subscriber, already=False)
+
+    # --- preferences ----------------------------------------------------------------------
+
+    @app.get("/preferences/<token>")
+    def preferences_page(token: str) -> Any:
+        subscriber = _load(settings, Purpose.PREFERENCES, token)
+        return _preferences_form(subscriber, _values_of(subscriber), {},
+                                 saved=request.args.get("saved") == "1")
+
+    @app.post("/preferences/<token>")
+    def preferences(token: str) -> Any:
+        _check_csrf()
+        subscriber_id = _read_token(settings, Purpose.PREFERENCES, token)
+        with db.session_scope(settings) as s:
+            subscriber = subscribers.subscriber_by_id(s, subscriber_id)
+            try:
+                prefs = subscribers.read_preferences(request.form, subscriber.time_zone,
+                                                     subscriber.send_hour,
+                                                     subscriber.papers_per_digest)
+            except InvalidForm as exc:
+                return _preferences_form(subscriber, request.form, exc.errors), 400
+            subscribers.update_preferences(s, subscriber_id, prefs,
+                                           paused=request.form.get("paused") == "on")
+        return redirect(f"/preferences/{token}?saved=1", code=303)
+
+    # --- unsubscribe ----------------------------------------------------------------------
+
+    @app.get("/unsubscribe/<token>")
+    def unsubscribe_page(token: str) -> Any:
+        subscriber = _load(settings, Purpose.UNSUBSCRIBE, token)
+        if subscriber.status not in (SubscriberStatus.ACTIVE, SubscriberStatus.PENDING):
+            return _unsubscribed(subscriber, token)
+        return render_template("unsubscribe.html", subscriber=subscriber,
+                               preferences_url=_preferences_path(settings, subscriber.id))
+
+    @app.post("/unsubscribe/<token>")
+    def unsubscribe(token: str) -> Any:
+        # RFC 8058: the mail provider POSTs "List-Unsubscribe=One-Click" with no cookie,
+        # session or CSRF token; the signed link is the proof. The answer must not redirect.
+        one_click = request.form.get("List-Unsubscribe") == "One-Click"
+        if not one_click:
+            _check_csrf()
+        try:
+            subscriber_id = _read_token(settings, Purpose.UNSUBSCRIBE, token)
+        except LinkError as exc:
+            if one_click:
+                return Response(f"{exc}\n", status=exc.status, mimetype="text/plain")
+            raise
+        with db.session_scope(settings) as s:
+            try:
+                subscriber = subscribers.unsubscribe(
+                    s, subscriber_id, source="web:one-click" if one_click else "web"
+                )
+            except subscribers.UnknownSubscriber as exc:
+                if one_click:
+                    return Response(f"{exc}\n", status=404, mimetype="text/plain")
+                raise
+            if one_click:
+                return Response("You are unsubscribed.\n", mimetype="text/plain")
+            return _unsubscribed(subscriber, token)
+
+    @app.post("/unsubscribe/<token>/resubscribe")
+    def resubscribe(token: str) -> Any:
+        _check_csrf()
+        subscriber_id = _read_token(settings, Purpose.UNSUBSCRIBE, token)
+        with db.session_scope(settings) as s:
+            subscriber = subscribers.resubscribe(s, subscriber_id)
+            return render_template(
+                "resubscribed.html", subscriber=subscriber,
+                preferences_url=_preferences_path(settings, subscriber.id),
+            )
+
+    # --- provider webhooks ----------------------------------------------------------------
+
+    @app.post("/webhooks/<name>")
+    def webhook(name: str) -> Any:
+        provider = providers.get(name)
+        if provider is None:
+            return jsonify(error=f"no webhook {name!r} is configured here"), 404
+        try:
+            report = webhooks.handle_webhook(settings, provider, dict(request.headers),
+                                             request.get_data(cache=False))
+        except webhooks.WebhookError as exc:
+            response = jsonify(error=str(exc))
+            response.status_code = exc.status
+            if exc.status == 401 and name == "postmark":
+                response.headers["WWW-Authenticate"] = 'Basic realm="webhooks"'
+            return response
+        return jsonify(report.as_dict())
+
+    # --- health and errors ----------------------------------------------------------------
 
     @app.get("/healthz")
-    def healthz() -> tuple[object, int]:
+    def healthz() -> Any:
         """For load balancers: 200 when the database answers."""
         try:
             with db.engine_for(settings.database_url).connect() as conn:
@@ -27,4 +267,155 @@ def create_app(settings: Settings | None = None) -> Flask:
             return jsonify(status="error", database=str(exc)[:200]), 503
         return jsonify(status="ok"), 200
 
+    @app.errorhandler(LinkError)
+    def link_error(exc: LinkError) -> Any:
+        return _message("This link cannot be used", str(exc), status=exc.status,
+                        action=("Subscribe again", "/"))
+
+    @app.errorhandler(SubscriberError)
+    def subscriber_error(exc: SubscriberError) -> Any:
+        status = 404 if isinstance(exc, subscribers.UnknownSubscriber) else 409
+        return _message("That did not work", str(exc), status=status,
+                        action=("Go to the subscribe page", "/"))
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException) -> Any:
+        if request.path.startswith("/webhooks/") or request.path == "/preview":
+            return jsonify(error=exc.description), exc.code or 500
+        titles = {404: "Page not found", 413: "Too much data", 405: "Not allowed here"}
+        code = exc.code or 500
+        return _message(titles.get(code, exc.name), exc.description or "", status=code,
+                        action=("Go to the subscribe page", "/"))
+
     return app
+
+
+# --- helpers the views share --------------------------------------------------------------
+
+
+def _settings() -> Settings:
+    from flask import current_app
+
+    return current_app.config["DIGEST_SETTINGS"]  # type: ignore[no-any-return]
+
+
+def _client() -> str:
+    """Who the per-client rate limit counts: the remote address (see TRUSTED_PROXY_COUNT)."""
+    return request.remote_addr or "unknown"
+
+
+def _csrf_token() -> str:
+    if "csrf" not in session:
+        session["csrf"] = secrets.token_urlsafe(32)
+    return str(session["csrf"])
+
+
+def _check_csrf() -> None:
+    sent = request.form.get("csrf_token", "")
+    expected = session.get("csrf", "")
+    if not sent or not expected or not hmac.compare_digest(str(sent), str(expected)):
+        abort(_message(
+            "This form has expired",
+            "For your safety, forms stop working after a while or when cookies are blocked. "
+            "Go back, reload the page and try again.",
+            status=400,
+        ))
+
+
+def _read_token(settings: Settings, purpose: Purpose, token: str) -> int:
+    try:
+        return tokens.read_token(settings, purpose, token)
+    except tokens.ExpiredToken as exc:
+        raise LinkError(_expired_message(purpose), 410) from exc
+    except tokens.InvalidToken as exc:
+        raise LinkError(
+            "This link is not valid. Copy the whole link from the email, or use the one in "
+            "your latest digest.", 400,
+        ) from exc
+
+
+def _expired_message(purpose: Purpose) -> str:
+    if purpose is Purpose.CONFIRM:
+        return "This confirmation link has expired. Subscribe again to get a new one."
+    return "This link has expired. Use the link in your latest digest."
+
+
+def _load(settings: Settings, purpose: Purpose, token: str) -> Subscriber:
+    subscriber_id = _read_token(settings, purpose, token)
+    with db.session_scope(settings) as s:
+        subscriber = subscribers.subscriber_by_id(s, subscriber_id)
+        _ = subscriber.profile  # loaded before the session closes
+        return subscriber
+
+
+def _preferences_path(settings: Settings, subscriber_id: int) -> str:
+    return f"/preferences/{tokens.make_token(settings, Purpose.PREFERENCES, subscriber_id)}"
+
+
+def _values_of(subscriber: Subscriber) -> dict[str, str]:
+    return {
+        "topics": subscriber.profile.topics,
+        "time_zone": subscriber.time_zone,
+        "send_hour": str(subscriber.send_hour),
+        "papers_per_digest": str(subscriber.papers_per_digest),
+        "paused": "on" if subscriber.paused else "",
+    }
+
+
+def _form_choices(settings: Settings) -> dict[str, Any]:
+    return {
+        "time_zones": time_zones(),
+        "hours": list(range(24)),
+        "paper_choices": PAPER_CHOICES,
+        "default_time_zone": settings.default_time_zone,
+    }
+
+
+def _subscribe_form(settings: Settings, values: Any, errors: dict[str, str]) -> str:
+    defaults = {
+        "time_zone": settings.default_time_zone,
+        "send_hour": str(settings.default_send_hour),
+        "papers_per_digest": str(settings.default_papers_per_digest),
+    }
+    merged = {**defaults, **{k: v for k, v in dict(values).items() if v}}
+    return render_template("subscribe.html", values=merged, errors=errors,
+                           prefill_time_zone="time_zone" not in values,
+                           **_form_choices(settings))
+
+
+def _preferences_form(
+    subscriber: Subscriber, values: Any, errors: dict[str, str], saved: bool = False
+) -> str:
+    settings = _settings()
+    unsubscribe_token = tokens.make_token(settings, Purpose.UNSUBSCRIBE, subscriber.id)
+    return render_template("preferences.html", subscriber=subscriber, values=dict(values),
+                           errors=errors, saved=saved,
+                           unsubscribe_url=f"/unsubscribe/{unsubscribe_token}",
+                           **_form_choices(settings))
+
+
+def _confirmed(subscriber: Subscriber, already: bool) -> str:
+    return render_template(
+        "confirmed.html", subscriber=subscriber, already=already,
+        preferences_url=_preferences_path(_settings(), subscriber.id),
+    )
+
+
+def _unsubscribed(subscriber: Subscriber, token: str) -> str:
+    can_return = subscriber.status is SubscriberStatus.UNSUBSCRIBED
+    return render_template("unsubscribed.html", subscriber=subscriber, token=token,
+                           can_return=can_return)
+
+
+def _message(
+    title: str, body: str, status: int = 200, action: tuple[str, str] | None = None
+) -> Response:
+    html = render_template("message.html", title=title, body=body, action=action)
+    return Response(html, status=status, mimetype="text/html")
+
+
+def _too_many(body: str, retry_after: int) -> Response:
+    response = _message("Slow down a little", body, status=429)
+    response.headers["Retry-After"] = str(retry_after)
+    return response
+

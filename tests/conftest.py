@@ -125,3 +125,38 @@ def smtp_server() -> Iterator[SMTPServer]:
     server.start()
     yield server
     server.stop()
+
+
+# Tests use their own Redis database and delete only the keys they made.
+TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
+
+
+@pytest.fixture
+def redis_url(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A Redis database for rate-limit counters. Each test counts under a prefix of its own
+    (so two test runs on one machine cannot disturb each other) and deletes its keys after."""
+    import redis
+
+    from digest import ratelimit
+
+    prefix = f"{ratelimit.KEY_PREFIX}:test-{uuid.uuid4().hex[:12]}"
+    monkeypatch.setattr(ratelimit, "KEY_PREFIX", prefix)
+    client = redis.Redis.from_url(TEST_REDIS_URL)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        pytest.fail(f"Redis is required for the tests but {TEST_REDIS_URL} is unreachable: "
+                    f"{exc}. Start it (see README) or set TEST_REDIS_URL.")
+    yield TEST_REDIS_URL
+    for key in client.scan_iter(f"{prefix}:*"):
+        client.delete(key)
+    client.close()
+
+
+def lexical_only(settings: Settings) -> Settings:
+    """`settings` ranking by TF-IDF alone: tests of the web and mail side need no model."""
+    from dataclasses import fields, replace
+
+    if "semantic_weight" in {f.name for f in fields(Settings)}:
+        return replace(settings, semantic_weight=0.0)  # type: ignore[call-arg]
+    return settings

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from digest import render
+from digest import notices, render
 from digest.render import (
     DigestContext,
     DigestItem,
@@ -76,7 +76,18 @@ def make_context(items: tuple[DigestItem, ...] | None = None, **overrides: Any) 
 
 def sample_context(name: str) -> dict[str, Any]:
     """A template context for each email type; a new folder needs an entry here."""
-    contexts = {"digest": render.digest_template_context(make_context())}
+    contexts = {
+        "digest": render.digest_template_context(make_context()),
+        "confirm": notices.confirm_template_context(
+            "ada@example.org", "LoRA, activation sparsity", "https://digest.test/confirm/tok1",
+            "https://digest.test/unsubscribe/tok2", "https://digest.test/", 48,
+        ),
+        "already_subscribed": notices.already_subscribed_template_context(
+            "ada@example.org", "LoRA, activation sparsity",
+            "https://digest.test/preferences/tok3", "https://digest.test/unsubscribe/tok2",
+            "https://digest.test/",
+        ),
+    }
     return contexts[name]
 
 

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
+import numpy as np
 import pytest
 
 from digest.score import (
     CandidatePaper,
     Profile,
     RankingKnobs,
+    SemanticIndex,
+    analyze,
     build_day_index,
+    expand_acronyms,
+    learn_acronyms,
     split_topics,
     trending_scores,
 )
@@ -121,9 +126,110 @@ def test_trending_breaks_ties_between_equally_relevant_papers() -> None:
     assert any(r.startswith("trending: 300 upvotes") for r in sel.picks[0].reasons)
 
 
-def test_hyphenated_and_mixed_case_terms_are_single_tokens(index) -> None:
+def test_hyphenated_terms_count_as_parts_and_joined_and_case_folds(index) -> None:
     vocab = index.vectorizer.vocabulary_
-    assert "low-rank" in vocab and "lora" in vocab and "4-bit" in vocab
+    assert {"lora", "low", "rank", "lowrank", "low rank", "4bit"} <= set(vocab)
+
+
+def test_tokenization_folds_plurals_and_matches_across_hyphens() -> None:
+    assert analyze("LLMs fine-tuning")[:4] == ["llm", "fine", "tuning", "finetuning"]
+    assert "graph neural network" not in analyze("GNNs")  # bigrams only
+    assert "neural network" in analyze("graph neural networks")
+    hyphen = paper(1, "Chain-of-thought prompting elicits reasoning")
+    spaced = paper(2, "Chain of thought prompting for small models")
+    other = paper(3, "Image segmentation with transformers")
+    index = build_day_index([hyphen, spaced, other], [], NOW, RankingKnobs())
+    [sel] = index.select([Profile(1, "chain of thought", limit=3)])
+    assert {p.paper_id for p in sel.picks} == {1, 2}
+
+
+def test_acronyms_are_learned_from_the_corpus_and_expand_acronym_only_topics() -> None:
+    texts = [
+        "We train a sparse mixture-of-experts (MoE) language model.",
+        "Vision Transformers (ViTs) split an image into patches.",
+        "No definition here (see Table 2).",
+    ]
+    acronyms = learn_acronyms(texts)
+    assert acronyms == {"moe": "mixture-of-experts", "vit": "vision transformers"}
+    assert expand_acronyms("MoE", acronyms) == "MoE mixture-of-experts"
+    assert expand_acronyms("ViTs", acronyms) == "ViTs vision transformers"
+    assert expand_acronyms("MoE routing", acronyms) == "MoE routing"  # words say enough
+
+
+def test_an_acronym_only_topic_finds_papers_that_spell_it_out() -> None:
+    defining = paper(1, "Scaling sparse models",
+                     "A mixture of experts (MoE) routes each token to two experts.")
+    spelled = paper(2, "Routing in mixture of experts layers",
+                    "Each token goes to the top-k experts of the mixture.")
+    other = paper(3, "Diffusion models for images", "Denoising generates images.")
+    index = build_day_index([defining, spelled, other], [], NOW, RankingKnobs())
+    [sel] = index.select([Profile(1, "MoE", limit=3)])
+    assert {p.paper_id for p in sel.picks} == {1, 2}
+
+
+def test_diversity_lets_a_second_subtopic_in_before_more_of_the_first() -> None:
+    extras = ["for code models", "for speech recognition", "for protein folding",
+              "for robot control"]
+    lora = [paper(i, f"LoRA low-rank adapters {extra}",
+                  f"LoRA low-rank adapters fine-tune large language models {extra}.")
+            for i, extra in enumerate(extras, 1)]
+    sparsity = paper(9, "Faster inference", "Activation sparsity speeds up inference.")
+    topics = "LoRA low-rank adapters, activation sparsity"
+    plain = build_day_index([*lora, sparsity], [], NOW, RankingKnobs(mmr_lambda=1.0))
+    diverse = build_day_index([*lora, sparsity], [], NOW, RankingKnobs(mmr_lambda=0.5))
+    [p1] = plain.select([Profile(1, topics, limit=3)])
+    [d1] = diverse.select([Profile(1, topics, limit=3)])
+    assert 9 not in [p.paper_id for p in p1.picks]
+    assert 9 in [p.paper_id for p in d1.picks]
+
+
+def test_github_stars_count_as_engagement_normalised_per_source() -> None:
+    starred = paper(1, "a", source="github", stars=900, published_at=NOW)
+    unstarred = paper(2, "b", source="github", stars=0, published_at=NOW)
+    small_source = paper(3, "c", source="daily-papers", upvotes=3, published_at=NOW)
+    t = trending_scores([starred, unstarred, small_source], NOW, half_life_days=3)
+    assert t[0] == pytest.approx(1.0) and t[2] == pytest.approx(1.0)  # top of its own source
+    assert t[1] == pytest.approx(0.5)
+
+
+def test_hybrid_blends_embedding_similarity_when_the_extra_is_installed() -> None:
+    from digest import embeddings
+
+    if not embeddings.available():
+        pytest.skip("semantic extra not installed: pip install 'paper-digest[semantic]'")
+    papers = [
+        paper(1, "Overcoming catastrophic forgetting in neural networks",
+              "Elastic weight consolidation keeps old tasks while learning new ones."),
+        paper(2, "Image segmentation with transformers", "Masks from attention."),
+    ]
+    encoder = embeddings.load_encoder()
+    vectors = encoder.encode([embeddings.paper_text(p) for p in papers])
+    semantic = SemanticIndex(vectors=vectors, encoder=encoder, weight=0.5)
+    topics = "learning new tasks over time without losing old skills"
+    lexical = build_day_index(papers, [], NOW, RankingKnobs(min_relevance=0.01))
+    hybrid = build_day_index(papers, [], NOW, RankingKnobs(min_relevance=0.01), semantic)
+    [lex] = lexical.select([Profile(1, topics, limit=2)])
+    [hyb] = hybrid.select([Profile(1, topics, limit=2)])
+    assert hyb.picks[0].paper_id == 1
+    assert hyb.picks[0].relevance > max([p.relevance for p in lex.picks if p.paper_id == 1] + [0])
+
+
+def test_paper_embeddings_are_computed_once_and_stored(tmp_path) -> None:
+    from digest.embeddings import EmbeddingStore
+
+    class CountingEncoder:
+        calls: list[int] = []
+
+        def encode(self, texts):
+            self.calls.append(len(texts))
+            return np.eye(len(texts), 4, dtype=np.float32)
+
+    encoder = CountingEncoder()
+    store = EmbeddingStore(tmp_path / "emb")
+    first = store.vectors(PAPERS[:2], encoder)
+    again = EmbeddingStore(tmp_path / "emb").vectors(PAPERS[:3], encoder)
+    assert encoder.calls == [2, 1]  # only the new paper was encoded the second time
+    assert np.array_equal(first, again[:2]) and again.shape == (3, 4)
 
 
 def test_empty_day_and_empty_batch() -> None:

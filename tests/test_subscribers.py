@@ -1,21 +1,34 @@
-"""Subscribers: validation, case-insensitive duplicates, CSV in and out (both databases)."""
+"""Subscribers: validation, case-insensitive duplicates, CSV in and out, and the life cycle
+(double opt-in, unsubscribe, resubscribe, preferences, history), on both databases."""
 
 from __future__ import annotations
 
 import io
+from datetime import datetime, timedelta, timezone
 
 import pytest
 from sqlalchemy.orm import Session
 
-from digest.models import SubscriberStatus
+from digest.models import EventKind, SubscriberStatus
 from digest.subscribers import (
+    InvalidForm,
+    Preferences,
+    SignupOutcome,
     SubscriberError,
     add_subscriber,
+    confirm,
     export_csv,
     find_subscriber,
     import_csv,
     normalize_email,
+    read_preferences,
+    record_event,
+    request_subscription,
+    resubscribe,
     set_topics,
+    subscriber_history,
+    unsubscribe,
+    update_preferences,
 )
 
 
@@ -96,3 +109,54 @@ def test_export_round_trips_through_import(session: Session) -> None:
     again = find_subscriber(session, "ada@example.org")
     assert (again.profile.topics, again.profile.exclude, again.time_zone, again.send_hour,
             again.papers_per_digest) == ("LoRA, RLHF", "medical", "Asia/Tokyo", 6, 4)
+
+
+# --- the life cycle -------------------------------------------------------------------------
+
+PREFS = Preferences("LoRA, RLHF", "Europe/Paris", 8, 5)
+NOON = datetime(2026, 11, 23, 12, tzinfo=timezone.utc)
+
+
+def test_read_preferences_names_every_bad_field() -> None:
+    with pytest.raises(InvalidForm) as caught:
+        read_preferences({"topics": " ", "time_zone": "Nowhere/City", "send_hour": "24",
+                          "papers_per_digest": "x"})
+    assert set(caught.value.errors) == {"topics", "time_zone", "send_hour", "papers_per_digest"}
+    assert read_preferences({"topics": "LoRA"}, "Asia/Tokyo", 6, 3) == Preferences(
+        "LoRA", "Asia/Tokyo", 6, 3)
+
+
+def test_double_opt_in_from_request_to_confirmation(session: Session) -> None:
+    first = request_subscription(session, "Ada@Example.org", PREFS, now=NOON)
+    assert first.outcome is SignupOutcome.CONFIRMATION and first.notice == "confirm"
+    sub = find_subscriber(session, "ada@example.org")
+    assert sub is not None and sub.status is SubscriberStatus.PENDING
+    assert (sub.time_zone, sub.send_hour, sub.papers_per_digest) == ("Europe/Paris", 8, 5)
+    record_event(session, sub.id, EventKind.CONFIRMATION_SENT, "web", now=NOON)
+    soon = request_subscription(session, "ada@example.org", PREFS, now=NOON + timedelta(minutes=5))
+    assert soon.outcome is SignupOutcome.CONFIRMATION_RECENT and soon.notice is None
+    later = request_subscription(session, "ada@example.org", PREFS, now=NOON + timedelta(hours=1))
+    assert later.outcome is SignupOutcome.CONFIRMATION
+    confirm(session, sub.id, now=NOON + timedelta(hours=2))
+    assert sub.status is SubscriberStatus.ACTIVE and sub.confirmed_at is not None
+    active = request_subscription(session, "ada@example.org", PREFS)
+    assert active.outcome is SignupOutcome.ALREADY_ACTIVE and active.notice == "already_subscribed"
+
+
+def test_unsubscribe_resubscribe_and_history(session: Session) -> None:
+    sub = add_subscriber(session, "ada@example.org", "LoRA", now=NOON)
+    unsubscribe(session, sub.id, "web:one-click", now=NOON + timedelta(hours=1))
+    unsubscribe(session, sub.id, "web", now=NOON + timedelta(hours=2))  # harmless again
+    assert sub.status is SubscriberStatus.UNSUBSCRIBED and sub.unsubscribed_at is not None
+    with pytest.raises(SubscriberError, match="before you unsubscribed"):
+        confirm(session, sub.id)
+    resubscribe(session, sub.id, now=NOON + timedelta(hours=3))
+    assert sub.status is SubscriberStatus.ACTIVE and sub.unsubscribed_at is None
+    changes = update_preferences(session, sub.id, Preferences("RLHF", "UTC", 9, 3), paused=True,
+                                 now=NOON + timedelta(hours=4))
+    assert changes == ["topics: RLHF", "hour: 09:00", "papers: 3", "paused"]
+    assert update_preferences(session, sub.id, Preferences("RLHF", "UTC", 9, 3),
+                              paused=True) == []
+    assert [(h.what, h.source) for h in subscriber_history(session, sub)] == [
+        ("unsubscribed", "web:one-click"), ("resubscribed", "web"),
+        ("preferences_changed", "web"), ("paused", "web")]

