@@ -68,3 +68,31 @@ def test_deleting_a_subscriber_removes_their_deliveries(session: Session) -> Non
     session.delete(sub)
     session.commit()
     assert session.scalars(select(Delivery)).all() == []
+
+
+def test_upgrading_keeps_existing_deliveries_and_their_papers(tmp_path) -> None:
+    """Migrations that rebuild a SQLite table must not cascade-delete the rows pointing at it."""
+    from sqlalchemy import text
+
+    settings = Settings(database_url=f"sqlite:///{tmp_path / 'old.sqlite3'}").resolved()
+    db.upgrade(settings, "0001")
+    with db.engine_for(settings.database_url).begin() as conn:
+        conn.execute(text(
+            "INSERT INTO subscribers (id, email, status, time_zone, send_hour, papers_per_digest,"
+            " created_at) VALUES (1, 'a@example.org', 'active', 'UTC', 7, 5, '2026-11-01')"))
+        conn.execute(text(
+            "INSERT INTO papers (id, source, source_id, title_key, title, abstract, authors,"
+            " first_seen_at, updated_at) VALUES (1, 'arxiv', '2611.00001', 'k', 't', 'a', '[]',"
+            " '2026-11-01', '2026-11-01')"))
+        conn.execute(text(
+            "INSERT INTO deliveries (id, subscriber_id, digest_date, status, message_id,"
+            " paper_count, trending_fallback, claimed_at) VALUES (1, 1, '2026-11-02', 'sent',"
+            " '<m@x>', 1, 0, '2026-11-02')"))
+        conn.execute(text(
+            "INSERT INTO delivery_items (delivery_id, subscriber_id, paper_id, rank, score, why)"
+            " VALUES (1, 1, 1, 1, 0.5, 'matches: x')"))
+    db.upgrade(settings)
+    with db.engine_for(settings.database_url).connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM deliveries")).scalar() == 1
+        assert conn.execute(text("SELECT count(*) FROM delivery_items")).scalar() == 1
+    db.engine_for(settings.database_url).dispose()

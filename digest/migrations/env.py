@@ -25,6 +25,11 @@ def run_migrations_online() -> None:
     url = config.get_main_option("sqlalchemy.url")
     engine = make_engine(url, poolclass=pool.NullPool)
     with engine.connect() as connection:
+        if connection.dialect.name == "sqlite":
+            # SQLite migrations rebuild tables (copy, drop, rename). With foreign keys on,
+            # dropping the old table would cascade-delete the rows that point at it.
+            connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
+            connection.commit()  # end the autobegun transaction; Alembic opens its own
         context.configure(
             connection=connection,
             target_metadata=target_metadata,
