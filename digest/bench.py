@@ -10,6 +10,7 @@ Not part of `make test` (a small smoke run of it is).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing
 import os
@@ -246,13 +247,6 @@ def best_score_seconds(prepared: Any, profiles: Sequence[Any], chunk: int = 1000
     return time.perf_counter() - start
 
 
-def per_call(fn: Callable[[], object], repeat: int) -> float:
-    start = time.perf_counter()
-    for _ in range(repeat):
-        fn()
-    return (time.perf_counter() - start) / repeat
-
-
 # --- runs ---------------------------------------------------------------------------------
 
 
@@ -323,11 +317,9 @@ def process_tree_peak_mb(pid: int) -> float:
     """The largest VmHWM (peak resident memory) among a process and its children."""
     peak = 0.0
     pids = [pid]
-    try:
+    with contextlib.suppress(OSError):  # the worker may have gone: its own figure is enough
         children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
         pids += [int(c) for c in children]
-    except OSError:
-        pass
     for p in pids:
         try:
             for line in Path(f"/proc/{p}/status").read_text().splitlines():

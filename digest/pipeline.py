@@ -684,18 +684,26 @@ def load_batch(
     ):
         sent.setdefault(subscriber_id, set()).add(paper_id)
     profiles = [
-        Profile(
-            subscriber_id=s.id,
-            topics=s.profile.topics if s.profile else "",
-            exclude=s.profile.exclude if s.profile else "",
-            trending_fallback=bool(s.profile and s.profile.trending_fallback),
-            limit=s.papers_per_digest,
-            since=_aware(last_digest.get(s.id)),
-            sent_paper_ids=frozenset(sent.get(s.id, ())),
-        )
+        profile_of(s, since=_aware(last_digest.get(s.id)), sent=frozenset(sent.get(s.id, ())))
         for s in subscribers
     ]
     return subscribers, profiles
+
+
+def profile_of(
+    subscriber: Subscriber, since: datetime | None = None, sent: frozenset[int] = frozenset()
+) -> Profile:
+    """What scoring needs of a subscriber: topics, exclusions, size, and what they already have."""
+    topics = subscriber.profile
+    return Profile(
+        subscriber_id=subscriber.id,
+        topics=topics.topics if topics else "",
+        exclude=topics.exclude if topics else "",
+        trending_fallback=bool(topics and topics.trending_fallback),
+        limit=subscriber.papers_per_digest,
+        since=since,
+        sent_paper_ids=sent,
+    )
 
 
 def digest_context(
@@ -720,14 +728,15 @@ def digest_context(
 def compose_message(
     settings: Settings, prepared: PreparedDay, subscriber: Subscriber, selection: Selection
 ) -> OutgoingEmail:
-    rendered = prepared.renderer.render(digest_context(settings, prepared, subscriber, selection))
+    context = digest_context(settings, prepared, subscriber, selection)
+    rendered = prepared.renderer.render(context)
     return OutgoingEmail(
         to=subscriber.email,
         subject=rendered.subject,
         html=rendered.html,
         text=rendered.text,
         message_id=message_id_for(settings, "digest", subscriber.id, prepared.day),
-        unsubscribe_url=link(settings, Purpose.UNSUBSCRIBE, subscriber.id),
+        unsubscribe_url=context.unsubscribe_url,  # the same signed link as in the body
         date=datetime.now(timezone.utc),
         kind="digest",
     )
@@ -742,15 +751,7 @@ def preview_digest(settings: Settings, email: str, day: date) -> RenderedEmail |
         prepared = prepare_day(session, settings, day)
         _, profiles = load_batch(session, day, [subscriber.id])
         if not profiles:  # not active: preview their topics anyway
-            profiles = [
-                Profile(
-                    subscriber_id=subscriber.id,
-                    topics=subscriber.profile.topics,
-                    exclude=subscriber.profile.exclude,
-                    trending_fallback=subscriber.profile.trending_fallback,
-                    limit=subscriber.papers_per_digest,
-                )
-            ]
+            profiles = [profile_of(subscriber)]
         selection = prepared.index.select(profiles)[0]
         if not selection.picks:
             return None

@@ -23,7 +23,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime
 from typing import Any, Protocol
 
 import numpy as np
@@ -545,11 +545,3 @@ def build_day_index(
         semantic=semantic,
     )
 
-
-def candidate_window(day_end: datetime, lookback_days: int) -> datetime:
-    """Papers first seen after this instant are candidates for a digest ending at day_end."""
-    return day_end - timedelta(days=lookback_days)
-
-
-def utc(dt: datetime) -> datetime:
-    return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)

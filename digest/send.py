@@ -809,7 +809,7 @@ class ConsoleSender(Sender):
         return SendResult(SendOutcome.SENT, "printed")
 
     def close(self) -> None:
-        pass
+        """Nothing to release."""
 
 
 # --- Retries and the shared send rate -----------------------------------------------------
@@ -917,7 +917,7 @@ class LocalRateLimiter(RateLimiter):
             self._sleep(wait)
 
     def close(self) -> None:
-        pass
+        """Nothing to release."""
 
 
 def _gcra_parameters(rate_per_second: float, burst: int | None) -> tuple[float, float]:

@@ -544,14 +544,8 @@ def confirm(
                 "This link was sent before you unsubscribed. Subscribe again to get a new one."
             )
     was_unsubscribed = subscriber.status is SubscriberStatus.UNSUBSCRIBED
-    subscriber.status = SubscriberStatus.ACTIVE
-    subscriber.confirmed_at = now
-    subscriber.unsubscribed_at = None
-    subscriber.paused = False
     kind = EventKind.RESUBSCRIBED if was_unsubscribed else EventKind.CONFIRMED
-    record_event(session, subscriber.id, kind, source, "confirmed by email", now)
-    session.flush()
-    return subscriber
+    return _activate(session, subscriber, kind, source, "confirmed by email", now, now)
 
 
 def unsubscribe(
@@ -589,11 +583,25 @@ def resubscribe(
             "This address cannot be subscribed again here: mail to it bounced or was reported "
             "as spam."
         )
+    return _activate(session, subscriber, EventKind.RESUBSCRIBED, source, "", now,
+                     subscriber.confirmed_at or now)
+
+
+def _activate(
+    session: Session,
+    subscriber: Subscriber,
+    kind: EventKind,
+    source: str,
+    detail: str,
+    now: datetime,
+    confirmed_at: datetime,
+) -> Subscriber:
+    """Make a subscriber active again (not paused, not unsubscribed) and say so in history."""
     subscriber.status = SubscriberStatus.ACTIVE
+    subscriber.confirmed_at = confirmed_at
     subscriber.unsubscribed_at = None
-    subscriber.confirmed_at = subscriber.confirmed_at or now
     subscriber.paused = False
-    record_event(session, subscriber.id, EventKind.RESUBSCRIBED, source, "", now)
+    record_event(session, subscriber.id, kind, source, detail, now)
     session.flush()
     return subscriber
 

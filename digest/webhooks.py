@@ -78,10 +78,6 @@ class WebhookError(Exception):
     status = 400
 
 
-class NotConfigured(WebhookError):
-    status = 404
-
-
 class Unauthorized(WebhookError):
     """No credentials or signature at all."""
 

@@ -119,6 +119,18 @@ def session(settings: Settings) -> Iterator[Session]:
 
 
 @pytest.fixture
+def smtp_settings(tmp_path: Path, smtp_server: SMTPServer) -> Settings:
+    """Settings that send through `smtp_server` (SQLite; test_pipeline overrides it per DB)."""
+    return make_settings(
+        tmp_path,
+        mail_backend="smtp",
+        smtp_host="127.0.0.1",
+        smtp_port=smtp_server.port,
+        smtp_timeout=5.0,
+    )
+
+
+@pytest.fixture
 def smtp_server() -> Iterator[SMTPServer]:
     """A real SMTP server (aiosmtpd) on a free loopback port, recording what it receives."""
     server = SMTPServer()

@@ -63,17 +63,6 @@ def parts(msg: EmailMessage) -> dict[str, str]:
 
 
 @pytest.fixture
-def smtp_settings(tmp_path: Path, smtp_server: SMTPServer) -> Settings:
-    return make_settings(
-        tmp_path,
-        mail_backend="smtp",
-        smtp_host="127.0.0.1",
-        smtp_port=smtp_server.port,
-        smtp_timeout=5.0,
-    )
-
-
-@pytest.fixture
 def sender(smtp_settings: Settings) -> Iterator[SMTPSender]:
     with SMTPSender(smtp_settings) as s:
         yield s

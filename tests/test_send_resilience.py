@@ -43,17 +43,6 @@ REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/14")
 TRY_LATER = "451 4.3.0 Try again later"
 
 
-@pytest.fixture
-def smtp_settings(tmp_path: Path, smtp_server: SMTPServer) -> Settings:
-    return make_settings(
-        tmp_path,
-        mail_backend="smtp",
-        smtp_host="127.0.0.1",
-        smtp_port=smtp_server.port,
-        smtp_timeout=5.0,
-    )
-
-
 class Sleeps(list[float]):
     """Stands in for time.sleep: records each backoff instead of waiting it out."""
 
