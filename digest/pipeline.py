@@ -665,17 +665,20 @@ def load_batch(
         ).unique()
     )
     ids = [s.id for s in subscribers]
-    last_digest = dict(
-        session.execute(
-            select(Delivery.subscriber_id, func.max(Delivery.claimed_at))
+    last_digest = {
+        subscriber_id: last_digest_cutoff(last_date, claimed_at)
+        for subscriber_id, last_date, claimed_at in session.execute(
+            select(
+                Delivery.subscriber_id, func.max(Delivery.digest_date), func.max(Delivery.claimed_at)
+            )
             .where(
                 Delivery.subscriber_id.in_(ids),
                 Delivery.digest_date < day,
                 Delivery.status == DeliveryStatus.SENT,
             )
             .group_by(Delivery.subscriber_id)
-        ).all()
-    )
+        )
+    }
     sent: dict[int, set[int]] = {}
     for subscriber_id, paper_id in session.execute(
         select(DeliveryItem.subscriber_id, DeliveryItem.paper_id).where(
@@ -684,10 +687,22 @@ def load_batch(
     ):
         sent.setdefault(subscriber_id, set()).add(paper_id)
     profiles = [
-        profile_of(s, since=_aware(last_digest.get(s.id)), sent=frozenset(sent.get(s.id, ())))
+        profile_of(s, since=last_digest.get(s.id), sent=frozenset(sent.get(s.id, ())))
         for s in subscribers
     ]
     return subscribers, profiles
+
+
+def last_digest_cutoff(digest_date: date, claimed_at: datetime | None) -> datetime:
+    """The newest first-seen time the previous digest could have carried.
+
+    Its own day's window ends at midnight after it, and it could not see papers that arrived
+    after it was composed. Wall-clock time alone would be wrong for a catch-up run of a past
+    date (`digest run --date`): that digest never saw the papers of the days after it.
+    """
+    window_end = day_bounds(digest_date, 1)[1]
+    claimed = _aware(claimed_at)
+    return min(window_end, claimed) if claimed else window_end
 
 
 def profile_of(
