@@ -6,7 +6,7 @@ import sys
 from dataclasses import replace
 from datetime import date, datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from sqlalchemy import func, or_, select
@@ -14,6 +14,9 @@ from sqlalchemy import func, or_, select
 from . import db
 from .models import Delivery, Paper, SubscriberStatus
 from .settings import Settings, SettingsError
+
+if TYPE_CHECKING:
+    from .feedback import LearnedProfile
 
 DEMO_SUBSCRIBERS: list[dict[str, Any]] = [
     {"email": "ada@example.org", "topics": "LoRA, low-rank adaptation, parameter-efficient "
@@ -430,6 +433,7 @@ def subscribers_show(ctx: click.Context, email: str) -> None:
 
     Example: digest subscribers show ada@example.org
     """
+    from .feedback import learned_profile
     from .subscribers import get_subscriber, subscriber_history
 
     settings = _settings(ctx)
@@ -457,11 +461,37 @@ def subscribers_show(ctx: click.Context, email: str) -> None:
                        f"{d.message_id}")
             for item in d.items:
                 click.echo(f"      {item.rank:>2}. {item.paper.title[:70]}  ({item.why})")
+        _echo_learned(learned_profile(session, sub))
         history = subscriber_history(session, sub)
         click.echo(f"History:      {len(history)} event(s), oldest first")
         for entry in history:
             detail = f"  {entry.detail}" if entry.detail else ""
             click.echo(f"  {entry.at:%Y-%m-%d %H:%M}  {entry.what:<19} {entry.source:<18}{detail}")
+
+
+def _echo_learned(learned: LearnedProfile) -> None:
+    """What the profile learned from clicks and "more / less like this", for `show`."""
+    from .render import plural
+
+    if learned.empty:
+        click.echo("Learned:      nothing yet (no clicks or votes on their digests)")
+        return
+    counts = [plural(len(learned.more), '"more like this"', '"more like this"'),
+              plural(len(learned.less), '"less like this"', '"less like this"'),
+              plural(len(learned.clicked), "click")]
+    aside = (f"; {plural(learned.scanner_clicks, 'click')} set aside as a link scanner's"
+             if learned.scanner_clicks else "")
+    click.echo(f"Learned:      from {', '.join(counts)}{aside}")
+    for label, titles in (("more like", learned.more), ("less like", learned.less),
+                          ("clicked", learned.clicked)):
+        for title in titles[:5]:
+            click.echo(f"  {label:<10} {title[:80]}")
+        if len(titles) > 5:
+            click.echo(f"  {'':<10} ... and {len(titles) - 5} more")
+    if learned.toward:
+        click.echo(f"  leans toward:    {', '.join(learned.toward)}")
+    if learned.away:
+        click.echo(f"  leans away from: {', '.join(learned.away)}")
 
 
 @subscribers_group.command("remove")

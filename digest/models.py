@@ -1,10 +1,11 @@
 """The database schema: papers, subscribers and their topics, the delivery ledger, and the
-subscription history, suppression list and provider webhook events.
+subscription history, suppression list, provider webhook events and readers' feedback.
 
 Constraints that keep the data correct live here and in the migrations, not only in code:
 an address is unique whatever its case, a subscriber has at most one delivery per digest date,
 a paper can be carried to a subscriber only once (`delivery_items` is unique on both), an
-address is suppressed at most once, and a provider's event is recorded (and acted on) once.
+address is suppressed at most once, a provider's event is recorded (and acted on) once, and a
+subscriber's click or vote on a paper counts once.
 """
 
 from __future__ import annotations
@@ -95,6 +96,14 @@ class EventKind(str, enum.Enum):
     COMPLAINED = "complained"
     SUPPRESSED = "suppressed"  # by an admin
     UNSUPPRESSED = "unsuppressed"
+
+
+class FeedbackKind(str, enum.Enum):
+    """What a subscriber told us about a paper from their digest."""
+
+    CLICK = "click"  # followed the paper's link: a weak "interesting"
+    MORE = "more"  # "more like this"
+    LESS = "less"  # "less like this"
 
 
 class SuppressionReason(str, enum.Enum):
@@ -241,6 +250,30 @@ class DeliveryItem(Base):
     why: Mapped[str] = mapped_column(Text, default="")
 
     delivery: Mapped[Delivery] = relationship(back_populates="items")
+    paper: Mapped[Paper] = relationship()
+
+
+class PaperFeedback(Base):
+    """A subscriber's click or vote on a paper; the profile learns from these.
+
+    One row per subscriber, paper and kind: a second click is not a second signal, and "more"
+    and "less" on the same paper replace each other (the latest wins).
+    """
+
+    __tablename__ = "paper_feedback"
+    __table_args__ = (
+        UniqueConstraint(
+            "subscriber_id", "paper_id", "kind", name="uq_paper_feedback_subscriber_paper_kind"
+        ),
+        Index("ix_paper_feedback_subscriber_id", "subscriber_id", "created_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    subscriber_id: Mapped[int] = mapped_column(ForeignKey("subscribers.id", ondelete="CASCADE"))
+    paper_id: Mapped[int] = mapped_column(ForeignKey("papers.id", ondelete="CASCADE"))
+    kind: Mapped[FeedbackKind] = mapped_column(_enum(FeedbackKind, "feedback_kind", 8))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
     paper: Mapped[Paper] = relationship()
 
 

@@ -27,7 +27,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from sqlalchemy import exists, func, select, update
 from sqlalchemy.orm import Session
 
-from . import db, ledger
+from . import db, feedback, ledger
 from .embeddings import day_semantic_index
 from .models import (
     Delivery,
@@ -48,10 +48,12 @@ from .render import (
 from .score import (
     CandidatePaper,
     DayIndex,
+    FeedbackSignal,
     Profile,
     RankingKnobs,
     Selection,
     build_day_index,
+    paper_text,
 )
 from .send import (
     OutgoingEmail,
@@ -382,16 +384,11 @@ def prepare_day(session: Session, settings: Settings, day: date) -> PreparedDay:
             .limit(20_000)
         )
     )
-    knobs = RankingKnobs(
-        min_relevance=settings.min_relevance,
-        trending_boost=settings.trending_boost,
-        recency_half_life_days=settings.recency_half_life_days,
-    )
     index = build_day_index(
         [candidate_paper(p) for p in papers],
-        [f"{t}. {t}. {a}" for t, a in reversed(archive)],
+        [paper_text(t, a) for t, a in reversed(archive)],
         now,
-        knobs,
+        RankingKnobs.from_settings(settings),
         semantic=day_semantic_index(settings, papers),
     )
     return PreparedDay(
@@ -656,7 +653,7 @@ def preview_batch(
 def load_batch(
     session: Session, day: date, subscriber_ids: Sequence[int]
 ) -> tuple[list[Subscriber], list[Profile]]:
-    """A batch's subscribers, profiles and history in a constant number of queries."""
+    """A batch's subscribers, profiles, history and feedback in a constant number of queries."""
     subscribers = list(
         session.scalars(
             select(Subscriber)
@@ -686,8 +683,10 @@ def load_batch(
         )
     ):
         sent.setdefault(subscriber_id, set()).add(paper_id)
+    learned = feedback.signals_for(session, ids)
     profiles = [
-        profile_of(s, since=last_digest.get(s.id), sent=frozenset(sent.get(s.id, ())))
+        profile_of(s, since=last_digest.get(s.id), sent=frozenset(sent.get(s.id, ())),
+                   learned=learned.get(s.id, ()))
         for s in subscribers
     ]
     return subscribers, profiles
@@ -706,9 +705,13 @@ def last_digest_cutoff(digest_date: date, claimed_at: datetime | None) -> dateti
 
 
 def profile_of(
-    subscriber: Subscriber, since: datetime | None = None, sent: frozenset[int] = frozenset()
+    subscriber: Subscriber,
+    since: datetime | None = None,
+    sent: frozenset[int] = frozenset(),
+    learned: tuple[FeedbackSignal, ...] = (),
 ) -> Profile:
-    """What scoring needs of a subscriber: topics, exclusions, size, and what they already have."""
+    """What scoring needs of a subscriber: topics, exclusions, size, what they already have,
+    and what their feedback taught."""
     topics = subscriber.profile
     return Profile(
         subscriber_id=subscriber.id,
@@ -718,6 +721,7 @@ def profile_of(
         limit=subscriber.papers_per_digest,
         since=since,
         sent_paper_ids=sent,
+        feedback=learned,
     )
 
 
@@ -735,6 +739,7 @@ def digest_context(
         items=items,
         preferences_url=link(settings, Purpose.PREFERENCES, subscriber.id),
         unsubscribe_url=link(settings, Purpose.UNSUBSCRIBE, subscriber.id),
+        feedback_url=link(settings, Purpose.FEEDBACK, subscriber.id),
         site_url=settings.public_base_url,
         trending_fallback=selection.trending_fallback,
     )

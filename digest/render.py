@@ -85,6 +85,8 @@ class DigestContext:
     unsubscribe_url: str
     site_url: str
     trending_fallback: bool = False  # nothing matched the topics; these are trending papers
+    # The reader's signed link base for paper links and "more / less like this"; "": plain links.
+    feedback_url: str = ""
 
 
 @dataclass(frozen=True)
@@ -289,6 +291,7 @@ def _check_own_links(ctx: DigestContext) -> None:
         ("preferences_url", ctx.preferences_url),
         ("unsubscribe_url", ctx.unsubscribe_url),
         ("site_url", ctx.site_url),
+        *([("feedback_url", ctx.feedback_url)] if ctx.feedback_url else []),
     ):
         # Our own links: a digest without a working unsubscribe link must not go out.
         if not safe_url(url):
@@ -316,6 +319,8 @@ def digest_template_context(ctx: DigestContext, with_cards: bool = True) -> dict
         "preferences_href": safe_url(ctx.preferences_url),
         "unsubscribe_href": safe_url(ctx.unsubscribe_url),
         "site_url": ctx.site_url,
+        "feedback_url": ctx.feedback_url,
+        "feedback_href": safe_url(ctx.feedback_url),
         "rank_slot": "",  # the fast path compiles cards with a placeholder here
     }
     context["preview"] = one_line(
@@ -323,7 +328,8 @@ def digest_template_context(ctx: DigestContext, with_cards: bool = True) -> dict
     )
     if with_cards:
         context["cards_text"] = "".join(
-            card_text(item.card, rank, item.why) for rank, item in enumerate(ctx.items, start=1)
+            card_text(item.card, rank, item.why, ctx.feedback_url)
+            for rank, item in enumerate(ctx.items, start=1)
         )
     return context
 
@@ -333,11 +339,11 @@ def why_block(why: str, indent: int) -> str:
     return wrap("Why: " + why, indent=indent) if why else ""
 
 
-def card_text(card: PaperCard, rank: int, why: str) -> str:
+def card_text(card: PaperCard, rank: int, why: str, feedback_url: str = "") -> str:
     """One paper in the plain-text part, through templates/email/digest/_card.txt."""
     number = f"{rank}. "
     macro = email_environment().get_template("email/digest/_card.txt").module.paper_card
-    return str(macro(card, number, why_block(why, len(number)))) + "\n"
+    return str(macro(card, number, why_block(why, len(number)), feedback_url)) + "\n"
 
 
 # --- The fast path: what is the same for everyone, compiled once per day ----------------------
@@ -346,7 +352,9 @@ def card_text(card: PaperCard, rank: int, why: str) -> str:
 # per renderer, so no title or address from outside can contain one.
 _SLOTS = (
     "preview", "topics", "count", "isare", "recipient", "pref", "unsub", "rank", "why", "cards",
+    "fb",
 )
+Variant = tuple[bool, bool, bool, bool]  # no papers, trending fallback, has topics, has feedback
 
 
 @dataclass(frozen=True)
@@ -408,9 +416,9 @@ class DayRenderer:
         self.site_url = site_url
         token = secrets.token_hex(6)
         self.slot = {name: f"pd{token}{name}" for name in _SLOTS}
-        self._skeletons: dict[tuple[bool, bool, bool], _Skeleton] = {}
-        self._cards: dict[tuple[int, bool, tuple[bool, bool, bool]], tuple[str, ...] | None] = {}
-        self._text_cards: dict[tuple[int, int, bool], str] = {}
+        self._skeletons: dict[Variant, _Skeleton] = {}
+        self._cards: dict[tuple[int, bool, Variant], tuple[str, ...] | None] = {}
+        self._text_cards: dict[tuple[int, int, bool, bool], str] = {}
         self._why: dict[tuple[str, int], str] = {}
         self.fallbacks = 0
 
@@ -427,14 +435,16 @@ class DayRenderer:
 
     def html(self, ctx: DigestContext, context: dict[str, Any]) -> str | None:
         """The HTML part from the day's compiled skeleton and cards; None if a card won't fit."""
-        variant = (not ctx.items, ctx.trending_fallback, bool(context["topics"]))
+        variant = (not ctx.items, ctx.trending_fallback, bool(context["topics"]),
+                   bool(context["feedback_href"]))
         skeleton = self._skeleton(variant, context)
         cards: list[str] = []
+        feedback = _html(context["feedback_href"])
         for rank, item in enumerate(ctx.items, start=1):
             unit = self._card(item.card, bool(item.why), variant, context)
             if unit is None:
                 return None
-            cards.append(_fill(unit, {"rank": str(rank), "why": _html(item.why)}))
+            cards.append(_fill(unit, {"rank": str(rank), "why": _html(item.why), "fb": feedback}))
         values = {
             "preview": _html(context["preview"]),
             "topics": _html(context["topics"]),
@@ -454,16 +464,17 @@ class DayRenderer:
             return _tidy_text(template.render({**context, "cards_text": ""}))
         frame = _tidy_text(template.render({**context, "cards_text": self.slot["cards"]}))
         cards = "\n\n".join(
-            self._card_text(item.card, rank, item.why) for rank, item in enumerate(ctx.items, 1)
+            self._card_text(item.card, rank, item.why, ctx.feedback_url)
+            for rank, item in enumerate(ctx.items, 1)
         ) + "\n"  # a blank line before what follows, as tidying the whole text leaves
         return frame.replace(self.slot["cards"], cards, 1)
 
     # -- per day, once each ------------------------------------------------------------------
 
     def _slot_context(
-        self, variant: tuple[bool, bool, bool], context: Mapping[str, Any]
+        self, variant: Variant, context: Mapping[str, Any]
     ) -> dict[str, Any]:
-        empty, fallback, has_topics = variant
+        empty, fallback, has_topics, has_feedback = variant
         slot = self.slot
         return {
             **context,
@@ -475,6 +486,7 @@ class DayRenderer:
             "recipient": slot["recipient"],
             "preferences_href": slot["pref"],
             "unsubscribe_href": slot["unsub"],
+            "feedback_href": slot["fb"] if has_feedback else "",
             "trending_fallback": fallback,
             "site_url": self.site_url,
             "day": self.day,
@@ -486,7 +498,7 @@ class DayRenderer:
         return str(mjml2html(mjml, disable_comments=True))
 
     def _skeleton(
-        self, variant: tuple[bool, bool, bool], context: Mapping[str, Any]
+        self, variant: Variant, context: Mapping[str, Any]
     ) -> _Skeleton:
         if variant not in self._skeletons:
             slots = self._slot_context(variant, context)
@@ -503,7 +515,7 @@ class DayRenderer:
         return self._skeletons[variant]
 
     def _card(
-        self, card: PaperCard, has_why: bool, variant: tuple[bool, bool, bool],
+        self, card: PaperCard, has_why: bool, variant: Variant,
         context: Mapping[str, Any],
     ) -> tuple[str, ...] | None:
         key = (card.paper_id, has_why, variant)
@@ -519,18 +531,22 @@ class DayRenderer:
             )
         return self._cards[key]
 
-    def _card_text(self, card: PaperCard, rank: int, why: str) -> str:
-        """The card's text, wrapped once per day; per subscriber only its number and why."""
+    def _card_text(self, card: PaperCard, rank: int, why: str, feedback_url: str) -> str:
+        """The card's text, wrapped once per day; per subscriber only its number, why and
+        feedback links."""
         digits = len(str(rank))
-        key = (card.paper_id, digits, bool(why))
+        key = (card.paper_id, digits, bool(why), bool(feedback_url))
         if key not in self._text_cards:
             number = "9" * digits + ". "  # the same width as the real number
             macro = email_environment().get_template("email/digest/_card.txt").module.paper_card
-            block = _tidy_text(str(macro(card, number, self.slot["why"] if why else "")))
+            block = _tidy_text(str(macro(card, number, self.slot["why"] if why else "",
+                                         self.slot["fb"] if feedback_url else "")))
             if not block.startswith(number):
                 raise RuntimeError("templates/email/digest/_card.txt must start with the number")
             self._text_cards[key] = block[digits:].rstrip("\n")
         text = str(rank) + self._text_cards[key]
+        if feedback_url:
+            text = text.replace(self.slot["fb"], str(printable(feedback_url)))
         if why:
             indent = digits + 2
             lines = self._why.get((why, indent))

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -40,6 +40,7 @@ SEMANTIC_FLOOR = 0.15
 MMR_POOL = 3  # diversity re-ranks the best MMR_POOL x limit candidates, no more
 MAX_ARCHIVE_FOR_FIT = 20_000
 TRENDING_REASON_MIN_UPVOTES = 5
+LEARNED_REASON_MIN_SIMILARITY = 0.15
 
 
 @dataclass(frozen=True)
@@ -58,8 +59,23 @@ class CandidatePaper:
 
     @property
     def text(self) -> str:
-        # The title counts twice: it says what the paper is about more densely than the abstract.
-        return f"{self.title}. {self.title}. {self.abstract}"
+        return paper_text(self.title, self.abstract)
+
+
+def paper_text(title: str, abstract: str) -> str:
+    """The text a paper is matched by."""
+    # The title counts twice: it says what the paper is about more densely than the abstract.
+    return f"{title}. {title}. {abstract}"
+
+
+@dataclass(frozen=True)
+class FeedbackSignal:
+    """A paper the reader rated: weight +1 "more like this", +0.5 a click, -1 "less like this"."""
+
+    paper_id: int
+    weight: float
+    title: str
+    text: str  # paper_text of the paper
 
 
 @dataclass(frozen=True)
@@ -73,6 +89,7 @@ class Profile:
     trending_fallback: bool = False
     since: datetime | None = None  # only papers first seen after this (their last digest)
     sent_paper_ids: frozenset[int] = frozenset()
+    feedback: tuple[FeedbackSignal, ...] = ()  # what their clicks and votes taught
 
 
 @dataclass(frozen=True)
@@ -97,6 +114,8 @@ class RankingKnobs:
     trending_boost: float = 1.0
     recency_half_life_days: float = 3.0
     mmr_lambda: float = 0.85  # 1: pure relevance order; lower: more diverse digests
+    like_weight: float = 0.5  # Rocchio beta: toward the papers a reader liked
+    dislike_weight: float = 0.5  # Rocchio gamma: away from the ones they did not
 
     @classmethod
     def from_settings(cls, settings: Any) -> RankingKnobs:
@@ -104,6 +123,9 @@ class RankingKnobs:
             min_relevance=settings.min_relevance,
             trending_boost=settings.trending_boost,
             recency_half_life_days=settings.recency_half_life_days,
+            mmr_lambda=settings.mmr_lambda,
+            like_weight=settings.feedback_like_weight,
+            dislike_weight=settings.feedback_dislike_weight,
         )
 
 
@@ -246,6 +268,7 @@ class DayIndex:
     # Paper x paper cosine, dense while the day is small enough (MMR reads it per subscriber).
     _similarity: np.ndarray | None = field(init=False, default=None)
     _matrix_t: sparse.csc_matrix = field(init=False)
+    _signal_vectors: dict[int, sparse.csr_matrix] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         self._matrix_t = self.matrix.T.tocsc()  # once a day, not once per batch
@@ -266,6 +289,7 @@ class DayIndex:
             return [Selection(p.subscriber_id, ()) for p in profiles]
         phrase_lists = [split_topics(p.topics) for p in profiles]
         relevance, matched = self._relevance(phrase_lists, [p.topics for p in profiles])
+        relevance = self._learned(relevance, profiles)
         allowed = self._allowed(profiles)
         # Scores, eligibility and each row's best candidates for the whole batch at once.
         score = relevance * (1.0 + self.knobs.trending_boost * self.trending)[None, :]
@@ -277,11 +301,81 @@ class DayIndex:
             top, np.argsort(-np.take_along_axis(masked, top, axis=1), axis=1, kind="stable"),
             axis=1,
         )
-        return [
+        selections = [
             self._select_one(profile, phrases, relevance[row], matched[row], allowed[row],
                              score[row], eligible[row], order[row])
             for row, (profile, phrases) in enumerate(zip(profiles, phrase_lists, strict=True))
         ]
+        return [
+            self._explain_learned(selection, profile) if profile.feedback else selection
+            for selection, profile in zip(selections, profiles, strict=True)
+        ]
+
+    # -- feedback: the profile learns from clicks and votes (Rocchio, 1971) ----------------
+
+    def _learned(self, relevance: np.ndarray, profiles: Sequence[Profile]) -> np.ndarray:
+        """Move each reader's relevance toward papers like those they liked, away from others.
+
+        Rocchio's update of the query, done on its similarities: relevance + beta * cosine
+        with the centroid of the liked papers - gamma * cosine with the disliked centroid,
+        floored at 0. Only rows with feedback pay for it: one product for the whole batch.
+        """
+        rows = [row for row, profile in enumerate(profiles) if profile.feedback]
+        if not rows or not self.papers:
+            return relevance
+        self._vectorise_signals([s for row in rows for s in profiles[row].feedback])
+        centroids = []
+        for row in rows:
+            centroids += [self._centroid(profiles[row].feedback, +1),
+                          self._centroid(profiles[row].feedback, -1)]
+        similarity = (sparse.vstack(centroids).tocsr() @ self._matrix_t).toarray()
+        beta, gamma = self.knobs.like_weight, self.knobs.dislike_weight
+        for i, row in enumerate(rows):
+            moved = relevance[row] + beta * similarity[2 * i] - gamma * similarity[2 * i + 1]
+            relevance[row] = np.maximum(moved, 0.0)
+        return relevance
+
+    def _vectorise_signals(self, signals: Sequence[FeedbackSignal]) -> None:
+        """TF-IDF rows of rated papers not among today's, once per paper per day."""
+        missing = {
+            s.paper_id: s.text for s in signals
+            if s.paper_id not in self._signal_vectors and s.paper_id not in self._position
+        }
+        if missing:
+            rows = normalize(self.vectorizer.transform(list(missing.values()))).tocsr()
+            for i, paper_id in enumerate(missing):
+                self._signal_vectors[paper_id] = rows[i]
+
+    def _signal_vector(self, paper_id: int) -> sparse.csr_matrix:
+        position = self._position.get(paper_id)
+        return self.matrix[position] if position is not None else self._signal_vectors[paper_id]
+
+    def _centroid(self, signals: Sequence[FeedbackSignal], sign: int) -> sparse.csr_matrix:
+        """The normalised weighted sum of the liked (sign +1) or disliked (-1) papers."""
+        side = [s for s in signals if s.weight * sign > 0]
+        if not side:
+            return sparse.csr_matrix((1, self.matrix.shape[1]), dtype=np.float32)
+        total = sum(abs(s.weight) * self._signal_vector(s.paper_id) for s in side)
+        return normalize(sparse.csr_matrix(total))
+
+    def _explain_learned(self, selection: Selection, profile: Profile) -> Selection:
+        """Say which liked paper a pick resembles, where it resembles one clearly."""
+        liked = [s for s in profile.feedback if s.weight > 0]
+        if not liked or not selection.picks:
+            return selection
+        vectors = sparse.vstack([self._signal_vector(s.paper_id) for s in liked]).tocsr()
+        cols = [self._position[p.paper_id] for p in selection.picks]
+        similarity = (vectors @ self.matrix[cols].T).toarray()  # liked x picks
+        picks = []
+        for j, pick in enumerate(selection.picks):
+            best = int(np.argmax(similarity[:, j]))
+            if similarity[best, j] < LEARNED_REASON_MIN_SIMILARITY:
+                picks.append(pick)
+                continue
+            reason = f"like “{_short_title(liked[best].title)}”, which you liked"
+            at = 1 if pick.reasons and pick.reasons[0].startswith("matches:") else 0
+            picks.append(replace(pick, reasons=(*pick.reasons[:at], reason, *pick.reasons[at:])))
+        return replace(selection, picks=tuple(picks))
 
     def _relevance(
         self, phrase_lists: list[list[str]], topics: list[str]
@@ -441,6 +535,13 @@ def _blend(per_phrase: np.ndarray, whole: np.ndarray) -> np.ndarray:
         + BLEND_MEAN * per_phrase.mean(axis=0)
         + BLEND_WHOLE * whole
     )
+
+
+def _short_title(title: str, limit: int = 60) -> str:
+    title = " ".join(title.split())
+    if len(title) <= limit:
+        return title
+    return title[: limit - 1].rsplit(" ", 1)[0].rstrip(" ,;:.-") + "…"
 
 
 def trending_reason(paper: CandidatePaper) -> str:

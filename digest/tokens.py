@@ -17,6 +17,7 @@ class Purpose(str, Enum):
     UNSUBSCRIBE = "unsubscribe"
     PREFERENCES = "preferences"
     CONFIRM = "confirm"
+    FEEDBACK = "feedback"  # the paper links of a digest: clicks, "more / less like this"
 
 
 # None: never expires. An unsubscribe link in a year-old email must still work.
@@ -24,6 +25,7 @@ MAX_AGE_SECONDS: dict[Purpose, int | None] = {
     Purpose.UNSUBSCRIBE: None,
     Purpose.PREFERENCES: 90 * 86400,
     Purpose.CONFIRM: 2 * 86400,
+    Purpose.FEEDBACK: 365 * 86400,  # an older link still leads to the paper, unrecorded
 }
 
 

@@ -13,10 +13,13 @@ and render a page from `templates/web/`.
 | GET, POST /preferences/<token>         | topics, hour, time zone, papers per digest, pause      |
 | GET, POST /unsubscribe/<token>         | a page with one button; the POST unsubscribes; RFC 8058|
 | POST /unsubscribe/<token>/resubscribe  | the way back                                           |
+| GET  /feedback/<token>/<paper>/open|pdf| records the click, redirects to the paper              |
+| GET, POST /feedback/<token>/<paper>/more|less | a page with one button; the POST records the vote |
 | POST /webhooks/<provider>              | sendgrid, mailgun, postmark, generic                   |
 | GET  /healthz                          | 200 when the database answers                          |
 
-A GET never changes anything: mail scanners open links to see where they lead. Forms carry
+A GET never changes anything (mail scanners open links to see where they lead), except that
+following a paper link counts as a click; feedback.py sets a scanner's bursts of clicks aside. Forms carry
 a CSRF token kept in the (signed) session cookie; the RFC 8058 one-click POST and the
 webhooks carry none, and prove themselves by the signed link or the provider's signature.
 """
@@ -26,7 +29,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from functools import cache
 from typing import Any
 from zoneinfo import available_timezones
@@ -36,8 +39,8 @@ from sqlalchemy import text
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from . import db, subscribers, tokens, webhooks
-from .models import Subscriber, SubscriberStatus
+from . import db, feedback, subscribers, tokens, webhooks
+from .models import FeedbackKind, Subscriber, SubscriberStatus
 from .ratelimit import RateLimited
 from .render import BRAND, topic_list
 from .settings import PROJECT_DIR, Settings
@@ -237,6 +240,37 @@ def create_app(settings: Settings | None = None) -> Flask:
                 preferences_url=_preferences_path(settings, subscriber.id),
             )
 
+    # --- feedback: paper links, "more / less like this" -----------------------------------
+
+    @app.get("/feedback/<token>/<int:paper_id>/<any(open, pdf):target>")
+    def follow_paper(token: str, paper_id: int, target: str) -> Any:
+        # The one GET that records something: a click is only a click if following the link
+        # counts it. Link scanners that open every link are told apart in feedback.py.
+        destination = feedback.follow_link(settings, token, paper_id, target, _now(),
+                                           record_click=request.method == "GET")
+        if destination is None:
+            raise LinkError("This paper is no longer here.", 404)
+        return redirect(destination, code=302)
+
+    @app.get("/feedback/<token>/<int:paper_id>/<any(more, less):vote>")
+    def vote_page(token: str, paper_id: int, vote: str) -> Any:
+        subscriber_id = _read_token(settings, Purpose.FEEDBACK, token)
+        with db.session_scope(settings) as s:
+            target = feedback.vote_target(s, subscriber_id, paper_id)
+        return render_template("feedback.html", target=target, vote=vote, recorded=False,
+                               token=token)
+
+    @app.post("/feedback/<token>/<int:paper_id>/<any(more, less):vote>")
+    def record_vote(token: str, paper_id: int, vote: str) -> Any:
+        _check_csrf()
+        subscriber_id = _read_token(settings, Purpose.FEEDBACK, token)
+        with db.session_scope(settings) as s:
+            feedback.record(s, subscriber_id, paper_id, FeedbackKind(vote), _now())
+            target = feedback.vote_target(s, subscriber_id, paper_id)
+        return render_template("feedback.html", target=target, vote=vote, recorded=True,
+                               token=token, preferences_url=_preferences_path(settings,
+                                                                              subscriber_id))
+
     # --- provider webhooks ----------------------------------------------------------------
 
     @app.post("/webhooks/<name>")
@@ -272,6 +306,11 @@ def create_app(settings: Settings | None = None) -> Flask:
         return _message("This link cannot be used", str(exc), status=exc.status,
                         action=("Subscribe again", "/"))
 
+    @app.errorhandler(feedback.NotInTheirDigest)
+    def not_in_their_digest(exc: feedback.NotInTheirDigest) -> Any:
+        return _message("This link cannot be used", str(exc), status=404,
+                        action=("Go to the subscribe page", "/"))
+
     @app.errorhandler(SubscriberError)
     def subscriber_error(exc: SubscriberError) -> Any:
         status = 404 if isinstance(exc, subscribers.UnknownSubscriber) else 409
@@ -297,6 +336,10 @@ def _settings() -> Settings:
     from flask import current_app
 
     return current_app.config["DIGEST_SETTINGS"]  # type: ignore[no-any-return]
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
 
 
 def _client() -> str:

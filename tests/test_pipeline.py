@@ -125,8 +125,13 @@ def test_each_subscriber_gets_one_digest_with_the_right_papers(
         == lora.id
 
     links = visible_links(html)
-    assert links["LoRA: Low-Rank Adaptation of Large Language Models"].startswith(
-        "https://arxiv.org/abs/")
+    # Paper links go through the reader's signed feedback link, which redirects to the paper.
+    paper_link = links["LoRA: Low-Rank Adaptation of Large Language Models"]
+    base, token, paper_id, target = paper_link.rsplit("/", 3)
+    assert base == f"{smtp_settings.public_base_url}/feedback" and target == "open"
+    assert read_token(smtp_settings, Purpose.FEEDBACK, token) == lora.id
+    assert int(paper_id) == ids["lora"]
+    assert links["More like this"].endswith("/more") and links["Less like this"].endswith("/less")
     assert links.get("Unsubscribe") == unsubscribe_https
     assert "Change preferences" in links or "Preferences" in links
     assert "<script>" not in html and "&lt;script&gt;" in html

@@ -52,6 +52,7 @@ def context(rng: random.Random, cards: list[PaperCard]) -> DigestContext:
         unsubscribe_url=f"{SITE}/unsubscribe/tok&<{rng.randrange(10**6)}>",
         site_url=SITE,
         trending_fallback=rng.random() < 0.25,
+        feedback_url=rng.choice(["", f"{SITE}/feedback/tok&<{rng.randrange(10**6)}>"]),
     )
 
 

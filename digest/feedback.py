@@ -1,0 +1,285 @@
+"""Feedback: what readers tell us about the papers of their digests, and what it teaches.
+
+Every paper link in a digest goes through `/feedback/<token>/<paper>/open` (or `/pdf`), which
+records a click and redirects to the paper; each paper also has "more like this" and "less like
+this" links, whose page has one button that records the vote (a GET changes nothing: mail
+scanners follow links). A reader's next digest learns from these rows: `signals_for` turns them
+into weighted papers, and scoring moves the reader's profile toward the papers they liked and
+away from those they did not (Rocchio; see `score.DayIndex`).
+
+Signals: "more like this" +1, a click +0.5, "less like this" -1; a vote outweighs a click on
+the same paper, and "more" and "less" replace each other. A burst of clicks on many papers
+within seconds is a link scanner opening the whole email, not a reader, and teaches nothing.
+Only the newest `MAX_SIGNALS` papers count, so tastes can move.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import numpy as np
+from sqlalchemy import delete, exists, select
+from sqlalchemy.orm import Session
+
+from . import db, tokens
+from .models import DeliveryItem, FeedbackKind, Paper, PaperFeedback, Subscriber
+from .render import safe_url
+from .score import FeedbackSignal, make_vectorizer, paper_text
+from .settings import Settings
+
+WEIGHTS = {FeedbackKind.MORE: 1.0, FeedbackKind.CLICK: 0.5, FeedbackKind.LESS: -1.0}
+MAX_SIGNALS = 50
+SCANNER_BURST = 4  # this many different papers clicked ...
+SCANNER_WINDOW = timedelta(seconds=10)  # ... within this long: a scanner, not a reader
+OPPOSITE = {FeedbackKind.MORE: FeedbackKind.LESS, FeedbackKind.LESS: FeedbackKind.MORE}
+
+
+class NotInTheirDigest(LookupError):
+    """The paper was never sent to this subscriber, so their feedback on it is not taken."""
+
+
+# --- recording -----------------------------------------------------------------------------
+
+
+def was_sent(session: Session, subscriber_id: int, paper_id: int) -> bool:
+    return bool(
+        session.scalar(
+            select(
+                exists().where(
+                    DeliveryItem.subscriber_id == subscriber_id, DeliveryItem.paper_id == paper_id
+                )
+            )
+        )
+    )
+
+
+def record(
+    session: Session, subscriber_id: int, paper_id: int, kind: FeedbackKind, now: datetime
+) -> None:
+    """Record a click or a vote on a paper of the subscriber's digests; repeating is harmless.
+
+    A vote replaces the opposite vote on the same paper and its time is renewed; a second
+    click on a paper is the same click.
+    """
+    if not was_sent(session, subscriber_id, paper_id):
+        raise NotInTheirDigest("That paper was not in your digests.")
+    if kind in OPPOSITE:
+        session.execute(
+            delete(PaperFeedback).where(
+                PaperFeedback.subscriber_id == subscriber_id,
+                PaperFeedback.paper_id == paper_id,
+                PaperFeedback.kind == OPPOSITE[kind],
+            )
+        )
+    insert = db.dialect_insert(session)
+    statement = insert(PaperFeedback).values(
+        subscriber_id=subscriber_id, paper_id=paper_id, kind=kind, created_at=now
+    )
+    keys = ["subscriber_id", "paper_id", "kind"]
+    if kind is FeedbackKind.CLICK:
+        statement = statement.on_conflict_do_nothing(index_elements=keys)
+    else:
+        statement = statement.on_conflict_do_update(index_elements=keys, set_={"created_at": now})
+    session.execute(statement)
+
+
+def current_vote(session: Session, subscriber_id: int, paper_id: int) -> FeedbackKind | None:
+    """The reader's standing vote on a paper ("more" or "less"), if any."""
+    return session.scalar(
+        select(PaperFeedback.kind).where(
+            PaperFeedback.subscriber_id == subscriber_id,
+            PaperFeedback.paper_id == paper_id,
+            PaperFeedback.kind.in_(tuple(OPPOSITE)),
+        )
+    )
+
+
+def follow_link(
+    settings: Settings, token: str, paper_id: int, target: str, now: datetime, record_click: bool
+) -> str | None:
+    """Where a digest's paper link leads (the paper page or its PDF), recording the click.
+
+    The destination is the paper's own stored URL, never one taken from the request, so the
+    redirect cannot be pointed elsewhere. A forged, expired or foreign link still leads to the
+    paper; it just teaches nothing.
+    """
+    with db.session_scope(settings) as session:
+        paper = session.get(Paper, paper_id)
+        if paper is None:
+            return None
+        destination = safe_url(paper.pdf_url if target == "pdf" else paper.url) or safe_url(
+            paper.url
+        )
+        if not destination or not record_click:
+            return destination or None
+        try:
+            subscriber_id = tokens.read_token(settings, tokens.Purpose.FEEDBACK, token)
+            record(session, subscriber_id, paper_id, FeedbackKind.CLICK, now)
+        except (tokens.InvalidToken, NotInTheirDigest):
+            pass
+        return destination
+
+
+@dataclass(frozen=True)
+class VoteTarget:
+    """The paper a "more / less like this" page is about, and the reader's standing vote."""
+
+    subscriber_id: int
+    paper_id: int
+    title: str
+    vote: FeedbackKind | None
+
+
+def vote_target(session: Session, subscriber_id: int, paper_id: int) -> VoteTarget:
+    paper = session.get(Paper, paper_id)
+    if paper is None or not was_sent(session, subscriber_id, paper_id):
+        raise NotInTheirDigest("That paper was not in your digests.")
+    return VoteTarget(subscriber_id, paper_id, paper.title,
+                      current_vote(session, subscriber_id, paper_id))
+
+
+# --- what scoring learns from --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FeedbackRow:
+    paper_id: int
+    kind: FeedbackKind
+    at: datetime
+    title: str
+    abstract: str
+
+
+def signals_for(
+    session: Session, subscriber_ids: Sequence[int]
+) -> dict[int, tuple[FeedbackSignal, ...]]:
+    """Each subscriber's learning signals, for a whole batch in one query."""
+    rows: dict[int, list[FeedbackRow]] = {}
+    if not subscriber_ids:
+        return {}
+    for sid, paper_id, kind, at, title, abstract in session.execute(
+        select(
+            PaperFeedback.subscriber_id, PaperFeedback.paper_id, PaperFeedback.kind,
+            PaperFeedback.created_at, Paper.title, Paper.abstract,
+        )
+        .join(Paper, Paper.id == PaperFeedback.paper_id)
+        .where(PaperFeedback.subscriber_id.in_(subscriber_ids))
+        .order_by(PaperFeedback.subscriber_id, PaperFeedback.created_at, PaperFeedback.id)
+    ):
+        rows.setdefault(sid, []).append(FeedbackRow(paper_id, kind, at, title, abstract))
+    return {sid: learning_signals(history) for sid, history in rows.items()}
+
+
+def scanner_clicks(rows: Iterable[FeedbackRow]) -> set[tuple[int, datetime]]:
+    """(paper, time) of clicks that came in a burst: SCANNER_BURST papers in SCANNER_WINDOW."""
+    clicks = sorted((r.at, r.paper_id) for r in rows if r.kind is FeedbackKind.CLICK)
+    flagged: set[tuple[int, datetime]] = set()
+    start = 0
+    for end in range(len(clicks)):
+        while clicks[end][0] - clicks[start][0] > SCANNER_WINDOW:
+            start += 1
+        if end - start + 1 >= SCANNER_BURST:
+            flagged.update((paper, at) for at, paper in clicks[start : end + 1])
+    return flagged
+
+
+def learning_signals(rows: Sequence[FeedbackRow]) -> tuple[FeedbackSignal, ...]:
+    """One weighted signal per paper, newest MAX_SIGNALS papers, scanner bursts left out."""
+    ignored = scanner_clicks(rows)
+    best: dict[int, tuple[float, datetime, FeedbackRow]] = {}
+    for row in rows:
+        if row.kind is FeedbackKind.CLICK and (row.paper_id, row.at) in ignored:
+            continue
+        weight = WEIGHTS[row.kind]
+        held = best.get(row.paper_id)
+        # A vote outweighs a click; between votes the latest wins (only one is ever stored).
+        if held is None or abs(weight) > abs(held[0]) or (
+            abs(weight) == abs(held[0]) and row.at >= held[1]
+        ):
+            best[row.paper_id] = (weight, max(row.at, held[1]) if held else row.at, row)
+    newest = sorted(best.values(), key=lambda item: item[1], reverse=True)[:MAX_SIGNALS]
+    return tuple(
+        FeedbackSignal(
+            paper_id=row.paper_id, weight=weight, title=row.title,
+            text=paper_text(row.title, row.abstract),
+        )
+        for weight, _, row in newest
+    )
+
+
+# --- what `digest subscribers show` says ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LearnedProfile:
+    """What a subscriber's profile has learned, in words an admin can read."""
+
+    more: tuple[str, ...]  # titles, newest first
+    less: tuple[str, ...]
+    clicked: tuple[str, ...]
+    scanner_clicks: int  # clicks left out as a link scanner's
+    toward: tuple[str, ...]  # the terms the profile leans toward ...
+    away: tuple[str, ...]  # ... and away from
+
+    @property
+    def empty(self) -> bool:
+        return not (self.more or self.less or self.clicked or self.scanner_clicks)
+
+
+def learned_profile(session: Session, subscriber: Subscriber, terms: int = 8) -> LearnedProfile:
+    """The subscriber's signals and the terms they move the profile by.
+
+    The terms come from a TF-IDF fitted on the papers they gave feedback on plus the latest
+    archive, so they read as "what distinguishes what they liked", not as common words.
+    """
+    rows = [
+        FeedbackRow(paper_id, kind, at, title, abstract)
+        for paper_id, kind, at, title, abstract in session.execute(
+            select(PaperFeedback.paper_id, PaperFeedback.kind, PaperFeedback.created_at,
+                   Paper.title, Paper.abstract)
+            .join(Paper, Paper.id == PaperFeedback.paper_id)
+            .where(PaperFeedback.subscriber_id == subscriber.id)
+            .order_by(PaperFeedback.created_at, PaperFeedback.id)
+        )
+    ]
+    signals = learning_signals(rows)
+    by_kind = {
+        kind: tuple(s.title for s in signals if s.weight == weight)
+        for kind, weight in WEIGHTS.items()
+    }
+    toward, away = _learned_terms(session, signals, terms)
+    return LearnedProfile(
+        more=by_kind[FeedbackKind.MORE], less=by_kind[FeedbackKind.LESS],
+        clicked=by_kind[FeedbackKind.CLICK], scanner_clicks=len(scanner_clicks(rows)),
+        toward=toward, away=away,
+    )
+
+
+def _learned_terms(
+    session: Session, signals: Sequence[FeedbackSignal], count: int
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    if not signals:
+        return (), ()
+    archive = [
+        paper_text(title, abstract)
+        for title, abstract in session.execute(
+            select(Paper.title, Paper.abstract).order_by(Paper.id.desc()).limit(2000)
+        )
+    ]
+    corpus = archive + [s.text for s in signals]
+    vectorizer = make_vectorizer(len(corpus)).fit(corpus)
+    vectors = vectorizer.transform([s.text for s in signals])
+    weights = np.array([s.weight for s in signals])
+    terms = vectorizer.get_feature_names_out()
+
+    def top(side: np.ndarray) -> tuple[str, ...]:
+        if not side.any():
+            return ()
+        centroid = np.asarray(vectors.T @ side).ravel()
+        best = np.argsort(-centroid)[:count]
+        return tuple(str(terms[i]) for i in best if centroid[i] > 0)
+
+    return top(np.clip(weights, 0, None)), top(np.clip(-weights, 0, None))
+
