@@ -830,7 +830,7 @@ def recommend(ctx: click.Context, topics: str, limit: int, day_text: str | None,
 @click.option("--split", type=click.Choice(["dev", "test", "all"]), default="dev",
               show_default=True, help="Profiles to score; keep test for the very end.")
 @click.option("--method", "methods", multiple=True,
-              help="Only these methods (tfidf, bm25, ours-lexical, embeddings, hybrid).")
+              help="Only these methods (tfidf, bm25, ours-lexical, embeddings, hybrid, feedback).")
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
 @click.pass_context
 def eval_command(ctx: click.Context, eval_dir: Path | None, seeds_dir: Path | None, split: str,

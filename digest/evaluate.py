@@ -32,7 +32,7 @@ from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS, CountVectorizer,
 
 from . import embeddings
 from .ingest import parse, title_key
-from .score import CandidatePaper, Profile, RankingKnobs, build_day_index
+from .score import CandidatePaper, FeedbackSignal, Profile, RankingKnobs, build_day_index
 from .settings import PROJECT_DIR, Settings
 
 DEFAULT_EVAL_DIR = PROJECT_DIR / "eval"
@@ -86,6 +86,7 @@ class EvalReport:
     per_profile: dict[str, dict[str, Metrics]] = field(default_factory=dict)  # method -> id -> m
     skipped: dict[str, str] = field(default_factory=dict)  # method -> why it did not run
     corpus_size: int = 0
+    feedback: dict[str, dict[str, Metrics]] = field(default_factory=dict)  # split -> reader -> m
 
     def table(self) -> str:
         lines = [f"Corpus: {self.corpus_size} papers. Metrics averaged over profiles."]
@@ -102,6 +103,15 @@ class EvalReport:
                     )
         for method, why in self.skipped.items():
             lines.append(f"({method} not run: {why})")
+        if self.feedback:
+            lines += ["", "Feedback learning: the second digest (the first one's papers are "
+                      "excluded and so are their judgments)", "after a simulated reader rated "
+                      "the first digest by its grades (2: more like this, 1: click, 0: less)"]
+            for split, by_reader in self.feedback.items():
+                lines.append(f"split={split}")
+                for reader, m in by_reader.items():
+                    lines.append(f"  {reader:<24} nDCG@10 {m.ndcg:.3f}  P@10 {m.precision:.3f}"
+                                 f"  P@10(2) {m.precision_2:.3f}")
         return "\n".join(lines)
 
     def as_json(self) -> str:
@@ -118,6 +128,10 @@ class EvalReport:
                     for m, by_id in self.per_profile.items()
                 },
                 "skipped": self.skipped,
+                "feedback": {
+                    split: {reader: m.as_dict() for reader, m in by_reader.items()}
+                    for split, by_reader in self.feedback.items()
+                },
             },
             indent=2,
         )
@@ -306,6 +320,63 @@ def evaluate(
     return report
 
 
+# A simulated reader of the first digest: what they do with a paper of each grade.
+VOTES = {2: 1.0, 1: 0.5, 0: -1.0}  # more like this, a click, less like this
+CLICKS = {2: 0.5, 1: 0.5}  # a reader who only clicks what interests them
+READERS = {"no feedback": {}, "after clicks only": CLICKS, "after votes": VOTES}
+
+
+def evaluate_feedback(
+    eval_set: EvalSet,
+    corpus: Sequence[CandidatePaper],
+    keys: Sequence[str],
+    knobs: RankingKnobs,
+    splits: Sequence[str] = ("dev",),
+) -> dict[str, dict[str, Metrics]]:
+    """How much the second digest gains from the reader's feedback on the first.
+
+    Day one: the production ranking's top 10 for each profile. A simulated reader acts on each
+    of those papers by its grade (READERS). Day two: the same corpus ranked again for the
+    profile, without the papers already sent, once per reader; judged on the papers not yet
+    sent, so the gain is in finding *new* relevant papers, not in repeating the liked ones.
+    """
+    knobs = replace(knobs, trending_boost=0.0)
+    index = build_day_index(corpus, [], EVAL_TIME, knobs)
+    profiles = [p for split in splits for p in eval_set.split(split)]
+    first = index.select([Profile(i, p.topics, limit=K) for i, p in enumerate(profiles)])
+    shown = [[pick.paper_id for pick in selection.picks] for selection in first]
+    per_reader: dict[str, dict[str, Metrics]] = {}
+    for reader, action in READERS.items():
+        second = index.select([
+            Profile(i, p.topics, limit=K, sent_paper_ids=frozenset(sent),
+                    feedback=_simulated_feedback(corpus, keys, sent, eval_set.grades[p.id], action))
+            for i, (p, sent) in enumerate(zip(profiles, shown, strict=True))
+        ])
+        per_reader[reader] = {
+            p.id: profile_metrics(
+                [keys[pick.paper_id] for pick in selection.picks],
+                {k: g for k, g in eval_set.grades[p.id].items() if k not in {keys[i] for i in sent}},
+            )
+            for p, sent, selection in zip(profiles, shown, second, strict=True)
+        }
+    return {
+        split: {reader: _mean([by_id[p.id] for p in eval_set.split(split)])
+                for reader, by_id in per_reader.items()}
+        for split in splits if eval_set.split(split)
+    }
+
+
+def _simulated_feedback(
+    corpus: Sequence[CandidatePaper], keys: Sequence[str], sent: Sequence[int],
+    grades: dict[str, int], action: dict[int, float],
+) -> tuple[FeedbackSignal, ...]:
+    return tuple(
+        FeedbackSignal(i, action[grade], corpus[i].title, corpus[i].text)
+        for i in sent
+        if (grade := grades.get(keys[i], 0)) in action
+    )
+
+
 def run_eval(
     settings: Settings,
     eval_dir: Path = DEFAULT_EVAL_DIR,
@@ -323,6 +394,10 @@ def run_eval(
     splits = list(SPLITS) if split == "all" else [split]
     report = evaluate(eval_set, corpus, keys, methods, splits)
     report.skipped = skipped
+    if not only or "feedback" in only:
+        report.feedback = evaluate_feedback(
+            eval_set, corpus, keys, RankingKnobs.from_settings(settings), splits
+        )
     return report
 
 

@@ -10,7 +10,8 @@ away from those they did not (Rocchio; see `score.DayIndex`).
 Signals: "more like this" +1, a click +0.5, "less like this" -1; a vote outweighs a click on
 the same paper, and "more" and "less" replace each other. A burst of clicks on many papers
 within seconds is a link scanner opening the whole email, not a reader, and teaches nothing.
-Only the newest `MAX_SIGNALS` papers count, so tastes can move.
+Only the newest `MAX_SIGNALS` papers count, so tastes can move, and changing one's topics
+starts the learning afresh.
 """
 
 from __future__ import annotations
@@ -18,13 +19,14 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 import numpy as np
-from sqlalchemy import delete, exists, select
+from sqlalchemy import Select, delete, exists, select
 from sqlalchemy.orm import Session
 
 from . import db, tokens
-from .models import DeliveryItem, FeedbackKind, Paper, PaperFeedback, Subscriber
+from .models import DeliveryItem, FeedbackKind, Paper, PaperFeedback, Subscriber, TopicProfile
 from .render import safe_url
 from .score import FeedbackSignal, make_vectorizer, paper_text
 from .settings import Settings
@@ -156,20 +158,34 @@ def signals_for(
     session: Session, subscriber_ids: Sequence[int]
 ) -> dict[int, tuple[FeedbackSignal, ...]]:
     """Each subscriber's learning signals, for a whole batch in one query."""
-    rows: dict[int, list[FeedbackRow]] = {}
     if not subscriber_ids:
         return {}
-    for sid, paper_id, kind, at, title, abstract in session.execute(
+    rows: dict[int, list[FeedbackRow]] = {}
+    for sid, *row in session.execute(_feedback_rows(subscriber_ids)):
+        rows.setdefault(sid, []).append(FeedbackRow(*row))
+    return {sid: learning_signals(history) for sid, history in rows.items()}
+
+
+def _feedback_rows(subscriber_ids: Sequence[int]) -> Select[Any]:
+    """(subscriber, paper, kind, time, title, abstract) of the feedback that still counts.
+
+    Feedback given before the subscriber last changed their topics is not used: someone who
+    switched from LoRA to diffusion models wants diffusion papers, not more of what they
+    liked under the old topics.
+    """
+    return (
         select(
             PaperFeedback.subscriber_id, PaperFeedback.paper_id, PaperFeedback.kind,
             PaperFeedback.created_at, Paper.title, Paper.abstract,
         )
         .join(Paper, Paper.id == PaperFeedback.paper_id)
-        .where(PaperFeedback.subscriber_id.in_(subscriber_ids))
+        .join(TopicProfile, TopicProfile.subscriber_id == PaperFeedback.subscriber_id)
+        .where(
+            PaperFeedback.subscriber_id.in_(subscriber_ids),
+            PaperFeedback.created_at >= TopicProfile.updated_at,
+        )
         .order_by(PaperFeedback.subscriber_id, PaperFeedback.created_at, PaperFeedback.id)
-    ):
-        rows.setdefault(sid, []).append(FeedbackRow(paper_id, kind, at, title, abstract))
-    return {sid: learning_signals(history) for sid, history in rows.items()}
+    )
 
 
 def scanner_clicks(rows: Iterable[FeedbackRow]) -> set[tuple[int, datetime]]:
@@ -234,16 +250,7 @@ def learned_profile(session: Session, subscriber: Subscriber, terms: int = 8) ->
     The terms come from a TF-IDF fitted on the papers they gave feedback on plus the latest
     archive, so they read as "what distinguishes what they liked", not as common words.
     """
-    rows = [
-        FeedbackRow(paper_id, kind, at, title, abstract)
-        for paper_id, kind, at, title, abstract in session.execute(
-            select(PaperFeedback.paper_id, PaperFeedback.kind, PaperFeedback.created_at,
-                   Paper.title, Paper.abstract)
-            .join(Paper, Paper.id == PaperFeedback.paper_id)
-            .where(PaperFeedback.subscriber_id == subscriber.id)
-            .order_by(PaperFeedback.created_at, PaperFeedback.id)
-        )
-    ]
+    rows = [FeedbackRow(*row) for _, *row in session.execute(_feedback_rows([subscriber.id]))]
     signals = learning_signals(rows)
     by_kind = {
         kind: tuple(s.title for s in signals if s.weight == weight)

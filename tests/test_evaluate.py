@@ -86,3 +86,20 @@ def test_eval_says_where_the_seeds_should_be(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["eval", "--seeds", str(tmp_path)],
                                 env={"DATA_DIR": str(tmp_path / "data")})
     assert result.exit_code == 1 and "--seeds" in result.output
+
+
+@needs_seeds
+def test_feedback_on_the_first_digest_improves_the_second(tmp_path: Path) -> None:
+    """A reader who rates the first digest gets better new papers in the second one."""
+    from digest.evaluate import evaluate_feedback
+    from digest.score import RankingKnobs
+
+    corpus, keys = load_corpus()
+    result = evaluate_feedback(load_eval_set(), corpus, keys, RankingKnobs(), ["dev"])["dev"]
+    assert result["after votes"].ndcg > result["no feedback"].ndcg + 0.05
+    assert result["after clicks only"].ndcg > result["no feedback"].ndcg
+    env = {"DATA_DIR": str(tmp_path / "data"), "DATABASE_URL": ""}
+    output = CliRunner().invoke(main, ["eval", "--method", "bm25"], env=env).output
+    assert "Feedback learning" not in output  # only what was asked for
+    output = CliRunner().invoke(main, ["eval", "--method", "feedback"], env=env).output
+    assert "after votes" in output

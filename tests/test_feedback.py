@@ -281,3 +281,22 @@ def test_a_hostile_title_is_escaped_on_the_vote_page(
     token = make_token(fb_settings, Purpose.FEEDBACK, sub.id)
     page = client.get(f"/feedback/{token}/{hostile}/less").get_data(as_text=True)
     assert "<script>alert" not in page and "&lt;script&gt;" in page
+
+
+def test_changing_topics_starts_the_learning_afresh(
+    session: Session, fb_settings: Settings
+) -> None:
+    from digest.subscribers import set_topics
+
+    ids = first_day(session)
+    sub = make_subscriber(session, email="ada@example.org", topics="LoRA", papers_per_digest=3)
+    session.commit()
+    run_day(replace(fb_settings, mail_backend="file"), DAY)
+    with db.session_scope(fb_settings) as s:
+        feedback.record(s, sub.id, ids["quantized"], FeedbackKind.MORE, datetime.now(timezone.utc))
+    with db.session_scope(fb_settings) as s:
+        assert len(feedback.signals_for(s, [sub.id])[sub.id]) == 1
+        set_topics(s, "ada@example.org", "diffusion models")
+    with db.session_scope(fb_settings) as s:
+        assert feedback.signals_for(s, [sub.id]) == {}
+        assert feedback.learned_profile(s, s.get(type(sub), sub.id)).empty  # type: ignore[arg-type]

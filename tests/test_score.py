@@ -236,3 +236,26 @@ def test_empty_day_and_empty_batch() -> None:
     index = build_day_index([], [], NOW, RankingKnobs())
     assert index.select([]) == []
     assert index.select([Profile(1, "LoRA", limit=3)])[0].picks == ()
+
+
+def test_feedback_moves_the_profile_toward_liked_and_away_from_disliked_papers(index) -> None:
+    from digest.score import FeedbackSignal, paper_text
+
+    def rated(pid: int, weight: float, title: str, abstract: str) -> FeedbackSignal:
+        return FeedbackSignal(pid, weight, title, paper_text(title, abstract))
+
+    # Papers from an earlier day, not among today's: vectorised with today's vocabulary.
+    liked = rated(101, 1.0, "4-bit quantized finetuning", "Quantized models with LoRA adapters.")
+    disliked = rated(102, -1.0, "Low-rank adaptation for large language models",
+                     "Trainable low-rank matrices, fewer trainable parameters.")
+    plain = index.select([Profile(1, "LoRA", limit=2)])[0]
+    [learned] = index.select([Profile(1, "LoRA", limit=2, feedback=(liked, disliked))])
+    assert [p.paper_id for p in plain.picks][0] == 1
+    assert [p.paper_id for p in learned.picks][0] == 6  # QLoRA now leads
+    assert learned.picks[0].reasons[1] == "like “4-bit quantized finetuning”, which you liked"
+    # A liked paper can bring in a paper the topics alone would not: Rocchio's new interests.
+    graph_fan = rated(103, 1.0, "Graph neural networks", "Message passing on molecular graphs.")
+    [wider] = index.select([Profile(1, "LoRA", limit=3, feedback=(graph_fan,))])
+    assert 5 in [p.paper_id for p in wider.picks]
+    # Same answers when the rated papers' vectors come from the day's cache.
+    assert index.select([Profile(1, "LoRA", limit=2, feedback=(liked, disliked))]) == [learned]

@@ -20,11 +20,12 @@ from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
+from sqlalchemy import func, select
 from werkzeug.serving import make_server
 
 from digest import db
 from digest.ingest import load_sample_papers
-from digest.models import SubscriberStatus
+from digest.models import FeedbackKind, PaperFeedback, SubscriberStatus
 from digest.pipeline import run_day
 from digest.settings import PROJECT_DIR, Settings
 from digest.subscribers import find_subscriber
@@ -172,6 +173,19 @@ def test_subscribe_confirm_preferences_digest_unsubscribe_in_a_browser(
     assert "LoRA" in first["Subject"]
     inbox.set_content(html_part(first))
     inbox.screenshot(path=str(SCREENSHOTS / "05-first-digest.png"), full_page=True)
+    # 4b. "More like this" on the first paper: a page with one button; pressing it records it.
+    first_title = inbox.locator(".paper-title a").first.inner_text()
+    page.goto(inbox.locator("a:has-text('More like this')").first.get_attribute("href"))
+    page.wait_for_selector("text=More papers like this?")
+    assert first_title in page.inner_text("main")
+    shot("05b-more-like-this")
+    with db.session_scope(settings) as session:  # the GET changed nothing
+        assert session.scalar(select(func.count()).select_from(PaperFeedback)) == 0
+    page.click("button:has-text('More like this')")
+    page.wait_for_selector("text=Thanks: more papers like this")
+    shot("05c-more-like-this-saved")
+    with db.session_scope(settings) as session:
+        assert session.scalars(select(PaperFeedback.kind)).all() == [FeedbackKind.MORE]
     page.goto(link_after("Change preferences:", text_part(first)))
     page.wait_for_selector("text=Your digest")
     assert page.input_value("#topics") == "LoRA, low-rank adaptation"
