@@ -160,10 +160,11 @@ def attach_items(session: Session, items: Sequence[dict[str, object]]) -> None:
     if not items:
         return
     insert = db.dialect_insert(session)
+    # Parameters apart from the statement (executemany): one compiled statement for every
+    # batch, not a fresh thousand-row VALUES clause compiled each time.
     session.execute(
-        insert(DeliveryItem)
-        .values(list(items))
-        .on_conflict_do_nothing(index_elements=["subscriber_id", "paper_id"])
+        insert(DeliveryItem).on_conflict_do_nothing(index_elements=["subscriber_id", "paper_id"]),
+        list(items),
     )
 
 

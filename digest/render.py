@@ -142,6 +142,10 @@ def topic_list(topics: str) -> str:
     return ", ".join(p for p in parts if p)
 
 
+# Any whitespace (str.isspace's set: \s on str patterns is the same) or control character.
+_URL_BREAKER = re.compile(r"[\s\x00-\x1f\x7f]")
+
+
 def safe_url(url: object) -> str:
     """`url` if it is an absolute http(s) URL, else "" so the template leaves the link out.
 
@@ -151,7 +155,7 @@ def safe_url(url: object) -> str:
     if not isinstance(url, str):
         return ""
     url = url.strip()
-    if not url or any(ch.isspace() or ord(ch) < 0x20 or ord(ch) == 0x7F for ch in url):
+    if not url or _URL_BREAKER.search(url):
         return ""
     try:
         parts = urlsplit(url)

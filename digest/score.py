@@ -623,12 +623,13 @@ def build_day_index(
     """Do the day's shared work once: vectors, trending signal, near-duplicate groups."""
     corpus = list(archive_texts[-MAX_ARCHIVE_FOR_FIT:]) + [p.text for p in candidates]
     vectorizer = make_vectorizer(len(corpus))
+    # One pass of the analyzer over the corpus: the candidates are its last rows.
     try:
-        vectorizer.fit(corpus or ["placeholder"])
+        fitted = vectorizer.fit_transform(corpus or ["placeholder"])
     except ValueError:  # nothing but stop words: keep every word rather than fail the day
-        vectorizer.set_params(max_df=1.0).fit(corpus or ["placeholder"])
+        fitted = vectorizer.set_params(max_df=1.0).fit_transform(corpus or ["placeholder"])
     matrix = (
-        normalize(vectorizer.transform([p.text for p in candidates])).tocsr()
+        normalize(fitted[len(corpus) - len(candidates) :]).tocsr()
         if candidates
         else sparse.csr_matrix((0, len(vectorizer.vocabulary_)), dtype=np.float32)
     )

@@ -22,6 +22,7 @@ import contextlib
 import functools
 import hashlib
 import hmac
+import json
 import logging
 import os
 import random as random_module
@@ -678,6 +679,7 @@ class FileSender(Sender):
         self.outbox_dir = Path(settings.outbox_dir).resolve()
         self.index_path = self.outbox_dir / "index.html"
         self.written: list[Path] = []
+        self.known: dict[str, list[object]] = {}  # index rows of the messages written here
 
     def send(self, email: OutgoingEmail) -> SendResult:
         eml_path = self.path_for(email)
@@ -686,6 +688,13 @@ class FileSender(Sender):
         _write_atomically(eml_path, data)
         _write_atomically(eml_path.with_suffix(".html"), email.html.encode("utf-8"))
         self.written.append(eml_path)
+        # What the index shows of it, so that writing the index needs not read it back.
+        stat = eml_path.stat()
+        sent_at = email.date if email.date.tzinfo else email.date.replace(tzinfo=timezone.utc)
+        self.known[f"{eml_path.parent.name}/{eml_path.name}"] = [
+            stat.st_size, stat.st_mtime_ns, sent_at.replace(microsecond=0).isoformat(),
+            wire_address(email.to), clean_subject(email.subject), email.kind, email.message_id,
+        ]
         return SendResult(SendOutcome.SENT, str(eml_path))
 
     def path_for(self, email: OutgoingEmail) -> Path:
@@ -705,52 +714,96 @@ class FileSender(Sender):
         self.write_index()
 
     def write_index(self) -> Path:
-        entries = outbox_entries(self.outbox_dir)
+        entries = outbox_entries(self.outbox_dir, self.known)
+        shown = entries[:INDEX_ROWS]
         days: dict[str, list[OutboxEntry]] = {}
-        for entry in entries:
+        for entry in shown:
             days.setdefault(entry.day, []).append(entry)
         html = (
             _templates()
             .get_template("outbox/index.html")
-            .render(days=days, count=len(entries), outbox_dir=str(self.outbox_dir))
+            .render(days=days, count=len(entries), shown=len(shown),
+                    outbox_dir=str(self.outbox_dir))
         )
         self.outbox_dir.mkdir(parents=True, exist_ok=True)
         _write_atomically(self.index_path, html.encode("utf-8"))
         return self.index_path
 
 
-def outbox_entries(outbox_dir: Path) -> list[OutboxEntry]:
-    """Every .eml under `outbox_dir/<day>/`, newest first, read from its headers only."""
-    entries = []
+INDEX_ROWS = 1000  # the index lists the newest messages; the day folders hold them all
+INDEX_CACHE = ".index-cache.json"
+
+
+def outbox_entries(
+    outbox_dir: Path, known: dict[str, list[object]] | None = None
+) -> list[OutboxEntry]:
+    """Every .eml under `outbox_dir/<day>/`, newest first, read from its headers only.
+
+    The headers of each file are kept in `INDEX_CACHE` under its size and modification time,
+    so a run that adds 100,000 messages does not re-read the ones already there; a file that
+    changed or appeared from elsewhere is read again.
+    """
     if not outbox_dir.is_dir():
         return []
+    cache_path = outbox_dir / INDEX_CACHE
+    stored = _load_index_cache(cache_path)
+    cache = {**stored, **(known or {})}
+    fresh: dict[str, list[object]] = {}
     parser = BytesHeaderParser(policy=default_policy)
+    entries = []
     for day_dir in outbox_dir.iterdir():
         if not (day_dir.is_dir() and re.fullmatch(r"\d{4}-\d{2}-\d{2}", day_dir.name)):
             continue
-        for eml in day_dir.glob("*.eml"):
-            headers = parser.parsebytes(_read_head(eml))
-            sent_at = getattr(headers["Date"], "datetime", None) if headers["Date"] else None
-            html = eml.with_suffix(".html")
-            entries.append(
-                OutboxEntry(
-                    day=day_dir.name,
-                    date=sent_at,
-                    to=str(headers["To"] or ""),
-                    subject=str(headers["Subject"] or ""),
-                    kind=str(headers["X-Digest-Kind"] or ""),
-                    message_id=str(headers["Message-ID"] or ""),
-                    eml_href=f"{day_dir.name}/{quote(eml.name, safe='@+')}",
-                    html_href=f"{day_dir.name}/{quote(html.name, safe='@+')}"
-                    if html.is_file()
-                    else None,
-                )
-            )
+        names = set(os.listdir(day_dir))
+        for name in names:
+            if not name.endswith(".eml"):
+                continue
+            eml = day_dir / name
+            stat = eml.stat()
+            key = f"{day_dir.name}/{name}"
+            row = cache.get(key)
+            if row is None or row[:2] != [stat.st_size, stat.st_mtime_ns]:
+                row = [stat.st_size, stat.st_mtime_ns, *_header_fields(parser, eml)]
+            fresh[key] = row
+            html = name[: -len(".eml")] + ".html"
+            entries.append(_entry(day_dir.name, name, row, html if html in names else None))
+    if fresh != stored:
+        _write_atomically(cache_path, json.dumps(fresh).encode("utf-8"))
 
     def newest_first(e: OutboxEntry) -> tuple[str, float, str]:
         return (e.day, e.date.timestamp() if e.date else 0.0, e.eml_href)
 
     return sorted(entries, key=newest_first, reverse=True)
+
+
+def _load_index_cache(path: Path) -> dict[str, list[object]]:
+    try:
+        cache = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return {}
+    return cache if isinstance(cache, dict) else {}
+
+
+def _header_fields(parser: BytesHeaderParser, eml: Path) -> list[object]:
+    """[date ISO or None, to, subject, kind, message id] from a message file's headers."""
+    headers = parser.parsebytes(_read_head(eml))
+    sent_at = getattr(headers["Date"], "datetime", None) if headers["Date"] else None
+    return [
+        sent_at.isoformat() if sent_at else None,
+        str(headers["To"] or ""), str(headers["Subject"] or ""),
+        str(headers["X-Digest-Kind"] or ""), str(headers["Message-ID"] or ""),
+    ]
+
+
+def _entry(day: str, name: str, row: list[object], html_name: str | None) -> OutboxEntry:
+    _, _, sent_at, to, subject, kind, message_id = row
+    return OutboxEntry(
+        day=day,
+        date=datetime.fromisoformat(str(sent_at)) if sent_at else None,
+        to=str(to), subject=str(subject), kind=str(kind), message_id=str(message_id),
+        eml_href=f"{day}/{quote(name, safe='@+')}",
+        html_href=f"{day}/{quote(html_name, safe='@+')}" if html_name else None,
+    )
 
 
 def _read_head(path: Path) -> bytes:

@@ -10,6 +10,7 @@ import os
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -151,7 +152,7 @@ class Settings:
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
 
-    @property
+    @cached_property  # read per message: parse MAIL_FROM once
     def mail_domain(self) -> str:
         """The domain of the From address, used for Message-IDs and the unsubscribe mailto."""
         from email.utils import parseaddr
@@ -173,6 +174,10 @@ class Settings:
 
         Generating it keeps a newcomer's links stable across runs without shipping a secret.
         """
+        return self._signing_key
+
+    @cached_property  # signed links are made per email: read the key file once
+    def _signing_key(self) -> str:
         if self.secret_key:
             return self.secret_key
         key_file = self.data_dir / "secret_key"

@@ -7,6 +7,7 @@ address cannot unsubscribe anyone, and a token for one subscriber does nothing f
 from __future__ import annotations
 
 from enum import Enum
+from functools import lru_cache
 
 from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
 
@@ -38,7 +39,13 @@ class ExpiredToken(InvalidToken):
 
 
 def _serializer(settings: Settings, purpose: Purpose) -> URLSafeTimedSerializer:
-    return URLSafeTimedSerializer(settings.signing_key(), salt=f"paper-digest:{purpose.value}")
+    return _serializer_for(settings.signing_key(), purpose)
+
+
+@lru_cache(maxsize=32)
+def _serializer_for(key: str, purpose: Purpose) -> URLSafeTimedSerializer:
+    # Three links are signed per digest: build each purpose's serializer once, not per link.
+    return URLSafeTimedSerializer(key, salt=f"paper-digest:{purpose.value}")
 
 
 def make_token(settings: Settings, purpose: Purpose, subscriber_id: int) -> str:

@@ -599,3 +599,24 @@ def test_international_addresses_are_delivered(
     assert max(smtp_server.received[0].data) < 128  # plain 7-bit mail
     assert second["To"] == "jörg@example.org"  # RFC 6532 UTF-8 header
     assert parts(second)["text/plain"] == make_email(smtp_settings, 2).text
+
+
+def test_outbox_index_rereads_a_changed_file_and_lists_the_newest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = make_settings(tmp_path)
+    with FileSender(settings) as sender:
+        paths = [Path(sender.send(make_email(settings, n, subject=f"Papers {n}")).detail)
+                 for n in range(1, 4)]
+    assert (settings.outbox_dir / ".index-cache.json").is_file()
+    # A file changed behind the index's back (another run, a hand edit) is read again.
+    paths[0].write_bytes(paths[0].read_bytes().replace(b"Papers 1", b"Edited 1"))
+    monkeypatch.setattr("digest.send.INDEX_ROWS", 2)
+    FileSender(settings).close()
+    page = (settings.outbox_dir / "index.html").read_text(encoding="utf-8")
+    assert "3 messages" in page and "The newest 2 are listed here" in page
+    assert page.count('download>.eml</a>') == 2
+    monkeypatch.setattr("digest.send.INDEX_ROWS", 10)
+    FileSender(settings).close()
+    page = (settings.outbox_dir / "index.html").read_text(encoding="utf-8")
+    assert "Edited 1" in page and "Papers 1" not in page and "Papers 3" in page
