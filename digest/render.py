@@ -15,7 +15,7 @@ import secrets
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime
-from functools import cache
+from functools import cache, cached_property
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -67,7 +67,7 @@ class DigestItem:
     reasons: tuple[str, ...]  # ("matches: lora, low-rank adaptation", "trending: 212 upvotes")
     score: float
 
-    @property
+    @cached_property  # read by the HTML card, the text card and the why-line cache
     def why(self) -> str:
         """The reasons as the email's one "Why:" line."""
         return " · ".join(one_line(r) for r in self.reasons)
@@ -439,16 +439,15 @@ class DayRenderer:
 
     def html(self, ctx: DigestContext, context: dict[str, Any]) -> str | None:
         """The HTML part from the day's compiled skeleton and cards; None if a card won't fit."""
-        variant = (not ctx.items, ctx.trending_fallback, bool(context["topics"]),
-                   bool(context["feedback_href"]))
-        skeleton = self._skeleton(variant, context)
-        cards: list[str] = []
+        compiled = self.compiled(ctx, context)
+        if compiled is None:
+            return None
+        skeleton, units = compiled
         feedback = _html(context["feedback_href"])
-        for rank, item in enumerate(ctx.items, start=1):
-            unit = self._card(item.card, bool(item.why), variant, context)
-            if unit is None:
-                return None
-            cards.append(_fill(unit, {"rank": str(rank), "why": _html(item.why), "fb": feedback}))
+        cards = [
+            _fill(unit, {"rank": str(rank), "why": _html(item.why), "fb": feedback})
+            for rank, (unit, item) in enumerate(zip(units, ctx.items, strict=True), start=1)
+        ]
         values = {
             "preview": _html(context["preview"]),
             "topics": _html(context["topics"]),
@@ -459,6 +458,22 @@ class DayRenderer:
             "unsub": _html(context["unsubscribe_href"]),
         }
         return _fill(skeleton.head, values) + "".join(cards) + _fill(skeleton.tail, values)
+
+    def compiled(
+        self, ctx: DigestContext, context: dict[str, Any]
+    ) -> tuple[_Skeleton, list[tuple[str, ...]]] | None:
+        """The day's compiled skeleton for this digest's variant and each of its cards (with
+        their slots), compiling what is not yet; None if a card does not fit the skeleton."""
+        variant = (not ctx.items, ctx.trending_fallback, bool(context["topics"]),
+                   bool(context["feedback_href"]))
+        skeleton = self._skeleton(variant, context)
+        units = []
+        for item in ctx.items:
+            unit = self._card(item.card, bool(item.why), variant, context)
+            if unit is None:
+                return None
+            units.append(unit)
+        return skeleton, units
 
     def text(self, ctx: DigestContext, context: dict[str, Any]) -> str:
         """The plain-text part: each paper's text was wrapped and tidied once per day; only the
