@@ -21,7 +21,7 @@ so a paper strongly about one topic is not diluted by the subscriber's other top
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Protocol
@@ -249,6 +249,23 @@ def expand_acronyms(phrase: str, acronyms: dict[str, str]) -> str:
     return " ".join([phrase, *additions])
 
 
+# Distinct query texts whose TF-IDF rows a day's index keeps (subscribers share topics, and
+# the custom analyser is most of `transform`'s cost); past this many it starts again, so a
+# long-lived index stays small (a row is a few dozen numbers).
+MAX_CACHED_QUERIES = 50_000
+# MMR runs for this many (profile, pool paper, pool paper) triples at most at a time.
+MMR_BLOCK_ELEMENTS = 2_000_000
+
+
+@dataclass(frozen=True)
+class _Pool:
+    """One profile's best candidates, best first, before diversity re-ranks them."""
+
+    cols: list[int]  # candidate positions
+    scores: list[float]  # what each is ranked by: the score, or trending for the fallback
+    fallback: bool  # nothing matched and the subscriber asked for trending papers regardless
+
+
 @dataclass
 class DayIndex:
     """The day's candidate papers, vectorised once and shared by every subscriber."""
@@ -267,22 +284,44 @@ class DayIndex:
     _search_text: list[str] = field(init=False)
     # Paper x paper cosine, dense while the day is small enough (MMR reads it per subscriber).
     _similarity: np.ndarray | None = field(init=False, default=None)
-    _matrix_t: sparse.csc_matrix = field(init=False)
+    _matrix_t: sparse.csr_matrix = field(init=False)
     _signal_vectors: dict[int, sparse.csr_matrix] = field(init=False, default_factory=dict)
+    # Per query text: its normalised TF-IDF row as (term indices, values), see _query_matrix.
+    _query_rows: dict[str, tuple[np.ndarray, np.ndarray]] = field(init=False)
+    # Per candidate, as plain lists: the per-subscriber steps read a few items each, and a
+    # list item costs less than a numpy scalar.
+    _ids: list[int] = field(init=False)
+    _trending: list[float] = field(init=False)
+    _groups: list[int] = field(init=False)
+    _has_twin: np.ndarray = field(init=False)  # per candidate: has a near-duplicate today
+    _trending_reasons: list[str] = field(init=False)
 
     def __post_init__(self) -> None:
-        self._matrix_t = self.matrix.T.tocsc()  # once a day, not once per batch
+        # Once a day, not once per batch; CSR because a product with a CSC operand converts it.
+        self._matrix_t = self.matrix.T.tocsr()
         if 0 < len(self.papers) <= DENSE_SIMILARITY_MAX:
             self._similarity = (self.matrix @ self.matrix.T).toarray().astype(np.float32)
         self.paper_ids = np.array([p.id for p in self.papers], dtype=np.int64)
         self._position = {p.id: i for i, p in enumerate(self.papers)}
         self._search_text = [f"{p.title} {p.abstract}".lower() for p in self.papers]
+        self._query_rows = {}
+        self._ids = self.paper_ids.tolist()
+        self._trending = self.trending.tolist()
+        self._groups = self.duplicate_group.tolist()
+        group_sizes = np.bincount(self.duplicate_group) if len(self.papers) else np.zeros(0)
+        self._has_twin = group_sizes[self.duplicate_group] > 1
+        self._trending_reasons = [trending_reason(p) for p in self.papers]
 
     def __len__(self) -> int:
         return len(self.papers)
 
     def select(self, profiles: Sequence[Profile]) -> list[Selection]:
-        """Pick papers for a batch of profiles with one sparse product for the whole batch."""
+        """Pick papers for a batch of profiles with one sparse product for the whole batch.
+
+        Whatever touches every paper is done for the batch at once (relevance, eligibility,
+        each row's best candidates, the diversity steps); per profile there is only a short
+        loop over its few dozen best candidates.
+        """
         if not profiles:
             return []
         if not self.papers:
@@ -291,20 +330,34 @@ class DayIndex:
         relevance, matched = self._relevance(phrase_lists, [p.topics for p in profiles])
         relevance = self._learned(relevance, profiles)
         allowed = self._allowed(profiles)
-        # Scores, eligibility and each row's best candidates for the whole batch at once.
         score = relevance * (1.0 + self.knobs.trending_boost * self.trending)[None, :]
         eligible = allowed & (relevance >= self.knobs.min_relevance)
         depth = min(MMR_POOL * max(p.limit for p in profiles) + 50, score.shape[1])
         masked = np.where(eligible, score, -np.inf)
         top = np.argpartition(-masked, depth - 1, axis=1)[:, :depth]
-        order = np.take_along_axis(
-            top, np.argsort(-np.take_along_axis(masked, top, axis=1), axis=1, kind="stable"),
-            axis=1,
+        top_scores = np.take_along_axis(masked, top, axis=1)
+        rank = np.argsort(-top_scores, axis=1, kind="stable")
+        order = np.take_along_axis(top, rank, axis=1)
+        ranked_scores = np.take_along_axis(top_scores, rank, axis=1)
+        # The eligible candidates come first in `order`: the others scored -inf.
+        eligible_counts = np.take_along_axis(eligible, order, axis=1).sum(axis=1)
+        twins = np.any(self._has_twin[order], axis=1)
+        pools = [
+            self._pool(profile, cols, scores, count, has_twin, allowed[row])
+            for row, (profile, cols, scores, count, has_twin) in enumerate(zip(
+                profiles, order.tolist(), ranked_scores.tolist(), eligible_counts.tolist(),
+                twins.tolist(), strict=True,
+            ))
+        ]
+        chosen = self._diversify(
+            [pool.cols for pool in pools], [pool.scores for pool in pools],
+            [profile.limit for profile in profiles],
         )
         selections = [
-            self._select_one(profile, phrases, relevance[row], matched[row], allowed[row],
-                             score[row], eligible[row], order[row])
-            for row, (profile, phrases) in enumerate(zip(profiles, phrase_lists, strict=True))
+            self._selection(profile, phrases, pool, taken, relevance[row], matched[row])
+            for row, (profile, phrases, pool, taken) in enumerate(
+                zip(profiles, phrase_lists, pools, chosen, strict=True)
+            )
         ]
         return [
             self._explain_learned(selection, profile) if profile.feedback else selection
@@ -382,37 +435,65 @@ class DayIndex:
     ) -> tuple[np.ndarray, list[np.ndarray]]:
         """Per profile: blended relevance per paper, and per phrase its similarity per paper.
 
-        Each profile contributes its phrases and its whole topics text as queries, so the
-        whole batch is one sparse product (and one encoder call with the semantic extra).
+        Each profile contributes its phrases and its whole topics text as queries. Subscribers
+        share phrases heavily, so each distinct query of the batch is scored once (one sparse
+        product, one encoder call with the semantic extra) and each profile gathers its rows.
         """
         n = len(self.papers)
-        rows = [[*phrases, text] for phrases, text in zip(phrase_lists, topics, strict=True)]
-        flat = [expand_acronyms(q, self.acronyms) for queries in rows for q in queries]
-        relevance = np.zeros((len(rows), n), dtype=np.float32)
-        matched: list[np.ndarray] = []
+        relevance = np.zeros((len(phrase_lists), n), dtype=np.float32)
         if not any(phrase_lists):
-            return relevance, [np.zeros((0, n), dtype=np.float32) for _ in rows]
-        lexical = (normalize(self.vectorizer.transform(flat)) @ self._matrix_t).toarray()
-        semantic = self._semantic_similarity(flat)
-        start = 0
-        for row, queries in enumerate(rows):
-            count = len(queries) - 1
-            block, whole = lexical[start : start + count], lexical[start + count]
-            matched.append(block)
-            if count:
-                relevance[row] = _blend(block, whole)
-                if semantic is not None:
-                    sem = _blend(semantic[start : start + count], semantic[start + count])
-                    w = self.semantic.weight if self.semantic else 0.0
-                    relevance[row] = (1.0 - w) * relevance[row] + w * sem
-            start += len(queries)
+            return relevance, [np.zeros((0, n), dtype=np.float32) for _ in phrase_lists]
+        slot: dict[str, int] = {}  # distinct query -> its row
+        phrase_slots = [slot.setdefault(q, len(slot)) for phrases in phrase_lists for q in phrases]
+        whole_slots = [slot.setdefault(text, len(slot)) for text in topics]
+        queries = list(slot)
+        lexical = (self._query_matrix(queries) @ self._matrix_t).toarray()
+        semantic = self._semantic_similarity(queries)
+        counts = np.array([len(phrases) for phrases in phrase_lists])
+        rows = np.flatnonzero(counts)  # profiles with at least one phrase
+        whole = np.array(whole_slots)[rows]
+        per_phrase = lexical[phrase_slots]  # every profile's phrases, profile after profile
+        relevance[rows] = _blend(per_phrase, counts[rows], lexical[whole])
+        if semantic is not None:
+            sem = _blend(semantic[phrase_slots], counts[rows], semantic[whole])
+            w = self.semantic.weight if self.semantic else 0.0
+            relevance[rows] = (1.0 - w) * relevance[rows] + w * sem
+        ends = np.cumsum(counts).tolist()
+        matched = [per_phrase[end - count : end]
+                   for end, count in zip(ends, counts.tolist(), strict=True)]
         return relevance, matched
 
+    def _query_matrix(self, queries: list[str]) -> sparse.csr_matrix:
+        """The queries' acronym-expanded, normalised TF-IDF rows; each text is analysed once.
+
+        Rows are kept on the day's index by query text, since subscribers share topics and
+        every batch brings the same ones back; only texts not seen today go to `transform`.
+        """
+        rows = [self._query_rows.get(q) for q in queries]
+        missing = [i for i, row in enumerate(rows) if row is None]
+        if missing:
+            texts = [expand_acronyms(queries[i], self.acronyms) for i in missing]
+            fresh = normalize(self.vectorizer.transform(texts)).tocsr()
+            if len(self._query_rows) + len(missing) > MAX_CACHED_QUERIES:
+                self._query_rows.clear()
+            for k, i in enumerate(missing):
+                lo, hi = fresh.indptr[k], fresh.indptr[k + 1]
+                rows[i] = self._query_rows[queries[i]] = (fresh.indices[lo:hi], fresh.data[lo:hi])
+        known = [row for row in rows if row is not None]  # all of them by now
+        indptr = np.zeros(len(known) + 1, dtype=np.int64)
+        np.cumsum([len(indices) for indices, _ in known], out=indptr[1:])
+        return sparse.csr_matrix(
+            (np.concatenate([values for _, values in known]),
+             np.concatenate([indices for indices, _ in known]), indptr),
+            shape=(len(known), self.matrix.shape[1]),
+        )
+
     def _semantic_similarity(self, queries: list[str]) -> np.ndarray | None:
-        """Embedding cosine per query and paper, with the unrelated floor moved to 0."""
+        """Embedding cosine per query (acronyms expanded) and paper, the unrelated floor at 0."""
         if self.semantic is None:
             return None
-        cosine = self.semantic.encoder.encode(queries) @ self.semantic.vectors.T
+        expanded = [expand_acronyms(q, self.acronyms) for q in queries]
+        cosine = self.semantic.encoder.encode(expanded) @ self.semantic.vectors.T
         # MiniLM puts unrelated texts near 0.1 and on-topic ones at 0.4-0.7; move the floor
         # to 0 so an off-topic paper gains nothing and the scale is comparable to TF-IDF's.
         return np.clip((cosine - SEMANTIC_FLOOR) / (1.0 - SEMANTIC_FLOOR), 0.0, 1.0)
@@ -423,100 +504,173 @@ class DayIndex:
             [p.since.timestamp() if p.since else -np.inf for p in profiles], dtype=np.float64
         )
         allowed = self.first_seen[None, :] > since[:, None]
+        rows: list[int] = []
+        cols: list[int] = []
         for row, profile in enumerate(profiles):
             for paper_id in profile.sent_paper_ids:
                 col = self._position.get(paper_id)
                 if col is not None:
-                    allowed[row, col] = False
+                    rows.append(row)
+                    cols.append(col)
+        allowed[rows, cols] = False
         return allowed
 
-    def _select_one(
+    def _pool(
         self,
         profile: Profile,
-        phrases: list[str],
-        relevance: np.ndarray,
-        phrase_similarity: np.ndarray,
+        cols: list[int],
+        scores: list[float],
+        eligible: int,
+        twins: bool,
         allowed: np.ndarray,
-        score: np.ndarray,
-        eligible: np.ndarray,
-        order: np.ndarray,
-    ) -> Selection:
-        fallback = False
-        if not eligible[order[0]] and profile.trending_fallback:
-            score, eligible, fallback = self.trending.astype(np.float32), allowed, True
-            order = _top_indices(np.where(eligible, score, -np.inf), MMR_POOL * profile.limit + 50)
-        exclusions = [w.lower() for w in split_topics(profile.exclude)]
-        pool: list[int] = []
-        groups_taken: set[int] = set()
-        for col in order:
-            if not eligible[col] or len(pool) >= MMR_POOL * profile.limit:
-                break
-            if self.duplicate_group[col] in groups_taken or (
-                exclusions and self._excluded(col, exclusions)
-            ):
-                continue
-            groups_taken.add(int(self.duplicate_group[col]))
-            pool.append(int(col))
-        chosen = self._diversify(pool, score, profile.limit)
-        picks = [
-            Pick(
-                paper_id=int(self.paper_ids[col]),
-                score=float(score[col]),
-                relevance=float(relevance[col]),
-                trending=float(self.trending[col]),
-                reasons=self._reasons(col, phrases, phrase_similarity[:, col], fallback),
-            )
-            for col in chosen
-        ]
-        return Selection(profile.subscriber_id, tuple(picks), trending_fallback=fallback)
+    ) -> _Pool:
+        """The best MMR_POOL x limit candidates, one per near-duplicate group, none excluded.
 
-    def _diversify(self, pool: list[int], score: np.ndarray, limit: int) -> list[int]:
+        `cols` are the row's best candidates, best first, with their scores; the first
+        `eligible` of them may be sent; `twins` says whether a near-duplicate is among them.
+        When none is eligible and the subscriber asked for trending papers regardless, the
+        candidates are instead everything they may receive, ranked by the trending signal.
+        """
+        fallback = not eligible and profile.trending_fallback
+        if fallback:
+            trending = np.where(allowed, self.trending, -np.inf)
+            order = _top_indices(trending, MMR_POOL * profile.limit + 50)
+            cols, scores = order.tolist(), trending[order].tolist()
+            eligible, twins = int(allowed[order].sum()), True
+        exclusions = [w.lower() for w in split_topics(profile.exclude)] if profile.exclude else []
+        size = MMR_POOL * profile.limit
+        if not twins and not exclusions:  # the common case: nothing to skip
+            return _Pool(cols[: min(size, eligible)], scores[: min(size, eligible)], fallback)
+        pool: list[int] = []
+        pool_scores: list[float] = []
+        groups_taken: set[int] = set()
+        for col, value in zip(cols[:eligible], scores[:eligible], strict=True):
+            if len(pool) >= size:
+                break
+            group = self._groups[col]
+            if group in groups_taken or (exclusions and self._excluded(col, exclusions)):
+                continue
+            groups_taken.add(group)
+            pool.append(col)
+            pool_scores.append(value)
+        return _Pool(pool, pool_scores, fallback)
+
+    def _diversify(
+        self, pools: list[list[int]], scores: list[list[float]], limits: list[int]
+    ) -> list[list[int]]:
         """Maximal marginal relevance (Carbonell & Goldstein, 1998) over the best few papers.
 
         Greedily takes the paper maximising  lambda * score / best score - (1 - lambda) *
         its highest cosine with a paper already taken, so ten papers on one sub-topic give
-        way to the next sub-topic's best. Costs one small (pool x pool) product per subscriber.
+        way to the next sub-topic's best. Returns, per profile, positions in its pool in the
+        order taken. The greedy steps run for many profiles at once (`_diversify_block`).
+        """
+        width = max(map(len, pools), default=0)
+        if width <= 1 or self.knobs.mmr_lambda >= 1.0:
+            return [list(range(min(len(pool), limit)))
+                    for pool, limit in zip(pools, limits, strict=True)]
+        step = max(1, MMR_BLOCK_ELEMENTS // (width * width))
+        return [
+            taken
+            for start in range(0, len(pools), step)
+            for taken in self._diversify_block(
+                pools[start : start + step], scores[start : start + step],
+                limits[start : start + step], width,
+            )
+        ]
+
+    def _diversify_block(
+        self, pools: list[list[int]], scores: list[list[float]], limits: list[int], width: int
+    ) -> list[list[int]]:
+        """MMR for a block of profiles on (profiles x width) arrays, a short pool padded.
+
+        A padding slot is worth -inf, so it is never taken; steps past a profile's own limit
+        change only what is then cut off. Ties go to the better-ranked paper, as `argmax`
+        takes the first maximum.
         """
         mmr_lambda = self.knobs.mmr_lambda
-        if len(pool) <= 1 or mmr_lambda >= 1.0:
-            return pool[:limit]
+        sizes = np.array([len(pool) for pool in pools])
+        cols = np.array([pool + [0] * (width - len(pool)) for pool in pools], dtype=np.int64)
+        gains = np.array([s + [0.0] * (width - len(s)) for s in scores], dtype=np.float64)
+        valid = np.arange(width)[None, :] < sizes[:, None]
+        best_score = np.where(valid, gains, -np.inf).max(axis=1, keepdims=True)
+        gains = np.divide(gains, best_score, out=gains, where=best_score > 0)
+        similarity_to = self._pool_similarity(pools, cols)
+        taken = np.zeros((len(pools), min(max(limits), width)), dtype=np.int64)
+        # What taking each paper is worth before its redundancy; -inf once taken, or padding.
+        worth = np.where(valid, mmr_lambda * gains, -np.inf)
+        worth[:, 0] = -np.inf
+        redundancy = similarity_to(taken[:, 0])
+        block = np.arange(len(pools))
+        for step in range(1, taken.shape[1]):
+            best = (worth - (1 - mmr_lambda) * redundancy).argmax(axis=1)
+            taken[:, step] = best
+            worth[block, best] = -np.inf
+            np.maximum(redundancy, similarity_to(best), out=redundancy)
+        wanted = np.minimum(limits, sizes).tolist()
+        return [row[:count] for row, count in zip(taken.tolist(), wanted, strict=True)]
+
+    def _pool_similarity(
+        self, pools: list[list[int]], cols: np.ndarray
+    ) -> Callable[[np.ndarray], np.ndarray]:
+        """For MMR: given a position in each pool, that paper's cosine with its whole pool.
+
+        With the day's dense paper x paper matrix only those rows are read (np.take on the
+        flat matrix, the fastest gather); otherwise each pool's block is computed once.
+        """
+        block = np.arange(len(pools))
         if self._similarity is not None:
-            similarity = self._similarity[np.ix_(pool, pool)]
-        else:
-            vectors = self.matrix[pool]
-            similarity = (vectors @ vectors.T).toarray()
-        gains = score[pool].astype(np.float64)
-        gains = gains / gains.max() if gains.max() > 0 else gains
-        taken = [0]
-        redundancy = similarity[0].copy()
-        remaining = np.ones(len(pool), dtype=bool)
-        remaining[0] = False
-        while len(taken) < min(limit, len(pool)):
-            value = np.where(remaining, mmr_lambda * gains - (1 - mmr_lambda) * redundancy, -np.inf)
-            best = int(np.argmax(value))
-            taken.append(best)
-            remaining[best] = False
-            redundancy = np.maximum(redundancy, similarity[best])
-        return [pool[i] for i in taken]
+            flat, n = self._similarity.reshape(-1), self._similarity.shape[0]
+            return lambda position: flat.take(cols[block, position][:, None] * n + cols)
+        width = cols.shape[1]
+        blocks = np.zeros((len(pools), width, width), dtype=np.float32)
+        for row, pool in enumerate(pools):
+            if pool:
+                vectors = self.matrix[pool]
+                blocks[row, : len(pool), : len(pool)] = (vectors @ vectors.T).toarray()
+        return lambda position: blocks[block, position]
+
+    def _selection(
+        self,
+        profile: Profile,
+        phrases: list[str],
+        pool: _Pool,
+        taken: list[int],
+        relevance: np.ndarray,
+        phrase_similarity: np.ndarray,
+    ) -> Selection:
+        """The profile's picks, in the order MMR took them, with their numbers and reasons."""
+        cols = [pool.cols[i] for i in taken]
+        picks = tuple(
+            Pick(
+                paper_id=self._ids[col],
+                score=pool.scores[i],
+                relevance=paper_relevance,
+                trending=self._trending[col],
+                reasons=self._reasons(col, phrases, similarity, pool.fallback),
+            )
+            for i, col, paper_relevance, similarity in zip(
+                taken, cols, relevance[cols].tolist(), phrase_similarity[:, cols].T.tolist(),
+                strict=True,
+            )
+        )
+        return Selection(profile.subscriber_id, picks, trending_fallback=pool.fallback)
 
     def _excluded(self, col: int, exclusions: list[str]) -> bool:
         text = self._search_text[col]
         return any(re.search(rf"\b{re.escape(word)}\b", text) for word in exclusions)
 
     def _reasons(
-        self, col: int, phrases: list[str], similarity: np.ndarray, fallback: bool
+        self, col: int, phrases: list[str], similarity: Sequence[float], fallback: bool
     ) -> tuple[str, ...]:
         """Why this paper was picked, in the subscriber's own words and the paper's numbers."""
         reasons: list[str] = []
         if not fallback:
-            ranked = sorted(
-                (i for i in range(len(phrases)) if similarity[i] > 0.02),
-                key=lambda i: -similarity[i],
-            )
+            # Best match first; equal similarities keep the subscriber's order.
+            ranked = sorted([(-s, i) for i, s in enumerate(similarity) if s > 0.02])
             if ranked:
-                reasons.append("matches: " + ", ".join(phrases[i] for i in ranked[:3]))
-        paper = self.papers[col]
-        trending = trending_reason(paper)
+                reasons.append("matches: " + ", ".join([phrases[i] for _, i in ranked[:3]]))
+        trending = self._trending_reasons[col]
         if trending:
             reasons.append(trending)
         elif fallback:
@@ -529,12 +683,23 @@ class DayIndex:
 BLEND_MAX, BLEND_MEAN, BLEND_WHOLE = 0.5, 0.0, 0.5
 
 
-def _blend(per_phrase: np.ndarray, whole: np.ndarray) -> np.ndarray:
-    return (
-        BLEND_MAX * per_phrase.max(axis=0)
-        + BLEND_MEAN * per_phrase.mean(axis=0)
-        + BLEND_WHOLE * whole
-    )
+def _blend(per_phrase: np.ndarray, counts: np.ndarray, whole: np.ndarray) -> np.ndarray:
+    """Per profile: its `count` consecutive rows of per_phrase blended with its whole-text row.
+
+    Profiles with the same number of phrases are blended together, as one (profiles x
+    phrases x papers) block each, so a batch costs a few array operations, not a few per
+    profile.
+    """
+    starts = np.cumsum(counts) - counts
+    best = np.empty_like(whole)
+    mean = np.zeros_like(whole)
+    for count in np.unique(counts).tolist():
+        rows = np.flatnonzero(counts == count)
+        block = per_phrase[starts[rows, None] + np.arange(count)]
+        best[rows] = block.max(axis=1)
+        if BLEND_MEAN:  # weighed 0 today: skip its cost
+            mean[rows] = block.sum(axis=1) / np.float32(count)
+    return BLEND_MAX * best + BLEND_MEAN * mean + BLEND_WHOLE * whole
 
 
 def _short_title(title: str, limit: int = 60) -> str:

@@ -7,6 +7,7 @@ from datetime import datetime, timedelta, timezone
 import numpy as np
 import pytest
 
+from digest import score
 from digest.score import (
     CandidatePaper,
     Profile,
@@ -230,6 +231,34 @@ def test_paper_embeddings_are_computed_once_and_stored(tmp_path) -> None:
     again = EmbeddingStore(tmp_path / "emb").vectors(PAPERS[:3], encoder)
     assert encoder.calls == [2, 1]  # only the new paper was encoded the second time
     assert np.array_equal(first, again[:2]) and again.shape == (3, 4)
+
+
+HOSTILE_TOPICS = ["", " , ;\n ", "the of and", "\U0001f642", "LoRA, LoRA, lora", "MoE",
+                  "(.*)+$", "x" * 300, "LoRA,\nactivation sparsity"]
+
+
+def picks_of(selection) -> list[tuple[int, float, float, tuple[str, ...]]]:
+    return [(p.paper_id, round(p.score, 6), round(p.relevance, 6), p.reasons)
+            for p in selection.picks]
+
+
+def test_topics_repeated_in_and_across_batches_score_as_if_seen_alone(monkeypatch) -> None:
+    # The index keeps each query text's TF-IDF row for the day: a repeat, in the same batch
+    # or a later one, must score exactly as the same profile alone on a fresh index.
+    topics = ["LoRA, activation sparsity", "LoRA", "activation sparsity, LoRA", *HOSTILE_TOPICS,
+              "LoRA", "LoRA, activation sparsity"]
+    profiles = [Profile(i, t, limit=3, trending_fallback=i % 3 == 2, exclude="quantized" * (i % 2))
+                for i, t in enumerate(topics)]
+    knobs = RankingKnobs(min_relevance=0.05)
+    alone = [picks_of(build_day_index(PAPERS, [], NOW, knobs).select([p])[0]) for p in profiles]
+    assert alone[0] and alone[1] and not alone[3]  # matches, and a hostile empty topic
+    index = build_day_index(PAPERS, [], NOW, knobs)
+    assert [picks_of(s) for s in index.select(profiles)] == alone
+    assert [picks_of(s) for s in index.select(profiles[::-1])][::-1] == alone
+    assert [picks_of(index.select([p])[0]) for p in profiles] == alone
+    monkeypatch.setattr(score, "MAX_CACHED_QUERIES", 2)  # full: it starts again, same answers
+    assert [picks_of(s) for s in index.select(profiles[:5])] == alone[:5]
+    assert [picks_of(s) for s in index.select(profiles[5:])] == alone[5:]
 
 
 def test_empty_day_and_empty_batch() -> None:
