@@ -331,7 +331,7 @@ def process_tree_peak_mb(pid: int) -> float:
 
 
 def run_workers(settings: Settings, workers: int, figures: Figures,
-                progress: Callable[[str], None]) -> None:
+                progress: Callable[[str], None]) -> float:
     """The same day on K Celery worker processes (concurrency 1 each) over Redis."""
     import redis
 
@@ -378,10 +378,29 @@ def run_workers(settings: Settings, workers: int, figures: Figures,
         for p in procs:
             p.wait(30)
     figures.add(f"whole day, {workers} Celery workers", total, f"{planned / total:,.0f} emails/s")
+    busy = batch_seconds(settings, days)
     figures.notes.append(
         f"{workers} workers: {planned:,} digests in {len(batches)} tasks, peak memory per "
-        f"worker {', '.join(f'{p:,.0f}' for p in peaks)} MB"
+        f"worker {', '.join(f'{p:,.0f}' for p in peaks)} MB; outside the batches' own work "
+        f"(Celery, the broker, each worker preparing the day once): "
+        f"{max(0.0, 1 - busy / (workers * total)):.1%} of the workers' time"
     )
+    return total
+
+
+def batch_seconds(settings: Settings, days: Sequence[date]) -> float:
+    """Time the batches spent between claiming their rows and recording the last send."""
+    from sqlalchemy import func, select
+
+    from .models import Delivery
+
+    with db.session_scope(settings) as session:
+        spans = session.execute(
+            select(func.min(Delivery.claimed_at), func.max(Delivery.sent_at))
+            .where(Delivery.digest_date.in_(days), Delivery.sent_at.is_not(None))
+            .group_by(Delivery.claim_token)
+        ).all()
+    return sum((end - start).total_seconds() for start, end in spans if start and end)
 
 
 @contextmanager
@@ -408,6 +427,7 @@ def run_bench(
     backend: str = "smtp",
     postgres_admin_url: str = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres",
     progress: Callable[[str], None] = print,
+    in_process: bool = True,
 ) -> Figures:
     """Generate the day, run it, measure the best cases in the same run; return the figures."""
     figures = Figures(subscribers, papers)
@@ -420,21 +440,48 @@ def run_bench(
             database_url=f"sqlite:///{workdir / 'bench.sqlite3'}",
             celery_broker_url="redis://127.0.0.1:6379/12", redis_url="redis://127.0.0.1:6379/12",
         )
-        progress(f"Generating {subscribers:,} subscribers and {papers:,} papers in "
-                 f"{settings.database_url}")
-        db.upgrade(settings)
-        populate(settings, subscribers, papers)
-        progress("Running the day in this process...")
-        run_in_process(settings, figures, progress)
-        measure_best_cases(settings, figures, sink, subscribers)
+        if in_process:
+            progress(f"Generating {subscribers:,} subscribers and {papers:,} papers in "
+                     f"{settings.database_url}")
+            db.upgrade(settings)
+            populate(settings, subscribers, papers)
+            progress("Running the day in this process...")
+            run_in_process(settings, figures, progress)
+            measure_best_cases(settings, figures, sink, subscribers)
         if workers:
             with temporary_postgres(postgres_admin_url) as url:
-                pg = replace(settings, database_url=url)
+                pg = replace(settings, database_url=url, mail_backend="smtp")
                 progress(f"Generating the same day in PostgreSQL for {workers} workers...")
                 db.upgrade(pg)
                 populate(pg, subscribers, papers)
-                run_workers(pg, workers, figures, progress)
+                seconds = run_workers(pg, workers, figures, progress)
+                measure_sink(pg, figures, sink, subscribers, seconds, progress)
     return figures
+
+
+def measure_sink(
+    settings: Settings, figures: Figures, sink: Sink, n: int, workers_seconds: float,
+    progress: Callable[[str], None],
+) -> None:
+    """What the workers are compared with: the sink fed all N messages by a trivial client."""
+    from .pipeline import compose_message, load_batch, prepared_day
+    from .send import message_bytes
+
+    with db.session_scope(settings) as session:
+        day = today()
+        prepared = prepared_day(session, settings, day)
+        subscribers, profiles = load_batch(session, day, list(range(1, 101)))
+        fresh = [replace(p, sent_paper_ids=frozenset(), since=None) for p in profiles]
+        message = next(
+            compose_message(settings, prepared, s, selection)
+            for s, selection in zip(subscribers, prepared.index.select(fresh), strict=True)
+            if selection.picks
+        )
+    progress(f"Feeding the sink {n:,} digests with a trivial smtplib client (2 connections)...")
+    rate = trivial_client_rate(sink.port, message_bytes(settings, message), n, 2)
+    figures.add(f"SMTP sink alone: {n:,} digests, trivial client x2", n / rate,
+                f"{rate:,.0f} msg/s", f"workers took {workers_seconds:,.1f} s",
+                f"{workers_seconds / (n / rate):.2f}x")
 
 
 def measure_best_cases(settings: Settings, figures: Figures, sink: Sink, n: int) -> None:

@@ -21,9 +21,10 @@ def test_bench_runs_in_process_and_on_a_worker(tmp_path: Path) -> None:
     table = figures.table()
     for stage in ("whole day in-process", "score", "render", "send", "ledger",
                   "raw sparse product", "compiled once + Jinja fill", "pre-wrapped join",
-                  "direct bytes", "trivial client", "1 Celery workers"):
+                  "direct bytes", "trivial client", "1 Celery workers", "SMTP sink alone"):
         assert stage in table, stage
     assert "database statements" in table and "peak memory" in table
+    assert "outside the batches' own work" in table
     assert any("Generating" in line for line in lines)
 
 
@@ -33,3 +34,11 @@ def test_bench_command_prints_the_table(tmp_path: Path, monkeypatch: pytest.Monk
                                 env={"DATA_DIR": str(tmp_path)})
     assert result.exit_code == 0, result.output
     assert "whole day in-process (file)" in result.output
+
+
+def test_bench_can_run_on_workers_only(tmp_path: Path) -> None:
+    figures = run_bench(Settings(data_dir=tmp_path).resolved(), subscribers=40, papers=30,
+                        workers=1, in_process=False, progress=lambda _: None)
+    stages = [row[0] for row in figures.rows]
+    assert stages[0] == "whole day, 1 Celery workers" and "in-process" not in figures.table()
+    assert stages[1].startswith("SMTP sink alone: 40 digests")
