@@ -64,7 +64,7 @@ from .send import (
     open_sender,
 )
 from .settings import Settings
-from .tokens import Purpose, link
+from .tokens import Purpose, links
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -725,6 +725,9 @@ def profile_of(
     )
 
 
+EMAIL_LINKS = (Purpose.PREFERENCES, Purpose.UNSUBSCRIBE, Purpose.FEEDBACK)
+
+
 def digest_context(
     settings: Settings, prepared: PreparedDay, subscriber: Subscriber, selection: Selection
 ) -> DigestContext:
@@ -732,14 +735,15 @@ def digest_context(
         DigestItem(card=prepared.cards[pick.paper_id], reasons=pick.reasons, score=pick.score)
         for pick in selection.picks
     )
+    own = links(settings, subscriber.id, EMAIL_LINKS)
     return DigestContext(
         day=prepared.day,
         recipient=subscriber.email,
         topics=subscriber.profile.topics if subscriber.profile else "",
         items=items,
-        preferences_url=link(settings, Purpose.PREFERENCES, subscriber.id),
-        unsubscribe_url=link(settings, Purpose.UNSUBSCRIBE, subscriber.id),
-        feedback_url=link(settings, Purpose.FEEDBACK, subscriber.id),
+        preferences_url=own[Purpose.PREFERENCES],
+        unsubscribe_url=own[Purpose.UNSUBSCRIBE],
+        feedback_url=own[Purpose.FEEDBACK],
         site_url=settings.public_base_url,
         trending_fallback=selection.trending_fallback,
     )

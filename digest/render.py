@@ -422,7 +422,7 @@ class DayRenderer:
         self.slot = {name: f"pd{token}{name}" for name in _SLOTS}
         self._skeletons: dict[Variant, _Skeleton] = {}
         self._cards: dict[tuple[int, bool, Variant], tuple[str, ...] | None] = {}
-        self._text_cards: dict[tuple[int, int, bool, bool], str] = {}
+        self._text_cards: dict[tuple[int, int, bool, bool], tuple[str, ...]] = {}
         self._why: dict[tuple[str, int], str] = {}
         self.fallbacks = 0
 
@@ -552,29 +552,25 @@ class DayRenderer:
 
     def _card_text(self, card: PaperCard, rank: int, why: str, feedback_url: str) -> str:
         """The card's text, wrapped once per day; per subscriber only its number, why and
-        feedback links."""
+        feedback links are filled in."""
         digits = len(str(rank))
         key = (card.paper_id, digits, bool(why), bool(feedback_url))
-        if key not in self._text_cards:
+        segments = self._text_cards.get(key)
+        if segments is None:
             number = "9" * digits + ". "  # the same width as the real number
             macro = email_environment().get_template("email/digest/_card.txt").module.paper_card
             block = _tidy_text(str(macro(card, number, self.slot["why"] if why else "",
                                          self.slot["fb"] if feedback_url else "")))
             if not block.startswith(number):
                 raise RuntimeError("templates/email/digest/_card.txt must start with the number")
-            self._text_cards[key] = block[digits:].rstrip("\n")
-        text = str(rank) + self._text_cards[key]
-        if feedback_url:
-            text = text.replace(self.slot["fb"], str(printable(feedback_url)))
+            segments = self._text_cards[key] = _segments(block[digits:].rstrip("\n"), self.slot)
+        lines = ""
         if why:
             indent = digits + 2
-            lines = self._why.get((why, indent))
-            if lines is None:
-                lines = self._why.setdefault(
-                    (why, indent), str(printable(why_block(why, indent)))
-                )
-            text = text.replace(self.slot["why"], lines, 1)
-        return text
+            lines = self._why.get((why, indent)) or self._why.setdefault(
+                (why, indent), str(printable(why_block(why, indent)))
+            )
+        return str(rank) + _fill(segments, {"why": lines, "fb": str(printable(feedback_url))})
 
 
 @dataclass(frozen=True)

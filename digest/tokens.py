@@ -6,10 +6,11 @@ address cannot unsubscribe anyone, and a token for one subscriber does nothing f
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from enum import Enum
 from functools import lru_cache
 
-from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
+from itsdangerous import BadSignature, SignatureExpired, TimestampSigner, URLSafeTimedSerializer
 
 from .settings import Settings
 
@@ -48,8 +49,27 @@ def _serializer_for(key: str, purpose: Purpose) -> URLSafeTimedSerializer:
     return URLSafeTimedSerializer(key, salt=f"paper-digest:{purpose.value}")
 
 
+@lru_cache(maxsize=32)
+def _signer_for(key: str, purpose: Purpose) -> TimestampSigner:
+    serializer = _serializer_for(key, purpose)
+    return serializer.make_signer(serializer.salt)  # type: ignore[return-value]
+
+
 def make_token(settings: Settings, purpose: Purpose, subscriber_id: int) -> str:
-    return _serializer(settings, purpose).dumps(subscriber_id)
+    return make_tokens(settings, subscriber_id, (purpose,))[purpose]
+
+
+def make_tokens(
+    settings: Settings, subscriber_id: int, purposes: Sequence[Purpose]
+) -> dict[Purpose, str]:
+    """One subscriber's tokens for several purposes, exactly as `serializer.dumps` makes them.
+
+    Every email carries three (preferences, unsubscribe, feedback): the payload is the same
+    for each, so it is encoded once and only signed per purpose.
+    """
+    key = settings.signing_key()
+    payload = _serializer_for(key, purposes[0]).dump_payload(subscriber_id)
+    return {p: _signer_for(key, p).sign(payload).decode("utf-8") for p in purposes}
 
 
 def read_token(settings: Settings, purpose: Purpose, token: str) -> int:
@@ -67,5 +87,15 @@ def read_token(settings: Settings, purpose: Purpose, token: str) -> int:
 
 def link(settings: Settings, purpose: Purpose, subscriber_id: int) -> str:
     """The absolute URL a subscriber follows for `purpose`."""
+    return links(settings, subscriber_id, (purpose,))[purpose]
+
+
+def links(
+    settings: Settings, subscriber_id: int, purposes: Sequence[Purpose]
+) -> dict[Purpose, str]:
+    """The absolute URLs a subscriber follows, one per purpose."""
     base = settings.public_base_url.rstrip("/")
-    return f"{base}/{purpose.value}/{make_token(settings, purpose, subscriber_id)}"
+    return {
+        purpose: f"{base}/{purpose.value}/{token}"
+        for purpose, token in make_tokens(settings, subscriber_id, purposes).items()
+    }
