@@ -16,6 +16,7 @@ import multiprocessing
 import os
 import random
 import resource
+import shutil
 import signal
 import smtplib
 import subprocess
@@ -339,7 +340,8 @@ def run_workers(settings: Settings, workers: int, figures: Figures,
     from .pipeline import plan_due
 
     redis.Redis.from_url(settings.celery_broker_url).flushdb()
-    logs = Path(tempfile.mkdtemp(prefix="digest-bench-workers-"))
+    logs = Path(settings.data_dir) / "worker-logs"
+    logs.mkdir(parents=True, exist_ok=True)
     procs = []
     for k in range(workers):
         log = (logs / f"w{k}.log").open("wb")
@@ -400,7 +402,7 @@ def batch_seconds(settings: Settings, days: Sequence[date]) -> float:
             .where(Delivery.digest_date.in_(days), Delivery.sent_at.is_not(None))
             .group_by(Delivery.claim_token)
         ).all()
-    return sum((end - start).total_seconds() for start, end in spans if start and end)
+    return sum(((end - start).total_seconds() for start, end in spans if start and end), 0.0)
 
 
 @contextmanager
@@ -432,6 +434,19 @@ def run_bench(
     """Generate the day, run it, measure the best cases in the same run; return the figures."""
     figures = Figures(subscribers, papers)
     workdir = Path(tempfile.mkdtemp(prefix="digest-bench-"))
+    try:
+        _run(base, figures, workdir, subscribers, papers, workers, backend, postgres_admin_url,
+             progress, in_process)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)  # a 100k day leaves gigabytes of outbox
+    return figures
+
+
+def _run(
+    base: Settings, figures: Figures, workdir: Path, subscribers: int, papers: int,
+    workers: int, backend: str, postgres_admin_url: str, progress: Callable[[str], None],
+    in_process: bool,
+) -> None:
     with Sink() as sink:
         settings = replace(
             base, data_dir=workdir, outbox_dir=workdir / "outbox", mail_backend=backend,
@@ -456,7 +471,6 @@ def run_bench(
                 populate(pg, subscribers, papers)
                 seconds = run_workers(pg, workers, figures, progress)
                 measure_sink(pg, figures, sink, subscribers, seconds, progress)
-    return figures
 
 
 def measure_sink(

@@ -355,7 +355,7 @@ def evaluate_feedback(
         per_reader[reader] = {
             p.id: profile_metrics(
                 [keys[pick.paper_id] for pick in selection.picks],
-                {k: g for k, g in eval_set.grades[p.id].items() if k not in {keys[i] for i in sent}},
+                _unsent_grades(eval_set.grades[p.id], {keys[i] for i in sent}),
             )
             for p, sent, selection in zip(profiles, shown, second, strict=True)
         }
@@ -364,6 +364,10 @@ def evaluate_feedback(
                 for reader, by_id in per_reader.items()}
         for split in splits if eval_set.split(split)
     }
+
+
+def _unsent_grades(grades: dict[str, int], sent: set[str]) -> dict[str, int]:
+    return {key: grade for key, grade in grades.items() if key not in sent}
 
 
 def _simulated_feedback(

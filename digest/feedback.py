@@ -19,7 +19,6 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
 
 import numpy as np
 from sqlalchemy import Select, delete, exists, select
@@ -161,12 +160,16 @@ def signals_for(
     if not subscriber_ids:
         return {}
     rows: dict[int, list[FeedbackRow]] = {}
-    for sid, *row in session.execute(_feedback_rows(subscriber_ids)):
-        rows.setdefault(sid, []).append(FeedbackRow(*row))
+    for sid, paper_id, kind, at, title, abstract in session.execute(
+        _feedback_rows(subscriber_ids)
+    ):
+        rows.setdefault(sid, []).append(FeedbackRow(paper_id, kind, at, title, abstract))
     return {sid: learning_signals(history) for sid, history in rows.items()}
 
 
-def _feedback_rows(subscriber_ids: Sequence[int]) -> Select[Any]:
+def _feedback_rows(
+    subscriber_ids: Sequence[int],
+) -> Select[int, int, FeedbackKind, datetime, str, str]:
     """(subscriber, paper, kind, time, title, abstract) of the feedback that still counts.
 
     Feedback given before the subscriber last changed their topics is not used: someone who
@@ -250,7 +253,12 @@ def learned_profile(session: Session, subscriber: Subscriber, terms: int = 8) ->
     The terms come from a TF-IDF fitted on the papers they gave feedback on plus the latest
     archive, so they read as "what distinguishes what they liked", not as common words.
     """
-    rows = [FeedbackRow(*row) for _, *row in session.execute(_feedback_rows([subscriber.id]))]
+    rows = [
+        FeedbackRow(paper_id, kind, at, title, abstract)
+        for _, paper_id, kind, at, title, abstract in session.execute(
+            _feedback_rows([subscriber.id])
+        )
+    ]
     signals = learning_signals(rows)
     by_kind = {
         kind: tuple(s.title for s in signals if s.weight == weight)

@@ -97,26 +97,26 @@ def _plan_chunk(
 ) -> set[tuple[int, date]]:
     lease = now + timedelta(seconds=lease_seconds)
     insert = db.dialect_insert(session)
+    # The rows as executemany parameters: one cached statement, not a VALUES clause of
+    # PLAN_CHUNK rows compiled afresh for every chunk.
     inserted = session.execute(
         insert(Delivery)
-        .values(
-            [
-                {
-                    "subscriber_id": sid,
-                    "digest_date": day,
-                    "status": DeliveryStatus.CLAIMED,
-                    "message_id": message_ids[(sid, day)],
-                    "paper_count": 0,
-                    "trending_fallback": False,
-                    "claimed_at": now,
-                    "lease_until": lease,
-                    "attempts": 0,
-                }
-                for sid, day in due
-            ]
-        )
         .on_conflict_do_nothing(index_elements=["subscriber_id", "digest_date"])
-        .returning(Delivery.subscriber_id, Delivery.digest_date)
+        .returning(Delivery.subscriber_id, Delivery.digest_date),
+        [
+            {
+                "subscriber_id": sid,
+                "digest_date": day,
+                "status": DeliveryStatus.CLAIMED,
+                "message_id": message_ids[(sid, day)],
+                "paper_count": 0,
+                "trending_fallback": False,
+                "claimed_at": now,
+                "lease_until": lease,
+                "attempts": 0,
+            }
+            for sid, day in due
+        ],
     ).all()
     planned = {(sid, day) for sid, day in inserted}
     stale = [pair for pair in due if pair not in planned]

@@ -666,7 +666,9 @@ def load_batch(
         subscriber_id: last_digest_cutoff(last_date, claimed_at)
         for subscriber_id, last_date, claimed_at in session.execute(
             select(
-                Delivery.subscriber_id, func.max(Delivery.digest_date), func.max(Delivery.claimed_at)
+                Delivery.subscriber_id,
+                func.max(Delivery.digest_date),
+                func.max(Delivery.claimed_at),
             )
             .where(
                 Delivery.subscriber_id.in_(ids),

@@ -31,7 +31,6 @@ import smtplib
 import socket
 import ssl
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -680,6 +679,7 @@ class FileSender(Sender):
         self.index_path = self.outbox_dir / "index.html"
         self.written: list[Path] = []
         self.known: dict[str, list[object]] = {}  # index rows of the messages written here
+        self._folders: dict[str, Path] = {}
 
     def send(self, email: OutgoingEmail) -> SendResult:
         eml_path = self.path_for(email)
@@ -701,14 +701,21 @@ class FileSender(Sender):
         """Where `email`'s .eml goes; always inside the outbox whatever the address holds."""
         recipient = re.sub(r"[^A-Za-z0-9@+_.-]+", "_", email.to).strip("._-")[:64] or "recipient"
         digest = hashlib.sha256(email.message_id.encode()).hexdigest()[:12]
-        path = (
-            self.outbox_dir
-            / email.date.date().isoformat()
-            / f"{email.kind}--{recipient}--{digest}.eml"
-        )
-        if not path.resolve().is_relative_to(self.outbox_dir):
-            raise ValueError(f"refusing to write {path}: outside the outbox {self.outbox_dir}")
-        return path
+        folder = self._day_folder(email.date.date().isoformat())
+        return folder / f"{email.kind}--{recipient}--{digest}.eml"
+
+    def _day_folder(self, day: str) -> Path:
+        """outbox/<day>/, checked once per day to lie inside the outbox (a symlink might not).
+
+        The file name itself cannot leave it: the recipient part keeps only [A-Za-z0-9@+_.-]
+        (no slash), and the kind and hash are our own."""
+        folder = self._folders.get(day)
+        if folder is None:
+            folder = self.outbox_dir / day
+            if not folder.resolve().is_relative_to(self.outbox_dir):
+                raise ValueError(f"refusing to write into {folder}: outside the outbox")
+            self._folders[day] = folder
+        return folder
 
     def close(self) -> None:
         self.write_index()
@@ -784,7 +791,7 @@ def _load_index_cache(path: Path) -> dict[str, list[object]]:
     return cache if isinstance(cache, dict) else {}
 
 
-def _header_fields(parser: BytesHeaderParser, eml: Path) -> list[object]:
+def _header_fields(parser: BytesHeaderParser[Any], eml: Path) -> list[object]:
     """[date ISO or None, to, subject, kind, message id] from a message file's headers."""
     headers = parser.parsebytes(_read_head(eml))
     sent_at = getattr(headers["Date"], "datetime", None) if headers["Date"] else None
@@ -820,14 +827,16 @@ def _read_head(path: Path) -> bytes:
 
 def _write_atomically(path: Path, data: bytes) -> None:
     # A reader (a browser on index.html, a mail client on an .eml) never sees half a file.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    # The temporary name is the file's own plus this process and thread: unique among
+    # writers without mkstemp's random names and chmod (two files per message at 100k a day).
+    tmp = path.with_name(f".tmp-{os.getpid()}-{threading.get_ident()}-{path.name}")
     try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 

@@ -13,15 +13,16 @@ and render a page from `templates/web/`.
 | GET, POST /preferences/<token>         | topics, hour, time zone, papers per digest, pause      |
 | GET, POST /unsubscribe/<token>         | a page with one button; the POST unsubscribes; RFC 8058|
 | POST /unsubscribe/<token>/resubscribe  | the way back                                           |
-| GET  /feedback/<token>/<paper>/open|pdf| records the click, redirects to the paper              |
-| GET, POST /feedback/<token>/<paper>/more|less | a page with one button; the POST records the vote |
+| GET  /feedback/<token>/<paper>/open    | records the click, redirects to the paper (/pdf: PDF) |
+| GET, POST /feedback/<token>/<paper>/more | a page with one button; the POST records it (/less) |
 | POST /webhooks/<provider>              | sendgrid, mailgun, postmark, generic                   |
 | GET  /healthz                          | 200 when the database answers                          |
 
 A GET never changes anything (mail scanners open links to see where they lead), except that
-following a paper link counts as a click; feedback.py sets a scanner's bursts of clicks aside. Forms carry
-a CSRF token kept in the (signed) session cookie; the RFC 8058 one-click POST and the
-webhooks carry none, and prove themselves by the signed link or the provider's signature.
+following a paper link counts as a click; feedback.py sets a scanner's bursts of clicks
+aside. Forms carry a CSRF token kept in the (signed) session cookie; the RFC 8058 one-click
+POST and the webhooks carry none, and prove themselves by the signed link or the provider's
+signature.
 """
 
 from __future__ import annotations
