@@ -17,6 +17,7 @@ starts the learning afresh.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from contextlib import suppress
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -115,11 +116,9 @@ def follow_link(
         )
         if not destination or not record_click:
             return destination or None
-        try:
+        with suppress(tokens.InvalidToken, NotInTheirDigest):  # still go to the paper
             subscriber_id = tokens.read_token(settings, tokens.Purpose.FEEDBACK, token)
             record(session, subscriber_id, paper_id, FeedbackKind.CLICK, now)
-        except (tokens.InvalidToken, NotInTheirDigest):
-            pass
         return destination
 
 

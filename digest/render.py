@@ -323,7 +323,6 @@ def digest_template_context(ctx: DigestContext, with_cards: bool = True) -> dict
         "preferences_href": safe_url(ctx.preferences_url),
         "unsubscribe_href": safe_url(ctx.unsubscribe_url),
         "site_url": ctx.site_url,
-        "feedback_url": ctx.feedback_url,
         "feedback_href": safe_url(ctx.feedback_url),
         "rank_slot": "",  # the fast path compiles cards with a placeholder here
     }

@@ -677,7 +677,6 @@ class FileSender(Sender):
         self.settings = settings
         self.outbox_dir = Path(settings.outbox_dir).resolve()
         self.index_path = self.outbox_dir / "index.html"
-        self.written: list[Path] = []
         self.known: dict[str, list[object]] = {}  # index rows of the messages written here
         self._folders: dict[str, Path] = {}
 
@@ -687,7 +686,6 @@ class FileSender(Sender):
         eml_path.parent.mkdir(parents=True, exist_ok=True)
         _write_atomically(eml_path, data)
         _write_atomically(eml_path.with_suffix(".html"), email.html.encode("utf-8"))
-        self.written.append(eml_path)
         # What the index shows of it, so that writing the index needs not read it back.
         stat = eml_path.stat()
         sent_at = email.date if email.date.tzinfo else email.date.replace(tzinfo=timezone.utc)
