@@ -355,9 +355,19 @@ def card_text(card: PaperCard, rank: int, why: str, feedback_url: str = "") -> s
 # per renderer, so no title or address from outside can contain one.
 _SLOTS = (
     "preview", "topics", "count", "isare", "recipient", "pref", "unsub", "rank", "why", "cards",
-    "fb",
+    "fb", "prefurl", "unsuburl",
 )
 Variant = tuple[bool, bool, bool, bool]  # no papers, trending fallback, has topics, has feedback
+
+
+@dataclass(frozen=True)
+class _TextFrame:
+    """The plain-text part around the cards, compiled with slots. Its wrapped paragraphs that
+    hold a subscriber's values (topics, address) are kept unwrapped, as slotted text with the
+    `wrap` arguments, and wrapped per subscriber once filled."""
+
+    segments: tuple[str, ...]  # literal, slot, literal, ... (slots: values, "cards", paragraphs)
+    paragraphs: dict[str, tuple[tuple[str, ...], tuple[int, int, str | None]]]
 
 
 @dataclass(frozen=True)
@@ -421,7 +431,8 @@ class DayRenderer:
         self.slot = {name: f"pd{token}{name}" for name in _SLOTS}
         self._skeletons: dict[Variant, _Skeleton] = {}
         self._cards: dict[tuple[int, bool, Variant], tuple[str, ...] | None] = {}
-        self._text_cards: dict[tuple[int, int, bool, bool], tuple[str, ...]] = {}
+        self._text_frames: dict[Variant, _TextFrame] = {}
+        self._text_cards: dict[tuple[int, int, bool, bool], tuple[str, str]] = {}
         self._why: dict[tuple[str, int], str] = {}
         self.fallbacks = 0
 
@@ -463,8 +474,7 @@ class DayRenderer:
     ) -> tuple[_Skeleton, list[tuple[str, ...]]] | None:
         """The day's compiled skeleton for this digest's variant and each of its cards (with
         their slots), compiling what is not yet; None if a card does not fit the skeleton."""
-        variant = (not ctx.items, ctx.trending_fallback, bool(context["topics"]),
-                   bool(context["feedback_href"]))
+        variant = self._variant(ctx, context)
         skeleton = self._skeleton(variant, context)
         units = []
         for item in ctx.items:
@@ -475,17 +485,31 @@ class DayRenderer:
         return skeleton, units
 
     def text(self, ctx: DigestContext, context: dict[str, Any]) -> str:
-        """The plain-text part: each paper's text was wrapped and tidied once per day; only the
-        short frame around the cards is rendered and tidied per subscriber."""
-        template = email_environment().get_template("email/digest/body.txt")
-        if not ctx.items:
-            return _tidy_text(template.render({**context, "cards_text": ""}))
-        frame = _tidy_text(template.render({**context, "cards_text": self.slot["cards"]}))
-        cards = "\n\n".join(
+        """The plain-text part: the frame and each paper's text were rendered, wrapped and
+        tidied once per day; per subscriber the frame's values and wrapped paragraphs are
+        filled in and the cards joined, with the reader's feedback links put in last."""
+        frame = self._text_frame(self._variant(ctx, context), context)
+        raw = {
+            "topics": context["topics"], "count": context["count_phrase"],
+            "isare": context["is_are"], "recipient": context["recipient"],
+            "prefurl": context["preferences_url"], "unsuburl": context["unsubscribe_url"],
+        }
+        values = {name: str(printable(value)) for name, value in raw.items()}
+        for name, (segments, (width, indent, first)) in frame.paragraphs.items():
+            # As in the template: the text is joined raw, wrapped, then printed.
+            values[name] = str(printable(wrap(_fill(segments, raw), width, indent, first)))
+        fb = self.slot["fb"]
+        values["cards"] = "\n\n".join(
             self._card_text(item.card, rank, item.why, ctx.feedback_url)
             for rank, item in enumerate(ctx.items, 1)
-        ) + "\n"  # a blank line before what follows, as tidying the whole text leaves
-        return frame.replace(self.slot["cards"], cards, 1)
+        ) + "\n" if ctx.items else ""  # a blank line before what follows, as tidying leaves
+        text = _fill(frame.segments, values)
+        return text.replace(fb, str(printable(ctx.feedback_url))) if ctx.feedback_url else text
+
+    @staticmethod
+    def _variant(ctx: DigestContext, context: Mapping[str, Any]) -> Variant:
+        return (not ctx.items, ctx.trending_fallback, bool(context["topics"]),
+                bool(context["feedback_href"]))
 
     # -- per day, once each ------------------------------------------------------------------
 
@@ -510,6 +534,39 @@ class DayRenderer:
             "day": self.day,
             "rank_slot": slot["rank"],
         }
+
+    def _text_frame(self, variant: Variant, context: Mapping[str, Any]) -> _TextFrame:
+        """body.txt rendered with slots; `wrap` on text holding a slot is deferred (recorded,
+        a paragraph slot left in its place), since where its lines break depends on the values."""
+        frame = self._text_frames.get(variant)
+        if frame is not None:
+            return frame
+        paragraphs: dict[str, tuple[tuple[str, ...], tuple[int, int, str | None]]] = {}
+        slots = dict(self.slot)
+        markers = tuple(self.slot.values())
+
+        def deferred_wrap(text: object, width: int = TEXT_WIDTH, indent: int = 0,
+                          first: str | None = None) -> str:
+            text = str(text)
+            if not any(marker in text for marker in markers):
+                return wrap(text, width, indent, first)
+            name = f"para{len(paragraphs)}"
+            slots[name] = f"{self.slot['cards']}{name}"
+            paragraphs[name] = (_segments(text, self.slot), (width, indent, first))
+            return slots[name]
+
+        env = email_environment().overlay()
+        env.filters["wrap"] = deferred_wrap
+        context = {
+            **self._slot_context(variant, context),
+            "preferences_url": self.slot["prefurl"], "unsubscribe_url": self.slot["unsuburl"],
+            "cards_text": "" if variant[0] else self.slot["cards"],
+        }
+        text = _tidy_text(env.get_template("email/digest/body.txt").render(context))
+        # Longest markers first: a paragraph's marker begins with the cards marker.
+        ordered = dict(sorted(slots.items(), key=lambda kv: -len(kv[1])))
+        frame = self._text_frames[variant] = _TextFrame(_segments(text, ordered), paragraphs)
+        return frame
 
     def _compile(self, context: Mapping[str, Any]) -> str:
         mjml = email_environment().get_template("email/digest/body.mjml").render(context)
@@ -550,26 +607,27 @@ class DayRenderer:
         return self._cards[key]
 
     def _card_text(self, card: PaperCard, rank: int, why: str, feedback_url: str) -> str:
-        """The card's text, wrapped once per day; per subscriber only its number, why and
-        feedback links are filled in."""
+        """The card's text, wrapped once per day; per subscriber only its number and why lines
+        go in (the feedback slot stays, for `text` to fill once for the whole part)."""
         digits = len(str(rank))
         key = (card.paper_id, digits, bool(why), bool(feedback_url))
-        segments = self._text_cards.get(key)
-        if segments is None:
+        parts = self._text_cards.get(key)
+        if parts is None:
             number = "9" * digits + ". "  # the same width as the real number
             macro = email_environment().get_template("email/digest/_card.txt").module.paper_card
             block = _tidy_text(str(macro(card, number, self.slot["why"] if why else "",
                                          self.slot["fb"] if feedback_url else "")))
             if not block.startswith(number):
                 raise RuntimeError("templates/email/digest/_card.txt must start with the number")
-            segments = self._text_cards[key] = _segments(block[digits:].rstrip("\n"), self.slot)
-        lines = ""
-        if why:
-            indent = digits + 2
-            lines = self._why.get((why, indent)) or self._why.setdefault(
-                (why, indent), str(printable(why_block(why, indent)))
-            )
-        return str(rank) + _fill(segments, {"why": lines, "fb": str(printable(feedback_url))})
+            before, _, after = block[digits:].rstrip("\n").partition(self.slot["why"])
+            parts = self._text_cards[key] = (before, after)
+        if not why:
+            return str(rank) + parts[0]
+        indent = digits + 2
+        lines = self._why.get((why, indent)) or self._why.setdefault(
+            (why, indent), str(printable(why_block(why, indent)))
+        )
+        return str(rank) + parts[0] + lines + parts[1]
 
 
 @dataclass(frozen=True)
