@@ -252,12 +252,15 @@ def best_score_seconds(prepared: Any, profiles: Sequence[Any], chunk: int = 1000
 
 
 @contextmanager
-def counted_statements(database_url: str) -> Iterator[list[int]]:
-    counter = [0]
+def counted_statements(database_url: str) -> Iterator[Any]:
+    """Count statements on the engine, in this process and in the run processes it forks
+    (the counter lives in shared memory; `.value` reads it)."""
+    counter = multiprocessing.get_context("fork").Value("q", 0)
     engine = db.engine_for(database_url)
 
     def on_execute(*_args: object) -> None:
-        counter[0] += 1
+        with counter.get_lock():
+            counter.value += 1
 
     event.listen(engine, "before_cursor_execute", on_execute)
     try:
@@ -266,15 +269,18 @@ def counted_statements(database_url: str) -> Iterator[list[int]]:
         event.remove(engine, "before_cursor_execute", on_execute)
 
 
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def peak_rss_mb(who: int = resource.RUSAGE_SELF) -> float:
+    """Peak resident memory of this process (or the largest of its finished children)."""
+    return resource.getrusage(who).ru_maxrss / 1024
 
 
 def run_in_process(settings: Settings, figures: Figures, progress: Callable[[str], None]) -> None:
-    from .pipeline import CLOCK, run_day
+    from .pipeline import CLOCK, chunked, run_day, run_jobs
 
     CLOCK.reset()
     day = datetime.now(timezone.utc).date()
+    jobs = run_jobs(settings, len(list(chunked(range(figures.subscribers),
+                                               settings.batch_size))))
     done = [0]
 
     def tick(n: int) -> None:
@@ -288,16 +294,21 @@ def run_in_process(settings: Settings, figures: Figures, progress: Callable[[str
         total = time.perf_counter() - start
     sent = len(report.sent)
     batches = -(-figures.subscribers // settings.batch_size)
-    figures.add(f"whole day in-process ({settings.mail_backend})", total,
+    where = "in-process" if jobs == 1 else f"in-process, {jobs} processes"
+    figures.add(f"whole day {where} ({settings.mail_backend})", total,
                 f"{sent / total:,.0f} emails/s")
     for stage in ("prepare", "load", "score", "render", "send", "ledger"):
         seconds = CLOCK.seconds[stage]
         items = CLOCK.items[stage] or 1
         figures.add(f"  {stage}", seconds, f"{seconds / items * 1000:.3f} ms/item")
+    memory = f"peak memory {peak_rss_mb():,.0f} MB"
+    if jobs > 1:
+        memory += f" (largest run process {peak_rss_mb(resource.RUSAGE_CHILDREN):,.0f} MB)"
+        figures.notes.append(f"stage times are summed over the {jobs} processes "
+                             "(process-seconds); prepare ran once, before they forked")
     figures.notes.append(
-        f"in-process: {sent:,} sent, peak memory {peak_rss_mb():,.0f} MB, "
-        f"{statements[0]:,} database statements = {statements[0] / batches:.1f} per batch of "
-        f"{settings.batch_size}"
+        f"{where}: {sent:,} sent, {memory}, {statements.value:,} database statements = "
+        f"{statements.value / batches:.1f} per batch of {settings.batch_size}"
     )
 
 

@@ -655,12 +655,14 @@ def papers_show(ctx: click.Context, paper: str) -> None:
 @click.option("--backend", type=click.Choice(["smtp", "file"]), default="smtp",
               show_default=True, help="In-process mail backend: an SMTP sink or the file outbox.")
 @click.option("--batch-size", default=None, type=int, help="Subscribers per batch.")
+@click.option("--jobs", "-j", default=None, type=int,
+              help="Processes for the in-process day (RUN_JOBS; 0: one per core).")
 @click.option("--in-process/--no-in-process", default=True, show_default=True,
               help="Run the day in this process too (off: only on the --workers).")
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
 @click.pass_context
 def bench(ctx: click.Context, subscribers: int, papers: int, workers: int, backend: str,
-          batch_size: int | None, in_process: bool, as_json: bool) -> None:
+          batch_size: int | None, jobs: int | None, in_process: bool, as_json: bool) -> None:
     """Run a synthetic day and print time, rate and ratio to the best case per stage.
 
     Uses a throwaway SQLite file (and a throwaway PostgreSQL database with --workers);
@@ -673,6 +675,8 @@ def bench(ctx: click.Context, subscribers: int, papers: int, workers: int, backe
     settings = _settings(ctx)
     if batch_size:
         settings = replace(settings, batch_size=batch_size)
+    if jobs is not None:
+        settings = replace(settings, run_jobs=jobs)
     if not in_process and not workers:
         raise click.UsageError("--no-in-process needs --workers K: there would be nothing to run.")
     figures = run_bench(settings, subscribers, papers, workers, backend, in_process=in_process,

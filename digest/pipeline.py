@@ -12,16 +12,21 @@ trips do not grow with the batch. The ledger (`ledger.py`) makes every step safe
 
 from __future__ import annotations
 
+import gc
 import logging
+import multiprocessing
+import os
+import traceback
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta, timezone
+from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from time import perf_counter
-from typing import TypeVar
+from typing import Any, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy import exists, func, select, update
@@ -62,6 +67,8 @@ from .send import (
     SendResult,
     message_id_for,
     open_sender,
+    outbox_rows,
+    write_outbox_index,
 )
 from .settings import Settings
 from .tokens import Purpose, links
@@ -177,17 +184,133 @@ def run_day(
         with CLOCK("prepare"):
             prepared = prepare_day(session, settings, day)
         report.candidates = len(prepared.index)
-        with open_sender(settings) as sender:
-            for batch in chunked(planned, settings.batch_size):
-                if dry_run:
-                    report.merge(preview_batch(session, settings, prepared, batch))
-                else:
-                    report.merge(process_batch(session, settings, prepared, batch, sender))
-                if progress:
-                    progress(len(batch))
+        batches = list(chunked(planned, settings.batch_size))
+        jobs = 1 if dry_run else run_jobs(settings, len(batches))
+        if jobs > 1:
+            session.commit()  # the children see the plan; this session waits for them
+            report.merge(run_in_processes(settings, prepared, batches, jobs, progress))
+        else:
+            with open_sender(settings) as sender:
+                for batch in batches:
+                    if dry_run:
+                        report.merge(preview_batch(session, settings, prepared, batch))
+                    else:
+                        report.merge(process_batch(session, settings, prepared, batch, sender))
+                    if progress:
+                        progress(len(batch))
         if settings.mail_backend == "file" and not dry_run:
             report.outbox_index = Path(settings.outbox_dir) / "index.html"
     return report
+
+
+# --- the same day on every core ------------------------------------------------------------
+
+MIN_BATCHES_PER_JOB = 5  # below this, forking a process costs more than it saves
+
+
+def run_jobs(settings: Settings, batches: int) -> int:
+    """How many processes share the day's batches: RUN_JOBS, or one per core if it is 0;
+    fewer on a small day, and one (this process) for the newcomer's demo."""
+    wanted = settings.run_jobs or os.cpu_count() or 1
+    return max(1, min(wanted, batches // MIN_BATCHES_PER_JOB))
+
+
+def run_in_processes(
+    settings: Settings,
+    prepared: PreparedDay,
+    batches: Sequence[Sequence[int]],
+    jobs: int,
+    progress: Callable[[int], None] | None = None,
+) -> DayReport:
+    """Send the planned batches from `jobs` forked processes, each over its own database
+    connection and mail session; the day was prepared once, here, and is inherited.
+
+    The ledger makes this safe as it makes the Celery workers safe: each batch is claimed
+    before it is sent. A process that dies leaves its unsent rows claimed until their lease
+    ends, for the next run to take up.
+    """
+    context = multiprocessing.get_context("fork")
+    gc.freeze()  # the inherited day stays shared: no collection in a child touches its pages
+    children: list[tuple[Any, Connection]] = []
+    try:
+        for k in range(jobs):
+            ours, theirs = context.Pipe(duplex=False)
+            child = context.Process(
+                target=_run_share, args=(settings, prepared, batches[k::jobs], theirs),
+                name=f"digest-run-{k + 1}", daemon=True,
+            )
+            child.start()
+            theirs.close()
+            children.append((child, ours))
+        report, outbox_rows, errors = _gather(children, prepared.day, progress)
+    finally:
+        for child, _ in children:
+            child.join()
+        gc.unfreeze()
+    if settings.mail_backend == "file":
+        write_outbox_index(settings, outbox_rows)
+    if errors:
+        raise RuntimeError(
+            f"{len(errors)} of {jobs} run processes failed; digests they had not sent stay "
+            f"claimed for {settings.claim_lease_seconds} s (CLAIM_LEASE_SECONDS), then "
+            f"`digest run` sends them. First error:\n{errors[0]}"
+        )
+    return report
+
+
+def _gather(
+    children: Sequence[tuple[Any, Connection]], day: date,
+    progress: Callable[[int], None] | None,
+) -> tuple[DayReport, dict[str, list[object]], list[str]]:
+    """Read the children's progress and results until each has finished or died."""
+    report = DayReport(day=day)
+    rows: dict[str, list[object]] = {}
+    errors: list[str] = []
+    waiting = {conn: child for child, conn in children}
+    while waiting:
+        for conn in wait(list(waiting)):
+            try:
+                kind, *payload = conn.recv()  # type: ignore[union-attr]
+            except EOFError:
+                child = waiting.pop(conn)  # type: ignore[arg-type]
+                child.join()
+                errors.append(f"{child.name} stopped (exit code {child.exitcode}) before "
+                              "reporting")
+                continue
+            if kind == "progress" and progress:
+                progress(payload[0])
+            elif kind == "done":
+                share, share_rows, seconds, items = payload
+                report.merge(share)
+                rows.update(share_rows)
+                CLOCK.seconds.update(seconds)
+                CLOCK.items.update(items)
+                waiting.pop(conn)  # type: ignore[arg-type]
+            elif kind == "error":
+                errors.append(payload[0])
+                waiting.pop(conn)  # type: ignore[arg-type]
+    return report, rows, errors
+
+
+def _run_share(
+    settings: Settings, prepared: PreparedDay, batches: Sequence[Sequence[int]], conn: Connection
+) -> None:
+    """A forked child of `run_in_processes`: its share of the batches, reported back."""
+    db.engine_for(settings.database_url).dispose(close=False)  # the parent's connections
+    CLOCK.reset()
+    report = DayReport(day=prepared.day)
+    try:
+        with db.session_scope(settings) as session, \
+                open_sender(settings, outbox_index=False) as sender:
+            for batch in batches:
+                report.merge(process_batch(session, settings, prepared, batch, sender))
+                conn.send(("progress", len(batch)))
+            rows = outbox_rows(sender)
+        conn.send(("done", report, rows, dict(CLOCK.seconds), dict(CLOCK.items)))
+    except BaseException:  # noqa: BLE001 - the parent reports it; this process ends here
+        conn.send(("error", traceback.format_exc()))
+    finally:
+        conn.close()
 
 
 # --- plan: who is due, and when ---------------------------------------------------------

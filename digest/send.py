@@ -37,7 +37,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import date, datetime, timezone
 from email.message import EmailMessage
-from email.parser import BytesHeaderParser
+from email.parser import BytesHeaderParser, BytesParser
 from email.policy import EmailPolicy
 from email.policy import default as default_policy
 from email.utils import format_datetime, parseaddr
@@ -45,7 +45,7 @@ from enum import Enum
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol, Self, TextIO
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 import idna
 import redis
@@ -456,12 +456,15 @@ class Sender(Protocol):
         self.close()
 
 
-def open_sender(settings: Settings, stream: TextIO | None = None) -> Sender:
+def open_sender(
+    settings: Settings, stream: TextIO | None = None, *, outbox_index: bool = True
+) -> Sender:
     """The backend MAIL_BACKEND names, wrapped as the settings ask.
 
     smtp: `SMTPSender` in a `RetryingSender` (if SMTP_RETRY_ATTEMPTS > 1); any backend: in a
     `RateLimitedSender` sharing SEND_RATE_PER_SECOND through Redis (if it is > 0). Closing the
-    result closes the backend. `stream` is where the console backend prints.
+    result closes the backend. `stream` is where the console backend prints. Without
+    `outbox_index`, the file backend leaves the index to whoever gathers `outbox_rows`.
     """
     sender: Sender
     if settings.mail_backend == "smtp":
@@ -474,7 +477,7 @@ def open_sender(settings: Settings, stream: TextIO | None = None) -> Sender:
                 max_delay=settings.smtp_retry_max_delay,
             )
     elif settings.mail_backend == "file":
-        sender = FileSender(settings)
+        sender = FileSender(settings, write_index_on_close=outbox_index)
     elif settings.mail_backend == "console":
         sender = ConsoleSender(settings, stream)
     else:
@@ -716,15 +719,18 @@ class OutboxEntry:
 
 
 class FileSender(Sender):
-    """Write each message into `outbox_dir/<day>/` as `.eml` plus an `.html` copy to open.
+    """Write each message into `outbox_dir/<day>/` as an `.eml` file.
 
     A file's name comes from the kind, recipient and Message-ID, so sending the same message
-    again overwrites it. `close()` rewrites `outbox_dir/index.html` listing every message in
-    the outbox, earlier runs included.
+    again overwrites it. `close()` rewrites `outbox_dir/index.html` listing the newest
+    messages in the outbox, earlier runs included, each with an `.html` copy of its HTML part
+    to open in a browser (written then, from the .eml: a 100,000-message day need not write
+    100,000 copies that no index links to).
     """
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, write_index_on_close: bool = True) -> None:
         self.settings = settings
+        self.write_index_on_close = write_index_on_close
         self.outbox_dir = Path(settings.outbox_dir).resolve()
         self.index_path = self.outbox_dir / "index.html"
         self.known: dict[str, list[object]] = {}  # index rows of the messages written here
@@ -735,7 +741,6 @@ class FileSender(Sender):
         data = message_bytes(self.settings, email)
         eml_path.parent.mkdir(parents=True, exist_ok=True)
         _write_atomically(eml_path, data)
-        _write_atomically(eml_path.with_suffix(".html"), email.html.encode("utf-8"))
         # What the index shows of it, so that writing the index needs not read it back.
         stat = eml_path.stat()
         sent_at = email.date if email.date.tzinfo else email.date.replace(tzinfo=timezone.utc)
@@ -766,11 +771,12 @@ class FileSender(Sender):
         return folder
 
     def close(self) -> None:
-        self.write_index()
+        if self.write_index_on_close:
+            self.write_index()
 
     def write_index(self) -> Path:
         entries = outbox_entries(self.outbox_dir, self.known)
-        shown = entries[:INDEX_ROWS]
+        shown = [_with_html_copy(self.outbox_dir, entry) for entry in entries[:INDEX_ROWS]]
         days: dict[str, list[OutboxEntry]] = {}
         for entry in shown:
             days.setdefault(entry.day, []).append(entry)
@@ -783,6 +789,20 @@ class FileSender(Sender):
         self.outbox_dir.mkdir(parents=True, exist_ok=True)
         _write_atomically(self.index_path, html.encode("utf-8"))
         return self.index_path
+
+
+def outbox_rows(sender: Sender) -> dict[str, list[object]]:
+    """The index rows of what a file backend (however wrapped) wrote; {} for the others."""
+    while isinstance(sender, RateLimitedSender):
+        sender = sender.inner
+    return sender.known if isinstance(sender, FileSender) else {}
+
+
+def write_outbox_index(settings: Settings, rows: dict[str, list[object]]) -> Path:
+    """Rewrite the outbox index once for messages several processes wrote (their rows)."""
+    sender = FileSender(settings)
+    sender.known.update(rows)
+    return sender.write_index()
 
 
 INDEX_ROWS = 1000  # the index lists the newest messages; the day folders hold them all
@@ -829,6 +849,24 @@ def outbox_entries(
         return (e.day, e.date.timestamp() if e.date else 0.0, e.eml_href)
 
     return sorted(entries, key=newest_first, reverse=True)
+
+
+def _with_html_copy(outbox_dir: Path, entry: OutboxEntry) -> OutboxEntry:
+    """The entry, its .html copy written (or rewritten, if the .eml is newer) from the .eml."""
+    eml = outbox_dir / unquote(entry.eml_href)
+    html = eml.with_suffix(".html")
+    with contextlib.suppress(OSError):
+        if entry.html_href and html.stat().st_mtime_ns >= eml.stat().st_mtime_ns:
+            return entry
+    try:
+        message = BytesParser(policy=default_policy).parsebytes(eml.read_bytes())
+        part = message.get_body(preferencelist=("html",))  # type: ignore[attr-defined]
+        if part is None:
+            return replace(entry, html_href=None)
+        _write_atomically(html, part.get_content().encode("utf-8"))
+    except (OSError, LookupError, ValueError):  # unreadable: the .eml link still works
+        return replace(entry, html_href=None)
+    return replace(entry, html_href=entry.eml_href[: -len(".eml")] + ".html")
 
 
 def _load_index_cache(path: Path) -> dict[str, list[object]]:

@@ -77,6 +77,7 @@ class Settings:
     redis_url: str = "redis://127.0.0.1:6379/0"
     celery_broker_url: str = ""  # empty: redis_url
     batch_size: int = 100
+    run_jobs: int = 0  # `digest run`: processes sharing a big day's batches; 0: one per core
     beat_interval_minutes: float = 15.0
     claim_lease_seconds: int = 600
     ledger_window: int = 25

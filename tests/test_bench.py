@@ -36,6 +36,21 @@ def test_bench_command_prints_the_table(tmp_path: Path, monkeypatch: pytest.Monk
     assert "whole day in-process (file)" in result.output
 
 
+def test_bench_shares_the_in_process_day_among_processes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(
+        main, ["bench", "-n", "120", "-m", "40", "--backend", "file", "--batch-size", "10",
+               "--jobs", "2"], env={"DATA_DIR": str(tmp_path)})
+    assert result.exit_code == 0, result.output
+    assert "whole day in-process, 2 processes (file)" in result.output
+    assert "process-seconds" in result.output and "largest run process" in result.output
+    statements = next(line for line in result.output.splitlines() if "statements" in line)
+    per_batch = float(statements.split(" per batch")[0].rsplit("= ", 1)[1])
+    assert 5 < per_batch < 40, statements  # the children's statements are counted too
+
+
 def test_bench_can_run_on_workers_only(tmp_path: Path) -> None:
     figures = run_bench(Settings(data_dir=tmp_path).resolved(), subscribers=40, papers=30,
                         workers=1, in_process=False, progress=lambda _: None)

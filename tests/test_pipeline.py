@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 from datetime import date, datetime, timedelta, timezone
 from email.message import EmailMessage
@@ -11,9 +12,9 @@ import pytest
 from sqlalchemy import event, select
 from sqlalchemy.orm import Session
 
-from digest import db
+from digest import db, pipeline
 from digest.models import Delivery, DeliveryItem, DeliveryStatus, Subscriber, SubscriberStatus
-from digest.pipeline import SKIP_ALREADY_SENT, SKIP_NO_MATCH, run_day
+from digest.pipeline import SKIP_ALREADY_SENT, SKIP_ELSEWHERE, SKIP_NO_MATCH, run_day, run_jobs
 from digest.settings import Settings
 from digest.tokens import Purpose, read_token
 
@@ -283,3 +284,73 @@ def test_a_connection_lost_after_the_message_is_in_doubt_and_never_resent(
         is DeliveryStatus.IN_DOUBT
     second = run_day(smtp_settings, DAY)
     assert second.sent == [] and len(smtp_server.received) == 1
+
+
+# --- a big day on every core --------------------------------------------------------------
+
+
+def readers(session: Session, count: int) -> list[str]:
+    emails = [f"r{n:02d}@example.org" for n in range(count)]
+    for email in emails:
+        make_subscriber(session, email=email, topics="LoRA")
+    session.commit()
+    return emails
+
+
+def test_a_big_day_is_shared_by_processes_and_each_digest_goes_once(
+    session: Session, smtp_settings: Settings, smtp_server: SMTPServer
+) -> None:
+    seed_papers(session)
+    emails = readers(session, 24)
+    shared = replace(smtp_settings, batch_size=2, run_jobs=2)
+    assert run_jobs(shared, 12) == 2 and run_jobs(shared, 6) == 1  # small days: one process
+    report = run_day(shared, DAY)
+    assert sorted(report.sent) == emails and report.failed == []
+    assert sorted(str(m["To"]) for m in smtp_server.messages) == emails
+    again = run_day(shared, DAY)
+    assert again.sent == [] and again.skipped[SKIP_ALREADY_SENT] == 24
+    assert len(smtp_server.received) == 24
+
+
+def test_processes_writing_the_file_outbox_leave_one_index_of_every_message(
+    session: Session, settings: Settings
+) -> None:
+    seed_papers(session)
+    emails = readers(session, 20)
+    report = run_day(replace(settings, batch_size=2, run_jobs=2), DAY)
+    assert len(report.sent) == 20 and report.outbox_index is not None
+    index = report.outbox_index.read_text()
+    assert all(email in index for email in emails)
+    assert len(list(settings.outbox_dir.rglob("*.eml"))) == 20
+    assert len(list(settings.outbox_dir.rglob("*.html"))) == 21  # a copy of each, the index
+
+
+def test_a_failed_process_is_reported_and_the_next_run_sends_what_it_left(
+    session: Session, smtp_settings: Settings, smtp_server: SMTPServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    seed_papers(session)
+    emails = readers(session, 24)
+    shared = replace(smtp_settings, batch_size=2, run_jobs=2, claim_lease_seconds=1)
+    doomed = session.scalar(select(Subscriber.id).where(Subscriber.email == emails[5]))
+    real = pipeline.process_batch
+
+    def failing(session: Session, settings: Settings, prepared: object, batch: list[int],
+                sender: object) -> object:
+        if doomed in batch:
+            raise OSError("disk on fire")
+        return real(session, settings, prepared, batch, sender)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(pipeline, "process_batch", failing)
+    with pytest.raises(RuntimeError, match="disk on fire") as failure:
+        run_day(shared, DAY)
+    assert "1 of 2 run processes failed" in str(failure.value)
+    assert "CLAIM_LEASE_SECONDS" in str(failure.value)
+    first = len(smtp_server.received)
+    assert 0 < first < 24  # the other process sent its share
+    monkeypatch.undo()
+    assert run_day(shared, DAY).skipped[SKIP_ELSEWHERE] == 24 - first  # still leased
+    time.sleep(1.1)
+    rest = run_day(shared, DAY)
+    assert len(rest.sent) == 24 - first
+    assert sorted(str(m["To"]) for m in smtp_server.messages) == emails  # each exactly once

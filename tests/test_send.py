@@ -515,6 +515,24 @@ def test_outbox_index_lists_every_session_newest_day_first(tmp_path: Path) -> No
     assert len(targets) == 6 and all(t.is_file() for t in targets)
 
 
+def test_html_copies_are_written_for_the_messages_the_index_lists(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import digest.send
+
+    monkeypatch.setattr(digest.send, "INDEX_ROWS", 2)
+    settings = make_settings(tmp_path)
+    with FileSender(settings) as sender:
+        paths = [Path(sender.send(make_email(settings, n, date=SENT_AT + timedelta(minutes=n)))
+                      .detail) for n in (1, 2, 3)]
+    # A big day writes one file per message; the two the index lists get their copy.
+    assert [p.with_suffix(".html").exists() for p in paths] == [False, True, True]
+    with FileSender(settings) as sender:  # sent again, changed: the copy follows the .eml
+        sender.send(make_email(settings, 3, date=SENT_AT + timedelta(minutes=3),
+                               html="<p>second version</p>\n"))
+    assert paths[2].with_suffix(".html").read_text(encoding="utf-8") == "<p>second version</p>\n"
+
+
 def test_hostile_recipient_stays_inside_the_outbox(tmp_path: Path) -> None:
     settings = make_settings(tmp_path)
     with FileSender(settings) as sender:
