@@ -611,7 +611,8 @@ def stage_timings(
     text_best = each(lambda c: "\n\n".join(prewrapped[i.card.paper_id] for i in c[0].items),
                      cycle)
 
-    # MIME. Best case: fixed headers and both parts quoted-printable, joined as bytes.
+    # MIME. Best case: fixed headers, the text quoted-printable and the HTML in 7-bit lines
+    # (as ours sends a page whose head is ASCII), joined as bytes.
     def naive_mime(m: Any) -> bytes:
         msg = EmailMessage()
         msg["Subject"], msg["To"], msg["From"] = m.subject, m.to, settings.mail_from
@@ -622,7 +623,8 @@ def stage_timings(
     def best_mime(m: Any) -> bytes:
         return b"".join((b"From: x\r\nTo: y\r\nSubject: z\r\n\r\n--b\r\n",
                          binascii.b2a_qp(m.text.encode(), istext=True), b"\r\n--b\r\n",
-                         binascii.b2a_qp(m.html.encode(), istext=True), b"\r\n--b--\r\n"))
+                         m.html.encode("ascii", "xmlcharrefreplace").replace(b"><", b">\r\n<"),
+                         b"\r\n--b--\r\n"))
 
     mime_naive = each(naive_mime, messages, 1)
     mime_ours = each(lambda m: message_bytes(settings, m), messages)

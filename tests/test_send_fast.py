@@ -51,8 +51,10 @@ def emails(settings: Settings) -> list[OutgoingEmail]:
         out.append(OutgoingEmail(
             to=rng.choice(["ada@example.org", "x@bücher.example", "grace.hopper+d@example.com"]),
             subject=rng.choice(SUBJECTS),
-            html="<html><body>" + rng.choice(BODIES) + "<p>" + "é" * rng.randint(0, 300)
-                 + "</p></body></html>",
+            html=rng.choice(["<html><head><style>p{}</style></head>", "<html><head>é</head>",
+                             ""])
+                 + "<body>" + rng.choice(BODIES) + "<p>" + "é" * rng.randint(0, 300)
+                 + "</p>" + "<td>x</td>" * rng.choice([1, 300]) + "</body></html>",
             text=rng.choice(BODIES),
             message_id=f"<digest.2026-11-23.{i}.abc@digest.test>",
             unsubscribe_url=rng.choice([
@@ -99,7 +101,14 @@ def test_fast_bytes_parse_to_the_same_headers_and_parts(mail_settings: Settings)
         for f, s in zip(fast_parts, slow_parts, strict=True):
             assert f.get_content_type() == s.get_content_type()
             assert f.get_content_charset() == s.get_content_charset() == "utf-8"
-            assert f.get_content() == s.get_content()
+            ours, theirs = (str(x.get_content()).replace("\r\n", "\n") for x in (f, s))
+            assert ours in (theirs, as_7bit_html(theirs))
+
+
+def as_7bit_html(page: str) -> str:
+    """The same page as _html_part sends it in 7 bits: references for non-ASCII, a line
+    break between tags."""
+    return page.encode("ascii", "xmlcharrefreplace").decode("ascii").replace("><", ">\n<")
 
 
 def test_fast_bytes_are_well_formed_mail(mail_settings: Settings) -> None:

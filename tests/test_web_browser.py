@@ -18,6 +18,7 @@ from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from email.message import EmailMessage
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import func, select
@@ -246,3 +247,42 @@ def test_subscribe_confirm_preferences_digest_unsubscribe_in_a_browser(
     assert mobile.evaluate("document.documentElement.scrollWidth") <= 390
     mobile.screenshot(path=str(SCREENSHOTS / "10-subscribe-phone.png"), full_page=True)
     phone.close()
+
+
+def test_the_html_part_as_sent_in_7_bits_looks_exactly_like_the_page(
+    browser: Any, tmp_path: Path
+) -> None:
+    """send._html_part breaks lines between tags and writes non-ASCII as references instead
+    of quoting the page: a browser must draw the two identically, on a phone and a desktop."""
+    from email import message_from_bytes, policy
+
+    from digest.render import render_digest, render_email
+    from digest.send import OutgoingEmail, message_bytes
+
+    from .conftest import make_settings
+    from .test_render import make_card, make_context, make_item, sample_context
+
+    settings = make_settings(tmp_path)
+    hostile = make_item(make_card(11, title="Jörg’s “β-OPSD” — <b>bold</b> & Σ-Mem…"))
+    pages = [
+        render_digest(make_context(items=(*make_context().items[:4], hostile),
+                                   feedback_url="https://digest.test/feedback/tok")).html,
+        render_email("confirm", sample_context("confirm")).html,
+    ]
+    for n, page in enumerate(pages):
+        data = message_bytes(settings, OutgoingEmail(
+            to="ada@example.org", subject="s", text="t", html=page,
+            message_id=f"<{n}@digest.test>", unsubscribe_url="https://digest.test/u/1",
+            date=datetime(2026, 11, 23, tzinfo=timezone.utc)))
+        part = message_from_bytes(data, policy=policy.default).get_body(("html",))
+        assert part is not None and part["Content-Transfer-Encoding"] == "7bit"
+        sent = part.get_content()
+        assert sent != page and sent.isascii()
+        for width in (375, 700):
+            shots = []
+            for html in (page, sent):
+                view = browser.new_page(viewport={"width": width, "height": 800})
+                view.set_content(html)
+                shots.append(view.screenshot(full_page=True))
+                view.close()
+            assert shots[0] == shots[1], f"page {n} at {width}px differs"
