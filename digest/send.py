@@ -33,6 +33,7 @@ import ssl
 import sys
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import date, datetime, timezone
@@ -750,8 +751,8 @@ class FileSender(Sender):
     A file's name comes from the kind, recipient and Message-ID, so sending the same message
     again overwrites it. `close()` rewrites `outbox_dir/index.html` listing the newest
     messages in the outbox, earlier runs included, each with an `.html` copy of its HTML part
-    to open in a browser (written then, from the .eml: a 100,000-message day need not write
-    100,000 copies that no index links to).
+    to open in a browser. The copies are written then, for the messages the index can list:
+    a 100,000-message day need not write 100,000 copies that no index links to.
     """
 
     def __init__(self, settings: Settings, write_index_on_close: bool = True) -> None:
@@ -761,12 +762,18 @@ class FileSender(Sender):
         self.index_path = self.outbox_dir / "index.html"
         self.known: dict[str, list[object]] = {}  # index rows of the messages written here
         self._folders: dict[str, Path] = {}
+        # The HTML of the newest messages written here: their copies are written on close.
+        self._recent: OrderedDict[Path, str] = OrderedDict()
 
     def send(self, email: OutgoingEmail) -> SendResult:
         eml_path = self.path_for(email)
         data = message_bytes(self.settings, email)
         eml_path.parent.mkdir(parents=True, exist_ok=True)
         _write_atomically(eml_path, data)
+        self._recent[eml_path] = email.html
+        self._recent.move_to_end(eml_path)
+        if len(self._recent) > INDEX_ROWS:
+            self._recent.popitem(last=False)
         # What the index shows of it, so that writing the index needs not read it back.
         stat = eml_path.stat()
         sent_at = email.date if email.date.tzinfo else email.date.replace(tzinfo=timezone.utc)
@@ -797,6 +804,11 @@ class FileSender(Sender):
         return folder
 
     def close(self) -> None:
+        """Write the .html copies of the newest messages (the index may list them), then,
+        unless another process gathers the rows, the index."""
+        for eml_path, html in self._recent.items():
+            _write_atomically(eml_path.with_suffix(".html"), html.encode("utf-8"))
+        self._recent.clear()
         if self.write_index_on_close:
             self.write_index()
 
@@ -878,7 +890,8 @@ def outbox_entries(
 
 
 def _with_html_copy(outbox_dir: Path, entry: OutboxEntry) -> OutboxEntry:
-    """The entry, its .html copy written (or rewritten, if the .eml is newer) from the .eml."""
+    """The entry, its .html copy written (or rewritten, if the .eml is newer) from the .eml:
+    for messages written elsewhere, or by a sender that did not close."""
     eml = outbox_dir / unquote(entry.eml_href)
     html = eml.with_suffix(".html")
     with contextlib.suppress(OSError):
