@@ -641,13 +641,14 @@ class DayIndex:
     ) -> Selection:
         """The profile's picks, in the order MMR took them, with their numbers and reasons."""
         cols = [pool.cols[i] for i in taken]
+        matches: dict[tuple[int, ...], str] = {}  # this profile's "matches: ..." lines
         picks = tuple(
             Pick(
                 paper_id=self._ids[col],
                 score=pool.scores[i],
                 relevance=paper_relevance,
                 trending=self._trending[col],
-                reasons=self._reasons(col, phrases, similarity, pool.fallback),
+                reasons=self._reasons(col, phrases, similarity, pool.fallback, matches),
             )
             for i, col, paper_relevance, similarity in zip(
                 taken, cols, relevance[cols].tolist(), phrase_similarity[:, cols].T.tolist(),
@@ -661,15 +662,26 @@ class DayIndex:
         return any(re.search(rf"\b{re.escape(word)}\b", text) for word in exclusions)
 
     def _reasons(
-        self, col: int, phrases: list[str], similarity: Sequence[float], fallback: bool
+        self, col: int, phrases: list[str], similarity: Sequence[float], fallback: bool,
+        matches: dict[tuple[int, ...], str],
     ) -> tuple[str, ...]:
-        """Why this paper was picked, in the subscriber's own words and the paper's numbers."""
+        """Why this paper was picked, in the subscriber's own words and the paper's numbers.
+
+        `matches` keeps the profile's match lines by which phrases matched, in order: its
+        ten picks mostly match the same phrases."""
         reasons: list[str] = []
         if not fallback:
             # Best match first; equal similarities keep the subscriber's order.
-            ranked = sorted([(-s, i) for i, s in enumerate(similarity) if s > 0.02])
-            if ranked:
-                reasons.append("matches: " + ", ".join([phrases[i] for _, i in ranked[:3]]))
+            if len(similarity) == 1:
+                best: tuple[int, ...] = (0,) if similarity[0] > 0.02 else ()
+            else:
+                ranked = sorted([(-s, i) for i, s in enumerate(similarity) if s > 0.02])
+                best = tuple(i for _, i in ranked[:3])
+            if best:
+                line = matches.get(best)
+                if line is None:
+                    line = matches[best] = "matches: " + ", ".join([phrases[i] for i in best])
+                reasons.append(line)
         trending = self._trending_reasons[col]
         if trending:
             reasons.append(trending)
