@@ -297,7 +297,7 @@ def run_in_process(settings: Settings, figures: Figures, progress: Callable[[str
     where = "in-process" if jobs == 1 else f"in-process, {jobs} processes"
     figures.add(f"whole day {where} ({settings.mail_backend})", total,
                 f"{sent / total:,.0f} emails/s")
-    for stage in ("prepare", "load", "score", "render", "send", "ledger"):
+    for stage in ("plan", "prepare", "load", "score", "render", "send", "ledger", "index"):
         seconds = CLOCK.seconds[stage]
         items = CLOCK.items[stage] or 1
         figures.add(f"  {stage}", seconds, f"{seconds / items * 1000:.3f} ms/item")

@@ -169,7 +169,7 @@ def run_day(
     """Send each active subscriber their digest for `day`, once, whatever their send hour."""
     report = DayReport(day=day, dry_run=dry_run)
     now = datetime.now(timezone.utc)
-    with db.session_scope(settings) as session:
+    with db.session_scope(settings) as session, CLOCK("plan"):
         due = list(session.scalars(select(Subscriber.id).where(_active()).order_by(Subscriber.id)))
         report.due = len(due)
         if dry_run:
@@ -179,6 +179,7 @@ def run_day(
             pairs = plan_pairs(session, settings, [(s, day) for s in due], now, retry_now=True)
             planned = [sid for sid, _ in pairs]
         _count_already_handled(session, day, set(due) - set(planned), report)
+    with db.session_scope(settings) as session:
         if on_plan:
             on_plan(len(planned))
         with CLOCK("prepare"):
@@ -190,7 +191,7 @@ def run_day(
             session.commit()  # the children see the plan; this session waits for them
             report.merge(run_in_processes(settings, prepared, batches, jobs, progress))
         else:
-            with open_sender(settings) as sender:
+            with open_sender(settings, outbox_index=False) as sender:
                 for batch in batches:
                     if dry_run:
                         report.merge(preview_batch(session, settings, prepared, batch))
@@ -198,6 +199,9 @@ def run_day(
                         report.merge(process_batch(session, settings, prepared, batch, sender))
                     if progress:
                         progress(len(batch))
+            if settings.mail_backend == "file" and not dry_run:
+                with CLOCK("index"):
+                    write_outbox_index(settings, outbox_rows(sender))
         if settings.mail_backend == "file" and not dry_run:
             report.outbox_index = Path(settings.outbox_dir) / "index.html"
     return report
@@ -248,7 +252,8 @@ def run_in_processes(
             child.join()
         gc.unfreeze()
     if settings.mail_backend == "file":
-        write_outbox_index(settings, outbox_rows)
+        with CLOCK("index"):
+            write_outbox_index(settings, outbox_rows)
     if errors:
         raise RuntimeError(
             f"{len(errors)} of {jobs} run processes failed; digests they had not sent stay "

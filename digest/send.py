@@ -21,6 +21,7 @@ import binascii
 import contextlib
 import functools
 import hashlib
+import heapq
 import hmac
 import json
 import logging
@@ -813,15 +814,15 @@ class FileSender(Sender):
             self.write_index()
 
     def write_index(self) -> Path:
-        entries = outbox_entries(self.outbox_dir, self.known)
-        shown = [_with_html_copy(self.outbox_dir, entry) for entry in entries[:INDEX_ROWS]]
+        entries, count = outbox_entries(self.outbox_dir, self.known, INDEX_ROWS)
+        shown = [_with_html_copy(self.outbox_dir, entry) for entry in entries]
         days: dict[str, list[OutboxEntry]] = {}
         for entry in shown:
             days.setdefault(entry.day, []).append(entry)
         html = (
             _templates()
             .get_template("outbox/index.html")
-            .render(days=days, count=len(entries), shown=len(shown),
+            .render(days=days, count=count, shown=len(shown),
                     outbox_dir=str(self.outbox_dir))
         )
         self.outbox_dir.mkdir(parents=True, exist_ok=True)
@@ -848,22 +849,24 @@ INDEX_CACHE = ".index-cache.json"
 
 
 def outbox_entries(
-    outbox_dir: Path, known: dict[str, list[object]] | None = None
-) -> list[OutboxEntry]:
-    """Every .eml under `outbox_dir/<day>/`, newest first, read from its headers only.
+    outbox_dir: Path, known: dict[str, list[object]] | None = None, limit: int = INDEX_ROWS
+) -> tuple[list[OutboxEntry], int]:
+    """The newest `limit` .eml files under `outbox_dir/<day>/`, newest first, and how many
+    there are; read from their headers only.
 
     The headers of each file are kept in `INDEX_CACHE` under its size and modification time,
     so a run that adds 100,000 messages does not re-read the ones already there; a file that
-    changed or appeared from elsewhere is read again.
+    changed or appeared from elsewhere is read again. The `known` rows, of files this run
+    wrote, are taken as they are.
     """
     if not outbox_dir.is_dir():
-        return []
+        return [], 0
     cache_path = outbox_dir / INDEX_CACHE
     stored = _load_index_cache(cache_path)
-    cache = {**stored, **(known or {})}
+    known = known or {}
     fresh: dict[str, list[object]] = {}
     parser = BytesHeaderParser(policy=default_policy)
-    entries = []
+    found: list[tuple[str, float, str, list[object], bool]] = []
     for day_dir in outbox_dir.iterdir():
         if not (day_dir.is_dir() and re.fullmatch(r"\d{4}-\d{2}-\d{2}", day_dir.name)):
             continue
@@ -871,22 +874,25 @@ def outbox_entries(
         for name in names:
             if not name.endswith(".eml"):
                 continue
-            eml = day_dir / name
-            stat = eml.stat()
             key = f"{day_dir.name}/{name}"
-            row = cache.get(key)
-            if row is None or row[:2] != [stat.st_size, stat.st_mtime_ns]:
-                row = [stat.st_size, stat.st_mtime_ns, *_header_fields(parser, eml)]
+            row = known.get(key)
+            if row is None:
+                stat = (day_dir / name).stat()
+                row = stored.get(key)
+                if row is None or row[:2] != [stat.st_size, stat.st_mtime_ns]:
+                    row = [stat.st_size, stat.st_mtime_ns, *_header_fields(parser, day_dir / name)]
             fresh[key] = row
-            html = name[: -len(".eml")] + ".html"
-            entries.append(_entry(day_dir.name, name, row, html if html in names else None))
+            sent_at = datetime.fromisoformat(str(row[2])).timestamp() if row[2] else 0.0
+            has_html = name[: -len(".eml")] + ".html" in names
+            found.append((day_dir.name, sent_at, name, row, has_html))
     if fresh != stored:
         _write_atomically(cache_path, json.dumps(fresh).encode("utf-8"))
-
-    def newest_first(e: OutboxEntry) -> tuple[str, float, str]:
-        return (e.day, e.date.timestamp() if e.date else 0.0, e.eml_href)
-
-    return sorted(entries, key=newest_first, reverse=True)
+    newest = heapq.nlargest(limit, found, key=lambda f: (f[0], f[1], f[2]))
+    entries = [
+        _entry(day, name, row, name[: -len(".eml")] + ".html" if has_html else None)
+        for day, _, name, row, has_html in newest
+    ]
+    return entries, len(found)
 
 
 def _with_html_copy(outbox_dir: Path, entry: OutboxEntry) -> OutboxEntry:
