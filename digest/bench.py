@@ -343,8 +343,8 @@ def process_tree_peak_mb(pid: int) -> float:
 
 
 def run_workers(settings: Settings, workers: int, figures: Figures,
-                progress: Callable[[str], None]) -> float:
-    """The same day on K Celery worker processes (concurrency 1 each) over Redis."""
+                progress: Callable[[str], None], concurrency: int = 1) -> float:
+    """The same day on K Celery workers (each `concurrency` processes) over Redis."""
     import redis
 
     from . import ledger
@@ -358,8 +358,8 @@ def run_workers(settings: Settings, workers: int, figures: Figures,
         log = (logs / f"w{k}.log").open("wb")
         procs.append(subprocess.Popen(
             [str(Path(sys.executable).parent / "celery"), "-A", "workers", "worker",
-             "-n", f"bench{k}@%h", "--concurrency=1", "--loglevel=WARNING", "--without-gossip",
-             "--without-mingle", "--without-heartbeat"],
+             "-n", f"bench{k}@%h", f"--concurrency={concurrency}", "--loglevel=WARNING",
+             "--without-gossip", "--without-mingle", "--without-heartbeat"],
             env=worker_env(settings), stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True))
     try:
@@ -390,13 +390,15 @@ def run_workers(settings: Settings, workers: int, figures: Figures,
                 os.killpg(p.pid, signal.SIGTERM)
         for p in procs:
             p.wait(30)
-    figures.add(f"whole day, {workers} Celery workers", total, f"{planned / total:,.0f} emails/s")
+    pool = f" x {concurrency} processes" if concurrency > 1 else ""
+    figures.add(f"whole day, {workers} Celery workers{pool}", total,
+                f"{planned / total:,.0f} emails/s")
     busy = batch_seconds(settings, days)
     figures.notes.append(
         f"{workers} workers: {planned:,} digests in {len(batches)} tasks, peak memory per "
         f"worker {', '.join(f'{p:,.0f}' for p in peaks)} MB; outside the batches' own work "
         f"(Celery, the broker, each worker preparing the day once): "
-        f"{max(0.0, 1 - busy / (workers * total)):.1%} of the workers' time"
+        f"{max(0.0, 1 - busy / (workers * concurrency * total)):.1%} of the workers' time"
     )
     return total
 
@@ -441,13 +443,14 @@ def run_bench(
     postgres_admin_url: str = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres",
     progress: Callable[[str], None] = print,
     in_process: bool = True,
+    concurrency: int = 1,
 ) -> Figures:
     """Generate the day, run it, measure the best cases in the same run; return the figures."""
     figures = Figures(subscribers, papers)
     workdir = Path(tempfile.mkdtemp(prefix="digest-bench-"))
     try:
         _run(base, figures, workdir, subscribers, papers, workers, backend, postgres_admin_url,
-             progress, in_process)
+             progress, in_process, concurrency)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)  # a 100k day leaves gigabytes of outbox
     return figures
@@ -456,7 +459,7 @@ def run_bench(
 def _run(
     base: Settings, figures: Figures, workdir: Path, subscribers: int, papers: int,
     workers: int, backend: str, postgres_admin_url: str, progress: Callable[[str], None],
-    in_process: bool,
+    in_process: bool, concurrency: int = 1,
 ) -> None:
     with Sink() as sink:
         settings = replace(
@@ -480,7 +483,7 @@ def _run(
                 progress(f"Generating the same day in PostgreSQL for {workers} workers...")
                 db.upgrade(pg)
                 populate(pg, subscribers, papers)
-                seconds = run_workers(pg, workers, figures, progress)
+                seconds = run_workers(pg, workers, figures, progress, concurrency)
                 measure_sink(pg, figures, sink, subscribers, seconds, progress)
 
 

@@ -652,6 +652,8 @@ def papers_show(ctx: click.Context, paper: str) -> None:
 @click.option("--papers", "-m", default=2_000, show_default=True, help="New papers that day.")
 @click.option("--workers", "-k", default=0, show_default=True,
               help="Also run the day on K Celery workers (needs Redis and PostgreSQL).")
+@click.option("--concurrency", "-c", default=1, show_default=True,
+              help="Processes per Celery worker (its prefork pool).")
 @click.option("--backend", type=click.Choice(["smtp", "file"]), default="smtp",
               show_default=True, help="In-process mail backend: an SMTP sink or the file outbox.")
 @click.option("--batch-size", default=None, type=int, help="Subscribers per batch.")
@@ -661,7 +663,8 @@ def papers_show(ctx: click.Context, paper: str) -> None:
               help="Run the day in this process too (off: only on the --workers).")
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
 @click.pass_context
-def bench(ctx: click.Context, subscribers: int, papers: int, workers: int, backend: str,
+def bench(ctx: click.Context, subscribers: int, papers: int, workers: int, concurrency: int,
+          backend: str,
           batch_size: int | None, jobs: int | None, in_process: bool, as_json: bool) -> None:
     """Run a synthetic day and print time, rate and ratio to the best case per stage.
 
@@ -680,7 +683,8 @@ def bench(ctx: click.Context, subscribers: int, papers: int, workers: int, backe
     if not in_process and not workers:
         raise click.UsageError("--no-in-process needs --workers K: there would be nothing to run.")
     figures = run_bench(settings, subscribers, papers, workers, backend, in_process=in_process,
-                        progress=lambda line: click.echo(line, err=True))
+                        progress=lambda line: click.echo(line, err=True),
+                        concurrency=concurrency)
     click.echo(figures_json(figures) if as_json else figures.table())
 
 

@@ -522,6 +522,13 @@ def open_sender(
 
 
 @functools.cache
+def _default_ssl_context() -> ssl.SSLContext:
+    """The system's CAs, loaded once per process: a worker opens a connection per batch, and
+    loading the certificate store took longer than sending the batch's first message."""
+    return ssl.create_default_context()
+
+
+@functools.cache
 def _local_hostname() -> str:
     # smtplib calls getfqdn() (a DNS lookup) for every connection unless told the name.
     return socket.getfqdn()
@@ -660,7 +667,7 @@ class SMTPSender(Sender):
     def _connect(self) -> smtplib.SMTP:
         s = self.settings
         where = f"SMTP server {s.smtp_host}:{s.smtp_port} (SMTP_SECURITY={s.smtp_security})"
-        context = self._ssl_context or ssl.create_default_context()
+        context = self._ssl_context or _default_ssl_context()
         smtp: smtplib.SMTP | None = None
         try:
             if s.smtp_security == "tls":

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from datetime import date, datetime, timezone
 
-from sqlalchemy import insert, text
+from sqlalchemy import insert, select, text
+from sqlalchemy.orm import Session
 
 from digest import db, ledger
-from digest.models import Subscriber
+from digest.models import DeliveryItem, Subscriber
 from digest.settings import Settings
+
+from .factories import make_delivery, make_paper, make_subscriber
 
 DAY = date(2026, 11, 23)
 NOW = datetime(2026, 11, 23, 7, tzinfo=timezone.utc)
@@ -31,3 +34,20 @@ def test_a_big_planned_day_keeps_batch_statements_on_the_subscriber_index(
             "WHERE digest_date = :day AND claim_token = 't' AND subscriber_id IN (1, 2, 3) "
             "AND status = 'claimed'"), {"day": DAY.isoformat()}).all()
     assert "subscriber_id=?" in str(plan), plan
+
+
+def test_attached_items_are_stored_once_per_subscriber_and_paper(session: Session) -> None:
+    subscriber = make_subscriber(session, topics="LoRA")
+    papers = [make_paper(session, title=f"Paper {n}") for n in range(3)]
+    delivery = make_delivery(session, subscriber, DAY)
+    hostile = "matches: “β” 'quoted' \\ back, {braces}, :colon %(pct)s"
+    items = [{"delivery_id": delivery.id, "subscriber_id": subscriber.id, "paper_id": p.id,
+              "rank": rank, "score": 0.5 + rank, "why": hostile}
+             for rank, p in enumerate(papers[:2], start=1)]
+    ledger.attach_items(session, items)
+    again = items[1:] + [{**items[0], "paper_id": papers[2].id, "rank": 3}]
+    ledger.attach_items(session, again)  # a duplicate is skipped, the new one is added
+    rows = session.execute(select(DeliveryItem.paper_id, DeliveryItem.rank, DeliveryItem.score,
+                                  DeliveryItem.why).order_by(DeliveryItem.rank)).all()
+    assert rows == [(papers[0].id, 1, 1.5, hostile), (papers[1].id, 2, 2.5, hostile),
+                    (papers[2].id, 3, 1.5, hostile)]
