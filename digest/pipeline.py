@@ -702,9 +702,11 @@ def send_window(
             settings.claim_lease_seconds,
         )
     with CLOCK("send", len(owned)):
-        results: dict[int, SendResult] = {
-            c.subscriber_id: sender.send(c.message) for c in window if c.subscriber_id in owned
-        }
+        ours = [c for c in window if c.subscriber_id in owned]
+        results: dict[int, SendResult] = dict(zip(
+            (c.subscriber_id for c in ours), sender.send_many([c.message for c in ours]),
+            strict=True,
+        ))
     with CLOCK("ledger"):
         record_outcomes(session, settings, day, token, window, results, report)
 

@@ -35,7 +35,8 @@ import sys
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import date, datetime, timezone
 from email.message import EmailMessage
@@ -472,6 +473,10 @@ class Sender(Protocol):
 
     def close(self) -> None: ...
 
+    def send_many(self, emails: Sequence[OutgoingEmail]) -> list[SendResult]:
+        """Send each; the results in the same order."""
+        return [self.send(email) for email in emails]
+
     def __enter__(self) -> Self:
         return self
 
@@ -491,9 +496,17 @@ def open_sender(
 
     smtp: `SMTPSender` in a `RetryingSender` (if SMTP_RETRY_ATTEMPTS > 1); any backend: in a
     `RateLimitedSender` sharing SEND_RATE_PER_SECOND through Redis (if it is > 0). Closing the
-    result closes the backend. `stream` is where the console backend prints. Without
+    result closes the backend. With SMTP_CONNECTIONS > 1, smtp is that many of these in a
+    `ParallelSender`. `stream` is where the console backend prints. Without
     `outbox_index`, the file backend leaves the index to whoever gathers `outbox_rows`.
     """
+    if settings.mail_backend == "smtp" and settings.smtp_connections > 1:
+        return ParallelSender(lambda: _one_sender(settings, stream, outbox_index),
+                              settings.smtp_connections)
+    return _one_sender(settings, stream, outbox_index)
+
+
+def _one_sender(settings: Settings, stream: TextIO | None, outbox_index: bool) -> Sender:
     sender: Sender
     if settings.mail_backend == "smtp":
         sender = SMTPSender(settings)
@@ -516,6 +529,45 @@ def open_sender(
         limiter = RedisRateLimiter(settings.redis_url, settings.send_rate_per_second)
         sender = RateLimitedSender(sender, limiter)
     return sender
+
+
+class ParallelSender(Sender):
+    """Several connections to the server, each with its own thread and sender (`make()`).
+
+    Each message waits for the server's replies to MAIL, RCPT and DATA; over one
+    connection the server and we take turns, and the server idles while we build the next
+    message. `send_many` spreads the messages over the connections (results in order); a
+    message's outcome, in doubt included, is its own connection's, as with one.
+    """
+
+    def __init__(self, make: Callable[[], Sender], connections: int) -> None:
+        self._make = make
+        self._local = threading.local()
+        self._senders: list[Sender] = []
+        self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(connections, thread_name_prefix="smtp-connection")
+
+    def send(self, email: OutgoingEmail) -> SendResult:
+        return self._own().send(email)
+
+    def send_many(self, emails: Sequence[OutgoingEmail]) -> list[SendResult]:
+        return list(self._pool.map(lambda email: self._own().send(email), emails))
+
+    def _own(self) -> Sender:
+        """This thread's sender, made on its first message."""
+        sender: Sender | None = getattr(self._local, "sender", None)
+        if sender is None:
+            sender = self._local.sender = self._make()
+            with self._lock:
+                self._senders.append(sender)
+        return sender
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+        with self._lock:
+            senders, self._senders = self._senders, []
+        for sender in senders:
+            sender.close()
 
 
 # --- SMTP ---------------------------------------------------------------------------------
@@ -612,7 +664,7 @@ class SMTPSender(Sender):
         except (smtplib.SMTPServerDisconnected, OSError) as exc:
             raise _Dropped(_describe(exc)) from exc
         try:
-            code, reply = smtp.data(data)
+            code, reply = _data(smtp, data)
         except smtplib.SMTPDataError as exc:  # the DATA command itself was refused
             return self._refused(smtp, exc.smtp_code, exc.smtp_error)
         except (smtplib.SMTPServerDisconnected, OSError) as exc:
@@ -721,6 +773,22 @@ class SMTPSender(Sender):
         if self._smtp is not None:
             self._smtp.close()
             self._smtp = None
+
+
+def _data(smtp: smtplib.SMTP, message: bytes) -> tuple[int, bytes]:
+    """`smtp.data(message)` for bytes, with its dot-stuffing done by bytes.replace: smtplib's
+    regular expression over the whole message cost a worker 4% of its time."""
+    smtp.putcmd("data")
+    code, reply = smtp.getreply()
+    if code != 354:
+        raise smtplib.SMTPDataError(code, reply)
+    stuffed = message.replace(b"\n.", b"\n..")  # what (?m)^\. -> .. does, as bytes
+    if stuffed.startswith(b"."):
+        stuffed = b"." + stuffed
+    if not stuffed.endswith(b"\r\n"):
+        stuffed += b"\r\n"
+    smtp.send(stuffed + b".\r\n")
+    return smtp.getreply()
 
 
 def _reply_text(code: int, reply: bytes | str) -> str:

@@ -47,6 +47,7 @@ class Settings:
     smtp_username: str = ""
     smtp_password: str = field(default="", repr=False)
     smtp_timeout: float = 30.0
+    smtp_connections: int = 2  # per process, each in its own thread, many messages each
 
     # Links and identity
     public_base_url: str = "http://localhost:8000"

@@ -8,6 +8,7 @@ import ssl
 import subprocess
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import date, datetime, timedelta, timezone
 from email import message_from_bytes, policy
 from email.message import EmailMessage
@@ -581,9 +582,26 @@ def test_console_sender_prints_a_summary(tmp_path: Path) -> None:
 )
 def test_open_sender_follows_mail_backend(tmp_path: Path, backend: str, cls: type) -> None:
     # No retry wrapper: this test is about the backend itself (see test_send_resilience.py).
-    sender = open_sender(make_settings(tmp_path, mail_backend=backend, smtp_retry_attempts=1))
+    sender = open_sender(make_settings(tmp_path, mail_backend=backend, smtp_retry_attempts=1,
+                                       smtp_connections=1))
     assert isinstance(sender, cls)
     sender.close()
+
+
+def test_messages_go_out_over_several_connections_each_with_its_own_outcome(
+    tmp_path: Path, smtp_server: SMTPServer
+) -> None:
+    settings = make_settings(tmp_path, mail_backend="smtp", smtp_host="127.0.0.1",
+                             smtp_port=smtp_server.port, smtp_connections=3)
+    smtp_server.reject_recipients.add("reader7@example.org")
+    emails = [make_email(settings, n) for n in range(1, 31)]
+    with open_sender(settings) as sender:
+        results = sender.send_many(emails)
+    assert [r.outcome for r in results] == [
+        SendOutcome.PERMANENT if n == 7 else SendOutcome.SENT for n in range(1, 31)]
+    assert sorted(str(m["To"]) for m in smtp_server.messages) == sorted(
+        f"reader{n}@example.org" for n in range(1, 31) if n != 7)
+    assert 2 <= smtp_server.connections <= 3  # a few long-lived connections, many messages
 
 
 def test_refused_sender_is_temporary_not_the_recipients_fault(
@@ -638,3 +656,15 @@ def test_outbox_index_rereads_a_changed_file_and_lists_the_newest(
     FileSender(settings).close()
     page = (settings.outbox_dir / "index.html").read_text(encoding="utf-8")
     assert "Edited 1" in page and "Papers 1" not in page and "Papers 3" in page
+
+
+def test_lines_starting_with_a_dot_arrive_intact(
+    tmp_path: Path, smtp_server: SMTPServer
+) -> None:
+    settings = replace(make_settings(tmp_path), mail_backend="smtp", smtp_host="127.0.0.1",
+                       smtp_port=smtp_server.port)
+    text = ".starts with a dot\n..two dots\nmiddle . dot\n.\nend\n"
+    with SMTPSender(settings) as sender:
+        assert sender.send(make_email(settings, text=text)).sent
+    (message,) = smtp_server.messages
+    assert parts(message)["text/plain"] == text

@@ -25,6 +25,7 @@ import redis
 from digest.send import (
     ConsoleSender,
     FileSender,
+    ParallelSender,
     RateLimitedSender,
     RedisRateLimiter,
     RetryingSender,
@@ -346,10 +347,11 @@ def chain(sender: Sender) -> list[type]:
 @pytest.mark.parametrize(
     ("overrides", "expected"),
     [
-        (dict(mail_backend="smtp"), [RetryingSender, SMTPSender]),
-        (dict(mail_backend="smtp", smtp_retry_attempts=1), [SMTPSender]),
+        (dict(mail_backend="smtp"), [ParallelSender]),  # two of the next, one per thread
+        (dict(mail_backend="smtp", smtp_connections=1), [RetryingSender, SMTPSender]),
+        (dict(mail_backend="smtp", smtp_connections=1, smtp_retry_attempts=1), [SMTPSender]),
         (
-            dict(mail_backend="smtp", send_rate_per_second=5.0),
+            dict(mail_backend="smtp", smtp_connections=1, send_rate_per_second=5.0),
             [RateLimitedSender, RetryingSender, SMTPSender],
         ),
         (dict(mail_backend="file"), [FileSender]),
