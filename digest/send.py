@@ -301,22 +301,46 @@ def _html_part(html: str) -> bytes:
 
     Compiled MJML puts a whole body on one line, and quoting 30 KB of it (every "=" of every
     attribute becomes "=3D") was the costliest step of building a digest. Instead the
-    characters beyond ASCII become character references and lines break between tags:
-    `><` occurs in our HTML only between tags (text and attributes are escaped), where a
+    characters beyond ASCII become character references, and a line too long breaks between
+    two tags: `><` occurs in our HTML only there (text and attributes are escaped), where a
     line break is whitespace the page does not show (a test renders both in a browser).
+    Lines are as long as allowed, not one per tag: a receiving server reads a message line
+    by line (the bench's sink took 1.6x longer over one line per tag).
     <head> holds raw text (<style>), where references do not apply, so it must be ASCII;
-    if it is not, or a line would still be too long, the part goes quoted-printable.
+    if it is not, or a line cannot be broken short enough, the part goes quoted-printable.
     """
-    body = html.replace("\r\n", "\n").replace("\r", "\n")
-    head_end = body.find("<body")
-    if body[: head_end if head_end >= 0 else len(body)].isascii():
-        data = body.encode("ascii", "xmlcharrefreplace").replace(b"><", b">\n<")
-        if not data.endswith(b"\n"):
-            data += b"\n"
-        if max(map(len, data.split(b"\n"))) <= _MAX_LINE:
-            return (b'Content-Type: text/html; charset="utf-8"\r\n'
-                    b"Content-Transfer-Encoding: 7bit\r\n\r\n" + data.replace(b"\n", b"\r\n"))
+    if "\r" in html:
+        html = html.replace("\r\n", "\n").replace("\r", "\n")
+    head_end = html.find("<body")
+    if html[: head_end if head_end >= 0 else len(html)].isascii():
+        lines: list[bytes] = []
+        for line in html.encode("ascii", "xmlcharrefreplace").split(b"\n"):
+            if len(line) <= _HTML_LINE:
+                lines.append(line)
+            elif not _break_between_tags(line, lines):
+                return _text_part("html", html)
+        if lines[-1]:
+            lines.append(b"")  # the part ends with a line break
+        return (b'Content-Type: text/html; charset="utf-8"\r\n'
+                b"Content-Transfer-Encoding: 7bit\r\n\r\n" + b"\r\n".join(lines))
     return _text_part("html", html)
+
+
+_HTML_LINE = _MAX_LINE - 8  # room for a dot-stuffing dot, and then some
+
+
+def _break_between_tags(line: bytes, into: list[bytes]) -> bool:
+    """Append `line` to `into` as pieces of at most _HTML_LINE, each broken at the last `><`
+    that fits (C-speed rfind, a few times per line); False if some stretch has none."""
+    start = 0
+    while len(line) - start > _HTML_LINE:
+        cut = line.rfind(b"><", start, start + _HTML_LINE)
+        if cut <= start:
+            return False
+        into.append(line[start : cut + 1])  # ends with ">"; the next piece starts with "<"
+        start = cut + 1
+    into.append(line[start:])
+    return True
 
 
 def _text_part(subtype: str, body: str) -> bytes:

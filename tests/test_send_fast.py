@@ -102,13 +102,14 @@ def test_fast_bytes_parse_to_the_same_headers_and_parts(mail_settings: Settings)
             assert f.get_content_type() == s.get_content_type()
             assert f.get_content_charset() == s.get_content_charset() == "utf-8"
             ours, theirs = (str(x.get_content()).replace("\r\n", "\n") for x in (f, s))
-            assert ours in (theirs, as_7bit_html(theirs))
+            assert ours == theirs or ours.replace(">\n<", "><") in (
+                theirs.replace(">\n<", "><"), as_7bit_html(theirs).replace(">\n<", "><"))
 
 
 def as_7bit_html(page: str) -> str:
-    """The same page as _html_part sends it in 7 bits: references for non-ASCII, a line
-    break between tags."""
-    return page.encode("ascii", "xmlcharrefreplace").decode("ascii").replace("><", ">\n<")
+    """The same page as _html_part sends it in 7 bits: references for non-ASCII, some line
+    breaks between tags (removed here, as a browser ignores them)."""
+    return page.encode("ascii", "xmlcharrefreplace").decode("ascii")
 
 
 def test_fast_bytes_are_well_formed_mail(mail_settings: Settings) -> None:
@@ -147,3 +148,23 @@ def test_any_subject_reads_back_exactly_as_written(tmp_path: Path) -> None:
         subject_lines[0] = "Subject: " + subject_lines[0]
         assert max(len(line) for line in subject_lines) <= 78
         assert str(parsed(data)["Subject"]) == clean_subject(subject)
+
+
+@pytest.mark.parametrize(("page", "encoding"), [
+    ("<html><body>" + "<td>cell</td>" * 500 + "</body></html>", "7bit"),
+    ("<html><body><p>" + "word " * 400 + "</p></body></html>", "quoted-printable"),
+    ("<html><head><title>Jörg</title></head><body>x</body></html>", "quoted-printable"),
+])
+def test_html_goes_in_long_7_bit_lines_only_where_it_can(
+    tmp_path: Path, page: str, encoding: str
+) -> None:
+    settings = make_settings(tmp_path)
+    data = fast_message_bytes(settings, replace(emails(settings)[0], html=page))
+    part = parsed(data).get_body(("html",))
+    assert part is not None and part["Content-Transfer-Encoding"] == encoding
+    assert str(part.get_content()).replace("\r\n", "\n").replace(">\n<", "><") in (
+        page + "\n", as_7bit_html(page) + "\n")
+    lines = data.split(b"\r\n")
+    assert max(map(len, lines)) <= 998
+    if encoding == "7bit":
+        assert len(lines) < 40  # broken where needed, not at every tag
