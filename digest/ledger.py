@@ -23,6 +23,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
+from typing import Any
 
 from sqlalchemy import and_, delete, func, or_, select, text, update
 from sqlalchemy.orm import Session
@@ -105,7 +106,8 @@ def _plan_chunk(
     insert = db.dialect_insert(session)
     # The rows as executemany parameters: one cached statement, not a VALUES clause of
     # PLAN_CHUNK rows compiled afresh for every chunk.
-    inserted = session.execute(
+    inserted = _execute(
+        session,
         insert(Delivery)
         .on_conflict_do_nothing(index_elements=["subscriber_id", "digest_date"])
         .returning(Delivery.subscriber_id, Delivery.digest_date),
@@ -127,7 +129,8 @@ def _plan_chunk(
     planned = {(sid, day) for sid, day in inserted}
     stale = [pair for pair in due if pair not in planned]
     if stale:
-        replanned = session.execute(
+        replanned = _execute(
+            session,
             update(Delivery)
             .where(
                 _pairs(stale),
@@ -154,7 +157,8 @@ def claim(
     """Take ownership of a batch's planned rows for this attempt; others' live claims are left."""
     if not subscriber_ids:
         return []
-    rows = session.execute(
+    rows = _execute(
+        session,
         update(Delivery)
         .where(
             Delivery.digest_date == day,
@@ -172,7 +176,8 @@ def claim(
     ).all()
     if rows:
         # Taking over an abandoned claim: its papers were attached but never sent.
-        session.execute(
+        _execute(
+            session,
             delete(DeliveryItem).where(DeliveryItem.delivery_id.in_([did for _, did in rows]))
         )
     session.commit()
@@ -187,7 +192,8 @@ def attach_items(session: Session, items: Sequence[dict[str, object]]) -> None:
         _attach_items_postgresql(session, items)
         return
     # SQLite: one compiled statement and a plain executemany in its C driver.
-    session.execute(
+    _execute(
+        session,
         db.dialect_insert(session)(DeliveryItem).on_conflict_do_nothing(
             index_elements=["subscriber_id", "paper_id"]
         ),
@@ -214,7 +220,7 @@ def _attach_items_postgresql(session: Session, items: Sequence[dict[str, object]
         f"INSERT INTO {table.name} ({', '.join(_ITEM_COLUMNS)}) SELECT * FROM unnest({arrays}) "
         "ON CONFLICT (subscriber_id, paper_id) DO NOTHING"
     )
-    session.execute(statement, {name: [item[name] for item in items] for name in _ITEM_COLUMNS})
+    _execute(session, statement, {name: [item[name] for item in items] for name in _ITEM_COLUMNS})
 
 
 def set_contents(
@@ -225,7 +231,8 @@ def set_contents(
     for sid, value in contents.items():
         groups.setdefault(value, []).append(sid)
     for (count, fallback), sids in groups.items():
-        session.execute(
+        _execute(
+            session,
             update(Delivery)
             .where(_owned(day, token), Delivery.subscriber_id.in_(sids))
             .values(paper_count=count, trending_fallback=fallback)
@@ -237,7 +244,8 @@ def start_sending(
     lease_seconds: int,
 ) -> set[int]:
     """Mark a window SENDING (committed before anything goes out); returns the rows still ours."""
-    rows = session.execute(
+    rows = _execute(
+        session,
         update(Delivery)
         .where(
             _owned(day, token),
@@ -272,12 +280,14 @@ def finish(
     if status is DeliveryStatus.RETRYING:
         values["lease_until"] = now + timedelta(seconds=retry_after_seconds)
         values["claim_token"] = None
-    session.execute(
+    _execute(
+        session,
         update(Delivery).where(_owned(day, token), Delivery.subscriber_id.in_(ids)).values(values)
     )
     if status in (DeliveryStatus.FAILED, DeliveryStatus.RETRYING, DeliveryStatus.SKIPPED):
         # Papers of a digest that did not go out may be sent another day.
-        session.execute(
+        _execute(
+            session,
             delete(DeliveryItem).where(
                 DeliveryItem.subscriber_id.in_(ids),
                 DeliveryItem.delivery_id.in_(
@@ -291,7 +301,8 @@ def finish(
 
 def mark_abandoned_in_doubt(session: Session, now: datetime) -> int:
     """SENDING rows whose attempt died: the server may have them. Report, never resend."""
-    result = session.execute(
+    result = _execute(
+        session,
         update(Delivery)
         .where(Delivery.status == DeliveryStatus.SENDING, Delivery.lease_until < now)
         .values(
@@ -324,6 +335,16 @@ def day_counts(session: Session, day: date, now: datetime | None = None) -> Coun
     ).one()
     counts.update({"stale": stale, "claimed": claimed, "planned": planned})
     return +counts
+
+
+def _execute(session: Session, statement: Any, parameters: Any = None) -> Any:
+    """Run a ledger statement on the session's connection, inside its transaction.
+
+    The statements name their rows by key and return what the caller needs. Through the
+    ORM's session execution (keeping loaded objects in step with a bulk UPDATE, the bulk
+    INSERT machinery over a thousand dicts) they cost three times what the database spent.
+    """
+    return session.connection().execute(statement, parameters)
 
 
 def _owned(day: date, token: str) -> object:
