@@ -863,25 +863,25 @@ class FileSender(Sender):
         self.known: dict[str, list[object]] = {}  # index rows of the messages written here
         self._folders: dict[str, Path] = {}
         # The HTML of the newest messages written here: their copies are written on close.
-        self._recent: OrderedDict[Path, str] = OrderedDict()
+        self._recent: OrderedDict[str, str] = OrderedDict()
 
     def send(self, email: OutgoingEmail) -> SendResult:
         eml_path = self.path_for(email)
         data = message_bytes(self.settings, email)
-        eml_path.parent.mkdir(parents=True, exist_ok=True)
         _write_atomically(eml_path, data)
-        self._recent[eml_path] = email.html
-        self._recent.move_to_end(eml_path)
+        name = str(eml_path)
+        self._recent[name] = email.html
+        self._recent.move_to_end(name)
         if len(self._recent) > INDEX_ROWS:
             self._recent.popitem(last=False)
         # What the index shows of it, so that writing the index needs not read it back.
-        stat = eml_path.stat()
+        stat = os.stat(name)
         sent_at = email.date if email.date.tzinfo else email.date.replace(tzinfo=timezone.utc)
         self.known[f"{eml_path.parent.name}/{eml_path.name}"] = [
             stat.st_size, stat.st_mtime_ns, sent_at.replace(microsecond=0).isoformat(),
             wire_address(email.to), clean_subject(email.subject), email.kind, email.message_id,
         ]
-        return SendResult(SendOutcome.SENT, str(eml_path))
+        return SendResult(SendOutcome.SENT, name)
 
     def path_for(self, email: OutgoingEmail) -> Path:
         """Where `email`'s .eml goes; always inside the outbox whatever the address holds."""
@@ -900,14 +900,15 @@ class FileSender(Sender):
             folder = self.outbox_dir / day
             if not folder.resolve().is_relative_to(self.outbox_dir):
                 raise ValueError(f"refusing to write into {folder}: outside the outbox")
+            folder.mkdir(parents=True, exist_ok=True)
             self._folders[day] = folder
         return folder
 
     def close(self) -> None:
         """Write the .html copies of the newest messages (the index may list them), then,
         unless another process gathers the rows, the index."""
-        for eml_path, html in self._recent.items():
-            _write_atomically(eml_path.with_suffix(".html"), html.encode("utf-8"))
+        for eml_name, html in self._recent.items():
+            _write_atomically(Path(eml_name).with_suffix(".html"), html.encode("utf-8"))
         self._recent.clear()
         if self.write_index_on_close:
             self.write_index()
@@ -1058,15 +1059,22 @@ def _read_head(path: Path) -> bytes:
 def _write_atomically(path: Path, data: bytes) -> None:
     # A reader (a browser on index.html, a mail client on an .eml) never sees half a file.
     # The temporary name is the file's own plus this process and thread: unique among
-    # writers without mkstemp's random names and chmod (two files per message at 100k a day).
-    tmp = path.with_name(f".tmp-{os.getpid()}-{threading.get_ident()}-{path.name}")
+    # writers without mkstemp's random names and chmod (a file per message at 100k a day).
+    target = str(path)
+    folder, _, name = target.rpartition("/")
+    tmp = f"{folder}/.tmp-{os.getpid()}-{threading.get_ident()}-{name}"
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+        finally:
+            os.close(fd)
+        os.replace(tmp, target)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
         raise
 
 
