@@ -235,12 +235,13 @@ def run_in_processes(
     """
     context = multiprocessing.get_context("fork")
     gc.freeze()  # the inherited day stays shared: no collection in a child touches its pages
+    taken = context.Value("q", 0)  # the next batch to take: whoever is free takes it
     children: list[tuple[Any, Connection]] = []
     try:
         for k in range(jobs):
             ours, theirs = context.Pipe(duplex=False)
             child = context.Process(
-                target=_run_share, args=(settings, prepared, batches[k::jobs], theirs),
+                target=_run_share, args=(settings, prepared, batches, taken, theirs),
                 name=f"digest-run-{k + 1}", daemon=True,
             )
             child.start()
@@ -298,16 +299,18 @@ def _gather(
 
 
 def _run_share(
-    settings: Settings, prepared: PreparedDay, batches: Sequence[Sequence[int]], conn: Connection
+    settings: Settings, prepared: PreparedDay, batches: Sequence[Sequence[int]], taken: Any,
+    conn: Connection,
 ) -> None:
-    """A forked child of `run_in_processes`: its share of the batches, reported back."""
+    """A forked child of `run_in_processes`: batches taken one by one from the shared counter
+    until none is left (no process idles while another has a backlog), reported back."""
     db.engine_for(settings.database_url).dispose(close=False)  # the parent's connections
     CLOCK.reset()
     report = DayReport(day=prepared.day)
     try:
         with db.session_scope(settings) as session, \
                 open_sender(settings, outbox_index=False) as sender:
-            for batch in batches:
+            for batch in _take(batches, taken):
                 report.merge(process_batch(session, settings, prepared, batch, sender))
                 conn.send(("progress", len(batch)))
             rows = outbox_rows(sender)
@@ -316,6 +319,16 @@ def _run_share(
         conn.send(("error", traceback.format_exc()))
     finally:
         conn.close()
+
+
+def _take(batches: Sequence[Sequence[int]], taken: Any) -> Iterator[Sequence[int]]:
+    while True:
+        with taken.get_lock():
+            index = taken.value
+            taken.value += 1
+        if index >= len(batches):
+            return
+        yield batches[index]
 
 
 # --- plan: who is due, and when ---------------------------------------------------------
