@@ -217,7 +217,8 @@ def _attach_items_postgresql(session: Session, items: Sequence[dict[str, object]
         f"CAST(:{name} AS {table.c[name].type.compile(dialect)}[])" for name in _ITEM_COLUMNS
     )
     statement = text(
-        f"INSERT INTO {table.name} ({', '.join(_ITEM_COLUMNS)}) SELECT * FROM unnest({arrays}) "
+        f"INSERT INTO {DeliveryItem.__tablename__} ({', '.join(_ITEM_COLUMNS)}) "
+        f"SELECT * FROM unnest({arrays}) "
         "ON CONFLICT (subscriber_id, paper_id) DO NOTHING"
     )
     _execute(session, statement, {name: [item[name] for item in items] for name in _ITEM_COLUMNS})

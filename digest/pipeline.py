@@ -26,7 +26,7 @@ from datetime import date, datetime, time, timedelta, timezone
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from time import perf_counter
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy import exists, func, select, update
@@ -272,17 +272,19 @@ def _gather(
     report = DayReport(day=day)
     rows: dict[str, list[object]] = {}
     errors: list[str] = []
-    waiting = {conn: child for child, conn in children}
+    waiting: dict[Connection, Any] = {conn: child for child, conn in children}
     while waiting:
-        for conn in wait(list(waiting)):
+        for ready in wait(list(waiting)):
+            conn = cast(Connection, ready)
             try:
-                kind, *payload = conn.recv()  # type: ignore[union-attr]
+                message: tuple[Any, ...] = conn.recv()
             except EOFError:
-                child = waiting.pop(conn)  # type: ignore[arg-type]
+                child = waiting.pop(conn)
                 child.join()
                 errors.append(f"{child.name} stopped (exit code {child.exitcode}) before "
                               "reporting")
                 continue
+            kind, payload = message[0], message[1:]
             if kind == "progress" and progress:
                 progress(payload[0])
             elif kind == "done":
@@ -291,10 +293,10 @@ def _gather(
                 rows.update(share_rows)
                 CLOCK.seconds.update(seconds)
                 CLOCK.items.update(items)
-                waiting.pop(conn)  # type: ignore[arg-type]
+                waiting.pop(conn)
             elif kind == "error":
                 errors.append(payload[0])
-                waiting.pop(conn)  # type: ignore[arg-type]
+                waiting.pop(conn)
     return report, rows, errors
 
 
