@@ -215,6 +215,8 @@ MIN_BATCHES_PER_JOB = 5  # below this, forking a process costs more than it save
 def run_jobs(settings: Settings, batches: int) -> int:
     """How many processes share the day's batches: RUN_JOBS, or one per core if it is 0;
     fewer on a small day, and one (this process) for the newcomer's demo."""
+    if multiprocessing.current_process().daemon:
+        return 1  # a daemonic process (a Celery pool worker) may not fork children
     wanted = settings.run_jobs or os.cpu_count() or 1
     return max(1, min(wanted, batches // MIN_BATCHES_PER_JOB))
 

@@ -355,3 +355,12 @@ def test_a_failed_process_is_reported_and_the_next_run_sends_what_it_left(
     rest = run_day(shared, DAY)
     assert len(rest.sent) == 24 - first
     assert sorted(str(m["To"]) for m in smtp_server.messages) == emails  # each exactly once
+
+
+def test_a_daemonic_process_runs_the_day_itself(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import multiprocessing
+
+    monkeypatch.setattr(multiprocessing.current_process(), "daemon", True, raising=False)
+    assert run_jobs(replace(settings, run_jobs=4), 100) == 1  # a Celery pool worker, say
