@@ -275,12 +275,12 @@ def peak_rss_mb(who: int = resource.RUSAGE_SELF) -> float:
 
 
 def run_in_process(settings: Settings, figures: Figures, progress: Callable[[str], None]) -> None:
-    from .pipeline import CLOCK, chunked, run_day, run_jobs
+    from .pipeline import CLOCK, run_day, run_jobs
 
     CLOCK.reset()
     day = datetime.now(timezone.utc).date()
-    jobs = run_jobs(settings, len(list(chunked(range(figures.subscribers),
-                                               settings.batch_size))))
+    batches = -(-figures.subscribers // settings.batch_size)
+    jobs = run_jobs(settings, batches)
     done = [0]
 
     def tick(n: int) -> None:
@@ -293,7 +293,6 @@ def run_in_process(settings: Settings, figures: Figures, progress: Callable[[str
         report = run_day(settings, day, progress=tick)
         total = time.perf_counter() - start
     sent = len(report.sent)
-    batches = -(-figures.subscribers // settings.batch_size)
     where = "in-process" if jobs == 1 else f"in-process, {jobs} processes"
     figures.add(f"whole day {where} ({settings.mail_backend})", total,
                 f"{sent / total:,.0f} emails/s")

@@ -19,7 +19,7 @@ import os
 import traceback
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta, timezone
@@ -187,24 +187,45 @@ def run_day(
         report.candidates = len(prepared.index)
         batches = list(chunked(planned, settings.batch_size))
         jobs = 1 if dry_run else run_jobs(settings, len(batches))
+        errors: list[str] = []
         if jobs > 1:
             session.commit()  # the children see the plan; this session waits for them
-            report.merge(run_in_processes(settings, prepared, batches, jobs, progress))
+            share, rows, errors = run_in_processes(settings, prepared, batches, jobs, progress)
         else:
-            with open_sender(settings, outbox_index=False) as sender:
-                for batch in batches:
-                    if dry_run:
-                        report.merge(preview_batch(session, settings, prepared, batch))
-                    else:
-                        report.merge(process_batch(session, settings, prepared, batch, sender))
-                    if progress:
-                        progress(len(batch))
-            if settings.mail_backend == "file" and not dry_run:
-                with CLOCK("index"):
-                    write_outbox_index(settings, outbox_rows(sender))
-        if settings.mail_backend == "file" and not dry_run:
-            report.outbox_index = Path(settings.outbox_dir) / "index.html"
+            share, rows = run_batches(session, settings, prepared, batches, dry_run, progress)
+        report.merge(share)
+    if settings.mail_backend == "file" and not dry_run:
+        with CLOCK("index"):
+            report.outbox_index = write_outbox_index(settings, rows)
+    if errors:
+        raise RuntimeError(
+            f"{len(errors)} of {jobs} run processes failed; digests they had not sent stay "
+            f"claimed for {settings.claim_lease_seconds} s (CLAIM_LEASE_SECONDS), then "
+            f"`digest run` sends them. First error:\n{errors[0]}"
+        )
     return report
+
+
+def run_batches(
+    session: Session,
+    settings: Settings,
+    prepared: PreparedDay,
+    batches: Iterable[Sequence[int]],
+    dry_run: bool = False,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[DayReport, dict[str, list[object]]]:
+    """Send (or, dry, preview) the batches over one mail session; the report, and the
+    outbox index rows of what the file backend wrote (the caller writes the index once)."""
+    report = DayReport(day=prepared.day, dry_run=dry_run)
+    with open_sender(settings, outbox_index=False) as sender:
+        for batch in batches:
+            if dry_run:
+                report.merge(preview_batch(session, settings, prepared, batch))
+            else:
+                report.merge(process_batch(session, settings, prepared, batch, sender))
+            if progress:
+                progress(len(batch))
+    return report, outbox_rows(sender)
 
 
 # --- the same day on every core ------------------------------------------------------------
@@ -227,9 +248,10 @@ def run_in_processes(
     batches: Sequence[Sequence[int]],
     jobs: int,
     progress: Callable[[int], None] | None = None,
-) -> DayReport:
+) -> tuple[DayReport, dict[str, list[object]], list[str]]:
     """Send the planned batches from `jobs` forked processes, each over its own database
     connection and mail session; the day was prepared once, here, and is inherited.
+    Returns what `run_batches` does, and the errors of processes that failed.
 
     The ledger makes this safe as it makes the Celery workers safe: each batch is claimed
     before it is sent. A process that dies leaves its unsent rows claimed until their lease
@@ -249,21 +271,11 @@ def run_in_processes(
             child.start()
             theirs.close()
             children.append((child, ours))
-        report, outbox_rows, errors = _gather(children, prepared.day, progress)
+        return _gather(children, prepared.day, progress)
     finally:
         for child, _ in children:
             child.join()
         gc.unfreeze()
-    if settings.mail_backend == "file":
-        with CLOCK("index"):
-            write_outbox_index(settings, outbox_rows)
-    if errors:
-        raise RuntimeError(
-            f"{len(errors)} of {jobs} run processes failed; digests they had not sent stay "
-            f"claimed for {settings.claim_lease_seconds} s (CLAIM_LEASE_SECONDS), then "
-            f"`digest run` sends them. First error:\n{errors[0]}"
-        )
-    return report
 
 
 def _gather(
@@ -310,14 +322,10 @@ def _run_share(
     until none is left (no process idles while another has a backlog), reported back."""
     db.engine_for(settings.database_url).dispose(close=False)  # the parent's connections
     CLOCK.reset()
-    report = DayReport(day=prepared.day)
     try:
-        with db.session_scope(settings) as session, \
-                open_sender(settings, outbox_index=False) as sender:
-            for batch in _take(batches, taken):
-                report.merge(process_batch(session, settings, prepared, batch, sender))
-                conn.send(("progress", len(batch)))
-            rows = outbox_rows(sender)
+        with db.session_scope(settings) as session:
+            report, rows = run_batches(session, settings, prepared, _take(batches, taken),
+                                       progress=lambda n: conn.send(("progress", n)))
         conn.send(("done", report, rows, dict(CLOCK.seconds), dict(CLOCK.items)))
     except BaseException:  # noqa: BLE001 - the parent reports it; this process ends here
         conn.send(("error", traceback.format_exc()))

@@ -672,11 +672,8 @@ class DayIndex:
         reasons: list[str] = []
         if not fallback:
             # Best match first; equal similarities keep the subscriber's order.
-            if len(similarity) == 1:
-                best: tuple[int, ...] = (0,) if similarity[0] > 0.02 else ()
-            else:
-                ranked = sorted([(-s, i) for i, s in enumerate(similarity) if s > 0.02])
-                best = tuple(i for _, i in ranked[:3])
+            ranked = sorted([(-s, i) for i, s in enumerate(similarity) if s > 0.02])
+            best = tuple(i for _, i in ranked[:3])
             if best:
                 line = matches.get(best)
                 if line is None:

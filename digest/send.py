@@ -45,6 +45,7 @@ from email.policy import EmailPolicy
 from email.policy import default as default_policy
 from email.utils import format_datetime, parseaddr
 from enum import Enum
+from itertools import groupby
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol, Self, TextIO
@@ -416,17 +417,9 @@ def _subject_header(subject: str) -> bytes:
     if "" in words:  # clean_subject leaves single spaces; anything else, the slow way
         return _encoded_header("Subject", subject)
     out: list[str] = []
-    run: list[str] = []
-    for word in words:
-        if not word.isascii() or "=?" in word:
-            run.append(word)
-            continue
-        if run:
-            out += _q_words(" ".join(run), first=not out)
-            run = []
-        out.append(word)
-    if run:
-        out += _q_words(" ".join(run), first=not out)
+    for encode, group in groupby(words, key=lambda w: not w.isascii() or "=?" in w):
+        run = list(group)
+        out += _q_words(" ".join(run), first=not out) if encode else run
     return _fold(" ".join(["Subject:", *out])).encode("ascii") + _CRLF
 
 
@@ -977,10 +970,11 @@ def outbox_entries(
             key = f"{day_dir.name}/{name}"
             row = known.get(key)
             if row is None:
-                stat = (day_dir / name).stat()
+                eml = day_dir / name
+                stat = eml.stat()
                 row = stored.get(key)
                 if row is None or row[:2] != [stat.st_size, stat.st_mtime_ns]:
-                    row = [stat.st_size, stat.st_mtime_ns, *_header_fields(parser, day_dir / name)]
+                    row = [stat.st_size, stat.st_mtime_ns, *_header_fields(parser, eml)]
             fresh[key] = row
             sent_at = datetime.fromisoformat(str(row[2])).timestamp() if row[2] else 0.0
             has_html = name[: -len(".eml")] + ".html" in names
