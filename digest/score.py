@@ -7,7 +7,7 @@ Per-subscriber work is then a sparse matrix product for a whole batch of profile
 
 Ranking, per subscriber and candidate paper:
 
-    relevance = 0.75 * max_phrase_similarity + 0.25 * mean_phrase_similarity
+    relevance = 0.5 * best_phrase_similarity + 0.5 * whole_text_similarity
     score     = relevance * (1 + trending_boost * trending)      (only if relevance >= min)
     trending  = recency * (0.5 + 0.5 * engagement)   for sources with engagement
               = recency * 0.5                        for sources without it
@@ -15,7 +15,8 @@ Ranking, per subscriber and candidate paper:
     engagement = log1p(upvotes + 2 * comments + stars / 10) / max of that in the same source
 
 where a "phrase" is one comma-separated topic the subscriber typed ("LoRA, activation sparsity"),
-so a paper strongly about one topic is not diluted by the subscriber's other topics.
+so a paper strongly about one topic is not diluted by the subscriber's other topics, and the
+whole text, as one query, rewards a paper that touches several of them.
 """
 
 from __future__ import annotations
@@ -24,12 +25,13 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 from scipy import sparse
 from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS, TfidfVectorizer
 from sklearn.preprocessing import normalize
+from sklearn.utils.sparsefuncs_fast import inplace_csr_row_normalize_l2
 
 # A word, with its inner hyphens: "LoRA", "fMRI", "GPT-4", "low-rank", "3D".
 WORD_PATTERN = re.compile(r"\w+(?:[-\u2010\u2011]\w+)*")
@@ -92,8 +94,9 @@ class Profile:
     feedback: tuple[FeedbackSignal, ...] = ()  # what their clicks and votes taught
 
 
-@dataclass(frozen=True)
-class Pick:
+class Pick(NamedTuple):
+    """One paper in a digest (a named tuple: a batch makes a million of them a day)."""
+
     paper_id: int
     score: float
     relevance: float
@@ -165,6 +168,12 @@ def analyze(text: str) -> list[str]:
     "low rank" and "lowrank", and "fine-tuning" matches "finetuning"; "GPT-4" stays "gpt4"
     as a term of its own as well as the bigram "gpt 4".
     """
+    words, extra = _words(text)
+    return words + extra + _bigrams(words)
+
+
+def _words(text: str) -> tuple[list[str], list[str]]:
+    """A text's words (stemmed, no stop words) and its hyphenated words joined up."""
     words: list[str] = []
     extra: list[str] = []
     for match in WORD_PATTERN.finditer(text.lower()):
@@ -172,8 +181,11 @@ def analyze(text: str) -> list[str]:
         if len(parts) > 1:
             extra.append(_stem("".join(parts)))
         words += [_stem(p) for p in parts if p not in ENGLISH_STOP_WORDS]
-    bigrams = [f"{a} {b}" for a, b in zip(words, words[1:], strict=False)]
-    return words + extra + bigrams
+    return words, extra
+
+
+def _bigrams(words: list[str]) -> list[str]:
+    return [f"{a} {b}" for a, b in zip(words, words[1:], strict=False)]
 
 
 def make_vectorizer(corpus_size: int = 1000) -> TfidfVectorizer:
@@ -266,6 +278,16 @@ class _Pool:
     fallback: bool  # nothing matched and the subscriber asked for trending papers regardless
 
 
+@dataclass(frozen=True)
+class _PhraseTerms:
+    """A topic phrase's raw term counts in the day's vocabulary (column, count)."""
+
+    columns: list[int]
+    counts: list[float]
+    first: str | None  # its first and last words, for the bigrams across commas
+    last: str | None
+
+
 @dataclass
 class DayIndex:
     """The day's candidate papers, vectorised once and shared by every subscriber."""
@@ -288,6 +310,7 @@ class DayIndex:
     _signal_vectors: dict[int, sparse.csr_matrix] = field(init=False, default_factory=dict)
     # Per query text: its normalised TF-IDF row as (term indices, values), see _query_matrix.
     _query_rows: dict[str, tuple[np.ndarray, np.ndarray]] = field(init=False)
+    _segment_terms: dict[str, _PhraseTerms] = field(init=False)
     # Per candidate, as plain lists: the per-subscriber steps read a few items each, and a
     # list item costs less than a numpy scalar.
     _ids: list[int] = field(init=False)
@@ -295,6 +318,7 @@ class DayIndex:
     _groups: list[int] = field(init=False)
     _has_twin: np.ndarray = field(init=False)  # per candidate: has a near-duplicate today
     _trending_reasons: list[str] = field(init=False)
+    _negative_boost: np.ndarray = field(init=False)  # -(1 + trending_boost * trending)
 
     def __post_init__(self) -> None:
         # Once a day, not once per batch; CSR because a product with a CSC operand converts it.
@@ -305,12 +329,14 @@ class DayIndex:
         self._position = {p.id: i for i, p in enumerate(self.papers)}
         self._search_text = [f"{p.title} {p.abstract}".lower() for p in self.papers]
         self._query_rows = {}
+        self._segment_terms = {}
         self._ids = self.paper_ids.tolist()
         self._trending = self.trending.tolist()
         self._groups = self.duplicate_group.tolist()
         group_sizes = np.bincount(self.duplicate_group) if len(self.papers) else np.zeros(0)
         self._has_twin = group_sizes[self.duplicate_group] > 1
         self._trending_reasons = [trending_reason(p) for p in self.papers]
+        self._negative_boost = -(1.0 + self.knobs.trending_boost * self.trending)
 
     def __len__(self) -> int:
         return len(self.papers)
@@ -318,45 +344,37 @@ class DayIndex:
     def select(self, profiles: Sequence[Profile]) -> list[Selection]:
         """Pick papers for a batch of profiles with one sparse product for the whole batch.
 
-        Whatever touches every paper is done for the batch at once (relevance, eligibility,
-        each row's best candidates, the diversity steps); per profile there is only a short
-        loop over its few dozen best candidates.
+        Everything is done for the batch at once, on (profiles x papers) or (profiles x
+        pool) arrays: relevance, eligibility, each row's best candidates, the diversity steps
+        and which phrases each pick matches. Per profile there is only a loop over its picks
+        that puts their numbers and reasons together, and a slower path for the few rows
+        with near-duplicates, exclusions or the trending fallback (`_pool`).
         """
         if not profiles:
             return []
         if not self.papers:
             return [Selection(p.subscriber_id, ()) for p in profiles]
         phrase_lists = [split_topics(p.topics) for p in profiles]
-        relevance, matched = self._relevance(phrase_lists, [p.topics for p in profiles])
+        counts = np.array([len(phrases) for phrases in phrase_lists], dtype=np.int64)
+        relevance, lexical, phrase_slots = self._relevance(
+            phrase_lists, counts, [p.topics for p in profiles]
+        )
         relevance = self._learned(relevance, profiles)
         allowed = self._allowed(profiles)
-        score = relevance * (1.0 + self.knobs.trending_boost * self.trending)[None, :]
-        eligible = allowed & (relevance >= self.knobs.min_relevance)
-        depth = min(MMR_POOL * max(p.limit for p in profiles) + 50, score.shape[1])
-        masked = np.where(eligible, score, -np.inf)
-        top = np.argpartition(-masked, depth - 1, axis=1)[:, :depth]
-        top_scores = np.take_along_axis(masked, top, axis=1)
-        rank = np.argsort(-top_scores, axis=1, kind="stable")
-        order = np.take_along_axis(top, rank, axis=1)
-        ranked_scores = np.take_along_axis(top_scores, rank, axis=1)
-        # The eligible candidates come first in `order`: the others scored -inf.
-        eligible_counts = np.take_along_axis(eligible, order, axis=1).sum(axis=1)
-        twins = np.any(self._has_twin[order], axis=1)
-        pools = [
-            self._pool(profile, cols, scores, count, has_twin, allowed[row])
-            for row, (profile, cols, scores, count, has_twin) in enumerate(zip(
-                profiles, order.tolist(), ranked_scores.tolist(), eligible_counts.tolist(),
-                twins.tolist(), strict=True,
-            ))
-        ]
-        chosen = self._diversify(
-            [pool.cols for pool in pools], [pool.scores for pool in pools],
-            [profile.limit for profile in profiles],
-        )
+        limits = np.array([p.limit for p in profiles], dtype=np.int64)
+        cols, scores, sizes, fallback = self._pools(profiles, relevance, allowed, limits)
+        taken = self._diversify(cols, scores, sizes, limits)
+        picked = np.take_along_axis(cols, taken, axis=1)
+        codes = _match_codes(lexical, phrase_slots, counts, picked)
+        wanted = np.minimum(limits, sizes).tolist()
         selections = [
-            self._selection(profile, phrases, pool, taken, relevance[row], matched[row])
-            for row, (profile, phrases, pool, taken) in enumerate(
-                zip(profiles, phrase_lists, pools, chosen, strict=True)
+            self._selection(profile, phrases, row_fallback, *row_picks)
+            for profile, phrases, row_fallback, *row_picks in zip(
+                profiles, phrase_lists, fallback.tolist(),
+                [row[:n] for row, n in zip(picked.tolist(), wanted, strict=True)],
+                np.take_along_axis(scores, taken, axis=1).tolist(),
+                np.take_along_axis(relevance, picked, axis=1).tolist(),
+                codes.tolist(), strict=True,
             )
         ]
         return [
@@ -427,13 +445,15 @@ class DayIndex:
                 continue
             reason = f"like “{_short_title(liked[best].title)}”, which you liked"
             at = 1 if pick.reasons and pick.reasons[0].startswith("matches:") else 0
-            picks.append(replace(pick, reasons=(*pick.reasons[:at], reason, *pick.reasons[at:])))
+            picks.append(pick._replace(reasons=(*pick.reasons[:at], reason, *pick.reasons[at:])))
         return replace(selection, picks=tuple(picks))
 
     def _relevance(
-        self, phrase_lists: list[list[str]], topics: list[str]
-    ) -> tuple[np.ndarray, list[np.ndarray]]:
-        """Per profile: blended relevance per paper, and per phrase its similarity per paper.
+        self, phrase_lists: list[list[str]], counts: np.ndarray, topics: list[str]
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per profile: blended relevance per paper. Also the lexical similarity of each
+        distinct query to each paper, and per profile the rows of its phrases in that
+        (profiles x most phrases; a shorter row repeats its first phrase).
 
         Each profile contributes its phrases and its whole topics text as queries. Subscribers
         share phrases heavily, so each distinct query of the batch is scored once (one sparse
@@ -441,44 +461,71 @@ class DayIndex:
         """
         n = len(self.papers)
         relevance = np.zeros((len(phrase_lists), n), dtype=np.float32)
-        if not any(phrase_lists):
-            return relevance, [np.zeros((0, n), dtype=np.float32) for _ in phrase_lists]
         slot: dict[str, int] = {}  # distinct query -> its row
-        phrase_slots = [slot.setdefault(q, len(slot)) for phrases in phrase_lists for q in phrases]
-        whole_slots = [slot.setdefault(text, len(slot)) for text in topics]
+        splits: list[list[str]] = []  # per distinct query: its phrases
+        rows: list[list[int]] = []
+        for phrases in phrase_lists:
+            row = []
+            for phrase in phrases:
+                if phrase not in slot:
+                    slot[phrase] = len(splits)
+                    splits.append([phrase])
+                row.append(slot[phrase])
+            rows.append(row)
+        whole = []
+        for text, phrases in zip(topics, phrase_lists, strict=True):
+            if text not in slot:
+                slot[text] = len(splits)
+                splits.append(phrases)
+            whole.append(slot[text])
+        width = max(1, int(counts.max(initial=0)))
+        phrase_slots = np.array(
+            [row + row[:1] * (width - len(row)) if row else [w] * width
+             for row, w in zip(rows, whole, strict=True)], dtype=np.int64,
+        )
         queries = list(slot)
-        lexical = (self._query_matrix(queries) @ self._matrix_t).toarray()
+        lexical = (self._query_matrix(queries, splits) @ self._matrix_t).toarray()
+        matching = np.flatnonzero(counts)  # profiles with at least one phrase
+        relevance[matching] = _blend(lexical, phrase_slots[matching], np.array(whole)[matching])
         semantic = self._semantic_similarity(queries)
-        counts = np.array([len(phrases) for phrases in phrase_lists])
-        rows = np.flatnonzero(counts)  # profiles with at least one phrase
-        whole = np.array(whole_slots)[rows]
-        per_phrase = lexical[phrase_slots]  # every profile's phrases, profile after profile
-        relevance[rows] = _blend(per_phrase, counts[rows], lexical[whole])
-        if semantic is not None:
-            sem = _blend(semantic[phrase_slots], counts[rows], semantic[whole])
-            w = self.semantic.weight if self.semantic else 0.0
-            relevance[rows] = (1.0 - w) * relevance[rows] + w * sem
-        ends = np.cumsum(counts).tolist()
-        matched = [per_phrase[end - count : end]
-                   for end, count in zip(ends, counts.tolist(), strict=True)]
-        return relevance, matched
+        if semantic is not None and self.semantic is not None:
+            sem = _blend(semantic, phrase_slots[matching], np.array(whole)[matching])
+            w = self.semantic.weight
+            relevance[matching] = (1.0 - w) * relevance[matching] + w * sem
+        return relevance, lexical, phrase_slots
 
-    def _query_matrix(self, queries: list[str]) -> sparse.csr_matrix:
-        """The queries' acronym-expanded, normalised TF-IDF rows; each text is analysed once.
+    def _query_matrix(
+        self, queries: list[str], splits: list[list[str]] | None = None
+    ) -> sparse.csr_matrix:
+        """The queries' acronym-expanded, normalised TF-IDF rows, as `transform` gives them.
 
         Rows are kept on the day's index by query text, since subscribers share topics and
-        every batch brings the same ones back; only texts not seen today go to `transform`.
+        every batch brings the same ones back. A new text is built from its phrases' term
+        counts (`_composed_rows`; `splits` are the texts' phrases, where known), each phrase
+        analysed once a day; only a text that is all acronyms, and so gets their spelled-out
+        forms appended, goes to `transform`.
         """
         rows = [self._query_rows.get(q) for q in queries]
         missing = [i for i, row in enumerate(rows) if row is None]
         if missing:
-            texts = [expand_acronyms(queries[i], self.acronyms) for i in missing]
-            fresh = normalize(self.vectorizer.transform(texts)).tocsr()
             if len(self._query_rows) + len(missing) > MAX_CACHED_QUERIES:
                 self._query_rows.clear()
-            for k, i in enumerate(missing):
-                lo, hi = fresh.indptr[k], fresh.indptr[k + 1]
-                rows[i] = self._query_rows[queries[i]] = (fresh.indices[lo:hi], fresh.data[lo:hi])
+                self._segment_terms.clear()
+            expanded = {i: expand_acronyms(queries[i], self.acronyms) for i in missing}
+            plain = [i for i in missing if expanded[i] == queries[i]]
+            acronyms = [i for i in missing if expanded[i] != queries[i]]
+            fresh = []
+            if plain:
+                phrases = [splits[i] if splits else split_topics(queries[i]) for i in plain]
+                fresh.append((plain, self._composed_rows(phrases)))
+            if acronyms:
+                fresh.append((acronyms, self.vectorizer.transform([expanded[i] for i in acronyms])))
+            for positions, matrix in fresh:
+                for k, i in enumerate(positions):
+                    lo, hi = matrix.indptr[k], matrix.indptr[k + 1]
+                    rows[i] = self._query_rows[queries[i]] = (
+                        matrix.indices[lo:hi], matrix.data[lo:hi]
+                    )
         known = [row for row in rows if row is not None]  # all of them by now
         indptr = np.zeros(len(known) + 1, dtype=np.int64)
         np.cumsum([len(indices) for indices, _ in known], out=indptr[1:])
@@ -487,6 +534,60 @@ class DayIndex:
              np.concatenate([indices for indices, _ in known]), indptr),
             shape=(len(known), self.matrix.shape[1]),
         )
+
+    def _composed_rows(self, texts: list[list[str]]) -> sparse.csr_matrix:
+        """TF-IDF rows of topic texts (given as their phrases), summed from the phrases'
+        counts: what `transform` gives, to the bit.
+
+        A text's terms are its phrases' terms plus the bigrams that run across a comma
+        ("lora, diffusion" holds "lora diffusion"), so its counts are the phrases' counts
+        plus those; then the vectorizer's own steps: 1 + log(count), times idf, L2 norm.
+        """
+        vocabulary = self.vectorizer.vocabulary_
+        rows: list[int] = []
+        cols: list[int] = []
+        counts: list[float] = []
+        for k, phrases in enumerate(texts):
+            previous = None  # the last word so far, to pair with the next phrase's first
+            for phrase in phrases:
+                terms = self._segment_terms.get(phrase) or self._phrase_terms(phrase)
+                cols += terms.columns
+                counts += terms.counts
+                rows += [k] * len(terms.columns)
+                if terms.first is None:
+                    continue
+                if previous is not None:
+                    col = vocabulary.get(f"{previous} {terms.first}")
+                    if col is not None:
+                        rows.append(k)
+                        cols.append(col)
+                        counts.append(1.0)
+                previous = terms.last
+        matrix = sparse.coo_matrix(
+            (np.array(counts, dtype=np.float32), (rows, cols)),
+            shape=(len(texts), self.matrix.shape[1]),
+        ).tocsr()  # sums the counts of a term two phrases share
+        matrix.sort_indices()
+        np.log(matrix.data, out=matrix.data)
+        matrix.data += 1.0
+        matrix.data *= self.vectorizer.idf_[matrix.indices]
+        inplace_csr_row_normalize_l2(matrix)  # `normalize` without its checks, 10x faster
+        return matrix
+
+    def _phrase_terms(self, phrase: str) -> _PhraseTerms:
+        """A phrase's term counts in today's vocabulary, and its first and last word."""
+        words, extra = _words(phrase)
+        found: dict[int, float] = {}
+        for term in words + extra + _bigrams(words):
+            col = self.vectorizer.vocabulary_.get(term)
+            if col is not None:
+                found[col] = found.get(col, 0.0) + 1.0
+        terms = _PhraseTerms(
+            list(found), list(found.values()),
+            words[0] if words else None, words[-1] if words else None,
+        )
+        self._segment_terms[phrase] = terms
+        return terms
 
     def _semantic_similarity(self, queries: list[str]) -> np.ndarray | None:
         """Embedding cosine per query (acronyms expanded) and paper, the unrelated floor at 0."""
@@ -515,32 +616,71 @@ class DayIndex:
         allowed[rows, cols] = False
         return allowed
 
+    def _pools(
+        self, profiles: Sequence[Profile], relevance: np.ndarray, allowed: np.ndarray,
+        limits: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Each profile's best MMR_POOL x limit candidates, best first, for diversity to rank.
+
+        Returns (profiles x width) candidate columns and their scores, how many of each row
+        are real, and which rows fell back to trending papers. Most rows are just their best
+        eligible candidates; rows with a near-duplicate among them, exclusions or nothing
+        eligible take `_pool`'s loop.
+        """
+        # score = relevance * (1 + boost * trending), negated for the ascending partition,
+        # and 0 where not eligible (a multiply: np.where or a masked copy cost 10x as much).
+        eligible = relevance >= self.knobs.min_relevance
+        eligible &= allowed
+        negative = relevance * self._negative_boost[None, :]
+        negative *= eligible
+        sizes = MMR_POOL * limits
+        depth = min(int(sizes.max()) + 50, negative.shape[1])
+        top = np.argpartition(negative, depth - 1, axis=1)[:, :depth]
+        top_scores = np.take_along_axis(negative, top, axis=1)
+        rank = np.argsort(top_scores, axis=1, kind="stable")
+        order = np.take_along_axis(top, rank, axis=1)
+        ranked = -np.take_along_axis(top_scores, rank, axis=1).astype(np.float64)
+        # The eligible candidates come first in `order`: the others scored 0.
+        counts = (ranked > 0).sum(axis=1)
+        twins = np.any(self._has_twin[order], axis=1)
+        width = min(int(sizes.max()), depth)
+        cols, scores = order[:, :width].copy(), ranked[:, :width].copy()
+        sizes = np.minimum(sizes, counts)
+        fallback = np.zeros(len(profiles), dtype=bool)
+        for row, (profile, twin, count) in enumerate(
+            zip(profiles, twins.tolist(), counts.tolist(), strict=True)
+        ):
+            if twin or profile.exclude or (not count and profile.trending_fallback):
+                pool = self._pool(profile, order[row].tolist(), ranked[row].tolist(), count,
+                                  allowed[row])
+                count = sizes[row] = len(pool.cols)
+                cols[row, :count], scores[row, :count] = pool.cols, pool.scores
+                fallback[row] = pool.fallback
+        return cols, scores, sizes, fallback
+
     def _pool(
         self,
         profile: Profile,
         cols: list[int],
         scores: list[float],
         eligible: int,
-        twins: bool,
         allowed: np.ndarray,
     ) -> _Pool:
         """The best MMR_POOL x limit candidates, one per near-duplicate group, none excluded.
 
         `cols` are the row's best candidates, best first, with their scores; the first
-        `eligible` of them may be sent; `twins` says whether a near-duplicate is among them.
-        When none is eligible and the subscriber asked for trending papers regardless, the
-        candidates are instead everything they may receive, ranked by the trending signal.
+        `eligible` of them may be sent. When none is eligible and the subscriber asked for
+        trending papers regardless, the candidates are instead everything they may receive,
+        ranked by the trending signal.
         """
         fallback = not eligible and profile.trending_fallback
         if fallback:
             trending = np.where(allowed, self.trending, -np.inf)
             order = _top_indices(trending, MMR_POOL * profile.limit + 50)
             cols, scores = order.tolist(), trending[order].tolist()
-            eligible, twins = int(allowed[order].sum()), True
+            eligible = int(allowed[order].sum())
         exclusions = [w.lower() for w in split_topics(profile.exclude)] if profile.exclude else []
         size = MMR_POOL * profile.limit
-        if not twins and not exclusions:  # the common case: nothing to skip
-            return _Pool(cols[: min(size, eligible)], scores[: min(size, eligible)], fallback)
         pool: list[int] = []
         pool_scores: list[float] = []
         groups_taken: set[int] = set()
@@ -556,32 +696,31 @@ class DayIndex:
         return _Pool(pool, pool_scores, fallback)
 
     def _diversify(
-        self, pools: list[list[int]], scores: list[list[float]], limits: list[int]
-    ) -> list[list[int]]:
+        self, cols: np.ndarray, scores: np.ndarray, sizes: np.ndarray, limits: np.ndarray
+    ) -> np.ndarray:
         """Maximal marginal relevance (Carbonell & Goldstein, 1998) over the best few papers.
 
         Greedily takes the paper maximising  lambda * score / best score - (1 - lambda) *
         its highest cosine with a paper already taken, so ten papers on one sub-topic give
         way to the next sub-topic's best. Returns, per profile, positions in its pool in the
-        order taken. The greedy steps run for many profiles at once (`_diversify_block`).
+        order taken (the first min(limit, size) count). The greedy steps run for many
+        profiles at once (`_diversify_block`).
         """
-        width = max(map(len, pools), default=0)
+        width = int(sizes.max(initial=0))
+        steps = max(1, min(int(limits.max()), width))
         if width <= 1 or self.knobs.mmr_lambda >= 1.0:
-            return [list(range(min(len(pool), limit)))
-                    for pool, limit in zip(pools, limits, strict=True)]
-        step = max(1, MMR_BLOCK_ELEMENTS // (width * width))
-        return [
-            taken
-            for start in range(0, len(pools), step)
-            for taken in self._diversify_block(
-                pools[start : start + step], scores[start : start + step],
-                limits[start : start + step], width,
-            )
-        ]
+            return np.broadcast_to(np.arange(steps), (len(cols), steps))
+        cols, scores = cols[:, :width], scores[:, :width]
+        block = max(1, MMR_BLOCK_ELEMENTS // (width * width))
+        return np.vstack([
+            self._diversify_block(cols[start : start + block], scores[start : start + block],
+                                  sizes[start : start + block], steps)
+            for start in range(0, len(cols), block)
+        ])
 
     def _diversify_block(
-        self, pools: list[list[int]], scores: list[list[float]], limits: list[int], width: int
-    ) -> list[list[int]]:
+        self, cols: np.ndarray, scores: np.ndarray, sizes: np.ndarray, steps: int
+    ) -> np.ndarray:
         """MMR for a block of profiles on (profiles x width) arrays, a short pool padded.
 
         A padding slot is worth -inf, so it is never taken; steps past a profile's own limit
@@ -589,126 +728,133 @@ class DayIndex:
         takes the first maximum.
         """
         mmr_lambda = self.knobs.mmr_lambda
-        sizes = np.array([len(pool) for pool in pools])
-        cols = np.array([pool + [0] * (width - len(pool)) for pool in pools], dtype=np.int64)
-        gains = np.array([s + [0.0] * (width - len(s)) for s in scores], dtype=np.float64)
+        width = cols.shape[1]
         valid = np.arange(width)[None, :] < sizes[:, None]
-        best_score = np.where(valid, gains, -np.inf).max(axis=1, keepdims=True)
-        gains = np.divide(gains, best_score, out=gains, where=best_score > 0)
-        similarity_to = self._pool_similarity(pools, cols)
-        taken = np.zeros((len(pools), min(max(limits), width)), dtype=np.int64)
+        best_score = np.where(valid, scores, -np.inf).max(axis=1, keepdims=True)
+        gains = np.divide(scores, best_score, out=scores.copy(), where=best_score > 0)
+        similarity_to = self._pool_similarity(cols, sizes)
+        taken = np.zeros((len(cols), steps), dtype=np.int64)
         # What taking each paper is worth before its redundancy; -inf once taken, or padding.
         worth = np.where(valid, mmr_lambda * gains, -np.inf)
         worth[:, 0] = -np.inf
         redundancy = similarity_to(taken[:, 0])
-        block = np.arange(len(pools))
-        for step in range(1, taken.shape[1]):
+        block = np.arange(len(cols))
+        for step in range(1, steps):
             best = (worth - (1 - mmr_lambda) * redundancy).argmax(axis=1)
             taken[:, step] = best
             worth[block, best] = -np.inf
             np.maximum(redundancy, similarity_to(best), out=redundancy)
-        wanted = np.minimum(limits, sizes).tolist()
-        return [row[:count] for row, count in zip(taken.tolist(), wanted, strict=True)]
+        return taken
 
     def _pool_similarity(
-        self, pools: list[list[int]], cols: np.ndarray
+        self, cols: np.ndarray, sizes: np.ndarray
     ) -> Callable[[np.ndarray], np.ndarray]:
         """For MMR: given a position in each pool, that paper's cosine with its whole pool.
 
         With the day's dense paper x paper matrix only those rows are read (np.take on the
         flat matrix, the fastest gather); otherwise each pool's block is computed once.
         """
-        block = np.arange(len(pools))
+        block = np.arange(len(cols))
         if self._similarity is not None:
             flat, n = self._similarity.reshape(-1), self._similarity.shape[0]
             return lambda position: flat.take(cols[block, position][:, None] * n + cols)
         width = cols.shape[1]
-        blocks = np.zeros((len(pools), width, width), dtype=np.float32)
-        for row, pool in enumerate(pools):
-            if pool:
-                vectors = self.matrix[pool]
-                blocks[row, : len(pool), : len(pool)] = (vectors @ vectors.T).toarray()
+        blocks = np.zeros((len(cols), width, width), dtype=np.float32)
+        for row, size in enumerate(sizes.tolist()):
+            if size:
+                vectors = self.matrix[cols[row, :size]]
+                blocks[row, :size, :size] = (vectors @ vectors.T).toarray()
         return lambda position: blocks[block, position]
 
     def _selection(
         self,
         profile: Profile,
         phrases: list[str],
-        pool: _Pool,
-        taken: list[int],
-        relevance: np.ndarray,
-        phrase_similarity: np.ndarray,
+        fallback: bool,
+        cols: list[int],
+        scores: list[float],
+        relevance: list[float],
+        codes: list[int],
     ) -> Selection:
-        """The profile's picks, in the order MMR took them, with their numbers and reasons."""
-        cols = [pool.cols[i] for i in taken]
-        matches: dict[tuple[int, ...], str] = {}  # this profile's "matches: ..." lines
-        picks = tuple(
-            Pick(
-                paper_id=self._ids[col],
-                score=pool.scores[i],
-                relevance=paper_relevance,
-                trending=self._trending[col],
-                reasons=self._reasons(col, phrases, similarity, pool.fallback, matches),
-            )
-            for i, col, paper_relevance, similarity in zip(
-                taken, cols, relevance[cols].tolist(), phrase_similarity[:, cols].T.tolist(),
-                strict=True,
-            )
-        )
-        return Selection(profile.subscriber_id, picks, trending_fallback=pool.fallback)
+        """The profile's picks, in the order MMR took them, with their numbers and reasons.
+
+        `codes` say which phrases each pick matches (`_match_codes`); the profile's ten
+        picks mostly match the same ones, so each line is written once."""
+        lines: dict[int, str] = {0: ""}
+        base = len(phrases) + 1
+        trending_reasons = self._trending_reasons
+        picks = []
+        for col, score, paper_relevance, code in zip(cols, scores, relevance, codes, strict=False):
+            trending = trending_reasons[col]
+            if fallback:
+                reasons: tuple[str, ...] = (trending or "trending today",)
+            else:
+                line = lines.get(code)
+                if line is None:
+                    line = lines[code] = _match_line(phrases, code, base)
+                reasons = (line, trending) if line and trending else (line or trending,)
+                if not reasons[0]:
+                    reasons = ()
+            picks.append(Pick(self._ids[col], score, paper_relevance, self._trending[col],
+                              reasons))
+        return Selection(profile.subscriber_id, tuple(picks), trending_fallback=fallback)
 
     def _excluded(self, col: int, exclusions: list[str]) -> bool:
         text = self._search_text[col]
         return any(re.search(rf"\b{re.escape(word)}\b", text) for word in exclusions)
 
-    def _reasons(
-        self, col: int, phrases: list[str], similarity: Sequence[float], fallback: bool,
-        matches: dict[tuple[int, ...], str],
-    ) -> tuple[str, ...]:
-        """Why this paper was picked, in the subscriber's own words and the paper's numbers.
 
-        `matches` keeps the profile's match lines by which phrases matched, in order: its
-        ten picks mostly match the same phrases."""
-        reasons: list[str] = []
-        if not fallback:
-            # Best match first; equal similarities keep the subscriber's order.
-            ranked = sorted([(-s, i) for i, s in enumerate(similarity) if s > 0.02])
-            best = tuple(i for _, i in ranked[:3])
-            if best:
-                line = matches.get(best)
-                if line is None:
-                    line = matches[best] = "matches: " + ", ".join([phrases[i] for i in best])
-                reasons.append(line)
-        trending = self._trending_reasons[col]
-        if trending:
-            reasons.append(trending)
-        elif fallback:
-            reasons.append("trending today")
-        return tuple(reasons)
+# A pick's "matches:" line names up to this many phrases, those above this similarity.
+MATCH_LINE_PHRASES, MATCH_LINE_MIN_SIMILARITY = 3, 0.02
 
 
-# How a profile's topics combine: the best-matching phrase, the mean over phrases, and the
-# whole text as one query (which rewards a paper touching several of the phrases at once).
-BLEND_MAX, BLEND_MEAN, BLEND_WHOLE = 0.5, 0.0, 0.5
+def _match_codes(
+    lexical: np.ndarray, phrase_slots: np.ndarray, counts: np.ndarray, picked: np.ndarray
+) -> np.ndarray:
+    """Per profile and pick: which of its phrases the pick matches, best first, as a number.
 
-
-def _blend(per_phrase: np.ndarray, counts: np.ndarray, whole: np.ndarray) -> np.ndarray:
-    """Per profile: its `count` consecutive rows of per_phrase blended with its whole-text row.
-
-    Profiles with the same number of phrases are blended together, as one (profiles x
-    phrases x papers) block each, so a batch costs a few array operations, not a few per
-    profile.
+    The phrases above MATCH_LINE_MIN_SIMILARITY, the best MATCH_LINE_PHRASES of them
+    (equal similarities keep the subscriber's order), are written as digits in base
+    count + 1: sum of (phrase index + 1) * base ** place. 0 means none matched. Profiles
+    with the same number of phrases are ranked together, as one (profiles x phrases x
+    picks) block.
     """
-    starts = np.cumsum(counts) - counts
-    best = np.empty_like(whole)
-    mean = np.zeros_like(whole)
-    for count in np.unique(counts).tolist():
+    codes = np.zeros(picked.shape, dtype=np.int64)
+    for count in np.unique(counts[counts > 0]).tolist():
         rows = np.flatnonzero(counts == count)
-        block = per_phrase[starts[rows, None] + np.arange(count)]
-        best[rows] = block.max(axis=1)
-        if BLEND_MEAN:  # weighed 0 today: skip its cost
-            mean[rows] = block.sum(axis=1) / np.float32(count)
-    return BLEND_MAX * best + BLEND_MEAN * mean + BLEND_WHOLE * whole
+        similarity = lexical[phrase_slots[rows, :count, None], picked[rows, None, :]]
+        # A float64 bound, as the similarities were compared as Python floats before.
+        key = np.where(similarity > np.float64(MATCH_LINE_MIN_SIMILARITY), similarity, -1.0)
+        best = np.argsort(-key, axis=1, kind="stable")[:, :MATCH_LINE_PHRASES]
+        digits = np.where(np.take_along_axis(key, best, axis=1) > 0, best + 1, 0)
+        places = (count + 1) ** np.arange(digits.shape[1])
+        codes[rows] = (digits * places[None, :, None]).sum(axis=1)
+    return codes
+
+
+def _match_line(phrases: list[str], code: int, base: int) -> str:
+    """The "matches: ..." line a `_match_codes` number stands for."""
+    named = []
+    while code:
+        code, digit = divmod(code, base)
+        named.append(phrases[digit - 1])
+    return "matches: " + ", ".join(named)
+
+
+# How a profile's topics combine: its best-matching phrase, and its whole text as one query
+# (which rewards a paper touching several of the phrases at once).
+BLEND_BEST, BLEND_WHOLE = 0.5, 0.5
+
+
+def _blend(similarity: np.ndarray, phrase_slots: np.ndarray, whole: np.ndarray) -> np.ndarray:
+    """Per profile: the best of its phrases' rows of `similarity`, blended with its whole
+    text's row. A row gathered per phrase position, so a batch costs a few array steps."""
+    best = similarity[phrase_slots[:, 0]]
+    for position in range(1, phrase_slots.shape[1]):
+        np.maximum(best, similarity[phrase_slots[:, position]], out=best)
+    best *= BLEND_BEST
+    best += BLEND_WHOLE * similarity[whole]
+    return best
 
 
 def _short_title(title: str, limit: int = 60) -> str:

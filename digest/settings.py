@@ -143,6 +143,15 @@ class Settings:
             changes["celery_broker_url"] = self.redis_url
         if not 0 <= self.default_send_hour <= 23:
             raise SettingsError("DEFAULT_SEND_HOUR must be an hour from 0 to 23.")
+        if self.trending_boost <= -1:
+            raise SettingsError(
+                f"TRENDING_BOOST={self.trending_boost} would give trending papers no score "
+                "at all; use a number above -1 (0 turns the boost off)."
+            )
+        if not 0 <= self.min_relevance < 1:
+            raise SettingsError(
+                f"MIN_RELEVANCE={self.min_relevance} must be from 0 (any match counts) to 1."
+            )
         if self.postmark_webhook_username and not self.postmark_webhook_password:
             raise SettingsError(
                 "POSTMARK_WEBHOOK_USERNAME is set but POSTMARK_WEBHOOK_PASSWORD is empty; "
