@@ -11,6 +11,7 @@ Not part of `make test` (a small smoke run of it is).
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import multiprocessing
 import os
@@ -233,19 +234,71 @@ class Figures:
         return "\n".join(out + self.notes)
 
 
-def best_score_seconds(prepared: Any, profiles: Sequence[Any], chunk: int = 1000) -> float:
+def best_score_seconds(index: Any, profiles: Sequence[Any], chunk: int = 1000) -> float:
     """A raw sparse TF-IDF product in chunks of subscribers, keeping the top 10: the floor."""
     import numpy as np
     from sklearn.preprocessing import normalize
 
     start = time.perf_counter()
-    matrix_t = prepared.index.matrix.T.tocsc()
+    matrix_t = index.matrix.T.tocsr()  # CSR: a product with a CSC operand converts it first
     for begin in range(0, len(profiles), chunk):
-        queries = normalize(prepared.index.vectorizer.transform(
+        queries = normalize(index.vectorizer.transform(
             [p.topics for p in profiles[begin : begin + chunk]]))
         scores = (queries @ matrix_t).toarray()
         np.argpartition(-scores, min(10, scores.shape[1] - 1), axis=1)[:, :10]
     return time.perf_counter() - start
+
+
+def our_score_seconds(index: Any, profiles: Sequence[Any], batch: int) -> float:
+    """`DayIndex.select` over the same profiles, in the pipeline's batches."""
+    start = time.perf_counter()
+    for begin in range(0, len(profiles), batch):
+        index.select(profiles[begin : begin + batch])
+    return time.perf_counter() - start
+
+
+def seconds_in_processes(
+    jobs: int, measure: Callable[[Any, Sequence[Any]], float], index: Any,
+    profiles: Sequence[Any],
+) -> float:
+    """`measure` over shares of the profiles in `jobs` processes at once, as the day ran
+    them: process-seconds summed, comparable with the day's per-stage figures."""
+    gc.freeze()  # as `digest run` does once the day is prepared
+    if jobs <= 1:
+        return measure(index, profiles)
+    context = multiprocessing.get_context("fork")
+    results = context.Queue()
+    share = -(-len(profiles) // jobs)
+
+    def child(part: Sequence[Any]) -> None:
+        results.put(measure(index, part))
+
+    children = [context.Process(target=child, args=(profiles[k * share : (k + 1) * share],))
+                for k in range(jobs)]
+    for process in children:
+        process.start()
+    total = sum(results.get(timeout=600) for _ in children)
+    for process in children:
+        process.join()
+    return total
+
+
+def all_profiles(settings: Settings) -> list[Any]:
+    """Every subscriber's profile as it would be scored on a first day (nothing sent yet)."""
+    from sqlalchemy import select
+
+    from .models import Subscriber, TopicProfile
+    from .score import Profile
+
+    with db.session_scope(settings) as session:
+        rows = session.execute(
+            select(TopicProfile.subscriber_id, TopicProfile.topics, TopicProfile.exclude,
+                   TopicProfile.trending_fallback, Subscriber.papers_per_digest)
+            .join(Subscriber, Subscriber.id == TopicProfile.subscriber_id)
+            .order_by(TopicProfile.subscriber_id)
+        ).all()
+    return [Profile(sid, topics, limit, exclude or "", bool(fallback))
+            for sid, topics, exclude, fallback, limit in rows]
 
 
 # --- runs ---------------------------------------------------------------------------------
@@ -274,7 +327,8 @@ def peak_rss_mb(who: int = resource.RUSAGE_SELF) -> float:
     return resource.getrusage(who).ru_maxrss / 1024
 
 
-def run_in_process(settings: Settings, figures: Figures, progress: Callable[[str], None]) -> None:
+def run_in_process(settings: Settings, figures: Figures, progress: Callable[[str], None]) -> int:
+    """Run the day in this process (or its forked run processes); returns how many ran it."""
     from .pipeline import CLOCK, run_day, run_jobs
 
     CLOCK.reset()
@@ -309,6 +363,7 @@ def run_in_process(settings: Settings, figures: Figures, progress: Callable[[str
         f"{where}: {sent:,} sent, {memory}, {statements.value:,} database statements = "
         f"{statements.value / batches:.1f} per batch of {settings.batch_size}"
     )
+    return jobs
 
 
 def worker_env(settings: Settings) -> dict[str, str]:
@@ -474,8 +529,8 @@ def _run(
             db.upgrade(settings)
             populate(settings, subscribers, papers)
             progress("Running the day in this process...")
-            run_in_process(settings, figures, progress)
-            measure_best_cases(settings, figures, sink, subscribers)
+            jobs = run_in_process(settings, figures, progress)
+            measure_best_cases(settings, figures, sink, subscribers, jobs)
         if workers:
             with temporary_postgres(postgres_admin_url) as url:
                 pg = replace(settings, database_url=url, mail_backend="smtp")
@@ -511,7 +566,32 @@ def measure_sink(
                 f"{workers_seconds / (n / rate):.2f}x")
 
 
-def measure_best_cases(settings: Settings, figures: Figures, sink: Sink, n: int) -> None:
+def measure_score(settings: Settings, figures: Figures, jobs: int) -> None:
+    """Scoring against a raw sparse product over the same N profiles, run as the day ran
+    (in `jobs` processes at once), and our `select` alone under the same conditions."""
+    from functools import partial
+
+    from .pipeline import CLOCK, prepare_day
+
+    profiles = all_profiles(settings)
+    with db.session_scope(settings) as session:  # a fresh index: nothing cached from the day
+        index = prepare_day(session, settings, datetime.now(timezone.utc).date()).index
+    best = seconds_in_processes(jobs, best_score_seconds, index, profiles)
+    alone = seconds_in_processes(jobs, partial(our_score_seconds, batch=settings.batch_size),
+                                 index, profiles)
+    ours = CLOCK.seconds["score"]
+    n = f"{len(profiles):,} subscribers"
+    figures.add("score all, in the day (best: raw sparse product)", ours, n,
+                f"{best:.3f} s", f"{ours / best:.1f}x")
+    figures.add("score all, alone like the best case", alone, n, f"{best:.3f} s",
+                f"{alone / best:.1f}x")
+    if jobs > 1:
+        figures.notes.append(f"score rows: both measured in {jobs} processes at once, as the "
+                             "day ran, and summed (process-seconds)")
+
+
+def measure_best_cases(settings: Settings, figures: Figures, sink: Sink, n: int,
+                       jobs: int = 1) -> None:
     """Per stage: the naive way, ours, and the library's best case, all measured now."""
     from .pipeline import CLOCK, compose_message, digest_context, load_batch, prepared_day
 
@@ -525,10 +605,7 @@ def measure_best_cases(settings: Settings, figures: Figures, sink: Sink, n: int)
                                             strict=False) if len(sel.picks) >= 5]
         contexts = [digest_context(settings, prepared, s, sel) for s, sel in pairs][:40]
         messages = [compose_message(settings, prepared, s, sel) for s, sel in pairs][:40]
-    best_score = best_score_seconds(prepared, (profiles * (n // max(len(profiles), 1) + 1))[:n])
-    ours_score = CLOCK.seconds["score"]
-    figures.add("score all (best: raw sparse product)", ours_score, f"{n:,} subscribers",
-                f"{best_score:.3f} s", f"{ours_score / best_score:.1f}x")
+    measure_score(settings, figures, jobs)
     if not contexts:
         figures.notes.append("no digest matched in the sample: best cases not measured")
         return

@@ -25,6 +25,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
+from functools import partial
 from typing import Any, NamedTuple, Protocol
 
 import numpy as np
@@ -95,13 +96,18 @@ class Profile:
 
 
 class Pick(NamedTuple):
-    """One paper in a digest (a named tuple: a batch makes a million of them a day)."""
+    """One paper in a digest (a named tuple: a day makes a million of them)."""
 
     paper_id: int
     score: float
     relevance: float
     trending: float
     reasons: tuple[str, ...]
+
+
+# Pick from a (paper_id, score, relevance, trending, reasons) tuple, all in C: the named
+# tuple's own __new__ is a Python function, a third of a pick's cost.
+_new_pick = partial(tuple.__new__, Pick)
 
 
 @dataclass(frozen=True)
@@ -145,9 +151,12 @@ class SemanticIndex:
     weight: float  # share of the semantic similarity in relevance (SEMANTIC_WEIGHT)
 
 
+TOPIC_SEPARATORS = re.compile(r"[,;\n]+")
+
+
 def split_topics(topics: str) -> list[str]:
     """Split free text into topic phrases on commas, semicolons and new lines."""
-    return [p.strip() for p in re.split(r"[,;\n]+", topics) if p.strip()]
+    return [phrase for p in TOPIC_SEPARATORS.split(topics) if (phrase := p.strip())]
 
 
 def _stem(word: str) -> str:
@@ -265,6 +274,9 @@ def expand_acronyms(phrase: str, acronyms: dict[str, str]) -> str:
 # the custom analyser is most of `transform`'s cost); past this many it starts again, so a
 # long-lived index stays small (a row is a few dozen numbers).
 MAX_CACHED_QUERIES = 50_000
+# Phrases whose similarity to every paper a day's index keeps, the first ones seen: 2,000
+# rows of 2,000 papers are 16 MB.
+MAX_CACHED_PHRASE_ROWS = 2_000
 # MMR runs for this many (profile, pool paper, pool paper) triples at most at a time.
 MMR_BLOCK_ELEMENTS = 2_000_000
 
@@ -311,6 +323,7 @@ class DayIndex:
     # Per query text: its normalised TF-IDF row as (term indices, values), see _query_matrix.
     _query_rows: dict[str, tuple[np.ndarray, np.ndarray]] = field(init=False)
     _segment_terms: dict[str, _PhraseTerms] = field(init=False)
+    _phrase_similarity: dict[str, np.ndarray] = field(init=False)  # see _lexical_similarity
     # Per candidate, as plain lists: the per-subscriber steps read a few items each, and a
     # list item costs less than a numpy scalar.
     _ids: list[int] = field(init=False)
@@ -318,6 +331,9 @@ class DayIndex:
     _groups: list[int] = field(init=False)
     _has_twin: np.ndarray = field(init=False)  # per candidate: has a near-duplicate today
     _trending_reasons: list[str] = field(init=False)
+    # Per candidate: a pick's reasons when it matched no phrase, and in the trending fallback.
+    _trending_alone: list[tuple[str, ...]] = field(init=False)
+    _fallback_reasons: list[tuple[str, ...]] = field(init=False)
     _negative_boost: np.ndarray = field(init=False)  # -(1 + trending_boost * trending)
 
     def __post_init__(self) -> None:
@@ -330,12 +346,15 @@ class DayIndex:
         self._search_text = [f"{p.title} {p.abstract}".lower() for p in self.papers]
         self._query_rows = {}
         self._segment_terms = {}
+        self._phrase_similarity = {}
         self._ids = self.paper_ids.tolist()
         self._trending = self.trending.tolist()
         self._groups = self.duplicate_group.tolist()
         group_sizes = np.bincount(self.duplicate_group) if len(self.papers) else np.zeros(0)
         self._has_twin = group_sizes[self.duplicate_group] > 1
         self._trending_reasons = [trending_reason(p) for p in self.papers]
+        self._trending_alone = [(r,) if r else () for r in self._trending_reasons]
+        self._fallback_reasons = [(r or "trending today",) for r in self._trending_reasons]
         self._negative_boost = -(1.0 + self.knobs.trending_boost * self.trending)
 
     def __len__(self) -> int:
@@ -484,7 +503,7 @@ class DayIndex:
              for row, w in zip(rows, whole, strict=True)], dtype=np.int64,
         )
         queries = list(slot)
-        lexical = (self._query_matrix(queries, splits) @ self._matrix_t).toarray()
+        lexical = self._lexical_similarity(queries, splits)
         matching = np.flatnonzero(counts)  # profiles with at least one phrase
         relevance[matching] = _blend(lexical, phrase_slots[matching], np.array(whole)[matching])
         semantic = self._semantic_similarity(queries)
@@ -493,6 +512,30 @@ class DayIndex:
             w = self.semantic.weight
             relevance[matching] = (1.0 - w) * relevance[matching] + w * sem
         return relevance, lexical, phrase_slots
+
+    def _lexical_similarity(self, queries: list[str], splits: list[list[str]]) -> np.ndarray:
+        """Cosine of each query with each paper (queries x papers).
+
+        A single phrase's row is kept for the day (the popular ones come back in every
+        batch, a whole topics text seldom does), so the sparse product is only for the rest.
+        """
+        similarity = np.empty((len(queries), len(self.papers)), dtype=np.float32)
+        fresh = []
+        for row, query in enumerate(queries):
+            known = self._phrase_similarity.get(query)
+            if known is None:
+                fresh.append(row)
+            else:
+                similarity[row] = known
+        if fresh:
+            rows = self._query_matrix([queries[i] for i in fresh], [splits[i] for i in fresh])
+            similarity[fresh] = (rows @ self._matrix_t).toarray()
+            room = MAX_CACHED_PHRASE_ROWS - len(self._phrase_similarity)
+            for row in fresh:
+                if room > 0 and len(splits[row]) == 1 and splits[row][0] == queries[row]:
+                    self._phrase_similarity[queries[row]] = similarity[row].copy()
+                    room -= 1
+        return similarity
 
     def _query_matrix(
         self, queries: list[str], splits: list[list[str]] | None = None
@@ -779,25 +822,28 @@ class DayIndex:
         """The profile's picks, in the order MMR took them, with their numbers and reasons.
 
         `codes` say which phrases each pick matches (`_match_codes`); the profile's ten
-        picks mostly match the same ones, so each line is written once."""
-        lines: dict[int, str] = {0: ""}
-        base = len(phrases) + 1
-        trending_reasons = self._trending_reasons
-        picks = []
-        for col, score, paper_relevance, code in zip(cols, scores, relevance, codes, strict=False):
-            trending = trending_reasons[col]
-            if fallback:
-                reasons: tuple[str, ...] = (trending or "trending today",)
-            else:
-                line = lines.get(code)
-                if line is None:
-                    line = lines[code] = _match_line(phrases, code, base)
-                reasons = (line, trending) if line and trending else (line or trending,)
-                if not reasons[0]:
-                    reasons = ()
-            picks.append(Pick(self._ids[col], score, paper_relevance, self._trending[col],
-                              reasons))
-        return Selection(profile.subscriber_id, tuple(picks), trending_fallback=fallback)
+        picks mostly match the same ones, so each line is written once. A million picks a
+        day: the loop is kept to what differs per pick."""
+        reasons: list[tuple[str, ...]]
+        if fallback:
+            reasons = list(map(self._fallback_reasons.__getitem__, cols))
+        else:
+            lines: dict[int, str] = {}
+            base = len(phrases) + 1
+            trending_alone, trending_reasons = self._trending_alone, self._trending_reasons
+            reasons = []
+            for col, code in zip(cols, codes, strict=False):  # codes run past the picks
+                if not code:
+                    reasons.append(trending_alone[col])
+                    continue
+                line = lines.get(code) or lines.setdefault(code, _match_line(phrases, code, base))
+                trending = trending_reasons[col]
+                reasons.append((line, trending) if trending else (line,))
+        picks = tuple(map(_new_pick, zip(
+            map(self._ids.__getitem__, cols), scores, relevance,
+            map(self._trending.__getitem__, cols), reasons, strict=False,  # scores run past
+        )))
+        return Selection(profile.subscriber_id, picks, trending_fallback=fallback)
 
     def _excluded(self, col: int, exclusions: list[str]) -> bool:
         text = self._search_text[col]

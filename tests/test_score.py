@@ -83,6 +83,10 @@ def test_nothing_matches_gives_an_empty_selection_unless_trending_fallback(index
     ])
     assert empty.picks == ()
     assert fallback.trending_fallback and len(fallback.picks) == 3
+    # Even with MIN_RELEVANCE=0 a paper with no relevance at all is no match.
+    anything = build_day_index(PAPERS, [], NOW, RankingKnobs(min_relevance=0.0))
+    [lora, none] = anything.select([Profile(1, "LoRA", limit=6), Profile(2, "poetry", limit=3)])
+    assert none.picks == () and {p.paper_id for p in lora.picks} == {1, 6}
 
 
 def test_excluded_words_keep_papers_out(index) -> None:

@@ -41,6 +41,9 @@ def test_postgres_needs_no_code_change() -> None:
         ({"MAIL_BACKEND": "pigeon"}, "MAIL_BACKEND"),
         ({"SMTP_SECURITY": "ssl3"}, "SMTP_SECURITY"),
         ({"DEFAULT_SEND_HOUR": "25"}, "DEFAULT_SEND_HOUR"),
+        ({"TRENDING_BOOST": "-1"}, "TRENDING_BOOST=-1.0 would give trending papers no score"),
+        ({"MIN_RELEVANCE": "1.5"}, "MIN_RELEVANCE=1.5 must be from 0"),
+        ({"MIN_RELEVANCE": "-0.1"}, "MIN_RELEVANCE"),
     ],
 )
 def test_bad_values_name_the_variable(env: dict[str, str], message: str) -> None:
