@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import ARRAY, Engine, any_, bindparam, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 from .settings import PACKAGE_DIR, Settings
@@ -94,3 +94,16 @@ def dialect_insert(session: Session) -> Any:
 
         return sqlite_insert
     raise RuntimeError(f"Unsupported database {name!r}: use SQLite or PostgreSQL.")
+
+
+def among(session: Session, column: Any, values: Sequence[int]) -> Any:
+    """`column IN values`, written for the backend.
+
+    On PostgreSQL it is `column = ANY(one array parameter)`: the statement's text is then
+    the same for any number of values, where an IN list makes SQLAlchemy render, and
+    psycopg parse, one placeholder per value on every execution (a batch's hundred ids,
+    a dozen statements a batch).
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        return column == any_(bindparam(None, list(values), type_=ARRAY(column.type)))
+    return column.in_(values)

@@ -160,14 +160,14 @@ def signals_for(
         return {}
     rows: dict[int, list[FeedbackRow]] = {}
     for sid, paper_id, kind, at, title, abstract in session.execute(
-        _feedback_rows(subscriber_ids)
+        _feedback_rows(session, subscriber_ids)
     ):
         rows.setdefault(sid, []).append(FeedbackRow(paper_id, kind, at, title, abstract))
     return {sid: learning_signals(history) for sid, history in rows.items()}
 
 
 def _feedback_rows(
-    subscriber_ids: Sequence[int],
+    session: Session, subscriber_ids: Sequence[int],
 ) -> Select[int, int, FeedbackKind, datetime, str, str]:
     """(subscriber, paper, kind, time, title, abstract) of the feedback that still counts.
 
@@ -183,7 +183,7 @@ def _feedback_rows(
         .join(Paper, Paper.id == PaperFeedback.paper_id)
         .join(TopicProfile, TopicProfile.subscriber_id == PaperFeedback.subscriber_id)
         .where(
-            PaperFeedback.subscriber_id.in_(subscriber_ids),
+            db.among(session, PaperFeedback.subscriber_id, subscriber_ids),
             PaperFeedback.created_at >= TopicProfile.updated_at,
         )
         .order_by(PaperFeedback.subscriber_id, PaperFeedback.created_at, PaperFeedback.id)
@@ -255,7 +255,7 @@ def learned_profile(session: Session, subscriber: Subscriber, terms: int = 8) ->
     rows = [
         FeedbackRow(paper_id, kind, at, title, abstract)
         for _, paper_id, kind, at, title, abstract in session.execute(
-            _feedback_rows([subscriber.id])
+            _feedback_rows(session, [subscriber.id])
         )
     ]
     signals = learning_signals(rows)

@@ -162,7 +162,7 @@ def claim(
         update(Delivery)
         .where(
             Delivery.digest_date == day,
-            Delivery.subscriber_id.in_(subscriber_ids),
+            db.among(session, Delivery.subscriber_id, subscriber_ids),
             Delivery.status == DeliveryStatus.CLAIMED,
             or_(Delivery.claim_token.is_(None), Delivery.lease_until < now),
         )
@@ -172,16 +172,17 @@ def claim(
             attempts=Delivery.attempts + 1,
             claimed_at=now,
         )
-        .returning(Delivery.subscriber_id, Delivery.id)
+        .returning(Delivery.subscriber_id, Delivery.id, Delivery.attempts)
     ).all()
-    if rows:
+    taken_over = [did for _, did, attempts in rows if attempts > 1]
+    if taken_over:
         # Taking over an abandoned claim: its papers were attached but never sent.
         _execute(
-            session,
-            delete(DeliveryItem).where(DeliveryItem.delivery_id.in_([did for _, did in rows]))
+            session, delete(DeliveryItem).where(db.among(session, DeliveryItem.delivery_id,
+                                                         taken_over))
         )
     session.commit()
-    return sorted((Claim(sid, did) for sid, did in rows), key=lambda c: c.subscriber_id)
+    return sorted((Claim(sid, did) for sid, did, _ in rows), key=lambda c: c.subscriber_id)
 
 
 def attach_items(session: Session, items: Sequence[dict[str, object]]) -> None:
@@ -235,7 +236,7 @@ def set_contents(
         _execute(
             session,
             update(Delivery)
-            .where(_owned(day, token), Delivery.subscriber_id.in_(sids))
+            .where(_owned(day, token), db.among(session, Delivery.subscriber_id, sids))
             .values(paper_count=count, trending_fallback=fallback)
         )
 
@@ -250,7 +251,7 @@ def start_sending(
         update(Delivery)
         .where(
             _owned(day, token),
-            Delivery.subscriber_id.in_(subscriber_ids),
+            db.among(session, Delivery.subscriber_id, subscriber_ids),
             Delivery.status == DeliveryStatus.CLAIMED,
         )
         .values(status=DeliveryStatus.SENDING, lease_until=now + timedelta(seconds=lease_seconds))
@@ -283,17 +284,21 @@ def finish(
         values["claim_token"] = None
     _execute(
         session,
-        update(Delivery).where(_owned(day, token), Delivery.subscriber_id.in_(ids)).values(values)
+        update(Delivery)
+        .where(_owned(day, token), db.among(session, Delivery.subscriber_id, ids))
+        .values(values)
     )
-    if status in (DeliveryStatus.FAILED, DeliveryStatus.RETRYING, DeliveryStatus.SKIPPED):
-        # Papers of a digest that did not go out may be sent another day.
+    # Papers of a digest that did not go out may be sent another day. (A skipped row has
+    # none: it is skipped before papers are attached, and `claim` cleared a dead attempt's.)
+    if status in (DeliveryStatus.FAILED, DeliveryStatus.RETRYING):
         _execute(
             session,
             delete(DeliveryItem).where(
-                DeliveryItem.subscriber_id.in_(ids),
+                db.among(session, DeliveryItem.subscriber_id, ids),
                 DeliveryItem.delivery_id.in_(
                     select(Delivery.id).where(
-                        Delivery.digest_date == day, Delivery.subscriber_id.in_(ids)
+                        Delivery.digest_date == day,
+                        db.among(session, Delivery.subscriber_id, ids),
                     )
                 ),
             )

@@ -812,7 +812,8 @@ def load_batch(
     subscribers = list(
         session.scalars(
             select(Subscriber)
-            .where(Subscriber.id.in_(subscriber_ids), Subscriber.status == SubscriberStatus.ACTIVE)
+            .where(db.among(session, Subscriber.id, subscriber_ids),
+                   Subscriber.status == SubscriberStatus.ACTIVE)
             .order_by(Subscriber.id)
         ).unique()
     )
@@ -826,7 +827,7 @@ def load_batch(
                 func.max(Delivery.claimed_at),
             )
             .where(
-                Delivery.subscriber_id.in_(ids),
+                db.among(session, Delivery.subscriber_id, ids),
                 Delivery.digest_date < day,
                 Delivery.status == DeliveryStatus.SENT,
             )
@@ -836,7 +837,7 @@ def load_batch(
     sent: dict[int, set[int]] = {}
     for subscriber_id, paper_id in session.execute(
         select(DeliveryItem.subscriber_id, DeliveryItem.paper_id).where(
-            DeliveryItem.subscriber_id.in_(ids)
+            db.among(session, DeliveryItem.subscriber_id, ids)
         )
     ):
         sent.setdefault(subscriber_id, set()).add(paper_id)

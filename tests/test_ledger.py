@@ -51,3 +51,26 @@ def test_attached_items_are_stored_once_per_subscriber_and_paper(session: Sessio
                                   DeliveryItem.why).order_by(DeliveryItem.rank)).all()
     assert rows == [(papers[0].id, 1, 1.5, hostile), (papers[1].id, 2, 2.5, hostile),
                     (papers[2].id, 3, 1.5, hostile)]
+
+
+def test_taking_over_an_abandoned_claim_drops_only_its_papers(session: Session) -> None:
+    # A worker that died after attaching papers left them on its claim; whoever claims the
+    # row after the lease clears them, and a first claim touches nobody's papers.
+    from datetime import timedelta
+
+    first, second = (make_subscriber(session, email=f"{n}@example.org") for n in ("a", "b"))
+    paper = make_paper(session, title="A paper")
+    pairs = [(first.id, DAY), (second.id, DAY)]
+    ledger.plan(session, pairs, {p: f"<{p[0]}@x>" for p in pairs}, NOW, 600)
+    [dead] = ledger.claim(session, DAY, [first.id], "dead", NOW, 60)
+    ledger.attach_items(session, [{"delivery_id": dead.delivery_id, "subscriber_id": first.id,
+                                   "paper_id": paper.id, "rank": 1, "score": 1.0, "why": ""}])
+    session.commit()
+    assert ledger.claim(session, DAY, [first.id], "early", NOW + timedelta(seconds=30), 60) == []
+    fresh = ledger.claim(session, DAY, [second.id], "other", NOW + timedelta(seconds=30), 60)
+    assert [c.subscriber_id for c in fresh] == [second.id]
+    assert session.scalars(select(DeliveryItem.subscriber_id)).all() == [first.id]
+    later = NOW + timedelta(seconds=61)
+    [taken] = ledger.claim(session, DAY, [first.id], "next", later, 60)
+    assert taken == dead  # the same row, now ours
+    assert session.scalars(select(DeliveryItem.subscriber_id)).all() == []
