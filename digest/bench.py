@@ -397,7 +397,7 @@ def process_tree_peak_mb(pid: int) -> float:
 
 
 def run_workers(settings: Settings, workers: int, figures: Figures,
-                progress: Callable[[str], None], concurrency: int = 1) -> float:
+                progress: Callable[[str], None], concurrency: int, sink: Sink) -> float:
     """The same day on K Celery workers (each `concurrency` processes) over Redis."""
     import redis
 
@@ -427,7 +427,16 @@ def run_workers(settings: Settings, workers: int, figures: Figures,
             app.send_task("workers.tasks.send_batch", args=[day.isoformat(), ids])
         planned = sum(len(ids) for _, ids in batches)
         days = sorted({d for d, _ in batches})
+        # Watch the sink's counter (shared memory) and ask the ledger only when it stalls or
+        # every 10 s: counting a big day's rows every second cost the database real time.
+        received, asked = sink.received, time.perf_counter()
         while True:
+            time.sleep(0.25)
+            now, count = time.perf_counter(), sink.received
+            if count != received and now - asked < 10:
+                received = count
+                continue
+            received, asked = count, now
             with db.session_scope(settings) as session:
                 finished = sum(
                     sum(ledger.day_counts(session, d)[k] for k in
@@ -435,7 +444,6 @@ def run_workers(settings: Settings, workers: int, figures: Figures,
             if finished >= planned:
                 break
             progress(f"  {workers} workers: {finished:,}/{planned:,} digests")
-            time.sleep(1)
         total = time.perf_counter() - start
         peaks = [process_tree_peak_mb(p.pid) for p in procs]
     finally:
@@ -537,7 +545,7 @@ def _run(
                 progress(f"Generating the same day in PostgreSQL for {workers} workers...")
                 db.upgrade(pg)
                 populate(pg, subscribers, papers)
-                seconds = run_workers(pg, workers, figures, progress, concurrency)
+                seconds = run_workers(pg, workers, figures, progress, concurrency, sink)
                 measure_sink(pg, figures, sink, subscribers, seconds, progress)
 
 

@@ -354,37 +354,12 @@ def _text_part(subtype: str, body: str) -> bytes:
         return content_type + b"Content-Transfer-Encoding: 7bit\r\n\r\n" + data.replace(
             b"\n", b"\r\n"
         )
+    encoded = binascii.b2a_qp(data, quotetabs=False, istext=True, header=False)
     return (
         content_type
         + b"Content-Transfer-Encoding: quoted-printable\r\n\r\n"
-        + _quoted_printable(data)
+        + encoded.replace(b"\n", b"\r\n")
     )
-
-
-# Lines whose quoted-printable form a process keeps (about 30 MB when full, then it starts
-# again): a day's digests repeat each paper's lines thousands of times.
-QP_CACHED_LINES = 100_000
-_QP_LINES: dict[bytes, bytes] = {}
-
-
-def _quoted_printable(data: bytes) -> bytes:
-    """Quoted-printable with CRLF line ends, each distinct line encoded once per process.
-
-    b2a_qp costs about 17 ns a byte, a tenth of a digest's build; encoding line by line is
-    valid QP on its own (soft breaks only ever fall inside a line) and decodes the same.
-    """
-    cache = _QP_LINES
-    out = []
-    for line in data.split(b"\n"):
-        encoded = cache.get(line)
-        if encoded is None:
-            if len(cache) >= QP_CACHED_LINES:
-                cache.clear()
-            encoded = cache[line] = binascii.b2a_qp(
-                line, quotetabs=False, istext=True, header=False
-            ).replace(b"\n", b"\r\n")
-        out.append(encoded)
-    return b"\r\n".join(out)
 
 
 @functools.lru_cache(maxsize=8)

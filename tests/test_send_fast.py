@@ -168,26 +168,3 @@ def test_html_goes_in_long_7_bit_lines_only_where_it_can(
     assert max(map(len, lines)) <= 998
     if encoding == "7bit":
         assert len(lines) < 40  # broken where needed, not at every tag
-
-
-def test_quoted_printable_line_by_line_decodes_to_the_text(monkeypatch) -> None:
-    # The text part is encoded a line at a time with a per-process cache of lines; whatever
-    # the text (equals signs, tabs, trailing spaces, long lines, any script), it must be
-    # valid QP: lines of 76 characters at most that decode to exactly what was written.
-    import binascii
-
-    from digest import send
-
-    rng = random.Random(8)
-    alphabet = "ab c=—…·“\t  é漢🙂" + "x" * 20
-    for round_ in range(400):
-        if round_ == 200:
-            monkeypatch.setattr(send, "QP_CACHED_LINES", 3)  # full: it starts again
-        lines = ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 200)))
-                 for _ in range(rng.randint(1, 6))]
-        data = ("\n".join(lines) + "\n").encode()
-        encoded = send._quoted_printable(data)
-        assert all(len(line) <= 76 for line in encoded.split(b"\r\n"))
-        assert not any(line.endswith((b" ", b"\t")) for line in encoded.split(b"\r\n"))
-        assert binascii.a2b_qp(encoded.replace(b"\r\n", b"\n")) == data
-        assert send._quoted_printable(data) == encoded  # the same from the cache
