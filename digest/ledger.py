@@ -19,6 +19,7 @@ do not grow with its size beyond one pair per window of LEDGER_WINDOW messages.
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -206,23 +207,23 @@ _ITEM_COLUMNS = ("delivery_id", "subscriber_id", "paper_id", "rank", "score", "w
 
 
 def _attach_items_postgresql(session: Session, items: Sequence[dict[str, object]]) -> None:
-    """The batch's thousand rows as six array parameters of one INSERT ... SELECT unnest().
+    """The batch's thousand rows as one JSON parameter of one INSERT ... SELECT.
 
     A thousand-row VALUES list has six thousand parameters, and psycopg parsed that long
-    statement again for every batch (a quarter of a worker's time); a plain executemany
-    would run a thousand one-row INSERTs. The column types come from the model.
+    statement again for every batch (a quarter of a worker's time); six array parameters
+    cost 6% of a worker in psycopg's list dumping. One JSON text is dumped by the C json
+    module and read by PostgreSQL's. The column types come from the model.
     """
     table = DeliveryItem.__table__
     dialect = session.get_bind().dialect
-    arrays = ", ".join(
-        f"CAST(:{name} AS {table.c[name].type.compile(dialect)}[])" for name in _ITEM_COLUMNS
-    )
+    columns = ", ".join(_ITEM_COLUMNS)
+    types = ", ".join(f"{name} {table.c[name].type.compile(dialect)}" for name in _ITEM_COLUMNS)
     statement = text(
-        f"INSERT INTO {DeliveryItem.__tablename__} ({', '.join(_ITEM_COLUMNS)}) "
-        f"SELECT * FROM unnest({arrays}) "
+        f"INSERT INTO {DeliveryItem.__tablename__} ({columns}) "
+        f"SELECT {columns} FROM json_to_recordset(CAST(:items AS json)) AS item({types}) "
         "ON CONFLICT (subscriber_id, paper_id) DO NOTHING"
     )
-    _execute(session, statement, {name: [item[name] for item in items] for name in _ITEM_COLUMNS})
+    _execute(session, statement, {"items": json.dumps(list(items))})  # other keys: ignored
 
 
 def set_contents(
