@@ -322,7 +322,7 @@ class DayIndex:
     _signal_vectors: dict[int, sparse.csr_matrix] = field(init=False, default_factory=dict)
     # Per query text: its normalised TF-IDF row as (term indices, values), see _query_matrix.
     _query_rows: dict[str, tuple[np.ndarray, np.ndarray]] = field(init=False)
-    _segment_terms: dict[str, _PhraseTerms] = field(init=False)
+    _phrase_counts: dict[str, _PhraseTerms] = field(init=False)
     _phrase_similarity: dict[str, np.ndarray] = field(init=False)  # see _lexical_similarity
     # Per candidate, as plain lists: the per-subscriber steps read a few items each, and a
     # list item costs less than a numpy scalar.
@@ -345,7 +345,7 @@ class DayIndex:
         self._position = {p.id: i for i, p in enumerate(self.papers)}
         self._search_text = [f"{p.title} {p.abstract}".lower() for p in self.papers]
         self._query_rows = {}
-        self._segment_terms = {}
+        self._phrase_counts = {}
         self._phrase_similarity = {}
         self._ids = self.paper_ids.tolist()
         self._trending = self.trending.tolist()
@@ -505,10 +505,11 @@ class DayIndex:
         queries = list(slot)
         lexical = self._lexical_similarity(queries, splits)
         matching = np.flatnonzero(counts)  # profiles with at least one phrase
-        relevance[matching] = _blend(lexical, phrase_slots[matching], np.array(whole)[matching])
+        slots, whole_slots = phrase_slots[matching], np.array(whole)[matching]
+        relevance[matching] = _blend(lexical, slots, whole_slots)
         semantic = self._semantic_similarity(queries)
         if semantic is not None and self.semantic is not None:
-            sem = _blend(semantic, phrase_slots[matching], np.array(whole)[matching])
+            sem = _blend(semantic, slots, whole_slots)
             w = self.semantic.weight
             relevance[matching] = (1.0 - w) * relevance[matching] + w * sem
         return relevance, lexical, phrase_slots
@@ -537,14 +538,12 @@ class DayIndex:
                     room -= 1
         return similarity
 
-    def _query_matrix(
-        self, queries: list[str], splits: list[list[str]] | None = None
-    ) -> sparse.csr_matrix:
+    def _query_matrix(self, queries: list[str], splits: list[list[str]]) -> sparse.csr_matrix:
         """The queries' acronym-expanded, normalised TF-IDF rows, as `transform` gives them.
 
         Rows are kept on the day's index by query text, since subscribers share topics and
         every batch brings the same ones back. A new text is built from its phrases' term
-        counts (`_composed_rows`; `splits` are the texts' phrases, where known), each phrase
+        counts (`_composed_rows`; `splits` are the texts' phrases), each phrase
         analysed once a day; only a text that is all acronyms, and so gets their spelled-out
         forms appended, goes to `transform`.
         """
@@ -553,14 +552,13 @@ class DayIndex:
         if missing:
             if len(self._query_rows) + len(missing) > MAX_CACHED_QUERIES:
                 self._query_rows.clear()
-                self._segment_terms.clear()
+                self._phrase_counts.clear()
             expanded = {i: expand_acronyms(queries[i], self.acronyms) for i in missing}
             plain = [i for i in missing if expanded[i] == queries[i]]
             acronyms = [i for i in missing if expanded[i] != queries[i]]
             fresh = []
             if plain:
-                phrases = [splits[i] if splits else split_topics(queries[i]) for i in plain]
-                fresh.append((plain, self._composed_rows(phrases)))
+                fresh.append((plain, self._composed_rows([splits[i] for i in plain])))
             if acronyms:
                 fresh.append((acronyms, self.vectorizer.transform([expanded[i] for i in acronyms])))
             for positions, matrix in fresh:
@@ -593,7 +591,7 @@ class DayIndex:
         for k, phrases in enumerate(texts):
             previous = None  # the last word so far, to pair with the next phrase's first
             for phrase in phrases:
-                terms = self._segment_terms.get(phrase) or self._phrase_terms(phrase)
+                terms = self._phrase_counts.get(phrase) or self._phrase_terms(phrase)
                 cols += terms.columns
                 counts += terms.counts
                 rows += [k] * len(terms.columns)
@@ -629,7 +627,7 @@ class DayIndex:
             list(found), list(found.values()),
             words[0] if words else None, words[-1] if words else None,
         )
-        self._segment_terms[phrase] = terms
+        self._phrase_counts[phrase] = terms
         return terms
 
     def _semantic_similarity(self, queries: list[str]) -> np.ndarray | None:
@@ -684,14 +682,14 @@ class DayIndex:
         order = np.take_along_axis(top, rank, axis=1)
         ranked = -np.take_along_axis(top_scores, rank, axis=1).astype(np.float64)
         # The eligible candidates come first in `order`: the others scored 0.
-        counts = (ranked > 0).sum(axis=1)
+        eligible_counts = (ranked > 0).sum(axis=1)
         twins = np.any(self._has_twin[order], axis=1)
         width = min(int(sizes.max()), depth)
         cols, scores = order[:, :width].copy(), ranked[:, :width].copy()
-        sizes = np.minimum(sizes, counts)
+        sizes = np.minimum(sizes, eligible_counts)
         fallback = np.zeros(len(profiles), dtype=bool)
         for row, (profile, twin, count) in enumerate(
-            zip(profiles, twins.tolist(), counts.tolist(), strict=True)
+            zip(profiles, twins.tolist(), eligible_counts.tolist(), strict=True)
         ):
             if twin or profile.exclude or (not count and profile.trending_fallback):
                 pool = self._pool(profile, order[row].tolist(), ranked[row].tolist(), count,

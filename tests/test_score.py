@@ -311,7 +311,7 @@ def test_topic_rows_built_from_phrases_equal_the_vectorizers_own() -> None:
              for _ in range(500)]
     texts += ["large language, model", "LoRA, RLHF", "", ",,,"]
     assert "language model" in index.vectorizer.vocabulary_  # across the comma just above
-    built = index._query_matrix(texts)
+    built = index._query_matrix(texts, [split_topics(text) for text in texts])
     expected = index.vectorizer.transform(
         [expand_acronyms(text, index.acronyms) for text in texts]
     )
