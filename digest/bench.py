@@ -421,10 +421,12 @@ def run_workers(settings: Settings, workers: int, figures: Figures,
         from workers.app import make_app
 
         app = make_app(settings)
-        start = time.perf_counter()
+        start, began = time.perf_counter(), datetime.now(timezone.utc)
         batches = plan_due(settings, datetime.now(timezone.utc))
+        planning = time.perf_counter() - start
         for day, ids in batches:
             app.send_task("workers.tasks.send_batch", args=[day.isoformat(), ids])
+        enqueued = time.perf_counter() - start
         planned = sum(len(ids) for _, ids in batches)
         days = sorted({d for d, _ in batches})
         # Watch the sink's counter (shared memory) and ask the ledger only when it stalls or
@@ -455,18 +457,30 @@ def run_workers(settings: Settings, workers: int, figures: Figures,
     pool = f" x {concurrency} processes" if concurrency > 1 else ""
     figures.add(f"whole day, {workers} Celery workers{pool}", total,
                 f"{planned / total:,.0f} emails/s")
-    busy = batch_seconds(settings, days)
+    spans = batch_spans(settings, days)
+    processes = workers * concurrency
+    busy = sum(((end - start).total_seconds() for start, end in spans), 0.0)
+    first = min((start for start, _ in spans), default=began)
+    last = max((end for _, end in spans), default=began)
+    startup = (first - began).total_seconds()
+    tail = total - (last - began).total_seconds()
     figures.notes.append(
         f"{workers} workers: {planned:,} digests in {len(batches)} tasks, peak memory per "
         f"worker {', '.join(f'{p:,.0f}' for p in peaks)} MB; outside the batches' own work "
         f"(Celery, the broker, each worker preparing the day once): "
-        f"{max(0.0, 1 - busy / (workers * concurrency * total)):.1%} of the workers' time"
+        f"{max(0.0, 1 - busy / (processes * total)):.1%} of the workers' time"
+    )
+    figures.notes.append(
+        f"  of which: start-up {startup:.1f} s (planning {planning:.1f} s, tasks enqueued at "
+        f"{enqueued:.1f} s, then the first claim), the bench seeing the end {tail:.1f} s, "
+        f"between batches {processes * (last - first).total_seconds() - busy:.1f} "
+        f"process-seconds ({len(spans)} batches)"
     )
     return total
 
 
-def batch_seconds(settings: Settings, days: Sequence[date]) -> float:
-    """Time the batches spent between claiming their rows and recording the last send."""
+def batch_spans(settings: Settings, days: Sequence[date]) -> list[tuple[datetime, datetime]]:
+    """Each batch's claim of its rows and the recording of its last send (UTC)."""
     from sqlalchemy import func, select
 
     from .models import Delivery
@@ -477,7 +491,9 @@ def batch_seconds(settings: Settings, days: Sequence[date]) -> float:
             .where(Delivery.digest_date.in_(days), Delivery.sent_at.is_not(None))
             .group_by(Delivery.claim_token)
         ).all()
-    return sum(((end - start).total_seconds() for start, end in spans if start and end), 0.0)
+    utc = timezone.utc  # SQLite hands back naive datetimes
+    return [(s if s.tzinfo else s.replace(tzinfo=utc), e if e.tzinfo else e.replace(tzinfo=utc))
+            for s, e in spans if s and e]
 
 
 @contextmanager
