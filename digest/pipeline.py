@@ -65,6 +65,7 @@ from .send import (
     Sender,
     SendOutcome,
     SendResult,
+    batch_sender,
     message_id_for,
     open_sender,
     outbox_rows,
@@ -621,7 +622,7 @@ def send_planned_batch(settings: Settings, day: date, subscriber_ids: Sequence[i
     """A worker's step: send one planned batch over one mail connection; safe to run twice."""
     with db.session_scope(settings) as session:
         prepared = prepared_day(session, settings, day)
-        with open_sender(settings) as sender:
+        with batch_sender(settings) as sender:  # its SMTP connections serve the next batch too
             return process_batch(session, settings, prepared, subscriber_ids, sender)
 
 

@@ -17,6 +17,7 @@ send rate kept in Redis (SEND_RATE_PER_SECOND). `open_sender` composes them from
 
 from __future__ import annotations
 
+import atexit
 import binascii
 import contextlib
 import functools
@@ -35,7 +36,7 @@ import sys
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import date, datetime, timezone
@@ -521,6 +522,102 @@ def open_sender(
         return ParallelSender(lambda: _one_sender(settings, stream, outbox_index),
                               settings.smtp_connections)
     return _one_sender(settings, stream, outbox_index)
+
+
+# --- A worker's mail session, kept from one batch to the next -----------------------------
+
+KEEP_IDLE_SECONDS = 20.0  # well inside servers' idle timeouts (RFC 5321 asks them for 5 min)
+
+
+class _KeptSender(Sender):
+    """A sender that notes whether every message got a definite answer (sent or refused)."""
+
+    def __init__(self, inner: Sender, settings: Settings) -> None:
+        self.inner = inner
+        self.settings = settings
+        self.clean = True
+        self.pid = os.getpid()
+
+    def send(self, email: OutgoingEmail) -> SendResult:
+        return self._note([self.inner.send(email)])[0]
+
+    def send_many(self, emails: Sequence[OutgoingEmail]) -> list[SendResult]:
+        return self._note(self.inner.send_many(emails))
+
+    def _note(self, results: list[SendResult]) -> list[SendResult]:
+        if any(result.outcome is SendOutcome.TEMPORARY for result in results):
+            self.clean = False
+        return results
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+_kept: dict[str, tuple[_KeptSender, float]] = {}
+_kept_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def batch_sender(settings: Settings) -> Iterator[Sender]:
+    """The mail session of one batch in a long-lived worker process.
+
+    SMTP connections outlive the batch: the worker's next batch, usually milliseconds later,
+    sends over them instead of each of a day's thousand batches opening SMTP_CONNECTIONS
+    connections and closing them again, round trips the workers and the server both paid
+    for. A session is kept only after a batch in which every message got a definite answer
+    (after a temporary failure or an unreachable server the next batch starts afresh), and
+    only for KEEP_IDLE_SECONDS; a connection the server dropped anyway is reopened by
+    `SMTPSender`. Other backends are opened and closed per batch, as `open_sender` does.
+    """
+    if settings.mail_backend != "smtp":
+        with open_sender(settings) as plain:
+            yield plain
+        return
+    sender = _take_kept(settings) or _KeptSender(open_sender(settings), settings)
+    try:
+        yield sender
+    except BaseException:
+        sender.close()
+        raise
+    _keep(sender)
+
+
+def _take_kept(settings: Settings) -> _KeptSender | None:
+    with _kept_lock:
+        kept = _kept.pop("smtp", None)
+    if kept is None:
+        return None
+    sender, since = kept
+    if sender.settings == settings and time.monotonic() - since < KEEP_IDLE_SECONDS:
+        return sender
+    sender.close()
+    return None
+
+
+def _keep(sender: _KeptSender) -> None:
+    if sender.clean and sender.pid == os.getpid():
+        with _kept_lock:
+            if "smtp" not in _kept:
+                _kept["smtp"] = (sender, time.monotonic())
+                return
+    sender.close()
+
+
+def close_kept_sender() -> None:
+    """Close the kept session, if any (at exit; tests)."""
+    with _kept_lock:
+        kept = _kept.pop("smtp", None)
+    if kept is not None and kept[0].pid == os.getpid():
+        kept[0].close()
+
+
+def _forget_kept_sender() -> None:
+    # A forked child must not talk over its parent's connections, nor QUIT them.
+    _kept.clear()
+
+
+atexit.register(close_kept_sender)
+os.register_at_fork(after_in_child=_forget_kept_sender)
 
 
 def _one_sender(settings: Settings, stream: TextIO | None, outbox_index: bool) -> Sender:

@@ -71,7 +71,12 @@ def make_tokens(
     for each, so it is encoded once and only signed per purpose.
     """
     key = settings.signing_key()
-    payload = _serializer_for(key, purposes[0]).dump_payload(subscriber_id)
+    if type(subscriber_id) is int and 0 <= subscriber_id < 10**9:
+        # What dump_payload makes of a small int: its compact JSON, base64 without padding
+        # (zlib never shortens 9 bytes or fewer, so itsdangerous never compresses them).
+        payload = base64_encode(str(subscriber_id).encode())
+    else:
+        payload = _serializer_for(key, purposes[0]).dump_payload(subscriber_id)
     signer = _signer_for(key, purposes[0])
     # TimestampSigner.sign's own steps, with each purpose's derived key and HMAC state
     # prepared once: itsdangerous derives the key again for every signature.

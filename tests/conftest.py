@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from digest import db
 from digest.models import Base
+from digest.send import close_kept_sender
 from digest.settings import Settings
 
 from .smtp_server import SMTPServer
@@ -28,6 +29,13 @@ ADMIN_POSTGRES_URL = os.environ.get(
 SHARED_DIR = Path(__file__).resolve().parents[1].parent / "shared"
 REPO_SHARED_DIR = Path(os.environ.get("DIGEST_SHARED_DIR", SHARED_DIR))
 
+
+
+@pytest.fixture(autouse=True)
+def no_kept_smtp_session() -> Iterator[None]:
+    """A worker's kept SMTP session lives as long as its process: not from test to test."""
+    yield
+    close_kept_sender()
 
 def make_settings(tmp_path: Path, **overrides: object) -> Settings:
     base: dict[str, object] = dict(

@@ -454,3 +454,17 @@ def test_digest_without_topics_reads_naturally() -> None:
     assert "No new papers matched your topics today. As you asked" in page.text
     assert "subscribed to Paper Digest at ada@example.org." in page.text
     assert "“" not in email.text and "()" not in email.text
+
+
+def test_safe_url_judges_each_link_whatever_it_judged_before() -> None:
+    # Links that share a head are accepted faster once one passed; what follows the head
+    # must still be a plain segment, or the whole URL is judged again.
+    head = "https://digest.test/unsubscribe"
+    assert safe_url(f"{head}/token.ABC-1") == f"{head}/token.ABC-1"
+    assert safe_url(f"{head}/token.XYZ_2") == f"{head}/token.XYZ_2"
+    assert safe_url(f"{head}/a\nb") == ""
+    assert safe_url(f"{head}/a\x00b") == ""
+    assert safe_url(f"{head}/ok ") == f"{head}/ok"
+    assert safe_url("javascript:alert(1)/token") == ""
+    assert safe_url("https:/" + "/host-only") == "https://host-only"
+    assert safe_url("https:/" + "/") == ""

@@ -26,7 +26,9 @@ from digest.send import (
     OutgoingEmail,
     SendOutcome,
     SMTPSender,
+    batch_sender,
     build_message,
+    close_kept_sender,
     message_bytes,
     message_id_for,
     open_sender,
@@ -668,3 +670,89 @@ def test_lines_starting_with_a_dot_arrive_intact(
         assert sender.send(make_email(settings, text=text)).sent
     (message,) = smtp_server.messages
     assert parts(message)["text/plain"] == text
+
+
+# --- A worker's session, kept from batch to batch ----------------------------------------
+
+
+@pytest.fixture
+def kept_settings(tmp_path: Path, smtp_server: SMTPServer) -> Iterator[Settings]:
+    yield make_settings(tmp_path, mail_backend="smtp", smtp_host="127.0.0.1",
+                        smtp_port=smtp_server.port, smtp_connections=2)
+    close_kept_sender()
+
+
+def send_batch_of(settings: Settings, numbers: range) -> list[SendOutcome]:
+    with batch_sender(settings) as sender:
+        return [r.outcome for r in sender.send_many([make_email(settings, n) for n in numbers])]
+
+
+def test_a_workers_next_batch_reuses_its_smtp_connections(
+    kept_settings: Settings, smtp_server: SMTPServer
+) -> None:
+    for start in range(0, 50, 10):
+        assert send_batch_of(kept_settings, range(start + 1, start + 11)) == [SendOutcome.SENT] * 10
+
+    assert len(smtp_server.received) == 50
+    assert 1 <= smtp_server.connections <= 2  # the first batch's, never reopened
+
+
+def test_after_a_temporary_failure_the_next_batch_starts_afresh(
+    kept_settings: Settings, smtp_server: SMTPServer
+) -> None:
+    settings = replace(kept_settings, smtp_retry_attempts=1)  # the failure reaches us
+    assert send_batch_of(settings, range(1, 3)) == [SendOutcome.SENT] * 2
+    opened = smtp_server.connections
+    smtp_server.fail_next.append("451 4.3.0 Try again later")
+
+    assert SendOutcome.TEMPORARY in send_batch_of(settings, range(3, 5))
+    assert send_batch_of(settings, range(5, 7)) == [SendOutcome.SENT] * 2
+    assert smtp_server.connections > opened
+
+
+def test_an_idle_kept_session_is_closed_and_a_new_one_opened(
+    kept_settings: Settings, smtp_server: SMTPServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert send_batch_of(kept_settings, range(1, 2)) == [SendOutcome.SENT]
+    monkeypatch.setattr("digest.send.KEEP_IDLE_SECONDS", 0.0)
+
+    assert send_batch_of(kept_settings, range(2, 3)) == [SendOutcome.SENT]
+    assert smtp_server.connections == 2
+
+
+def test_a_server_that_dropped_a_kept_connection_costs_no_message(
+    kept_settings: Settings, smtp_server: SMTPServer
+) -> None:
+    settings = replace(kept_settings, smtp_connections=1)
+    assert send_batch_of(settings, range(1, 2)) == [SendOutcome.SENT]
+    smtp_server.mail_replies.append("421 4.4.2 Idle timeout, closing")
+
+    assert send_batch_of(settings, range(2, 4)) == [SendOutcome.SENT] * 2
+    assert [r.rcpt_tos for r in smtp_server.received] == [
+        [f"reader{n}@example.org"] for n in (1, 2, 3)]
+
+
+def test_a_forked_child_never_uses_its_parents_connections(
+    kept_settings: Settings, smtp_server: SMTPServer
+) -> None:
+    import multiprocessing
+
+    assert send_batch_of(kept_settings, range(1, 2)) == [SendOutcome.SENT]
+    context = multiprocessing.get_context("fork")
+    child = context.Process(target=send_batch_of, args=(kept_settings, range(2, 3)))
+    child.start()
+    child.join(30)
+
+    assert child.exitcode == 0
+    assert send_batch_of(kept_settings, range(3, 4)) == [SendOutcome.SENT]
+    assert sorted(r.rcpt_tos[0] for r in smtp_server.received) == [
+        f"reader{n}@example.org" for n in (1, 2, 3)]
+    assert smtp_server.connections == 2  # the parent's, kept; the child's own
+
+
+def test_other_backends_are_opened_and_closed_per_batch(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, mail_backend="file")
+    send_batch_of(settings, range(1, 3))
+
+    assert (settings.outbox_dir / "index.html").exists()  # written on close, as ever
+    assert len(list(settings.outbox_dir.glob("*/*.eml"))) == 2
