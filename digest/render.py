@@ -104,14 +104,23 @@ _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 def printable(value: object) -> object:
     """Every value a template prints, without C0 control characters (tab and newlines stay)."""
-    if isinstance(value, str) and _CONTROL.search(value):
+    if isinstance(value, str) and not value.isprintable() and _CONTROL.search(value):
         return value.__class__(_CONTROL.sub("", value))
     return value
 
 
 def one_line(value: object) -> str:
     """Collapse every run of whitespace (CR, LF, U+2028, tabs...) into one space."""
-    return " ".join(str(value).split())
+    text = str(value)
+    if _on_one_line(text):
+        return text
+    return " ".join(text.split())
+
+
+def _on_one_line(text: str) -> bool:
+    """Already what `one_line` makes: printable (so no whitespace but the ASCII space, which
+    str.isprintable counts as printable) with no space at the ends or twice in a row."""
+    return text.isprintable() and "  " not in text and text[:1] != " " and text[-1:] != " "
 
 
 def shorten(text: str, limit: int = ABSTRACT_CHARS) -> str:

@@ -152,6 +152,8 @@ def needs_smtputf8(address: str) -> bool:
 
 def clean_subject(subject: str) -> str:
     """One line of text: every run of whitespace or control characters becomes one space."""
+    if subject.isprintable() and "  " not in subject and subject.strip(" ") == subject:
+        return subject  # no control character, no other space than single inner ones
     return " ".join(_UNSAFE_IN_HEADER.sub(" ", subject).split())
 
 
@@ -958,14 +960,13 @@ class FileSender(Sender):
     def send(self, email: OutgoingEmail) -> SendResult:
         eml_path = self.path_for(email)
         data = message_bytes(self.settings, email)
-        _write_atomically(eml_path, data)
+        stat = _write_atomically(eml_path, data)
         name = str(eml_path)
         self._recent[name] = email.html
         self._recent.move_to_end(name)
         if len(self._recent) > INDEX_ROWS:
             self._recent.popitem(last=False)
         # What the index shows of it, so that writing the index needs not read it back.
-        stat = os.stat(name)
         sent_at = email.date if email.date.tzinfo else email.date.replace(tzinfo=timezone.utc)
         self.known[f"{eml_path.parent.name}/{eml_path.name}"] = [
             stat.st_size, stat.st_mtime_ns, sent_at.replace(microsecond=0).isoformat(),
@@ -1147,7 +1148,7 @@ def _read_head(path: Path) -> bytes:
     return head
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
+def _write_atomically(path: Path, data: bytes) -> os.stat_result:
     # A reader (a browser on index.html, a mail client on an .eml) never sees half a file.
     # The temporary name is the file's own plus this process and thread: unique among
     # writers without mkstemp's random names and chmod (a file per message at 100k a day).
@@ -1160,6 +1161,7 @@ def _write_atomically(path: Path, data: bytes) -> None:
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view):]
+            stat = os.fstat(fd)  # the outbox index keeps size and mtime: no lookup by name
         finally:
             os.close(fd)
         os.replace(tmp, target)
@@ -1167,6 +1169,7 @@ def _write_atomically(path: Path, data: bytes) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+    return stat
 
 
 @functools.cache

@@ -16,6 +16,8 @@ from digest.render import (
     RenderedEmail,
     author_line,
     email_template_names,
+    one_line,
+    printable,
     render_digest,
     render_email,
     safe_url,
@@ -468,3 +470,20 @@ def test_safe_url_judges_each_link_whatever_it_judged_before() -> None:
     assert safe_url("javascript:alert(1)/token") == ""
     assert safe_url("https:/" + "/host-only") == "https://host-only"
     assert safe_url("https:/" + "/") == ""
+
+
+def test_one_line_printable_and_clean_subject_keep_their_rules_on_any_text() -> None:
+    import random
+    import re
+
+    from digest.send import _UNSAFE_IN_HEADER, clean_subject
+
+    alphabet = ["a", "B", "7", " ", "  ", "\t", "\n", "\r", "\x00", "\x1f", "\x7f", "\x85",
+                "\x9f", "\u00a0", "\u2028", "\u3000", "é", "·", "…", "<", "&"]
+    control = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+    rng = random.Random(5)
+    for _ in range(3000):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 12)))
+        assert one_line(text) == " ".join(text.split()), repr(text)
+        assert printable(text) == control.sub("", text), repr(text)
+        assert clean_subject(text) == " ".join(_UNSAFE_IN_HEADER.sub(" ", text).split())
