@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 from typing import Any
@@ -72,6 +72,30 @@ def plan(
     session.commit()
     return [pair for pair in due if pair in planned]
 
+
+
+def plan_in_chunks(
+    session: Session,
+    due: Sequence[tuple[int, date]],
+    message_id: Callable[[int, date], str],
+    now: datetime,
+    lease_seconds: int,
+) -> Iterator[list[tuple[int, date]]]:
+    """`plan`, committed and handed out chunk by chunk: a big day's first batches can go out
+    while the rest is planned. A big day's statistics are refreshed after its first chunk
+    (the batches that start then need them as much as any) and again at the end."""
+    big = len(due) >= ANALYZE_AFTER_PLANNING
+    for start in range(0, len(due), PLAN_CHUNK):
+        chunk = due[start : start + PLAN_CHUNK]
+        ids = {(sid, day): message_id(sid, day) for sid, day in chunk}
+        planned = _plan_chunk(session, chunk, ids, now, lease_seconds, retry_now=False)
+        if big and start == 0:
+            refresh_statistics(session)
+        session.commit()
+        yield [pair for pair in chunk if pair in planned]
+    if big and len(due) > PLAN_CHUNK:
+        refresh_statistics(session)
+        session.commit()
 
 ANALYZE_AFTER_PLANNING = 1000
 

@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta, timezone
+from functools import partial
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from time import perf_counter
@@ -408,19 +409,27 @@ def plan_pairs(
 
 def plan_due(settings: Settings, now: datetime) -> list[tuple[date, list[int]]]:
     """Beat's step: report abandoned sends, plan who is due now, and cut them into batches."""
+    return list(plan_due_batches(settings, now))
+
+
+def plan_due_batches(settings: Settings, now: datetime) -> Iterator[tuple[date, list[int]]]:
+    """`plan_due`, each batch handed out as soon as its part of the plan is committed, so
+    the tick enqueues a 100,000-subscriber day's first batches while it plans the rest."""
     with db.session_scope(settings) as session:
         in_doubt = ledger.mark_abandoned_in_doubt(session, now)
         if in_doubt:
             log.warning("%d deliveries in doubt: their worker stopped while sending", in_doubt)
-        planned = plan_pairs(session, settings, due_subscribers(session, now), now)
-    by_day: dict[date, list[int]] = {}
-    for sid, day in planned:
-        by_day.setdefault(day, []).append(sid)
-    return [
-        (day, list(batch))
-        for day, ids in sorted(by_day.items())
-        for batch in chunked(ids, settings.batch_size)
-    ]
+        due = due_subscribers(session, now)
+        message_id = partial(message_id_for, settings, "digest")
+        for planned in ledger.plan_in_chunks(
+            session, due, message_id, now, settings.claim_lease_seconds
+        ):
+            by_day: dict[date, list[int]] = {}
+            for sid, day in planned:
+                by_day.setdefault(day, []).append(sid)
+            for day, ids in sorted(by_day.items()):
+                for batch in chunked(ids, settings.batch_size):
+                    yield day, list(batch)
 
 
 def _not_yet_handled(session: Session, day: date, ids: Sequence[int], now: datetime) -> list[int]:

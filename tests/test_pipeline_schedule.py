@@ -158,3 +158,31 @@ def test_an_abandoned_claim_is_taken_over_and_an_abandoned_send_is_in_doubt(
     statuses = dict(session.execute(select(Subscriber.id, Delivery.status).join(
         Delivery, Delivery.subscriber_id == Subscriber.id)).all())
     assert statuses[a] is DeliveryStatus.IN_DOUBT
+
+
+def test_a_big_plan_hands_out_its_first_batches_committed_before_the_rest_is_planned(
+    session: Session, tz_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from digest import ledger
+    from digest.pipeline import plan_due_batches
+
+    monkeypatch.setattr(ledger, "PLAN_CHUNK", 10)
+    monkeypatch.setattr(ledger, "ANALYZE_AFTER_PLANNING", 10)  # refreshed as a big day is
+    make_paper(session, first_seen_at=datetime(2026, 11, 22, tzinfo=timezone.utc))
+    ids = [subscribe(session, "UTC", 7) for _ in range(25)]
+    session.commit()
+    now = datetime(2026, 11, 23, 7, tzinfo=timezone.utc)
+    settings = replace(tz_settings, batch_size=4)
+
+    batches = plan_due_batches(settings, now)
+    day, first = next(batches)
+    # A worker given the first batch finds its rows; the last chunk is not planned yet.
+    with db.session_scope(settings) as other:
+        rows = set(other.scalars(select(Delivery.subscriber_id)))
+    assert first == ids[:4] and rows == set(ids[:10])
+    rest = list(batches)
+
+    assert [b for _, b in rest] == [ids[4:8], ids[8:10], ids[10:14], ids[14:18], ids[18:20],
+                                    ids[20:24], ids[24:25]]
+    assert {d for d, _ in rest} == {day} == {date(2026, 11, 23)}
+    assert plan_due(settings, now) == []  # planned once

@@ -19,10 +19,11 @@ def _settings() -> Settings:
 def tick(now: str | None = None) -> dict[str, object]:
     """Plan the subscribers whose local send hour has come and enqueue their batches."""
     moment = datetime.fromisoformat(now) if now else datetime.now(timezone.utc)
-    batches = pipeline.plan_due(_settings(), moment)
-    for day, ids in batches:
+    batches = subscribers = 0
+    for day, ids in pipeline.plan_due_batches(_settings(), moment):  # enqueued as planned
         send_batch.delay(day.isoformat(), ids)
-    return {"batches": len(batches), "subscribers": sum(len(ids) for _, ids in batches)}
+        batches, subscribers = batches + 1, subscribers + len(ids)
+    return {"batches": batches, "subscribers": subscribers}
 
 
 @app.task(acks_late=True)
