@@ -259,17 +259,20 @@ def attach_items(session: Session, items: Sequence[dict[str, object]]) -> None:
     if session.get_bind().dialect.name == "postgresql":
         _attach_items_postgresql(session, items)
         return
-    # SQLite: one compiled statement and a plain executemany in its C driver.
-    _execute(
-        session,
-        db.dialect_insert(session)(DeliveryItem).on_conflict_do_nothing(
-            index_elements=["subscriber_id", "paper_id"]
-        ),
-        list(items),
+    # SQLite: the rows as tuples, straight to its C driver's executemany. Through a compiled
+    # INSERT, SQLAlchemy processed each row's parameters in Python: half of what storing a
+    # batch's thousand rows cost. The columns are plain integers, a float and text.
+    session.connection().exec_driver_sql(
+        _INSERT_ITEMS_SQLITE, [tuple(item[name] for name in _ITEM_COLUMNS) for item in items]
     )
 
 
 _ITEM_COLUMNS = ("delivery_id", "subscriber_id", "paper_id", "rank", "score", "why")
+_INSERT_ITEMS_SQLITE = (
+    f"INSERT INTO {DeliveryItem.__tablename__} ({', '.join(_ITEM_COLUMNS)}) "
+    f"VALUES ({', '.join('?' * len(_ITEM_COLUMNS))}) "
+    "ON CONFLICT (subscriber_id, paper_id) DO NOTHING"
+)
 
 
 def _attach_items_postgresql(session: Session, items: Sequence[dict[str, object]]) -> None:
