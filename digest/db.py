@@ -107,3 +107,11 @@ def among(session: Session, column: Any, values: Sequence[int]) -> Any:
     if session.get_bind().dialect.name == "postgresql":
         return column == any_(bindparam(None, list(values), type_=ARRAY(column.type)))
     return column.in_(values)
+
+
+def among_bound(dialect: str, column: Any, name: str) -> Any:
+    """`among` for a statement built once and run many times: the values come later, as the
+    parameter `name` (a list), so the statement itself never changes."""
+    if dialect == "postgresql":
+        return column == any_(bindparam(name, type_=ARRAY(column.type)))
+    return column.in_(bindparam(name, expanding=True))

@@ -19,6 +19,7 @@ do not grow with its size beyond one pair per window of LEDGER_WINDOW messages.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -224,23 +225,10 @@ def claim(
     """Take ownership of a batch's planned rows for this attempt; others' live claims are left."""
     if not subscriber_ids:
         return []
-    rows = _execute(
-        session,
-        update(Delivery)
-        .where(
-            Delivery.digest_date == day,
-            db.among(session, Delivery.subscriber_id, subscriber_ids),
-            Delivery.status == DeliveryStatus.CLAIMED,
-            or_(Delivery.claim_token.is_(None), Delivery.lease_until < now),
-        )
-        .values(
-            claim_token=token,
-            lease_until=now + timedelta(seconds=lease_seconds),
-            attempts=Delivery.attempts + 1,
-            claimed_at=now,
-        )
-        .returning(Delivery.subscriber_id, Delivery.id, Delivery.attempts)
-    ).all()
+    rows = _execute(session, _statement(session, "claim"), {
+        "day": day, "ids": list(subscriber_ids), "token": token, "now": now,
+        "lease": now + timedelta(seconds=lease_seconds),
+    }).all()
     taken_over = [did for _, did, attempts in rows if attempts > 1]
     if taken_over:
         # Taking over an abandoned claim: its papers were attached but never sent.
@@ -303,12 +291,9 @@ def set_contents(
     for sid, value in contents.items():
         groups.setdefault(value, []).append(sid)
     for (count, fallback), sids in groups.items():
-        _execute(
-            session,
-            update(Delivery)
-            .where(_owned(day, token), db.among(session, Delivery.subscriber_id, sids))
-            .values(paper_count=count, trending_fallback=fallback)
-        )
+        _execute(session, _statement(session, "set_contents"), {
+            "day": day, "token": token, "ids": sids, "count": count, "fallback": fallback,
+        })
 
 
 def start_sending(
@@ -316,17 +301,10 @@ def start_sending(
     lease_seconds: int,
 ) -> set[int]:
     """Mark a window SENDING (committed before anything goes out); returns the rows still ours."""
-    rows = _execute(
-        session,
-        update(Delivery)
-        .where(
-            _owned(day, token),
-            db.among(session, Delivery.subscriber_id, subscriber_ids),
-            Delivery.status == DeliveryStatus.CLAIMED,
-        )
-        .values(status=DeliveryStatus.SENDING, lease_until=now + timedelta(seconds=lease_seconds))
-        .returning(Delivery.subscriber_id)
-    ).scalars()
+    rows = _execute(session, _statement(session, "start_sending"), {
+        "day": day, "token": token, "ids": list(subscriber_ids),
+        "lease": now + timedelta(seconds=lease_seconds),
+    }).scalars()
     owned = set(rows)
     session.commit()
     return owned
@@ -346,18 +324,16 @@ def finish(
     ids = list(subscriber_ids)
     if not ids:
         return
-    values: dict[str, object] = {"status": status, "error": error}
+    values: dict[str, object] = {
+        "day": day, "token": token, "ids": ids, "status": status, "error": error,
+    }
     if status is DeliveryStatus.SENT:
-        values["sent_at"] = now
-    if status is DeliveryStatus.RETRYING:
-        values["lease_until"] = now + timedelta(seconds=retry_after_seconds)
-        values["claim_token"] = None
-    _execute(
-        session,
-        update(Delivery)
-        .where(_owned(day, token), db.among(session, Delivery.subscriber_id, ids))
-        .values(values)
-    )
+        kind, values["now"] = "finish_sent", now
+    elif status is DeliveryStatus.RETRYING:
+        kind, values["lease"] = "finish_retrying", now + timedelta(seconds=retry_after_seconds)
+    else:
+        kind = "finish"
+    _execute(session, _statement(session, kind), values)
     # Papers of a digest that did not go out may be sent another day. (A skipped row has
     # none: it is skipped before papers are attached, and `claim` cleared a dead attempt's.)
     if status in (DeliveryStatus.FAILED, DeliveryStatus.RETRYING):
@@ -413,6 +389,54 @@ def day_counts(session: Session, day: date, now: datetime | None = None) -> Coun
     return +counts
 
 
+def _statement(session: Session, name: str) -> Any:
+    """A batch statement of the ledger, built once per backend with its values as parameters.
+
+    Run a few times per batch, a statement built afresh cost SQLAlchemy 0.3-0.5 ms to build
+    and key for its cache, twenty times what SQLite took to run it.
+    """
+    return _statements(session.get_bind().dialect.name)[name]
+
+
+@functools.cache
+def _statements(dialect: str) -> dict[str, Any]:
+    table = Delivery.__table__.c
+
+    def param(name: str, column: Any) -> Any:
+        return bindparam(name, type_=column.type)
+
+    ids = db.among_bound(dialect, Delivery.subscriber_id, "ids")
+    owned = and_(Delivery.digest_date == param("day", table.digest_date),
+                 Delivery.claim_token == param("token", table.claim_token), ids)
+    status, error = param("status", table.status), param("error", table.error)
+    now, lease = param("now", table.claimed_at), param("lease", table.lease_until)
+    return {
+        "claim": update(Delivery)
+        .where(
+            Delivery.digest_date == param("day", table.digest_date),
+            ids,
+            Delivery.status == DeliveryStatus.CLAIMED,
+            or_(Delivery.claim_token.is_(None), Delivery.lease_until < now),
+        )
+        .values(claim_token=param("token", table.claim_token), lease_until=lease,
+                attempts=Delivery.attempts + 1, claimed_at=now)
+        .returning(Delivery.subscriber_id, Delivery.id, Delivery.attempts),
+        "set_contents": update(Delivery)
+        .where(owned)
+        .values(paper_count=param("count", table.paper_count),
+                trending_fallback=param("fallback", table.trending_fallback)),
+        "start_sending": update(Delivery)
+        .where(owned, Delivery.status == DeliveryStatus.CLAIMED)
+        .values(status=DeliveryStatus.SENDING, lease_until=lease)
+        .returning(Delivery.subscriber_id),
+        "finish": update(Delivery).where(owned).values(status=status, error=error),
+        "finish_sent": update(Delivery).where(owned)
+        .values(status=status, error=error, sent_at=now),
+        "finish_retrying": update(Delivery).where(owned)
+        .values(status=status, error=error, lease_until=lease, claim_token=None),
+    }
+
+
 def _execute(session: Session, statement: Any, parameters: Any = None) -> Any:
     """Run a ledger statement on the session's connection, inside its transaction.
 
@@ -421,10 +445,6 @@ def _execute(session: Session, statement: Any, parameters: Any = None) -> Any:
     INSERT machinery over a thousand dicts) they cost three times what the database spent.
     """
     return session.connection().execute(statement, parameters)
-
-
-def _owned(day: date, token: str) -> object:
-    return and_(Delivery.digest_date == day, Delivery.claim_token == token)
 
 
 def _pairs(pairs: Sequence[tuple[int, date]]) -> object:
