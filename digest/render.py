@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 import secrets
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from functools import cache
@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
+from jinja2 import Environment, FileSystemLoader, StrictUndefined, meta, select_autoescape
 from markupsafe import escape
 from mjml import mjml2html
 
@@ -326,8 +326,18 @@ def _check_own_links(ctx: DigestContext) -> None:
             raise ValueError(f"{label} must be an http(s) URL, got {url!r}")
 
 
-def digest_template_context(ctx: DigestContext, with_cards: bool = True) -> dict[str, Any]:
-    """The variables templates/email/digest/* use (the fast path builds `cards_text` itself)."""
+def render_line(name: str, context: Mapping[str, Any]) -> str:
+    """templates/email/digest/<name>.txt (the subject, the preview) as one line."""
+    return one_line(email_environment().get_template(f"email/digest/{name}.txt").render(context))
+
+
+def digest_template_context(
+    ctx: DigestContext,
+    with_cards: bool = True,
+    line: Callable[[str, Mapping[str, Any]], str] = render_line,
+) -> dict[str, Any]:
+    """The variables templates/email/digest/* use (the fast path builds `cards_text` itself,
+    and renders the preview line with its own `line`)."""
     topics = topic_list(ctx.topics)
     count = len(ctx.items)
     kind = "trending paper" if ctx.trending_fallback else "new paper"
@@ -350,9 +360,7 @@ def digest_template_context(ctx: DigestContext, with_cards: bool = True) -> dict
         "feedback_href": safe_url(ctx.feedback_url),
         "rank_slot": "",  # the fast path compiles cards with a placeholder here
     }
-    context["preview"] = one_line(
-        email_environment().get_template("email/digest/preview.txt").render(context)
-    )
+    context["preview"] = line("preview", context)
     if with_cards:
         context["cards_text"] = "".join(
             card_text(item.card, rank, item.why, ctx.feedback_url)
@@ -379,7 +387,7 @@ def card_text(card: PaperCard, rank: int, why: str, feedback_url: str = "") -> s
 # per renderer, so no title or address from outside can contain one.
 _SLOTS = (
     "preview", "topics", "count", "isare", "recipient", "pref", "unsub", "rank", "why", "cards",
-    "fb", "prefurl", "unsuburl",
+    "fb", "prefurl", "unsuburl", "tshort",
 )
 Variant = tuple[bool, bool, bool, bool]  # no papers, trending fallback, has topics, has feedback
 
@@ -461,18 +469,36 @@ class DayRenderer:
         self._text_frames: dict[Variant, _TextFrame] = {}
         self._text_cards: dict[tuple[int, int, bool, bool], tuple[str, str]] = {}
         self._why: dict[tuple[str, int], str] = {}
+        self._lines: dict[tuple[object, ...], tuple[str, ...]] = {}
         self.fallbacks = 0
 
     def render(self, ctx: DigestContext) -> RenderedEmail:
         _check_own_links(ctx)
-        context = digest_template_context(ctx, with_cards=False)
+        context = digest_template_context(ctx, with_cards=False, line=self.line)
         html = self.html(ctx, context)
         if html is None:
             self.fallbacks += 1
             return render_digest(ctx)
-        env = email_environment()
-        subject = one_line(env.get_template("email/digest/subject.txt").render(context))
-        return RenderedEmail(subject=subject, html=html, text=self.text(ctx, context))
+        return RenderedEmail(subject=self.line("subject", context), html=html,
+                             text=self.text(ctx, context))
+
+    def line(self, name: str, context: Mapping[str, Any]) -> str:
+        """`render_line`, from a frame rendered once per day for each value of the variables
+        the template reads, but for the subscriber's own topics: a slot, filled here."""
+        has_topics = bool(context["topics_short"])
+        try:
+            key = (name, has_topics, *(context.get(v) for v in _line_variables(name)))
+            frame = self._lines.get(key)
+        except TypeError:  # a variable that cannot be a key: no shortcut
+            return render_line(name, context)
+        if frame is None:
+            marker = self.slot["tshort"]
+            text = render_line(name, {**context, "topics_short": marker if has_topics else ""})
+            frame = self._lines[key] = _segments(text, {"tshort": marker})
+        if len(frame) == 1:
+            return frame[0]
+        # As the template prints it (finalize), then collapsed as `render_line` does.
+        return one_line(_fill(frame, {"tshort": str(printable(context["topics_short"]))}))
 
     def html(self, ctx: DigestContext, context: dict[str, Any]) -> str | None:
         """The HTML part from the day's compiled skeleton and cards; None if a card won't fit."""
@@ -655,6 +681,17 @@ class DayRenderer:
             (why, indent), str(printable(why_block(why, indent)))
         )
         return str(rank) + parts[0] + lines + parts[1]
+
+
+@cache
+def _line_variables(name: str) -> tuple[str, ...]:
+    """The variables templates/email/digest/<name>.txt reads, but the subscriber's topics: a
+    compiled line is keyed by all of them, so a template that starts reading another
+    per-subscriber value is still rendered right (only less often from its frame)."""
+    env = email_environment()
+    assert env.loader is not None
+    source = env.loader.get_source(env, f"email/digest/{name}.txt")[0]
+    return tuple(sorted(meta.find_undeclared_variables(env.parse(source)) - {"topics_short"}))
 
 
 @dataclass(frozen=True)

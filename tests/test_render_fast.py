@@ -94,3 +94,20 @@ def test_wrap_is_textwraps_fill_without_breaking_words() -> None:
                                  pad if first is None else first, subsequent_indent=pad,
                                  break_long_words=False, break_on_hyphens=False)
         assert wrap(text, width, indent, first) == expected, (text, width, indent, first)
+
+
+def test_subject_and_preview_lines_fill_each_readers_topics_into_the_days_frame() -> None:
+    rng = random.Random(7)
+    cards = [card(i, rng) for i in range(20)]
+    renderer = DayRenderer(DAY, SITE)
+    base = context(rng, cards)
+    items = tuple(DigestItem(card=c, reasons=("matches: LoRA",), score=1.0) for c in cards[:3])
+    for topics in ["LoRA", "a \x00 b", "  spaced\t out  ", "x" * 200, "", "\x01", "Σ, β; γ\nδ",
+                   "{{ topics }}", renderer.slot["tshort"][:-1]]:
+        for fallback in (False, True):
+            ctx = DigestContext(**{**base.__dict__, "topics": topics, "items": items,
+                                   "trending_fallback": fallback})
+            fast, plain = renderer.render(ctx), render_digest(ctx)
+            assert fast.subject == plain.subject, topics
+            assert fast.html == plain.html, topics  # the preview line is in the page
+    assert len(renderer._lines) <= 2 * 2 * 2  # subject and preview, topics or not, fallback
