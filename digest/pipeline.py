@@ -590,12 +590,18 @@ def paper_card(paper: Paper) -> PaperCard:
 
 
 _PREPARED: dict[tuple[str, date], tuple[tuple[object, ...], PreparedDay]] = {}
+# At one moment the world's local dates span up to three (UTC-12 to UTC+14), and a tick's
+# batches of those days reach a worker interleaved: keeping one day made it rebuild at
+# every switch (1-2 s each, both workers at once). Three is the most a tick needs.
+DAYS_KEPT = 3
 
 
 def prepared_day(session: Session, settings: Settings, day: date) -> PreparedDay:
     """The day's PreparedDay, built once per process and reused by every batch it runs.
 
-    It is rebuilt only when the day's candidate papers change (a fingerprint query).
+    It is rebuilt only when the day's candidate papers change (a fingerprint query); the
+    DAYS_KEPT most recently used days are kept, so batches of different local days can
+    interleave.
     """
     start, end = day_bounds(day, settings.lookback_days)
     fingerprint = tuple(
@@ -606,12 +612,15 @@ def prepared_day(session: Session, settings: Settings, day: date) -> PreparedDay
         ).one()
     )
     key = (settings.database_url, day)
-    cached = _PREPARED.get(key)
+    cached = _PREPARED.pop(key, None)  # put back last: the most recently used
     if cached is None or cached[0] != fingerprint:
-        _PREPARED.clear()  # one day at a time is plenty, and keeps memory flat
+        cached = None  # the stale one goes before its successor is built
+        while len(_PREPARED) >= DAYS_KEPT:
+            del _PREPARED[next(iter(_PREPARED))]
         with CLOCK("prepare"):
-            _PREPARED[key] = (fingerprint, prepare_day(session, settings, day))
-    return _PREPARED[key][1]
+            cached = (fingerprint, prepare_day(session, settings, day))
+    _PREPARED[key] = cached
+    return cached[1]
 
 
 # --- one batch: claim, score, render, send, record --------------------------------------

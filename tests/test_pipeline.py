@@ -241,6 +241,28 @@ def test_file_outbox_is_the_default_and_has_an_index(session: Session, settings:
     assert len(list(settings.outbox_dir.rglob("*.eml"))) == 1
 
 
+def test_a_worker_keeps_each_local_day_prepared_while_their_batches_interleave(
+    session: Session, settings: Settings
+) -> None:
+    seed_papers(session)
+    session.commit()
+    yesterday, tomorrow = DAY - timedelta(days=1), DAY + timedelta(days=1)
+    first = {d: pipeline.prepared_day(session, settings, d) for d in (yesterday, DAY, tomorrow)}
+    for d in (DAY, yesterday, tomorrow, DAY, tomorrow, yesterday):  # as a tick's batches come
+        assert pipeline.prepared_day(session, settings, d) is first[d]
+
+    make_paper(session, title="A late paper on LoRA", first_seen_at=MORNING)
+    session.commit()
+    fresh = pipeline.prepared_day(session, settings, DAY)
+    assert fresh is not first[DAY]
+    assert "A late paper on LoRA" in {c.title for c in fresh.cards.values()}
+
+    # A fourth day pushes out the least recently used: tomorrow (yesterday came after it).
+    pipeline.prepared_day(session, settings, DAY + timedelta(days=2))
+    assert pipeline.prepared_day(session, settings, yesterday) is first[yesterday]
+    assert pipeline.prepared_day(session, settings, tomorrow) is not first[tomorrow]
+
+
 def test_database_round_trips_per_batch_do_not_grow_with_subscribers(
     session: Session, settings: Settings
 ) -> None:
