@@ -139,7 +139,7 @@ def ingest(ctx: click.Context, sources: tuple[str, ...], fmt: str | None, sample
     """Add papers from files or URLs (papers page text, daily-papers JSON, arXiv Atom).
 
     \b
-    Example: digest ingest ../shared/seeds/*.txt
+    Example: digest ingest inputs/seeds/*.txt
              digest ingest 'https://export.arxiv.org/api/query?search_query=cat:cs.LG'
     """
     from .ingest import ingest as ingest_sources
@@ -838,7 +838,7 @@ def recommend(ctx: click.Context, topics: str, limit: int, day_text: str | None,
 @click.option("--eval-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="The labelled set (profiles.json, judgments.jsonl); default: the repo's eval/.")
 @click.option("--seeds", "seeds_dir", type=click.Path(file_okay=False, path_type=Path),
-              default=None, help="Seed pages (*.txt); default: ../shared/seeds beside the repo.")
+              default=None, help="Seed pages (*.txt); default: the repo's inputs/seeds.")
 @click.option("--split", type=click.Choice(["dev", "test", "all"]), default="dev",
               show_default=True, help="Profiles to score; keep test for the very end.")
 @click.option("--method", "methods", multiple=True,

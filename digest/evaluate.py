@@ -36,7 +36,7 @@ from .score import CandidatePaper, FeedbackSignal, Profile, RankingKnobs, build_
 from .settings import PROJECT_DIR, Settings
 
 DEFAULT_EVAL_DIR = PROJECT_DIR / "eval"
-DEFAULT_SEEDS_DIR = PROJECT_DIR.parent / "shared" / "seeds"
+DEFAULT_SEEDS_DIR = PROJECT_DIR / "inputs" / "seeds"
 K = 10
 SPLITS = ("dev", "test")
 EVAL_TIME = datetime(2026, 1, 1, tzinfo=timezone.utc)

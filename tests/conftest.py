@@ -26,8 +26,8 @@ from .smtp_server import SMTPServer
 ADMIN_POSTGRES_URL = os.environ.get(
     "TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 )
-SHARED_DIR = Path(__file__).resolve().parents[1].parent / "shared"
-REPO_SHARED_DIR = Path(os.environ.get("DIGEST_SHARED_DIR", SHARED_DIR))
+INPUTS_DIR = Path(__file__).resolve().parents[1] / "inputs"
+REPO_SHARED_DIR = Path(os.environ.get("DIGEST_SHARED_DIR", INPUTS_DIR))
 
 
 
@@ -53,8 +53,10 @@ def make_settings(tmp_path: Path, **overrides: object) -> Settings:
 
 @pytest.fixture(scope="session")
 def shared_dir() -> Path:
-    if not REPO_SHARED_DIR.is_dir():
-        pytest.fail(f"shared/ not found at {REPO_SHARED_DIR}; set DIGEST_SHARED_DIR")
+    """The real inputs (`seeds/`, `real-inputs/`), in the repo: a clone needs nothing beside it."""
+    if not (REPO_SHARED_DIR / "seeds").is_dir() or not (REPO_SHARED_DIR / "real-inputs").is_dir():
+        pytest.fail(f"seeds/ and real-inputs/ not found in {REPO_SHARED_DIR}: restore inputs/ "
+                    "from git, or point DIGEST_SHARED_DIR at a folder that has both")
     return REPO_SHARED_DIR
 
 

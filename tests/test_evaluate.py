@@ -20,11 +20,6 @@ from digest.evaluate import (
     profile_metrics,
 )
 
-needs_seeds = pytest.mark.skipif(
-    not DEFAULT_SEEDS_DIR.is_dir(), reason=f"seed pages not found at {DEFAULT_SEEDS_DIR}"
-)
-
-
 def test_ndcg_is_one_for_the_ideal_order_and_discounts_by_log2() -> None:
     assert ndcg_at_k([2, 1, 0], [2, 1, 0]) == pytest.approx(1.0)
     swapped = (1 + 2 / math.log2(3)) / (2 + 1 / math.log2(3))
@@ -47,7 +42,6 @@ def test_unjudged_papers_count_as_not_relevant() -> None:
     assert m.precision == pytest.approx(0.2) and m.precision_2 == pytest.approx(0.1)
 
 
-@needs_seeds
 def test_the_labelled_set_joins_the_corpus() -> None:
     eval_set = load_eval_set(DEFAULT_EVAL_DIR)
     corpus, keys = load_corpus(DEFAULT_SEEDS_DIR)
@@ -57,7 +51,6 @@ def test_the_labelled_set_joins_the_corpus() -> None:
     assert len(eval_set.split("dev")) == 13
 
 
-@needs_seeds
 def test_eval_command_prints_every_method_for_the_dev_split(tmp_path: Path) -> None:
     env = {"DATA_DIR": str(tmp_path / "data"), "DATABASE_URL": ""}
     result = CliRunner().invoke(main, ["eval"], env=env, catch_exceptions=False)
@@ -70,7 +63,6 @@ def test_eval_command_prints_every_method_for_the_dev_split(tmp_path: Path) -> N
     assert float(rows["ours-lexical"][0]) > max(float(rows["tfidf"][0]), float(rows["bm25"][0]))
 
 
-@needs_seeds
 def test_eval_json_has_the_metrics_per_method(tmp_path: Path) -> None:
     env = {"DATA_DIR": str(tmp_path / "data"), "DATABASE_URL": ""}
     result = CliRunner().invoke(
@@ -88,7 +80,6 @@ def test_eval_says_where_the_seeds_should_be(tmp_path: Path) -> None:
     assert result.exit_code == 1 and "--seeds" in result.output
 
 
-@needs_seeds
 def test_feedback_on_the_first_digest_improves_the_second(tmp_path: Path) -> None:
     """A reader who rates the first digest gets better new papers in the second one."""
     from digest.evaluate import evaluate_feedback
