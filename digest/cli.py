@@ -223,6 +223,101 @@ def status(ctx: click.Context, day_text: str | None) -> None:
     click.echo(f"Digests for {result.day.isoformat()}")
     for line in result.lines():
         click.echo(f"  {line}")
+    if result.counts["in_doubt"]:
+        click.echo(f"{result.counts['in_doubt']} in doubt: see `digest in-doubt list --date "
+                   f"{result.day.isoformat()}`, then `digest in-doubt resend` or `mark-sent`.")
+
+
+# --- deliveries in doubt: the operator's choice --------------------------------------------
+
+
+@main.group("in-doubt")
+def in_doubt_group() -> None:
+    """Digests a stopped worker may or may not have handed to the mail server.
+
+    A worker records each message in its send journal as it goes out, so after a crash
+    only the messages truly in flight stay in doubt (see README, "A crash loses no one's
+    digest"). Nothing resends them on its own: choose `resend` (the reader may get the
+    digest twice) or `mark-sent` (the reader may have got nothing that day).
+    """
+
+
+@in_doubt_group.command("list")
+@click.option("--date", "day_text", metavar="YYYY-MM-DD", help="Only this digest date.")
+@click.pass_context
+def in_doubt_list(ctx: click.Context, day_text: str | None) -> None:
+    """List deliveries in doubt (all days unless --date)."""
+    from .journal import in_doubt
+
+    settings = _settings(ctx)
+    _ensure_schema(settings)
+    with db.session_scope(settings) as session:
+        rows = in_doubt(session, _parse_day(day_text) if day_text else None)
+    for row in rows:
+        click.echo(f"{row.digest_date.isoformat()}  {row.email}  ({row.error[:80]})")
+    click.echo(f"{len(rows)} in doubt.")
+
+
+@in_doubt_group.command("recover")
+@click.pass_context
+def in_doubt_recover(ctx: click.Context) -> None:
+    """Settle what stopped attempts left, from this host's send journals and the file outbox
+    (`digest run` and the beat's tick do this too before they plan)."""
+    from .journal import resolve_abandoned
+
+    settings = _settings(ctx)
+    _ensure_schema(settings)
+    with db.session_scope(settings) as session:
+        recovery = resolve_abandoned(session, settings, datetime.now(timezone.utc))
+    click.echo(recovery.summary())
+
+
+def _settle(ctx: click.Context, day_text: str | None, emails: tuple[str, ...],
+            every: bool, resend: bool) -> None:
+    from .journal import in_doubt, settle_in_doubt
+
+    if not emails and not every:
+        raise click.UsageError("Name the addresses to settle, or pass --all.")
+    settings = _settings(ctx)
+    _ensure_schema(settings)
+    wanted = {e.strip().lower() for e in emails}
+    with db.session_scope(settings) as session:
+        rows = in_doubt(session, _parse_day(day_text) if day_text else None)
+        chosen = [r for r in rows if every or r.email.lower() in wanted]
+        missing = wanted - {r.email.lower() for r in chosen}
+        if missing:
+            raise click.ClickException(
+                f"Not in doubt{' on that date' if day_text else ''}: {', '.join(sorted(missing))}"
+            )
+        changed = settle_in_doubt(session, [r.delivery_id for r in chosen], resend,
+                                  datetime.now(timezone.utc))
+    if resend:
+        click.echo(f"{changed} planned again: the next `digest run` (or the beat's next tick) "
+                   "sends them.")
+    else:
+        click.echo(f"{changed} marked sent.")
+
+
+@in_doubt_group.command("resend")
+@click.argument("emails", nargs=-1)
+@click.option("--date", "day_text", metavar="YYYY-MM-DD", help="Only this digest date.")
+@click.option("--all", "every", is_flag=True, help="Every delivery in doubt (of --date).")
+@click.pass_context
+def in_doubt_resend(ctx: click.Context, emails: tuple[str, ...], day_text: str | None,
+                    every: bool) -> None:
+    """Send these digests again at the next run; a reader may get one twice."""
+    _settle(ctx, day_text, emails, every, resend=True)
+
+
+@in_doubt_group.command("mark-sent")
+@click.argument("emails", nargs=-1)
+@click.option("--date", "day_text", metavar="YYYY-MM-DD", help="Only this digest date.")
+@click.option("--all", "every", is_flag=True, help="Every delivery in doubt (of --date).")
+@click.pass_context
+def in_doubt_mark_sent(ctx: click.Context, emails: tuple[str, ...], day_text: str | None,
+                       every: bool) -> None:
+    """Count these digests as sent and leave them; a reader may have got nothing."""
+    _settle(ctx, day_text, emails, every, resend=False)
 
 
 @main.command()

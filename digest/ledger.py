@@ -10,8 +10,10 @@ A delivery row (unique per subscriber and date) moves through:
 Every write is guarded by the attempt's claim_token, so a second copy of a task (a redelivery,
 a second beat) finds nothing to claim and sends nothing. A worker killed mid-batch leaves
 CLAIMED rows, which the planner hands to a new attempt once their lease has passed (they were
-never given to the mail server), and at most one window of SENDING rows, which the planner
-marks IN_DOUBT: the server may have accepted them, so they are reported, never resent blindly.
+never given to the mail server), and at most one window of SENDING rows, which
+`journal.resolve_abandoned` settles from the attempt's send journal: accepted ones are SENT,
+ones never handed over are planned again, and only those in flight become IN_DOUBT (the server
+may have accepted them), reported and never resent without the operator's word.
 
 Every function here costs one statement whatever the number of rows, so a batch's round trips
 do not grow with its size beyond one pair per window of LEDGER_WINDOW messages.
@@ -139,7 +141,12 @@ def _plan_chunk(
                 _pairs(stale),
                 or_(
                     stale_condition(now),
+                    # An admin's run also takes over rows planned but never claimed (by a
+                    # run that stopped, or a tick whose task has not started): `claim` is
+                    # atomic, so whichever attempt claims them first is the only one.
                     and_(Delivery.status == DeliveryStatus.RETRYING, retry_now),
+                    and_(Delivery.status == DeliveryStatus.CLAIMED,
+                         Delivery.claim_token.is_(None), retry_now),
                 ),
             )
             .values(status=DeliveryStatus.CLAIMED, claim_token=None, lease_until=lease)
@@ -338,21 +345,6 @@ def finish(
                 ),
             )
         )
-
-
-def mark_abandoned_in_doubt(session: Session, now: datetime) -> int:
-    """SENDING rows whose attempt died: the server may have them. Report, never resend."""
-    result = _execute(
-        session,
-        update(Delivery)
-        .where(Delivery.status == DeliveryStatus.SENDING, Delivery.lease_until < now)
-        .values(
-            status=DeliveryStatus.IN_DOUBT,
-            error="the worker stopped while handing this message to the mail server",
-        )
-    )
-    session.commit()
-    return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
 
 def day_counts(session: Session, day: date, now: datetime | None = None) -> Counter[str]:

@@ -35,6 +35,7 @@ from sqlalchemy.orm import Session
 
 from . import db, feedback, ledger
 from .embeddings import day_semantic_index
+from .journal import Journal, resolve_abandoned
 from .models import (
     Delivery,
     DeliveryItem,
@@ -177,7 +178,7 @@ def run_day(
         if dry_run:
             planned = _not_yet_handled(session, day, due, now)
         else:
-            ledger.mark_abandoned_in_doubt(session, now)
+            resolve_abandoned(session, settings, now)
             pairs = plan_pairs(session, settings, [(s, day) for s in due], now, retry_now=True)
             planned = [sid for sid, _ in pairs]
         _count_already_handled(session, day, set(due) - set(planned), report)
@@ -201,9 +202,9 @@ def run_day(
             report.outbox_index = write_outbox_index(settings, rows)
     if errors:
         raise RuntimeError(
-            f"{len(errors)} of {jobs} run processes failed; digests they had not sent stay "
-            f"claimed for {settings.claim_lease_seconds} s (CLAIM_LEASE_SECONDS), then "
-            f"`digest run` sends them. First error:\n{errors[0]}"
+            f"{len(errors)} of {jobs} run processes failed; run `digest run` again to send the "
+            f"digests they had not sent (the beat's tick takes them over after "
+            f"CLAIM_LEASE_SECONDS={settings.claim_lease_seconds} s). First error:\n{errors[0]}"
         )
     return report
 
@@ -416,9 +417,7 @@ def plan_due_batches(settings: Settings, now: datetime) -> Iterator[tuple[date, 
     """`plan_due`, each batch handed out as soon as its part of the plan is committed, so
     the tick enqueues a 100,000-subscriber day's first batches while it plans the rest."""
     with db.session_scope(settings) as session:
-        in_doubt = ledger.mark_abandoned_in_doubt(session, now)
-        if in_doubt:
-            log.warning("%d deliveries in doubt: their worker stopped while sending", in_doubt)
+        resolve_abandoned(session, settings, now)  # logs what it settled
         due = due_subscribers(session, now)
         message_id = partial(message_id_for, settings, "digest")
         for planned in ledger.plan_in_chunks(
@@ -652,9 +651,29 @@ def process_batch(
     sender: Sender,
 ) -> DayReport:
     """Claim the batch for this attempt, then score, render, send and record in windows."""
+    token = uuid.uuid4().hex
+    journal = Journal(settings, token)  # before the claim: a dead attempt's claims are freed
+    try:
+        report = _process_batch(session, settings, prepared, subscriber_ids, sender, token,
+                                journal)
+    except BaseException:
+        journal.close(remove=False)  # what went out before the failure, for the recovery
+        raise
+    journal.close()
+    return report
+
+
+def _process_batch(
+    session: Session,
+    settings: Settings,
+    prepared: PreparedDay,
+    subscriber_ids: Sequence[int],
+    sender: Sender,
+    token: str,
+    journal: Journal,
+) -> DayReport:
     day = prepared.day
     report = DayReport(day=day)
-    token = uuid.uuid4().hex
     now = datetime.now(timezone.utc)
     with CLOCK("ledger"):
         claims = ledger.claim(
@@ -678,7 +697,7 @@ def process_batch(
         ledger.attach_items(session, delivery_items(composed, delivery_ids))
         session.commit()
     for window in chunked(composed, settings.ledger_window):
-        send_window(session, settings, day, token, window, sender, report)
+        send_window(session, settings, day, token, window, sender, report, journal)
     return report
 
 
@@ -735,10 +754,12 @@ def send_window(
     window: Sequence[Composed],
     sender: Sender,
     report: DayReport,
+    journal: Journal | None = None,
 ) -> None:
     """Mark a window SENDING, hand it to the mail backend, record each outcome.
 
-    Only this window can be in doubt if the process dies here: its rows are SENDING.
+    If the process dies here this window's rows stay SENDING; the attempt's `journal` then
+    tells which of them the backend accepted, and only those in flight stay in doubt.
     """
     with CLOCK("ledger"):
         owned = ledger.start_sending(
@@ -748,7 +769,7 @@ def send_window(
     with CLOCK("send", len(owned)):
         ours = [c for c in window if c.subscriber_id in owned]
         results: dict[int, SendResult] = dict(zip(
-            (c.subscriber_id for c in ours), sender.send_many([c.message for c in ours]),
+            (c.subscriber_id for c in ours), sender.send_many([c.message for c in ours], journal),
             strict=True,
         ))
     with CLOCK("ledger"):

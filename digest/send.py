@@ -58,6 +58,7 @@ from jinja2 import Environment, FileSystemLoader
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from .journal import Journal, mark_for
 from .settings import PROJECT_DIR, Settings
 
 log = logging.getLogger(__name__)
@@ -493,9 +494,12 @@ class Sender(Protocol):
 
     def close(self) -> None: ...
 
-    def send_many(self, emails: Sequence[OutgoingEmail]) -> list[SendResult]:
-        """Send each; the results in the same order."""
-        return [self.send(email) for email in emails]
+    def send_many(
+        self, emails: Sequence[OutgoingEmail], journal: Journal | None = None
+    ) -> list[SendResult]:
+        """Send each; the results in the same order. With a `journal`, each message is
+        written to it as it is handed over and again with the backend's answer."""
+        return [journaled_send(self.send, email, journal) for email in emails]
 
     def __enter__(self) -> Self:
         return self
@@ -507,6 +511,19 @@ class Sender(Protocol):
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def journaled_send(
+    send: Callable[[OutgoingEmail], SendResult], email: OutgoingEmail, journal: Journal | None
+) -> SendResult:
+    """`send(email)`, written to the attempt's journal before and after (see journal.py)."""
+    if journal is None:
+        return send(email)
+    journal.handing(email.message_id)
+    result = send(email)
+    journal.answered(email.message_id, mark_for(result.in_doubt, result.sent,
+                                                result.outcome is SendOutcome.PERMANENT))
+    return result
 
 
 def open_sender(
@@ -543,8 +560,10 @@ class _KeptSender(Sender):
     def send(self, email: OutgoingEmail) -> SendResult:
         return self._note([self.inner.send(email)])[0]
 
-    def send_many(self, emails: Sequence[OutgoingEmail]) -> list[SendResult]:
-        return self._note(self.inner.send_many(emails))
+    def send_many(
+        self, emails: Sequence[OutgoingEmail], journal: Journal | None = None
+    ) -> list[SendResult]:
+        return self._note(self.inner.send_many(emails, journal))
 
     def _note(self, results: list[SendResult]) -> list[SendResult]:
         if any(result.outcome is SendOutcome.TEMPORARY for result in results):
@@ -666,8 +685,12 @@ class ParallelSender(Sender):
     def send(self, email: OutgoingEmail) -> SendResult:
         return self._own().send(email)
 
-    def send_many(self, emails: Sequence[OutgoingEmail]) -> list[SendResult]:
-        return list(self._pool.map(lambda email: self._own().send(email), emails))
+    def send_many(
+        self, emails: Sequence[OutgoingEmail], journal: Journal | None = None
+    ) -> list[SendResult]:
+        return list(self._pool.map(
+            lambda email: journaled_send(self._own().send, email, journal), emails
+        ))
 
     def _own(self) -> Sender:
         """This thread's sender, made on its first message."""

@@ -152,7 +152,9 @@ def test_an_abandoned_claim_is_taken_over_and_an_abandoned_send_is_in_doubt(
     session.execute(update(Delivery).where(Delivery.subscriber_id == b).values(
         claim_token="dead", lease_until=past))
     session.commit()
-    [(_, replanned)] = plan_due(tz_settings, now + timedelta(minutes=15))
+    # Over SMTP with no journal of the dead attempt on this host, nothing can tell.
+    smtp = replace(tz_settings, mail_backend="smtp")
+    [(_, replanned)] = plan_due(smtp, now + timedelta(minutes=15))
     assert replanned == [b]
     session.expire_all()
     statuses = dict(session.execute(select(Subscriber.id, Delivery.status).join(

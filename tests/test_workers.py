@@ -34,7 +34,9 @@ from .factories import make_paper, make_subscriber
 from .smtp_server import SMTPServer
 
 VENV_BIN = Path(sys.executable).parent
-BROKER_DB = 11
+# Worker tests flush their broker database: each test run takes one of these for itself, so
+# two runs on one machine (a developer's and CI's) never take each other's tasks.
+BROKER_DBS = (8, 9, 10, 11, 12, 14, 15)  # 13: the rate-limit tests' (conftest.TEST_REDIS_URL)
 pytestmark = pytest.mark.slow
 
 
@@ -154,12 +156,29 @@ class Cluster:
         make_app(self.settings).send_task("workers.tasks.send_batch", args=[day.isoformat(), ids])
 
 
+@pytest.fixture(scope="session")
+def broker_db() -> Iterator[int]:
+    """A Redis database number no other test run on this machine is using."""
+    client = redis.Redis.from_url("redis://127.0.0.1:6379/0")
+    for number in BROKER_DBS:
+        key = f"paper-digest:test-broker-db:{number}"
+        if client.set(key, os.getpid(), nx=True, ex=3600):
+            yield number
+            client.delete(key)
+            client.close()
+            return
+    pytest.fail(f"every Redis database in {BROKER_DBS} is taken by another test run; wait for "
+                "it to end (or delete the keys paper-digest:test-broker-db:* in database 0)")
+
+
 @pytest.fixture
-def pg_settings(postgres_url: str, tmp_path: Path, smtp_server: SMTPServer) -> Iterator[Settings]:
+def pg_settings(
+    postgres_url: str, tmp_path: Path, smtp_server: SMTPServer, broker_db: int
+) -> Iterator[Settings]:
     tables = ", ".join(t.name for t in reversed(Base.metadata.sorted_tables))
     with db.engine_for(postgres_url).begin() as conn:
         conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
-    broker = f"redis://127.0.0.1:6379/{BROKER_DB}"
+    broker = f"redis://127.0.0.1:6379/{broker_db}"
     redis.Redis.from_url(broker).flushdb()
     yield make_settings(
         tmp_path, database_url=postgres_url, mail_backend="smtp", smtp_host="127.0.0.1",
