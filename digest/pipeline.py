@@ -50,6 +50,7 @@ from .render import (
     DigestItem,
     PaperCard,
     RenderedEmail,
+    bounded_card,
     render_digest,
 )
 from .score import (
@@ -574,7 +575,7 @@ def candidate_paper(paper: Paper) -> CandidatePaper:
 
 
 def paper_card(paper: Paper) -> PaperCard:
-    return PaperCard(
+    return bounded_card(PaperCard(
         paper_id=paper.id,
         title=paper.title,
         authors=tuple(paper.authors or ()),
@@ -585,7 +586,7 @@ def paper_card(paper: Paper) -> PaperCard:
         upvotes=paper.upvotes,
         comments=paper.comments,
         source=paper.source,
-    )
+    ))
 
 
 _PREPARED: dict[tuple[str, date], tuple[tuple[object, ...], PreparedDay]] = {}

@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 import secrets
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime
 from functools import cache
 from pathlib import Path
@@ -32,6 +32,11 @@ BRAND = "Paper Digest"
 
 ABSTRACT_CHARS = 280
 AUTHORS_SHOWN = 3
+# A card never carries more than this, whatever a source stored: a digest's size is bounded
+# by its paper count, not by the longest title someone published.
+TITLE_CHARS = 300
+AUTHOR_CHARS = 100
+URL_CHARS = 2048
 SUBJECT_TOPICS_CHARS = 50
 TEXT_WIDTH = 72
 
@@ -135,6 +140,26 @@ def shorten(text: str, limit: int = ABSTRACT_CHARS) -> str:
     if space > limit // 2:  # a single huge "word" (a URL, say) is cut mid-word instead
         cut = cut[:space]
     return cut.rstrip(" ,;:.-–—(") + "…"
+
+
+def bounded_card(card: PaperCard) -> PaperCard:
+    """`card` cut to what a digest may carry: title, authors (as many as the author line
+    can show, each name bounded), the part of the abstract a card can show, sane links."""
+    def link(url: str | None) -> str | None:
+        return url if url is None or len(url) <= URL_CHARS else None
+
+    authors = tuple(
+        shorten(name, AUTHOR_CHARS) for name in card.authors[: AUTHORS_SHOWN + 1]
+    )
+    if (len(card.title) <= TITLE_CHARS and authors == card.authors
+            and len(card.abstract) <= 4 * ABSTRACT_CHARS
+            and link(card.url) == card.url and link(card.pdf_url) == card.pdf_url):
+        return card
+    return replace(
+        card, title=shorten(card.title, TITLE_CHARS), authors=authors,
+        abstract=card.abstract[: 4 * ABSTRACT_CHARS], url=link(card.url),
+        pdf_url=link(card.pdf_url),
+    )
 
 
 def author_line(authors: Iterable[str], shown: int = AUTHORS_SHOWN) -> str:

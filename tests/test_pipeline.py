@@ -383,3 +383,24 @@ def test_a_daemonic_process_runs_the_day_itself(
 
     monkeypatch.setattr(multiprocessing.current_process(), "daemon", True, raising=False)
     assert run_jobs(replace(settings, run_jobs=4), 100) == 1  # a Celery pool worker, say
+
+
+def test_a_huge_stored_paper_makes_a_digest_of_ordinary_size(
+    session: Session, settings: Settings
+) -> None:
+    """Whatever a source stored (a 5 MB title, ten thousand authors), a card carries a bounded
+    amount, so one paper cannot make every matching reader's email megabytes long."""
+    from pathlib import Path
+
+    huge = make_paper(session, title="LoRA " + "x" * 5_000_000,
+                      abstract="Low-rank adaptation (LoRA). " + "y " * 500_000,
+                      first_seen_at=MORNING, published_at=MORNING)
+    huge.authors = [f"Author {n} " + "z" * 1000 for n in range(10_000)]
+    huge.url = "https://arxiv.org/abs/" + "9" * 5000
+    make_subscriber(session, email="ada@example.org", topics="LoRA")
+    session.commit()
+    assert run_day(settings, DAY).sent == ["ada@example.org"]
+    [eml] = Path(settings.outbox_dir).glob("*/*.eml")
+    assert eml.stat().st_size < 100_000
+    text = eml.read_bytes()
+    assert b"x" * 301 not in text and b"z" * 101 not in text and b"9" * 2049 not in text
