@@ -1,16 +1,20 @@
 """The database schema: papers, subscribers and their topics, the delivery ledger, and the
-subscription history, suppression list, provider webhook events and readers' feedback.
+subscription history, sign-up requests, suppression list, provider webhook events and
+readers' feedback.
 
 Constraints that keep the data correct live here and in the migrations, not only in code:
 an address is unique whatever its case, a subscriber has at most one delivery per digest date,
 a paper can be carried to a subscriber only once (`delivery_items` is unique on both), an
 address is suppressed at most once, a provider's event is recorded (and acted on) once, and a
-subscriber's click or vote on a paper counts once.
+subscriber's click or vote on a paper counts once. A subscriber's or sign-up request's id is
+never given to another row (AUTOINCREMENT on SQLite), and each carries a random `link_key`
+that its signed links must name.
 """
 
 from __future__ import annotations
 
 import enum
+import secrets
 from datetime import date, datetime, timezone
 
 from sqlalchemy import (
@@ -35,6 +39,12 @@ from sqlalchemy.types import TypeDecorator
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
+
+
+def new_link_key() -> str:
+    """A random key that every signed link to a row carries (tokens.py): a link made for a
+    row that was since deleted does nothing for whoever comes next, whatever their id."""
+    return secrets.token_urlsafe(16)
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -68,6 +78,17 @@ class SubscriberStatus(str, enum.Enum):
     UNSUBSCRIBED = "unsubscribed"
     BOUNCED = "bounced"
     COMPLAINED = "complained"
+
+
+class SignupOutcome(str, enum.Enum):
+    """What a subscribe request led to. The page says the same for every one of them."""
+
+    RECEIVED = "received"  # recorded; the background sender has not looked at it yet
+    CONFIRMATION = "confirmation"  # new, pending or unsubscribed: send the confirmation email
+    CONFIRMATION_RECENT = "confirmation_recent"  # one went out within the resend window
+    ALREADY_ACTIVE = "already_active"  # tell the address's owner, not the visitor
+    ALREADY_ACTIVE_RECENT = "already_active_recent"  # the owner was told within the window
+    SUPPRESSED = "suppressed"  # nothing may be sent to this address
 
 
 class DeliveryStatus(str, enum.Enum):
@@ -157,9 +178,13 @@ class Subscriber(Base):
     __tablename__ = "subscribers"
     __table_args__ = (
         Index("ix_subscribers_status", "status"),
+        # SQLite otherwise gives a deleted row's id to the next row: never reuse one.
+        {"sqlite_autoincrement": True},
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    # Carried in every signed link to this subscriber and checked when the link is used.
+    link_key: Mapped[str] = mapped_column(String(32), default=new_link_key)
     email: Mapped[str] = mapped_column(String(320))
     status: Mapped[SubscriberStatus] = mapped_column(
         _enum(SubscriberStatus, "subscriber_status"), default=SubscriberStatus.PENDING
@@ -183,6 +208,44 @@ class Subscriber(Base):
 
 # Case-insensitive uniqueness of addresses, enforced by the database on every backend.
 Index("uq_subscribers_email_lower", func.lower(Subscriber.email), unique=True)
+
+
+class SignupRequest(Base):
+    """One sending of the subscribe form, kept apart from the subscriber it concerns.
+
+    A visitor may type anyone's address: what they chose (topics, time zone, hour, papers)
+    stays here and reaches the subscriber only when the address's owner follows this
+    request's confirmation link. The requests of the last day also count the per-address
+    limit when Redis is down.
+    """
+
+    __tablename__ = "signup_requests"
+    __table_args__ = (
+        Index("ix_signup_requests_address", "address", "created_at"),
+        Index("ix_signup_requests_subscriber_id", "subscriber_id"),
+        {"sqlite_autoincrement": True},
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    link_key: Mapped[str] = mapped_column(String(32), default=new_link_key)
+    email: Mapped[str] = mapped_column(String(320))  # as typed, normalised
+    address: Mapped[str] = mapped_column(String(320))  # lower-cased: what limits count
+    # Set when the request is processed; None for an address with no subscriber (suppressed).
+    subscriber_id: Mapped[int | None] = mapped_column(
+        ForeignKey("subscribers.id", ondelete="CASCADE"), nullable=True
+    )
+    topics: Mapped[str] = mapped_column(Text)
+    time_zone: Mapped[str] = mapped_column(String(64))
+    send_hour: Mapped[int] = mapped_column(Integer)
+    papers_per_digest: Mapped[int] = mapped_column(Integer)
+    outcome: Mapped[SignupOutcome] = mapped_column(
+        _enum(SignupOutcome, "signup_outcome", 24), default=SignupOutcome.RECEIVED
+    )
+    source: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    emailed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    email_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    confirmed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
 
 class TopicProfile(Base):

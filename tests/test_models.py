@@ -17,7 +17,7 @@ from .factories import make_delivery, make_paper, make_subscriber
 
 
 def test_migrations_reach_head(settings: Settings) -> None:
-    assert db.current_revision(settings) == "0004"
+    assert db.current_revision(settings) == "0005"
 
 
 def test_email_is_unique_whatever_its_case(session: Session) -> None:
