@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench lint clean
+.PHONY: demo test bench bench-web lint clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,13 @@ test: $(STAMP)
 BENCH_ARGS ?= --subscribers 10000 --papers 2000 --workers 2
 bench: $(STAMP)
 	@$(BIN)/digest bench $(BENCH_ARGS)
+
+## Load-test the web app: gunicorn as deployed, 200 locust clients (bench/web/run.py).
+BENCH_WEB_ARGS ?= --users 200 --run-time 60s
+bench-web: $(STAMP)
+	@$(BIN)/locust --version >/dev/null 2>&1 || \
+		$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test,deploy,bench]'
+	@$(BIN)/python -m bench.web $(BENCH_WEB_ARGS)
 
 lint: $(STAMP)
 	@$(BIN)/pip install --quiet ruff mypy

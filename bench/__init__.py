@@ -1,0 +1,1 @@
+"""Tools that measure the service from outside: they import `digest`, never the reverse."""
