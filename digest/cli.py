@@ -246,7 +246,10 @@ def in_doubt_group() -> None:
 @click.option("--date", "day_text", metavar="YYYY-MM-DD", help="Only this digest date.")
 @click.pass_context
 def in_doubt_list(ctx: click.Context, day_text: str | None) -> None:
-    """List deliveries in doubt (all days unless --date)."""
+    """List deliveries in doubt (all days unless --date).
+
+    Example: digest in-doubt list --date 2026-11-23
+    """
     from .journal import in_doubt
 
     settings = _settings(ctx)
@@ -262,7 +265,10 @@ def in_doubt_list(ctx: click.Context, day_text: str | None) -> None:
 @click.pass_context
 def in_doubt_recover(ctx: click.Context) -> None:
     """Settle what stopped attempts left, from this host's send journals and the file outbox
-    (`digest run` and the beat's tick do this too before they plan)."""
+    (`digest run` and the beat's tick do this too before they plan).
+
+    Example: digest in-doubt recover
+    """
     from .journal import resolve_abandoned
 
     settings = _settings(ctx)
@@ -305,7 +311,10 @@ def _settle(ctx: click.Context, day_text: str | None, emails: tuple[str, ...],
 @click.pass_context
 def in_doubt_resend(ctx: click.Context, emails: tuple[str, ...], day_text: str | None,
                     every: bool) -> None:
-    """Send these digests again at the next run; a reader may get one twice."""
+    """Send these digests again at the next run; a reader may get one twice.
+
+    Example: digest in-doubt resend ada@example.org --date 2026-11-23
+    """
     _settle(ctx, day_text, emails, every, resend=True)
 
 
@@ -316,7 +325,10 @@ def in_doubt_resend(ctx: click.Context, emails: tuple[str, ...], day_text: str |
 @click.pass_context
 def in_doubt_mark_sent(ctx: click.Context, emails: tuple[str, ...], day_text: str | None,
                        every: bool) -> None:
-    """Count these digests as sent and leave them; a reader may have got nothing."""
+    """Count these digests as sent and leave them; a reader may have got nothing.
+
+    Example: digest in-doubt mark-sent --all --date 2026-11-23
+    """
     _settle(ctx, day_text, emails, every, resend=False)
 
 

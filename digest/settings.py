@@ -184,13 +184,29 @@ class Settings:
         """SECRET_KEY, or a random key generated once and kept in data_dir (embedded default).
 
         Generating it keeps a newcomer's links stable across runs without shipping a secret.
+        With any other database SECRET_KEY is required (SettingsError): processes sharing a
+        database must share the key, and one generated per DATA_DIR would not be shared.
         """
         return self._signing_key
+
+    @property
+    def uses_embedded_database(self) -> bool:
+        """The SQLite file under DATA_DIR that nothing else can share (DATABASE_URL unset)."""
+        return self.database_url == f"sqlite:///{(self.data_dir / 'digest.sqlite3').as_posix()}"
 
     @cached_property  # signed links are made per email: read the key file once
     def _signing_key(self) -> str:
         if self.secret_key:
             return self.secret_key
+        if not self.uses_embedded_database:
+            # A generated key lives in one DATA_DIR: the web app, workers and beat started
+            # elsewhere would each make their own, and refuse each other's links.
+            raise SettingsError(
+                "SECRET_KEY is not set, but DATABASE_URL names a database that several "
+                "processes (web app, workers, beat) can share, and they must sign links with "
+                "the same key. Set SECRET_KEY to one long random value for all of them, e.g. "
+                "the output of: python3 -c 'import secrets; print(secrets.token_urlsafe(32))'"
+            )
         key_file = self.data_dir / "secret_key"
         if key_file.is_file():
             return key_file.read_text().strip()

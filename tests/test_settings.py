@@ -55,3 +55,48 @@ def test_generated_secret_key_is_stable_and_private(tmp_path: Path) -> None:
     s = Settings.from_env({"DATA_DIR": str(tmp_path)}, env_file=None)
     assert s.signing_key() == s.signing_key()
     assert (tmp_path / "secret_key").stat().st_mode & 0o077 == 0
+
+
+SHARED_DATABASE = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+
+
+def test_a_shared_database_without_secret_key_is_refused_with_what_to_set(
+    tmp_path: Path,
+) -> None:
+    s = Settings.from_env({"DATA_DIR": str(tmp_path), "DATABASE_URL": SHARED_DATABASE},
+                          env_file=None)
+    with pytest.raises(SettingsError, match="Set SECRET_KEY to one long random value"):
+        s.signing_key()
+    assert not (tmp_path / "secret_key").exists()  # no private key that others would not have
+    keyed = Settings.from_env({"DATA_DIR": str(tmp_path), "DATABASE_URL": SHARED_DATABASE,
+                               "SECRET_KEY": "shared"}, env_file=None)
+    assert keyed.signing_key() == "shared"
+
+
+def test_the_web_app_refuses_to_start_without_the_shared_key(tmp_path: Path) -> None:
+    from digest.web import create_app
+
+    s = Settings.from_env({"DATA_DIR": str(tmp_path), "DATABASE_URL": SHARED_DATABASE},
+                          env_file=None)
+    with pytest.raises(SettingsError, match="SECRET_KEY"):
+        create_app(s)
+
+
+@pytest.mark.parametrize("role", ["worker", "beat"])
+def test_a_worker_and_beat_refuse_to_start_without_the_shared_key(
+    tmp_path: Path, role: str
+) -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "SECRET_KEY"}
+    env.update(DATA_DIR=str(tmp_path), DATABASE_URL=SHARED_DATABASE,
+               CELERY_BROKER_URL="redis://127.0.0.1:6379/7")
+    args = ["worker", "--without-gossip", "--without-mingle", "-c", "1"] if role == "worker" \
+        else ["beat", f"--schedule={tmp_path / 'schedule'}"]
+    celery = Path(sys.executable).parent / "celery"
+    done = subprocess.run([str(celery), "-A", "workers", *args], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0
+    assert "Set SECRET_KEY to one long random value" in done.stdout + done.stderr

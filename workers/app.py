@@ -5,8 +5,9 @@ from __future__ import annotations
 from datetime import timedelta
 
 from celery import Celery
+from celery.signals import beat_init, worker_init
 
-from digest.settings import Settings
+from digest.settings import Settings, SettingsError
 
 
 def make_app(settings: Settings | None = None) -> Celery:
@@ -51,6 +52,19 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, object]]:
             "schedule": timedelta(minutes=max(1, settings.ingest_interval_minutes)),
         }
     return schedule
+
+
+@worker_init.connect
+@beat_init.connect
+def refuse_to_start_without_a_shared_key(sender: object = None, **_: object) -> None:
+    """Workers sign the links in digests and the web app checks them: with a database they
+    share, a key generated per DATA_DIR would not match, and every link would be refused.
+    So the worker (or beat) stops before its first task, saying what to set. (Celery logs and
+    ignores an exception from a signal handler: SystemExit is what stops it.)"""
+    try:
+        app.conf.digest_settings.signing_key()
+    except SettingsError as exc:
+        raise SystemExit(f"paper-digest: {exc}") from exc
 
 
 app = make_app()
