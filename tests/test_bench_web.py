@@ -33,6 +33,7 @@ from bench.web.run import (
     WEB_UNIT,
     ProbeReport,
     format_table,
+    last_traceback,
     production_command,
     read_results,
     seed,
@@ -135,3 +136,20 @@ def test_the_report_counts_rate_limited_requests_apart_from_errors(tmp_path: Pat
     assert table[0].split()[:3] == ["endpoint", "requests", "req/s"]
     assert table[-1].split() == ["Total", "150", "15.0", "90", "700", "900", "10", "30", "5",
                                  "2"]
+
+
+def test_a_failed_run_shows_the_cause_from_gunicorns_log(tmp_path: Path) -> None:
+    log = tmp_path / "gunicorn.log"
+    log.write_text(
+        '127.0.0.1 - - [x] "GET / HTTP/1.1" 200 10 "-" "python-requests"\n'
+        "Traceback (most recent call last):\n"
+        '  File "digest/notices.py", line 65, in notice_context\n'
+        "    unsubscribe_url = link(settings, Purpose.UNSUBSCRIBE, subscriber_id)\n"
+        "AttributeError: 'int' object has no attribute 'id'\n"
+        '127.0.0.1 - - [x] "POST /subscribe HTTP/1.1" 500 1289 "-" "python-requests"\n'
+    )
+    shown = last_traceback(log).splitlines()
+    assert shown[0].startswith("Traceback") and shown[-1].startswith("AttributeError")
+    quiet = tmp_path / "quiet.log"
+    quiet.write_text('127.0.0.1 - - [x] "GET / HTTP/1.1" 200 10 "-" "python-requests"\n')
+    assert last_traceback(quiet) == ""

@@ -63,7 +63,7 @@ VENV_BIN = Path(sys.executable).parent
 DEFAULT_POSTGRES = os.environ.get(
     "TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 )
-REDIS_DB = 12  # the tests use 13; the app's default is 0
+REDIS_DB = 11  # its own: `make bench` uses 12, the tests 13 and 14, the app 0 by default
 RATE_LIMIT_OFF_SCALE = 10_000_000  # per hour / per day: never reached, still counted
 # The locustfile's request names, as the probe names the same requests.
 MEASURED_ENDPOINTS = ("GET /", "GET /preview", "POST /subscribe", "POST /unsubscribe/<token>",
@@ -155,7 +155,10 @@ def run(options: Options) -> int:
         print()
         print(format_notes(options, server, sink.received_count(), probe, watcher, machine_busy,
                            results))
-        return verdict(results, probe)
+        outcome = verdict(results, probe)
+        if outcome and (traceback := last_traceback(server.log)):
+            print(f"\nthe last traceback in gunicorn's log:\n{traceback}")
+        return outcome
 
 
 def verdict(results: list[Result], probe: ProbeReport) -> int:
@@ -382,6 +385,18 @@ def wait_until_healthy(server: Gunicorn, timeout: float = 60.0) -> None:
         time.sleep(0.2)
     raise BenchError(f"gunicorn did not answer /healthz within {timeout:.0f} s; its log:\n"
                      f"{tail(server.log)}")
+
+
+def last_traceback(log: Path) -> str:
+    """The last Python traceback gunicorn logged (a 500's cause), or ""."""
+    text = log.read_text(errors="replace")
+    start = text.rfind("Traceback (most recent call last)")
+    if start < 0:
+        return ""
+    lines = text[start:].splitlines()
+    end = next((n for n, line in enumerate(lines[1:], 1) if not line.startswith(" ")),
+               len(lines) - 1)
+    return "\n".join(lines[: end + 1])  # up to the exception's own line
 
 
 def tail(path: Path, lines: int = 30) -> str:
