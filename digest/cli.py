@@ -333,19 +333,29 @@ def in_doubt_mark_sent(ctx: click.Context, emails: tuple[str, ...], day_text: st
 
 
 @main.command()
+@click.option("--json", "as_json", is_flag=True, help="One JSON object, for monitors.")
 @click.pass_context
-def health(ctx: click.Context) -> None:
-    """Check the database, Redis and SMTP; exit non-zero at the first that is down.
+def health(ctx: click.Context, as_json: bool) -> None:
+    """Check everything this deployment needs (database, Redis, SMTP, secret key, templates,
+    links) and report each; exit non-zero if any failed (warnings do not fail).
 
-    Example: digest health
+    Example: digest health --json
     """
+    import json
+
     from .health import run_checks
 
     checks = run_checks(_settings(ctx))
-    for check in checks:
-        click.echo(f"{check.name:<9} {'ok  ' if check.ok else 'DOWN'}  {check.detail}")
-    if not checks[-1].ok:
-        raise click.ClickException(f"{checks[-1].name} is down.")
+    failed = [c.name for c in checks if not c.ok]
+    if as_json:
+        click.echo(json.dumps({"ok": not failed, "checks": [c.as_dict() for c in checks]}))
+    else:
+        for check in checks:
+            click.echo(f"{check.name:<11} {check.level.value.upper():<4}  {check.detail}")
+    if failed:
+        if as_json:
+            sys.exit(1)
+        raise click.ClickException(f"{', '.join(failed)}: see above.")
 
 
 @main.command()

@@ -42,6 +42,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from . import db, feedback, subscribers, tokens, webhooks
 from .models import FeedbackKind, Subscriber, SubscriberStatus
+from .health import link_warning
 from .ratelimit import RateLimited
 from .render import BRAND, topic_list
 from .settings import PROJECT_DIR, Settings
@@ -108,6 +109,8 @@ def create_app(settings: Settings | None = None) -> Flask:
         n = settings.trusted_proxy_count
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n)  # type: ignore[method-assign]
     providers = webhooks.configured_providers(settings)  # a bad key fails here, at start
+    if warning := link_warning(settings):
+        app.logger.warning("%s", warning)
 
     app.jinja_env.globals.update(brand=BRAND, csrf_token=_csrf_token)
     app.jinja_env.filters.update(topic_list=topic_list)

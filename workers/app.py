@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import timedelta
 
 from celery import Celery
 from celery.signals import beat_init, worker_init
 
+from digest.health import link_warning
 from digest.settings import Settings, SettingsError
 
 
@@ -61,10 +63,14 @@ def refuse_to_start_without_a_shared_key(sender: object = None, **_: object) -> 
     share, a key generated per DATA_DIR would not match, and every link would be refused.
     So the worker (or beat) stops before its first task, saying what to set. (Celery logs and
     ignores an exception from a signal handler: SystemExit is what stops it.)"""
+    settings = app.conf.digest_settings
     try:
-        app.conf.digest_settings.signing_key()
+        settings.signing_key()
     except SettingsError as exc:
         raise SystemExit(f"paper-digest: {exc}") from exc
+    warning = link_warning(settings)
+    if warning:
+        logging.getLogger("paper_digest").warning("%s", warning)
 
 
 app = make_app()
