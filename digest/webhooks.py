@@ -13,11 +13,15 @@ and checked with its provider's own signature scheme; one small class per provid
   X-Digest-Signature: sha256=<hex>, the timestamp in X-Digest-Timestamp.
 
 Replays: a signed timestamp must be within WEBHOOK_MAX_AGE_SECONDS of now, and each request's
-nonce (Mailgun's token, the others' signature, Postmark's body digest) is recorded in
-`webhook_events`: the same request again is refused (403) and changes nothing. Each event's
-id is recorded too, so the same event in a new request (a provider's retry) is acknowledged
-and applied once. A hard bounce or a complaint suppresses the address; an unsubscribe
-unsubscribes its subscriber; soft bounces, deliveries, opens and the rest are ignored.
+nonce is recorded in `webhook_events`: the same request again is refused (403) and changes
+nothing. The nonce is what the signature proves, never how it is spelled: the digest of the
+signed bytes (SendGrid, generic), Mailgun's token, Postmark's body. A signature in upper-case
+hex, another base64 spelling or ECDSA's other valid (r, n - s) form is the same request.
+Signatures are compared as bytes, decoded from their hex or base64. Each event's id is
+recorded too, so the same event in a new request (a provider's retry) is acknowledged and
+applied once; an event without an id of its own is known by the digest of its canonical
+JSON. A hard bounce or a complaint suppresses the address; an unsubscribe unsubscribes its
+subscriber; soft bounces, deliveries, opens and the rest are ignored.
 """
 
 from __future__ import annotations
@@ -112,22 +116,42 @@ def _json(body: bytes) -> Any:
         raise BadPayload(f"the body is not JSON: {str(exc)[:100]}") from exc
 
 
-def _check_timestamp(raw: object, now: float, max_age: int) -> None:
-    try:
-        stamp = int(str(raw).strip())
-    except ValueError as exc:
-        raise Forbidden("the signed timestamp is not a number") from exc
+def _check_timestamp(raw: object, now: float, max_age: int) -> int:
+    """The signed timestamp as a number, if it is within `max_age` seconds of now.
+
+    Only ASCII digits: int() would also take "+17...", "1_7..." and other scripts' digits,
+    other spellings of one signed value.
+    """
+    text = str(raw).strip()
+    if not (text.isascii() and text.isdigit() and len(text) <= 12):
+        raise Forbidden("the signed timestamp is not a number")
+    stamp = int(text)
     if abs(now - stamp) > max_age:
         raise Forbidden("the signed timestamp is too old or in the future: a replay?")
+    return stamp
 
 
-def _event_id(provider: str, raw: object, event: Mapping[str, Any]) -> str:
-    """The provider's event id, or a digest of the event when it has none (or a long one)."""
-    text = str(raw) if isinstance(raw, str | int) and str(raw) else ""
+def _hex_bytes(text: str) -> bytes:
+    """A hex signature as bytes, whatever its case; Forbidden when it is not hex."""
+    try:
+        return binascii.unhexlify(text.strip())
+    except (binascii.Error, ValueError) as exc:
+        raise Forbidden("the signature is not hex") from exc
+
+
+def _event_id(provider: str, raw: object, event: Mapping[str, Any], kind: str = "") -> str:
+    """The provider's id for an event (as `kind:id` when ids are per kind), or the digest of
+    the event's canonical JSON when it has no usable id: two events without ids stay two."""
+    has_id = isinstance(raw, str | int) and not isinstance(raw, bool) and str(raw).strip()
+    text = f"{kind}:{raw}" if has_id and kind else str(raw) if has_id else ""
     if not text or len(text) > 200:
-        canonical = json.dumps(event, sort_keys=True, default=str)
-        text = "sha256:" + hashlib.sha256(f"{provider}:{canonical}".encode()).hexdigest()
+        text = "sha256:" + _digest(f"{provider}:{_canonical_json(event)}")
     return text
+
+
+def _canonical_json(value: object) -> str:
+    """One text for one JSON value, whatever its key order and spacing."""
+    return json.dumps(value, sort_keys=True, default=str)
 
 
 def _text(value: object, limit: int = 300) -> str:
@@ -181,10 +205,11 @@ class SendGrid:
         if not signature or not stamp:
             raise Unauthorized("no SendGrid signature")
         _check_timestamp(stamp, now, self.max_age)
+        signed = stamp.encode() + body
         try:
             self.key.verify(
-                base64.b64decode(signature, validate=True),
-                stamp.encode() + body,
+                base64.b64decode(signature.strip(), validate=True),
+                signed,
                 ec.ECDSA(hashes.SHA256()),
             )
         except (InvalidSignature, ValueError, binascii.Error) as exc:
@@ -192,7 +217,9 @@ class SendGrid:
         payload = _json(body)
         if not isinstance(payload, list):
             raise BadPayload("a SendGrid event webhook body is a JSON array")
-        return Verified("sig:" + _digest(signature), [self.event(e) for e in payload])
+        # ECDSA signs one message many ways (a fresh k each time; (r, s) and (r, n - s)):
+        # the request is the message it proves, not the signature's bytes.
+        return Verified("signed:" + _digest(signed), [self.event(e) for e in payload])
 
     def event(self, e: object) -> MailEvent:
         if not isinstance(e, dict):
@@ -239,7 +266,7 @@ class Mailgun:
         stamp, token = str(signed["timestamp"]), str(signed["token"])
         _check_timestamp(stamp, now, self.max_age)
         expected = hmac.new(self.signing_key, (stamp + token).encode(), hashlib.sha256)
-        if not hmac.compare_digest(expected.hexdigest(), str(signed["signature"]).lower()):
+        if not hmac.compare_digest(expected.digest(), _hex_bytes(str(signed["signature"]))):
             raise Forbidden("the Mailgun signature does not verify")
         data = payload.get("event-data")
         if not isinstance(data, dict):
@@ -299,7 +326,7 @@ class Postmark:
         record = str(e.get("RecordType", ""))
         if record == "Bounce":
             bounce_type = str(e.get("Type", ""))
-            event_id = _event_id(self.name, f"bounce:{e.get('ID', '')}", e)
+            event_id = _event_id(self.name, e.get("ID"), e, "bounce")
             address, detail = _text(e.get("Email")), _text(e.get("Description") or bounce_type)
             if bounce_type == "SpamComplaint":
                 return MailEvent(event_id, EventType.COMPLAINT, address, True, detail)
@@ -308,13 +335,16 @@ class Postmark:
             hard = bounce_type in self.HARD_BOUNCES
             return MailEvent(event_id, EventType.BOUNCE, address, hard, detail)
         if record == "SpamComplaint":
-            event_id = _event_id(self.name, f"complaint:{e.get('ID', '')}", e)
+            event_id = _event_id(self.name, e.get("ID"), e, "complaint")
             return MailEvent(event_id, EventType.COMPLAINT, _text(e.get("Email")), True,
                              "spam complaint")
         if record == "SubscriptionChange":
             address = _text(e.get("Recipient"))
-            raw_id = f"subscription:{address}:{e.get('ChangedAt')}:{e.get('SuppressSending')}"
-            event_id = _event_id(self.name, raw_id, e)
+            # Postmark gives a change no id: who, when and which way name it.
+            changed_at = e.get("ChangedAt")
+            raw_id = (f"{address}:{changed_at}:{e.get('SuppressSending')}"
+                      if isinstance(changed_at, str) and changed_at.strip() else None)
+            event_id = _event_id(self.name, raw_id, e, "subscription")
             reason = str(e.get("SuppressionReason", ""))
             if e.get("SuppressSending") is True:
                 type_ = {"HardBounce": EventType.BOUNCE, "SpamComplaint": EventType.COMPLAINT,
@@ -322,7 +352,8 @@ class Postmark:
                 return MailEvent(event_id, type_, address, True, f"suppressed: {reason}")
             # A reactivation there does not resubscribe anyone here: they opt in again.
             return MailEvent(event_id, EventType.OTHER, address, False, "reactivated")
-        event_id = _event_id(self.name, e.get("ID") or e.get("MessageID"), e)
+        # A MessageID names the message, which has many events (delivery, opens, clicks).
+        event_id = _event_id(self.name, e.get("ID"), e, record.lower())
         return MailEvent(event_id, EventType.OTHER, _text(e.get("Recipient") or e.get("Email")),
                          False, record)
 
@@ -357,15 +388,19 @@ class Generic:
         signature, stamp = headers.get(self.SIGNATURE, ""), headers.get(self.TIMESTAMP, "")
         if not signature or not stamp:
             raise Unauthorized("no X-Digest-Signature and X-Digest-Timestamp")
-        _check_timestamp(stamp, now, self.max_age)
-        expected = self.sign(self.secret.decode(), int(stamp.strip()), body)
-        if not hmac.compare_digest(expected, signature.strip().lower()):
+        timestamp = _check_timestamp(stamp, now, self.max_age)
+        scheme, _, mac = signature.strip().partition("=")
+        if scheme.strip().lower() != "sha256":
+            raise Forbidden("the signature is not sha256=<hex>")
+        signed = f"{timestamp}.".encode() + body
+        expected = hmac.new(self.secret, signed, hashlib.sha256).digest()
+        if not hmac.compare_digest(expected, _hex_bytes(mac)):
             raise Forbidden("the signature does not verify")
         payload = _json(body)
         events = payload.get("events") if isinstance(payload, dict) else None
         if not isinstance(events, list):
             raise BadPayload('the body is {"events": [...]}')
-        return Verified("sig:" + _digest(signature), [self.event(e) for e in events])
+        return Verified("signed:" + _digest(signed), [self.event(e) for e in events])
 
     def event(self, e: object) -> MailEvent:
         if not isinstance(e, dict) or not isinstance(e.get("id"), str | int):

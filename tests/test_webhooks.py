@@ -392,3 +392,127 @@ def test_a_sendgrid_key_that_is_not_one_fails_at_start(settings: Settings) -> No
     pem = SENDGRID_KEY.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
     assert "sendgrid" in configured_providers(replace(settings, sendgrid_webhook_public_key=pem))
+
+
+# --- one request, one event: whatever the spelling ----------------------------------------
+
+
+def _malleated(signature_b64: str) -> str:
+    """ECDSA's other valid signature of the same message: (r, n - s) for (r, s)."""
+    from cryptography.hazmat.primitives.asymmetric.utils import (
+        decode_dss_signature,
+        encode_dss_signature,
+    )
+
+    order = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551  # P-256's n
+    r, s = decode_dss_signature(base64.b64decode(signature_b64))
+    return base64.b64encode(encode_dss_signature(r, order - s)).decode()
+
+
+def _respelled(provider: str, req: Request) -> list[Request]:
+    """The same signed request with its signature (or timestamp) spelled another way."""
+    headers = dict(req.headers)
+    if provider == "sendgrid":
+        name = "X-Twilio-Email-Event-Webhook-Signature"
+        return [Request({**headers, name: _malleated(headers[name])}, req.body)]
+    if provider == "generic":
+        scheme, _, mac = headers["X-Digest-Signature"].partition("=")
+        stamp = headers["X-Digest-Timestamp"]
+        return [Request({**headers, "X-Digest-Signature": f"{scheme}={mac.upper()}"}, req.body),
+                Request({**headers, "X-Digest-Signature": f"SHA256={mac}"}, req.body),
+                Request({**headers, "X-Digest-Timestamp": f"0{stamp}"}, req.body)]
+    payload = json.loads(req.body)  # mailgun
+    payload["signature"]["signature"] = payload["signature"]["signature"].upper()
+    return [Request(headers, json.dumps(payload).encode())]
+
+
+@pytest.mark.parametrize("provider", ["sendgrid", "mailgun", "generic"])
+def test_a_replay_with_its_signature_spelled_another_way_is_still_a_replay(
+    client: FlaskClient, hook_settings: Settings, provider: str
+) -> None:
+    add(hook_settings, "ada@example.org")
+    req = PROVIDERS[provider]([("delivered", "ada@example.org", "v1")])
+    assert post(client, provider, req).status_code == 200
+    before = snapshot(hook_settings)
+    for variant in _respelled(provider, req):
+        replay = post(client, provider, variant)
+        assert replay.status_code == 403, (variant.headers, replay.get_json())
+        assert "replay" in replay.get_json()["error"]
+    assert snapshot(hook_settings) == before
+
+
+def test_a_signature_that_is_not_hex_is_refused(
+    client: FlaskClient, hook_settings: Settings
+) -> None:
+    before = snapshot(hook_settings)
+    req = generic([("bounce", "ada@example.org", "h1")])
+    mac = req.headers["X-Digest-Signature"].partition("=")[2]
+    for bad in (f"sha256={mac[:-1]}z", f"sha256={mac[:-1]}", f"md5={mac}", mac):
+        response = post(client, "generic", Request({**req.headers, "X-Digest-Signature": bad},
+                                                   req.body))
+        assert response.status_code == 403, bad
+    assert snapshot(hook_settings) == before
+
+
+def _postmark_request(payload: dict[str, Any]) -> Request:
+    auth = base64.b64encode(f"{POSTMARK_USER}:{POSTMARK_PASSWORD}".encode()).decode()
+    return Request({"Authorization": f"Basic {auth}"}, json.dumps(payload).encode())
+
+
+@pytest.mark.parametrize("record", ["Bounce", "SpamComplaint"])
+def test_two_postmark_events_without_an_id_are_two_events(
+    client: FlaskClient, hook_settings: Settings, record: str
+) -> None:
+    for email in ("ada@example.org", "grace@example.org"):
+        add(hook_settings, email)
+        event = {"RecordType": record, "Type": "HardBounce" if record == "Bounce"
+                 else "SpamComplaint", "Email": email, "BouncedAt": "2026-11-23T10:00:00Z"}
+        response = post(client, "postmark", _postmark_request(event))
+        assert response.get_json() == {"status": "ok", "applied": 1, "duplicates": 0,
+                                       "ignored": 0}, email
+    expected = "bounced" if record == "Bounce" else "complained"
+    assert suppressed(hook_settings) == {"ada@example.org": expected,
+                                         "grace@example.org": expected}
+    # The same id-less event again, in a request of its own (key order and spacing changed),
+    # is known by its content: acknowledged, not applied twice.
+    again = {"BouncedAt": "2026-11-23T10:00:00Z", "Email": "grace@example.org",
+             "RecordType": record, "Type": "HardBounce" if record == "Bounce"
+             else "SpamComplaint", "Tag": None}
+    del again["Tag"]
+    retry = _postmark_request(again)
+    retry = Request(retry.headers, json.dumps(again, indent=1).encode())
+    assert post(client, "postmark", retry).get_json()["duplicates"] == 1
+
+
+def test_postmark_events_of_one_message_are_not_one_event(
+    client: FlaskClient, hook_settings: Settings
+) -> None:
+    """A MessageID names a message, which has a delivery, opens and clicks of its own."""
+    add(hook_settings, "ada@example.org")
+    for record in ("Delivery", "Open", "Click"):
+        response = post(client, "postmark", _postmark_request(
+            {"RecordType": record, "MessageID": "m-1", "Recipient": "ada@example.org"}))
+        assert response.get_json()["duplicates"] == 0, record
+
+
+def test_a_postmark_subscription_change_without_a_time_is_known_by_its_content(
+    client: FlaskClient, hook_settings: Settings
+) -> None:
+    for email in ("ada@example.org", "grace@example.org"):
+        add(hook_settings, email)
+        response = post(client, "postmark", _postmark_request(
+            {"RecordType": "SubscriptionChange", "Recipient": email, "SuppressSending": True,
+             "SuppressionReason": "HardBounce"}))
+        assert response.get_json()["applied"] == 1, email
+    assert set(suppressed(hook_settings)) == {"ada@example.org", "grace@example.org"}
+
+
+@pytest.mark.parametrize("provider", ["sendgrid", "mailgun"])
+def test_events_without_an_id_from_other_providers_stay_apart(
+    client: FlaskClient, hook_settings: Settings, provider: str
+) -> None:
+    for email in ("ada@example.org", "grace@example.org"):
+        add(hook_settings, email)
+        req = PROVIDERS[provider]([("bounce", email, "")])  # no id at all
+        assert post(client, provider, req).get_json()["applied"] == 1, email
+    assert set(suppressed(hook_settings)) == {"ada@example.org", "grace@example.org"}
