@@ -163,7 +163,7 @@ class Sink:
 
     port: int = 0
     counter: Any = None
-    process: multiprocessing.Process | None = None
+    process: multiprocessing.process.BaseProcess | None = None
 
     def __enter__(self) -> Sink:
         import socket
@@ -174,9 +174,10 @@ class Sink:
         ctx = multiprocessing.get_context("fork")
         self.counter = ctx.Value("l", 0)
         ready = ctx.Event()
-        self.process = ctx.Process(target=_sink_main, args=(self.port, self.counter, ready),
-                                   daemon=True)
-        self.process.start()
+        process = ctx.Process(target=_sink_main, args=(self.port, self.counter, ready),
+                              daemon=True)
+        process.start()
+        self.process = process
         ready.wait(20)
         return self
 
@@ -185,7 +186,7 @@ class Sink:
         return int(self.counter.value)
 
     def __exit__(self, *exc: object) -> None:
-        if self.process and self.process.is_alive():
+        if self.process and self.process.is_alive() and self.process.pid:
             os.kill(self.process.pid, signal.SIGTERM)
             self.process.join(10)
 

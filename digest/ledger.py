@@ -31,6 +31,7 @@ from typing import Any
 
 from sqlalchemy import and_, bindparam, delete, func, or_, select, text, update
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.elements import ColumnElement
 
 from . import db
 from .models import Delivery, DeliveryItem, DeliveryStatus
@@ -45,7 +46,7 @@ class Claim:
     delivery_id: int
 
 
-def stale_condition(now: datetime) -> object:
+def stale_condition(now: datetime) -> ColumnElement[bool]:
     """Rows whose owner went silent: planned or claimed but not sent by the end of the lease."""
     return and_(Delivery.status.in_(OPEN_STATUSES), Delivery.lease_until < now)
 
@@ -139,21 +140,27 @@ def _plan_chunk(
             update(Delivery)
             .where(
                 _pairs(stale),
-                or_(
-                    stale_condition(now),
-                    # An admin's run also takes over rows planned but never claimed (by a
-                    # run that stopped, or a tick whose task has not started): `claim` is
-                    # atomic, so whichever attempt claims them first is the only one.
-                    and_(Delivery.status == DeliveryStatus.RETRYING, retry_now),
-                    and_(Delivery.status == DeliveryStatus.CLAIMED,
-                         Delivery.claim_token.is_(None), retry_now),
-                ),
+                or_(*_replannable(now, retry_now)),
             )
             .values(status=DeliveryStatus.CLAIMED, claim_token=None, lease_until=lease)
             .returning(Delivery.subscriber_id, Delivery.digest_date)
         ).all()
         planned |= {(sid, day) for sid, day in replanned}
     return planned
+
+
+def _replannable(now: datetime, retry_now: bool) -> list[ColumnElement[bool]]:
+    """Which existing rows planning may take: stale ones, and with `retry_now` (an admin's
+    run) also RETRYING ones without waiting for their backoff, and rows planned but never
+    claimed (by a run that stopped, or a tick whose task has not started): `claim` is atomic,
+    so whichever attempt claims them first is the only one that sends."""
+    conditions = [stale_condition(now)]
+    if retry_now:
+        conditions += [
+            Delivery.status == DeliveryStatus.RETRYING,
+            and_(Delivery.status == DeliveryStatus.CLAIMED, Delivery.claim_token.is_(None)),
+        ]
+    return conditions
 
 
 def _insert_planned(
@@ -428,7 +435,7 @@ def _execute(session: Session, statement: Any, parameters: Any = None) -> Any:
     return session.connection().execute(statement, parameters)
 
 
-def _pairs(pairs: Sequence[tuple[int, date]]) -> object:
+def _pairs(pairs: Sequence[tuple[int, date]]) -> ColumnElement[bool]:
     by_day: dict[date, list[int]] = {}
     for sid, day in pairs:
         by_day.setdefault(day, []).append(sid)

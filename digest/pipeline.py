@@ -18,7 +18,7 @@ import multiprocessing
 import os
 import traceback
 import uuid
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -85,7 +85,7 @@ T = TypeVar("T")
 class StageClock:
     """Seconds spent per pipeline stage in this process, for `digest bench` and profiling."""
 
-    seconds: Counter[str] = field(default_factory=Counter)
+    seconds: defaultdict[str, float] = field(default_factory=lambda: defaultdict(float))
     items: Counter[str] = field(default_factory=Counter)
 
     @contextmanager
@@ -350,7 +350,7 @@ def _take(batches: Sequence[Sequence[int]], taken: Any) -> Iterator[Sequence[int
 # --- plan: who is due, and when ---------------------------------------------------------
 
 
-def _active() -> object:
+def _active() -> ColumnElement[bool]:
     return (Subscriber.status == SubscriberStatus.ACTIVE) & Subscriber.paused.is_(False)
 
 
