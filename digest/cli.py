@@ -154,7 +154,10 @@ def ingest(ctx: click.Context, sources: tuple[str, ...], fmt: str | None, sample
         if sample:
             reports.append(load_sample_papers(session))
         if sources:
-            reports.append(ingest_sources(session, list(sources), fmt, settings.http_timeout))
+            reports.append(ingest_sources(
+                session, list(sources), fmt, settings.http_timeout,
+                allow_private_networks=settings.ingest_allow_private_networks,
+            ))
     failed = False
     for report in reports:
         click.echo(report.summary())

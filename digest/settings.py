@@ -69,7 +69,8 @@ class Settings:
     feedback_dislike_weight: float = 0.5  # Rocchio: push away from papers they disliked
 
     # Ingest
-    http_timeout: float = 20.0
+    http_timeout: float = 20.0  # a URL's whole fetch: DNS, connect, redirects, every byte
+    ingest_allow_private_networks: bool = False  # let URLs reach loopback and private addresses
 
     ingest_sources: str = ""  # URLs or paths, space-separated, for the scheduled ingest
     ingest_interval_minutes: int = 60

@@ -491,10 +491,26 @@ def test_engagement_change_counts_as_updated(session: Session) -> None:
     assert paper(session, "1506.03134").updated_at == day1
 
 
-def test_duplicates_within_one_input_are_merged(session: Session) -> None:
+def test_a_second_entry_for_a_paper_is_reported_and_the_first_kept(session: Session) -> None:
     data = json.dumps([_entry(upvotes=1), _entry(upvotes=5), _entry(id="2607.00001v2")]).encode()
 
-    counts = upsert_papers(session, parse(data).records)
+    result = parse(data, origin="api")
+    counts = upsert_papers(session, result.records)
+    session.commit()
+
+    assert (counts.inserted, counts.updated, counts.unchanged) == (1, 0, 0)
+    assert paper(session, "2607.00001").upvotes == 1
+    assert [str(r) for r in result.rejected] == [
+        "api entry 2: a second entry for paper 2607.00001, first at api entry 1; the first is kept",
+        "api entry 3: a second entry for paper 2607.00001, first at api entry 1; the first is kept",
+    ]
+
+
+def test_records_from_several_sources_of_one_paper_still_merge(session: Session) -> None:
+    first = parse(json.dumps([_entry(upvotes=1)]).encode()).records
+    second = parse(json.dumps([_entry(upvotes=5)]).encode()).records
+
+    counts = upsert_papers(session, [*first, *second])
     session.commit()
 
     assert (counts.inserted, counts.updated, counts.unchanged) == (1, 0, 0)
@@ -551,21 +567,22 @@ def silent_server() -> Iterator[str]:
 def test_ingest_by_url(session: Session, sample_server: str) -> None:
     url = f"{sample_server}/arxiv_one_bad.xml"
 
-    report = ingest(session, [url], timeout=5)
+    report = ingest(session, [url], timeout=5, allow_private_networks=True)
 
     assert report.ok and report.inserted == 3
     assert [str(r) for r in report.rejected] == [f"{url} entry 2: missing <id>"]
 
 
 def test_url_errors_are_clear(sample_server: str, silent_server: str) -> None:
+    loopback = {"allow_private_networks": True}
     with pytest.raises(IngestError, match=r"answered HTTP 404 .*check the URL"):
-        read_source(f"{sample_server}/missing.json", timeout=5)
+        read_source(f"{sample_server}/missing.json", timeout=5, **loopback)
     with pytest.raises(IngestError, match=r"no answer within 0.3 s"):
-        read_source(silent_server, timeout=0.3)
+        read_source(silent_server, timeout=0.3, **loopback)
     with pytest.raises(IngestError, match=r"larger than 100 bytes"):
-        read_source(f"{sample_server}/arxiv_one_bad.xml", timeout=5, max_bytes=100)
+        read_source(f"{sample_server}/arxiv_one_bad.xml", timeout=5, max_bytes=100, **loopback)
     with pytest.raises(IngestError, match=r"redirected to ftp://127.0.0.1/papers.json"):
-        read_source(f"{sample_server}/to-ftp", timeout=5)
+        read_source(f"{sample_server}/to-ftp", timeout=5, **loopback)
 
 
 @pytest.mark.parametrize("url", ["file:///etc/passwd", "ftp://127.0.0.1/papers.json"])
@@ -579,7 +596,9 @@ def test_a_broken_source_does_not_stop_the_others(session: Session, tmp_path: Pa
 
     report = ingest(session, [missing, str(DATA / "daily_papers_one_bad.json")])
 
-    assert report.errors == [f"{missing}: no such file; check the path."]
+    assert report.errors == [
+        f"{missing}: no such file; check the path (a URL must start with http:// or https://)."
+    ]
     assert report.inserted == 3
     summary = report.summary()
     assert "daily_papers_one_bad.json (daily-papers): 3 records, 3 inserted" in summary

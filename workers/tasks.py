@@ -36,8 +36,16 @@ def send_batch(day: str, subscriber_ids: list[int]) -> dict[str, object]:
 
 @app.task(acks_late=True)
 def ingest_sources() -> dict[str, object]:
-    """Ingest the configured INGEST_SOURCES."""
+    """Ingest the configured INGEST_SOURCES; a broken source is reported, not raised."""
     settings = _settings()
     with db.session_scope(settings) as session:
-        report = ingest(session, settings.ingest_sources.split(), None, settings.http_timeout)
-    return {"inserted": report.inserted, "updated": report.updated, "errors": report.errors}
+        report = ingest(
+            session, settings.ingest_sources.split(), None, settings.http_timeout,
+            allow_private_networks=settings.ingest_allow_private_networks,
+        )
+    return {
+        "inserted": report.inserted,
+        "updated": report.updated,
+        "rejected": len(report.rejected),
+        "errors": report.errors,
+    }
