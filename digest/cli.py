@@ -46,7 +46,7 @@ def _ensure_schema(settings: Settings) -> None:
     head = ScriptDirectory.from_config(db.alembic_config(settings.database_url)).get_current_head()
     try:
         current = db.current_revision(settings)
-    except Exception as exc:  # noqa: BLE001 - report any connection failure the same way
+    except Exception as exc:  # any connection failure is reported the same way
         raise click.ClickException(
             f"Cannot open the database at {_safe_url(settings)}: {exc}\n"
             "Check DATABASE_URL and that the server is running."

@@ -402,8 +402,8 @@ def why_block(why: str, indent: int) -> str:
 def card_text(card: PaperCard, rank: int, why: str, feedback_url: str = "") -> str:
     """One paper in the plain-text part, through templates/email/digest/_card.txt."""
     number = f"{rank}. "
-    macro = getattr(email_environment().get_template("email/digest/_card.txt").module,
-                    "paper_card")
+    module = email_environment().get_template("email/digest/_card.txt").module
+    macro = module.paper_card  # type: ignore[attr-defined]
     return str(macro(card, number, why_block(why, len(number)), feedback_url)) + "\n"
 
 
@@ -693,9 +693,8 @@ class DayRenderer:
         parts = self._text_cards.get(key)
         if parts is None:
             number = "9" * digits + ". "  # the same width as the real number
-            macro = getattr(
-                email_environment().get_template("email/digest/_card.txt").module, "paper_card"
-            )
+            module = email_environment().get_template("email/digest/_card.txt").module
+            macro = module.paper_card  # type: ignore[attr-defined]
             block = _tidy_text(str(macro(card, number, self.slot["why"] if why else "",
                                          self.slot["fb"] if feedback_url else "")))
             if not block.startswith(number):

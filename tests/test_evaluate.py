@@ -20,6 +20,7 @@ from digest.evaluate import (
     profile_metrics,
 )
 
+
 def test_ndcg_is_one_for_the_ideal_order_and_discounts_by_log2() -> None:
     assert ndcg_at_k([2, 1, 0], [2, 1, 0]) == pytest.approx(1.0)
     swapped = (1 + 2 / math.log2(3)) / (2 + 1 / math.log2(3))

@@ -149,7 +149,9 @@ def test_without_a_journal_smtp_cannot_tell_and_the_operator_resends(
     assert len(smtp_server.received) == 1
 
 
-def test_the_file_outbox_tells_exactly_what_was_written(session: Session, settings: Settings) -> None:
+def test_the_file_outbox_tells_exactly_what_was_written(
+    session: Session, settings: Settings
+) -> None:
     seed_papers(session)
     for email in ("a@example.org", "b@example.org", "c@example.org"):
         make_subscriber(session, email=email, topics="LoRA")

@@ -45,7 +45,7 @@ def test_attached_items_are_stored_once_per_subscriber_and_paper(session: Sessio
               "rank": rank, "score": 0.5 + rank, "why": hostile}
              for rank, p in enumerate(papers[:2], start=1)]
     ledger.attach_items(session, items)
-    again = items[1:] + [{**items[0], "paper_id": papers[2].id, "rank": 3}]
+    again = [*items[1:], {**items[0], "paper_id": papers[2].id, "rank": 3}]
     ledger.attach_items(session, again)  # a duplicate is skipped, the new one is added
     rows = session.execute(select(DeliveryItem.paper_id, DeliveryItem.rank, DeliveryItem.score,
                                   DeliveryItem.why).order_by(DeliveryItem.rank)).all()

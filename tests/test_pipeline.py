@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from digest import db, pipeline
 from digest.models import Delivery, DeliveryItem, DeliveryStatus, Subscriber, SubscriberStatus
-from digest.pipeline import SKIP_ALREADY_SENT, SKIP_ELSEWHERE, SKIP_NO_MATCH, run_day, run_jobs
+from digest.pipeline import SKIP_ALREADY_SENT, SKIP_NO_MATCH, run_day, run_jobs
 from digest.settings import Settings
 from digest.tokens import Purpose, read_token
 

@@ -144,7 +144,7 @@ def test_an_abandoned_claim_is_taken_over_and_an_abandoned_send_is_in_doubt(
     a, b = subscribe(session, "UTC", 7), subscribe(session, "UTC", 7)
     session.commit()
     now = datetime(2026, 11, 23, 7, tzinfo=timezone.utc)
-    [(day, ids)] = plan_due(tz_settings, now)
+    [_] = plan_due(tz_settings, now)
     # A worker claimed both, marked `a` SENDING, then died (its lease is in the past).
     past = now - timedelta(hours=1)
     session.execute(update(Delivery).where(Delivery.subscriber_id == a).values(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -223,7 +224,7 @@ def test_paper_embeddings_are_computed_once_and_stored(tmp_path) -> None:
     from digest.embeddings import EmbeddingStore
 
     class CountingEncoder:
-        calls: list[int] = []
+        calls: ClassVar[list[int]] = []
 
         def encode(self, texts):
             self.calls.append(len(texts))
@@ -283,8 +284,8 @@ def test_feedback_moves_the_profile_toward_liked_and_away_from_disliked_papers(i
                      "Trainable low-rank matrices, fewer trainable parameters.")
     plain = index.select([Profile(1, "LoRA", limit=2)])[0]
     [learned] = index.select([Profile(1, "LoRA", limit=2, feedback=(liked, disliked))])
-    assert [p.paper_id for p in plain.picks][0] == 1
-    assert [p.paper_id for p in learned.picks][0] == 6  # QLoRA now leads
+    assert plain.picks[0].paper_id == 1
+    assert learned.picks[0].paper_id == 6  # QLoRA now leads
     assert learned.picks[0].reasons[1] == "like “4-bit quantized finetuning”, which you liked"
     # A liked paper can bring in a paper the topics alone would not: Rocchio's new interests.
     graph_fan = rated(103, 1.0, "Graph neural networks", "Message passing on molecular graphs.")
