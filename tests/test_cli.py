@@ -109,7 +109,7 @@ def test_import_reports_bad_rows_and_export_writes_csv(cli, tmp_path: Path) -> N
     out = tmp_path / "out.csv"
     assert cli("subscribers", "export", str(out)).exit_code == 0
     lines = out.read_text().splitlines()
-    assert lines[0].startswith("email,topics") and len(lines) == 3
+    assert lines[0].startswith('"email","topics"') and len(lines) == 3
 
 
 def test_ingest_run_preview_and_papers(cli, tmp_path: Path, shared_dir: Path) -> None:

