@@ -34,6 +34,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
+from . import metrics
 from .fetch import MAX_URL_CHARS, FetchError, FetchLimits, fetch
 from .models import Paper
 
@@ -121,7 +122,7 @@ class ParseResult:
 
 
 # Where an entry was in its document, and its record or the reason it was rejected.
-Entry = tuple[str, "PaperRecord | str"]
+Entry = tuple[str, PaperRecord | str]
 
 
 class _BadRecord(ValueError):
@@ -301,7 +302,7 @@ def _shown(value: object) -> str:
         return repr(value if len(value) <= 60 else value[:57] + "...")
     if isinstance(value, bool) or value is None:
         return json.dumps(value)
-    if isinstance(value, int) and abs(value) < 10**20 or isinstance(value, float):
+    if (isinstance(value, int) and abs(value) < 10**20) or isinstance(value, float):
         return repr(value)
     if isinstance(value, int):
         digits = len(str(abs(value))) if value.bit_length() < 10_000 else "many-thousand"
@@ -1025,6 +1026,7 @@ def ingest(
                 f"{origin}: could not be ingested ({type(exc).__name__}: {exc}); this is a "
                 "bug in paper-digest: please report it with the source."
             )
+        metrics.count_ingest_source(source)
     return report
 
 
