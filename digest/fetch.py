@@ -60,40 +60,49 @@ class FetchLimits:
 
 
 def fetch(url: str, limits: FetchLimits) -> bytes:
-    """The body of a 2xx answer to GET `url`, following up to 5 redirects, within `limits`."""
+    """The body of a 2xx answer to GET `url`, following up to 5 redirects, within `limits`.
+
+    Every failure is one `FetchError` line that starts with `url` and names the redirect it
+    happened after, if any.
+    """
     deadline = Deadline(limits.timeout)
     backend = CheckedBackend(deadline, limits.allow_private_networks)
-    current = url
+    hops = [url]
     try:
         pool = httpcore.ConnectionPool(
             ssl_context=tls_context(), network_backend=backend, retries=0
         )
         with pool:
             for _ in range(MAX_REDIRECTS + 1):
-                body, location = _get(pool, current, limits, deadline)
+                body, location = _get(pool, hops[-1], limits.max_bytes, deadline)
                 if location is None:
                     return body
-                current = _redirect_target(url, current, location)
-    except RefusedAddress as exc:
-        hop = "" if current == url else f" the redirect to {_shown_url(current)}"
-        raise FetchError(f"{url}: refused{hop}: {exc}") from None
-    except httpcore.TimeoutException:
-        raise FetchError(
-            f"{url}: no answer within {limits.timeout:g} s (the whole download must finish "
-            "in HTTP_TIMEOUT seconds); try again later."
-        ) from None
-    except httpcore.ConnectError as exc:
-        raise FetchError(f"{url}: cannot connect ({_reason(exc)}); check the URL.") from None
-    except httpcore.NetworkError as exc:
-        raise FetchError(
-            f"{url}: the connection broke during the download ({_reason(exc)}); try again later."
-        ) from None
-    except httpcore.ProtocolError as exc:
-        raise FetchError(
-            f"{url}: the server sent a malformed HTTP response ({_reason(exc)}); "
-            "check the URL or try again later."
-        ) from None
-    raise FetchError(f"{url}: more than {MAX_REDIRECTS} redirects; check the URL.")
+                hops.append(_redirect_target(hops[-1], location))
+        raise FetchError(f"more than {MAX_REDIRECTS} redirects; check the URL.")
+    except FAILURES as exc:
+        redirected = f"redirected to {_shown_url(hops[-1])}: " if len(hops) > 1 else ""
+        raise FetchError(f"{_shown_url(url)}: {redirected}{_explain(exc, limits)}") from None
+
+
+def _explain(failure: Exception, limits: FetchLimits) -> str:
+    """What went wrong and what to do, in words for the operator."""
+    if isinstance(failure, FetchError):
+        return str(failure)
+    if isinstance(failure, RefusedAddress):
+        return f"refused: {failure}"
+    if isinstance(failure, httpcore.TimeoutException):
+        return (
+            f"no answer within {limits.timeout:g} s (the whole download must finish in "
+            "HTTP_TIMEOUT seconds); try again later."
+        )
+    if isinstance(failure, httpcore.ConnectError):
+        return f"cannot connect ({_reason(failure)}); check the URL."
+    if isinstance(failure, httpcore.NetworkError):
+        return f"the connection broke during the download ({_reason(failure)}); try again later."
+    return (
+        f"the server sent a malformed HTTP response ({_reason(failure)}); check the URL or try "
+        "again later."
+    )
 
 
 def tls_context() -> ssl.SSLContext:
@@ -102,7 +111,7 @@ def tls_context() -> ssl.SSLContext:
 
 
 def _get(
-    pool: httpcore.ConnectionPool, url: str, limits: FetchLimits, deadline: Deadline
+    pool: httpcore.ConnectionPool, url: str, max_bytes: int, deadline: Deadline
 ) -> tuple[bytes, str | None]:
     """One request: the body of a 2xx answer, or the Location of a redirect."""
     target, host_header = request_target(url)
@@ -113,21 +122,21 @@ def _get(
     ]
     extensions = {"timeout": deadline.timeouts()}
     with pool.stream("GET", target, headers=headers, extensions=extensions) as response:
-        _check_headers(url, response.headers)
+        _check_headers(response.headers)
         if response.status in REDIRECTS:
             location = _header(response.headers, b"location")
             if location is None:
-                raise FetchError(f"{url}: a redirect without a Location header; check the URL.")
+                raise FetchError("a redirect without a Location header; check the URL.")
             return b"", location
         if not 200 <= response.status < 300:
             reason = _reason(response.extensions.get("reason_phrase", b""))
-            raise FetchError(f"{url}: the server answered HTTP {response.status} {reason}; "
+            raise FetchError(f"the server answered HTTP {response.status} {reason}; "
                              "check the URL.")
-        return _body(url, response, limits.max_bytes), None
+        return _body(response, max_bytes), None
 
 
-def _body(url: str, response: httpcore.Response, max_bytes: int) -> bytes:
-    too_large = FetchError(f"{url}: the response is larger than {max_bytes:,} bytes.")
+def _body(response: httpcore.Response, max_bytes: int) -> bytes:
+    too_large = FetchError(f"the response is larger than {max_bytes:,} bytes.")
     length = _header(response.headers, b"content-length")
     if length and length.isdigit() and int(length) > max_bytes:
         raise too_large
@@ -139,17 +148,17 @@ def _body(url: str, response: httpcore.Response, max_bytes: int) -> bytes:
     return bytes(body)
 
 
-def _check_headers(url: str, headers: list[tuple[bytes, bytes]]) -> None:
+def _check_headers(headers: list[tuple[bytes, bytes]]) -> None:
     if len(headers) > MAX_HEADERS:
         raise FetchError(
-            f"{url}: the server sent {len(headers)} headers, more than the {MAX_HEADERS} "
-            "allowed; check the URL."
+            f"the server sent {len(headers)} headers, more than the {MAX_HEADERS} allowed; "
+            "check the URL."
         )
     size = sum(len(name) + len(value) + 4 for name, value in headers)
     if size > MAX_HEADER_BYTES:
         raise FetchError(
-            f"{url}: the server sent {size:,} bytes of headers, more than the "
-            f"{MAX_HEADER_BYTES:,} allowed; check the URL."
+            f"the server sent {size:,} bytes of headers, more than the {MAX_HEADER_BYTES:,} "
+            "allowed; check the URL."
         )
 
 
@@ -166,26 +175,24 @@ def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> str | None:
 
 def check_url(url: str) -> tuple[str, str, int]:
     """The scheme, ASCII host and port of an http(s) URL; anything else is a `FetchError`."""
-    shown = _shown_url(url)
     if len(url) > MAX_URL_CHARS:
-        raise FetchError(f"{shown}: a URL longer than {MAX_URL_CHARS:,} characters is refused.")
+        raise FetchError(f"a URL longer than {MAX_URL_CHARS:,} characters is refused.")
     try:
         parts = urlsplit(url)
         port = parts.port
     except ValueError as exc:
-        raise FetchError(f"{shown}: not a valid URL ({exc}).") from None
+        raise FetchError(f"not a valid URL ({exc}).") from None
     scheme = parts.scheme.lower()
     if scheme not in SCHEMES:
-        raise FetchError(f"{shown}: only http:// and https:// URLs can be fetched.")
+        raise FetchError("only http:// and https:// URLs can be fetched.")
     if not parts.hostname:
-        raise FetchError(f"{shown}: the URL has no host name.")
+        raise FetchError("the URL has no host name.")
     host = parts.hostname
     if not host.isascii():
         try:
             host = idna.encode(host, uts46=True).decode("ascii")
         except idna.IDNAError as exc:
-            reason = f"the host name is not a valid domain name ({exc})"
-            raise FetchError(f"{shown}: {reason}.") from None
+            raise FetchError(f"the host name is not a valid domain name ({exc}).") from None
     return scheme, host, port or (443 if scheme == "https" else 80)
 
 
@@ -205,11 +212,18 @@ def request_target(url: str) -> tuple[httpcore.URL, bytes]:
     )
 
 
-def _redirect_target(source: str, current: str, location: str) -> str:
-    target = urljoin(current, location.strip())
-    if urlsplit(target).scheme.lower() not in SCHEMES:
-        raise FetchError(f"{source}: redirected to {_shown_url(target)}, which is not http(s).")
-    check_url(target)
+def _redirect_target(current: str, location: str) -> str:
+    """The URL a redirect leads to, if it is one ingest may follow."""
+    try:
+        target = urljoin(current, location.strip())
+    except ValueError:
+        target = location
+    if target.partition(":")[0].lower() not in SCHEMES:
+        raise FetchError(f"redirected to {_shown_url(target)}, which is not http(s).")
+    try:
+        check_url(target)
+    except FetchError as exc:
+        raise FetchError(f"redirected to {_shown_url(target)}: {exc}") from None
     return target
 
 
@@ -256,6 +270,17 @@ class Deadline:
 
 class RefusedAddress(Exception):
     """A host that resolves to an address ingest may not connect to; says which and why."""
+
+
+# Every way a fetch can fail; each becomes one FetchError line.
+FAILURES = (
+    FetchError,
+    RefusedAddress,
+    httpcore.TimeoutException,
+    httpcore.NetworkError,
+    httpcore.ProtocolError,
+    httpcore.UnsupportedProtocol,
+)
 
 
 class CheckedBackend(httpcore.NetworkBackend):

@@ -374,7 +374,7 @@ def test_a_redirect_is_checked_again_and_refused_before_connecting(
 
     first, second, good = report.sources
     assert first.error == (
-        f"{to_ip.url}/feed: refused the redirect to http://10.0.0.1:8080/admin: 10.0.0.1 is a "
+        f"{to_ip.url}/feed: redirected to http://10.0.0.1:8080/admin: refused: 10.0.0.1 is a "
         "private address, and ingest fetches only from public addresses; set "
         "INGEST_ALLOW_PRIVATE_NETWORKS=true to allow it."
     )
@@ -420,12 +420,33 @@ def test_allowing_private_networks_lets_a_loopback_feed_in(
 def test_redirects_are_followed_a_few_times_only(serve: Callable[[Respond], RawServer]) -> None:
     looping = serve(sends(redirect("/again")))
     to_file = serve(sends(redirect("file:///etc/passwd")))
+    broken = serve(sends(redirect("http://[::1/feed")))
+    no_location = serve(sends(b"HTTP/1.1 301 Moved\r\nContent-Length: 0\r\n\r\n"))
 
     with pytest.raises(IngestError, match=r"more than 5 redirects"):
         read_source(looping.url, timeout=5, allow_private_networks=True)
     with pytest.raises(IngestError, match=r"redirected to file:///etc/passwd, which is not http"):
         read_source(to_file.url, timeout=5, allow_private_networks=True)
+    with pytest.raises(IngestError, match=r"redirected to http://\[::1/feed: not a valid URL"):
+        read_source(broken.url, timeout=5, allow_private_networks=True)
+    with pytest.raises(IngestError, match=r"a redirect without a Location header"):
+        read_source(no_location.url, timeout=5, allow_private_networks=True)
     assert len(looping.requests) == 6
+
+
+def test_an_error_after_a_redirect_names_the_source_and_the_redirect(
+    serve: Callable[[Respond], RawServer],
+) -> None:
+    missing = serve(sends(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n"))
+    source = serve(sends(redirect(f"{missing.url}/moved.json")))
+
+    with pytest.raises(IngestError) as failed:
+        read_source(f"{source.url}/feed", timeout=5, allow_private_networks=True)
+
+    assert str(failed.value) == (
+        f"{source.url}/feed: redirected to {missing.url}/moved.json: the server answered "
+        "HTTP 404 Not Found; check the URL."
+    )
 
 
 @pytest.mark.parametrize(
