@@ -1,7 +1,8 @@
 """Feedback: what readers tell us about the papers of their digests, and what it teaches.
 
 Every paper link in a digest goes through `/feedback/<token>/<paper>/open` (or `/pdf`), which
-records a click and redirects to the paper; each paper also has "more like this" and "less like
+records a click and redirects to the paper (a link from someone else's token, or none, is
+redirected only to a host the paper's source uses: see `follow_link`); each paper also has "more like this" and "less like
 this" links, whose page has one button that records the vote (a GET changes nothing: mail
 scanners follow links). A reader's next digest learns from these rows: `signals_for` turns them
 into weighted papers, and scoring moves the reader's profile toward the papers they liked and
@@ -16,10 +17,11 @@ starts the learning afresh.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
-from contextlib import suppress
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from urllib.parse import urlsplit
 
 import numpy as np
 from sqlalchemy import Select, delete, exists, select
@@ -30,12 +32,22 @@ from .models import DeliveryItem, FeedbackKind, Paper, PaperFeedback, Subscriber
 from .render import safe_url
 from .score import FeedbackSignal, make_vectorizer, paper_text
 from .settings import Settings
+from .subscribers import UnknownSubscriber, linked_subscriber
 
 WEIGHTS = {FeedbackKind.MORE: 1.0, FeedbackKind.CLICK: 0.5, FeedbackKind.LESS: -1.0}
 MAX_SIGNALS = 50
 SCANNER_BURST = 4  # this many different papers clicked ...
 SCANNER_WINDOW = timedelta(seconds=10)  # ... within this long: a scanner, not a reader
 OPPOSITE = {FeedbackKind.MORE: FeedbackKind.LESS, FeedbackKind.LESS: FeedbackKind.MORE}
+# The hosts each source's paper links use (ingest.py makes and keeps them): anyone may be
+# redirected to these from our address. A feed can give a paper a link to any host; such a
+# link is followed only from the digest of a reader it was sent to.
+SOURCE_HOSTS = {
+    "page": ("arxiv.org",),
+    "daily-papers": ("huggingface.co", "arxiv.org"),
+    "arxiv": ("arxiv.org",),
+}
+_PLAIN_NETLOC = re.compile(r"[A-Za-z0-9.-]+(?::\d{1,5})?")  # no user@, no backslash tricks
 
 
 class NotInTheirDigest(LookupError):
@@ -98,14 +110,22 @@ def current_vote(session: Session, subscriber_id: int, paper_id: int) -> Feedbac
     )
 
 
+@dataclass(frozen=True)
+class Destination:
+    url: str
+    redirect: bool  # False: show the address on a page; never send the visitor there
+
+
 def follow_link(
     settings: Settings, token: str, paper_id: int, target: str, now: datetime, record_click: bool
-) -> str | None:
+) -> Destination | None:
     """Where a digest's paper link leads (the paper page or its PDF), recording the click.
 
-    The destination is the paper's own stored URL, never one taken from the request, so the
-    redirect cannot be pointed elsewhere. A forged, expired or foreign link still leads to the
-    paper; it just teaches nothing.
+    The destination is the paper's own stored URL, never one taken from the request. With
+    the token of the reader it was sent to, that URL is followed and the click counted.
+    Otherwise (a forged, expired or foreign link) nothing is recorded and the URL is
+    followed only if its host is one the paper's source uses, so a feed's link to any other
+    host cannot turn our address into an open redirect.
     """
     with db.session_scope(settings) as session:
         paper = session.get(Paper, paper_id)
@@ -114,12 +134,33 @@ def follow_link(
         destination = safe_url(paper.pdf_url if target == "pdf" else paper.url) or safe_url(
             paper.url
         )
-        if not destination or not record_click:
-            return destination or None
-        with suppress(tokens.InvalidToken, NotInTheirDigest):  # still go to the paper
-            subscriber_id = tokens.read_token(settings, tokens.Purpose.FEEDBACK, token)
-            record(session, subscriber_id, paper_id, FeedbackKind.CLICK, now)
-        return destination
+        if not destination:
+            return None
+        reader = _reader(session, settings, token, paper_id)
+        if reader is not None and record_click:
+            record(session, reader, paper_id, FeedbackKind.CLICK, now)
+        trusted = reader is not None or is_source_host(paper.source, destination)
+        return Destination(destination, redirect=trusted)
+
+
+def _reader(session: Session, settings: Settings, token: str, paper_id: int) -> int | None:
+    """The subscriber whose genuine link this is, if the paper was sent to them."""
+    try:
+        claim = tokens.read_claim(settings, tokens.Purpose.FEEDBACK, token)
+        subscriber = linked_subscriber(session, claim)
+    except (tokens.InvalidToken, UnknownSubscriber):
+        return None
+    return subscriber.id if was_sent(session, subscriber.id, paper_id) else None
+
+
+def is_source_host(source: str, url: str) -> bool:
+    """Whether `url` points at a host that papers from `source` link to."""
+    netloc = urlsplit(url).netloc
+    if not _PLAIN_NETLOC.fullmatch(netloc):
+        return False
+    host = netloc.rsplit(":", 1)[0].lower().rstrip(".")
+    return any(host == known or host.endswith("." + known)
+               for known in SOURCE_HOSTS.get(source, ()))
 
 
 @dataclass(frozen=True)

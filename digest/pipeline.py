@@ -934,7 +934,7 @@ def digest_context(
         DigestItem(card=prepared.cards[pick.paper_id], reasons=pick.reasons, score=pick.score)
         for pick in selection.picks
     )
-    own = links(settings, subscriber.id, EMAIL_LINKS)
+    own = links(settings, subscriber, EMAIL_LINKS)
     return DigestContext(
         day=prepared.day,
         recipient=subscriber.email,

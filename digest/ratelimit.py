@@ -3,8 +3,9 @@
 `hit(bucket, key, limit, window)` counts one attempt for `key` (a client address, an email
 address) in the current window and says whether it is within `limit`. Keys are stored hashed,
 so Redis never holds the addresses themselves. If Redis cannot be reached the attempt is
-allowed and a warning logged: the database still caps confirmation emails per address
-(CONFIRM_RESEND_MINUTES), so an outage of Redis does not open the door to mail-bombing.
+allowed, a warning logged, and the verdict says it was not counted: the subscribe form then
+counts an address's attempts in the database (its sign-up requests of the last day), so an
+outage of Redis does not open the door to mail-bombing.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ class Verdict:
     count: int
     limit: int
     retry_after: int  # seconds until the window ends
+    counted: bool = True  # False: Redis could not be reached, so nothing was counted
 
 
 class RateLimited(Exception):
@@ -70,5 +72,5 @@ def hit(
         count = int(pipe.execute()[0])
     except redis.RedisError as exc:
         log.warning("rate limit %s not enforced: cannot use Redis (%s)", bucket, exc)
-        return Verdict(True, 0, limit, retry_after)
+        return Verdict(True, 0, limit, retry_after, counted=False)
     return Verdict(count <= limit, count, limit, retry_after)

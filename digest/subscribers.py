@@ -4,34 +4,37 @@ resubscribe, each step recorded in their history (`subscriber_events`).
 
 Every door (CLI, web form, CSV import) goes through `add_subscriber`, so an address is
 validated and normalised the same way everywhere and duplicates are caught whatever their case.
-The web app is a thin door over `signup`, `confirm`, `update_preferences`, `unsubscribe` and
-`resubscribe`.
+The web app is a thin door over `signup`, `confirm_request`, `update_preferences`,
+`unsubscribe` and `resubscribe`; what a visitor types on the subscribe form is kept as a
+`SignupRequest` and reaches a subscriber only when the address's owner confirms it.
 """
 
 from __future__ import annotations
 
 import csv
+import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from enum import Enum
 from typing import IO
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from email_validator import EmailNotValidError, validate_email
-from sqlalchemy import func, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import exists, func, select
 from sqlalchemy.orm import Session
 
 from .models import (
     Delivery,
     EventKind,
+    SignupOutcome,
+    SignupRequest,
     Subscriber,
     SubscriberEvent,
     SubscriberStatus,
     TopicProfile,
 )
 from .settings import Settings
+from .tokens import Claim
 
 CSV_FIELDS = [
     "email",
@@ -471,6 +474,11 @@ def read_preferences(
         topics = clean_topics(values.get("topics", ""))
         if not topics:
             errors["topics"] = "Give at least one topic, e.g. “LoRA, activation sparsity”."
+        elif (found := link_like_text(topics)) is not None:
+            errors["topics"] = (
+                f"Topics cannot contain web or email addresses (“{found[:60]}”): "
+                "write the words alone, e.g. “node js” for node.js."
+            )
     except SubscriberError as exc:
         errors["topics"] = str(exc)
     time_zone = (values.get("time_zone") or "").strip() or default_time_zone
@@ -487,6 +495,30 @@ def read_preferences(
     return Preferences(topics, time_zone, send_hour, papers)
 
 
+_DOT = r"[.\u3002\uff0e\uff61]"  # mail clients take the ideographic and full-width dots too
+_LABEL = r"[^\W_](?:[\w-]*[^\W_])?"
+_LINK_LIKE = re.compile(
+    rf"""
+    [a-z][a-z0-9+.-]*:/+            # a scheme: https://, ftp://, file:///
+    | \bwww{_DOT}                   # www. without a scheme
+    | [^\s@,;]@[^\s@,;]             # an email address, or the start of one
+    | \b\d{{1,3}}(?:{_DOT}\d{{1,3}}){{3}}\b   # an IPv4 address
+    | \b{_LABEL}(?:{_DOT}{_LABEL})*{_DOT}[^\W\d_]{{2,}}\b  # a domain: spam.example, node.js
+    """,
+    re.IGNORECASE | re.VERBOSE,
+)
+
+
+def link_like_text(text: str) -> str | None:
+    """The first piece of `text` that a mail client could turn into a link, if any.
+
+    Topics appear in emails sent to addresses a visitor typed, so they must carry no
+    address of any kind: "Buy pills at spam.example" would arrive as a clickable link.
+    """
+    match = _LINK_LIKE.search(text)
+    return match.group(0) if match else None
+
+
 def _form_int(
     values: Mapping[str, str], name: str, default: int, low: int, high: int,
     errors: dict[str, str], message: str,
@@ -494,11 +526,10 @@ def _form_int(
     raw = (values.get(name) or "").strip()
     if not raw:
         return default
-    try:
-        number = int(raw)
-    except ValueError:
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 9):
         errors[name] = message
         return default
+    number = int(raw)
     if not low <= number <= high:
         errors[name] = message
     return number
@@ -557,17 +588,28 @@ class UnknownSubscriber(SubscriberError):
     """A signed link names a subscriber who has since been deleted."""
 
 
+def linked_subscriber(session: Session, claim: Claim) -> Subscriber:
+    """The subscriber a signed link was made for; UnknownSubscriber if that person is gone.
+
+    The id alone may name someone else (see tokens.py): the row must also be the one the
+    link's key was made for.
+    """
+    subscriber = session.get(Subscriber, claim.id)
+    if subscriber is None or not claim.binds(subscriber.link_key, subscriber.created_at):
+        raise UnknownSubscriber("This subscription no longer exists.")
+    return subscriber
+
+
 # --- The life cycle: double opt-in -------------------------------------------------------
+#
+# The subscribe form only records a SignupRequest (what the visitor chose); it never
+# changes a stored subscriber. Processing the request (`process_signup_request`, in the
+# background after the form's transaction) decides which email it earns: a new address
+# becomes a pending subscriber, an active one's owner is told, a suppressed one gets
+# nothing. The request's choices reach the subscriber only through its confirmation link.
 
-
-class SignupOutcome(str, Enum):
-    """What a subscribe request led to. The page says the same for every one of them."""
-
-    CONFIRMATION = "confirmation"  # new or pending: send the confirmation email
-    CONFIRMATION_RECENT = "confirmation_recent"  # one went out within the resend window
-    ALREADY_ACTIVE = "already_active"  # tell the address's owner, not the visitor
-    ALREADY_ACTIVE_RECENT = "already_active_recent"  # the owner was told within the window
-    SUPPRESSED = "suppressed"  # nothing may be sent to this address
+NOTICE_FOR = {SignupOutcome.CONFIRMATION: "confirm",
+              SignupOutcome.ALREADY_ACTIVE: "already_subscribed"}
 
 
 @dataclass(frozen=True)
@@ -575,15 +617,128 @@ class Signup:
     outcome: SignupOutcome
     email: str
     subscriber_id: int | None = None
-    topics: str = ""
+    request_id: int | None = None
 
     @property
     def notice(self) -> str | None:
-        """The email template to send now, if any."""
-        return {
-            SignupOutcome.CONFIRMATION: "confirm",
-            SignupOutcome.ALREADY_ACTIVE: "already_subscribed",
-        }.get(self.outcome)
+        """The email template the request earns, if any."""
+        return NOTICE_FOR.get(self.outcome)
+
+
+class UnknownSignup(SubscriberError):
+    """A confirmation link whose request no longer exists (or was never this one)."""
+
+
+def record_signup_request(
+    session: Session,
+    email: str,
+    prefs: Preferences,
+    *,
+    source: str = "web",
+    now: datetime | None = None,
+) -> SignupRequest:
+    """Keep what the subscribe form asked for; nothing else changes until it is processed."""
+    address = normalize_email(email)
+    request = SignupRequest(
+        email=address, address=address.lower(), topics=prefs.topics, time_zone=prefs.time_zone,
+        send_hour=prefs.send_hour, papers_per_digest=prefs.papers_per_digest,
+        outcome=SignupOutcome.RECEIVED, source=source[:64],
+        created_at=now or datetime.now(timezone.utc),
+    )
+    session.add(request)
+    session.flush()
+    return request
+
+
+def signup_requests_since(session: Session, email: str, since: datetime) -> int:
+    """How many times `email` was submitted since `since`, whatever came of it."""
+    return int(session.scalar(
+        select(func.count()).select_from(SignupRequest).where(
+            SignupRequest.address == email.strip().lower(), SignupRequest.created_at > since)
+    ) or 0)
+
+
+def process_signup_request(
+    session: Session,
+    request_id: int,
+    *,
+    resend_after: timedelta = timedelta(minutes=10),
+    now: datetime | None = None,
+) -> Signup:
+    """Decide which email, if any, a recorded request earns; safe to repeat.
+
+    A new address becomes PENDING and gets nothing but the confirmation; a pending or
+    unsubscribed one gets it again at most once per `resend_after`, and its saved choices
+    stay as they are; an active one is left as it is (the visitor may not be its owner) and
+    its owner gets a notice; a suppressed one gets nothing at all.
+    """
+    from .suppressions import is_suppressed
+
+    now = now or datetime.now(timezone.utc)
+    request = session.get(SignupRequest, request_id)
+    if request is None:
+        raise UnknownSignup("This subscribe request no longer exists.")
+    if request.outcome is not SignupOutcome.RECEIVED:
+        return _signup_of(request)
+    subscriber = find_subscriber(session, request.email)
+    if is_suppressed(session, request.email):
+        outcome = SignupOutcome.SUPPRESSED
+    elif subscriber is None:
+        subscriber = add_subscriber(
+            session, request.email, request.topics, time_zone=request.time_zone,
+            send_hour=request.send_hour, papers_per_digest=request.papers_per_digest,
+            status=SubscriberStatus.PENDING, now=now,
+        )
+        record_event(session, subscriber.id, EventKind.SUBSCRIBED, request.source, "", now)
+        outcome = SignupOutcome.CONFIRMATION
+    elif subscriber.status is SubscriberStatus.ACTIVE:
+        told = _emailed_since(session, request, SignupOutcome.ALREADY_ACTIVE, now - resend_after)
+        outcome = SignupOutcome.ALREADY_ACTIVE_RECENT if told else SignupOutcome.ALREADY_ACTIVE
+    else:
+        again = "again" if subscriber.status is SubscriberStatus.UNSUBSCRIBED else "while pending"
+        record_event(session, subscriber.id, EventKind.SUBSCRIBED, request.source, again, now)
+        # Recent: within the window and, for one who left, since they left.
+        since = max(now - resend_after, subscriber.unsubscribed_at or now - resend_after)
+        sent = _emailed_since(session, request, SignupOutcome.CONFIRMATION, since)
+        outcome = SignupOutcome.CONFIRMATION_RECENT if sent else SignupOutcome.CONFIRMATION
+    request.subscriber_id = subscriber.id if subscriber is not None else None
+    request.outcome = outcome
+    session.flush()
+    return _signup_of(request)
+
+
+def _signup_of(request: SignupRequest) -> Signup:
+    return Signup(request.outcome, request.email, request.subscriber_id, request.id)
+
+
+def _emailed_since(
+    session: Session, request: SignupRequest, outcome: SignupOutcome, since: datetime
+) -> bool:
+    """Whether another request for the same address earned `outcome`'s email after `since`
+    (sent, or still on its way: only one whose sending failed does not count)."""
+    return bool(session.scalar(select(exists().where(
+        SignupRequest.address == request.address, SignupRequest.id != request.id,
+        SignupRequest.outcome == outcome, SignupRequest.created_at > since,
+        SignupRequest.email_error.is_(None),
+    ))))
+
+
+def record_signup_email(
+    session: Session, signup: Signup, error: str | None, now: datetime | None = None
+) -> None:
+    """Note that the email a request earned was sent (or why it was not)."""
+    now = now or datetime.now(timezone.utc)
+    request = session.get(SignupRequest, signup.request_id)
+    if request is None:
+        return
+    if error is not None:
+        request.email_error = error[:500]
+        return
+    request.emailed_at = now
+    if signup.subscriber_id is not None:
+        kind = (EventKind.CONFIRMATION_SENT if signup.notice == "confirm"
+                else EventKind.NOTICE_SENT)
+        record_event(session, signup.subscriber_id, kind, request.source, "", now)
 
 
 def request_subscription(
@@ -595,71 +750,65 @@ def request_subscription(
     source: str = "web",
     now: datetime | None = None,
 ) -> Signup:
-    """Record a subscribe request and decide which email, if any, it earns.
+    """Record a subscribe request and process it at once (the web form defers the second)."""
+    request = record_signup_request(session, email, prefs, source=source, now=now)
+    return process_signup_request(session, request.id, resend_after=resend_after, now=now)
 
-    A new address becomes PENDING and gets nothing but the confirmation; a pending one gets
-    it again at most once per `resend_after`; an active one is left as it is (the visitor may
-    not be its owner) and its owner gets a notice; a suppressed one gets nothing at all.
-    An address that unsubscribed may come back: it stays unsubscribed until it confirms.
+
+def request_of(session: Session, claim: Claim) -> SignupRequest:
+    """The sign-up request a confirmation link was made for; UnknownSignup otherwise."""
+    request = session.get(SignupRequest, claim.id)
+    if (
+        request is None or request.subscriber_id is None or claim.key is None
+        or not claim.binds(request.link_key, request.created_at)
+    ):
+        raise UnknownSignup(
+            "This confirmation link is no longer valid. Subscribe again to get a new one."
+        )
+    return request
+
+
+def preferences_of(request: SignupRequest) -> Preferences:
+    return Preferences(request.topics, request.time_zone, request.send_hour,
+                       request.papers_per_digest)
+
+
+@dataclass(frozen=True)
+class Confirmation:
+    subscriber: Subscriber
+    already: bool  # they were active before: nothing changed
+
+
+def confirm_request(
+    session: Session, claim: Claim, source: str = "web", now: datetime | None = None
+) -> Confirmation:
+    """Activate the subscriber a confirmation link names, with that request's choices.
+
+    Following the link proves the mailbox is theirs, so only now does what the form asked
+    for become their profile. Safe to repeat; an active subscriber is left as they are.
     """
     from .suppressions import is_suppressed
 
     now = now or datetime.now(timezone.utc)
-    address = normalize_email(email)
-    subscriber = find_subscriber(session, address)
-    if is_suppressed(session, address):
-        return Signup(SignupOutcome.SUPPRESSED, address, subscriber.id if subscriber else None)
-    if subscriber is None:
-        subscriber = add_subscriber(
-            session, address, prefs.topics, time_zone=prefs.time_zone,
-            send_hour=prefs.send_hour, papers_per_digest=prefs.papers_per_digest,
-            status=SubscriberStatus.PENDING, now=now,
-        )
-        record_event(session, subscriber.id, EventKind.SUBSCRIBED, source, "", now)
-        return Signup(SignupOutcome.CONFIRMATION, address, subscriber.id, prefs.topics)
+    request = request_of(session, claim)
+    subscriber = subscriber_by_id(session, request.subscriber_id or 0)
     if subscriber.status is SubscriberStatus.ACTIVE:
-        told = last_event_at(session, subscriber.id, EventKind.NOTICE_SENT)
-        recent = told is not None and now - told < resend_after
-        outcome = SignupOutcome.ALREADY_ACTIVE_RECENT if recent else SignupOutcome.ALREADY_ACTIVE
-        return Signup(outcome, subscriber.email, subscriber.id, subscriber.profile.topics)
-    # PENDING or UNSUBSCRIBED: the latest form wins; nothing is sent until they confirm.
-    changes = _apply_preferences(subscriber, prefs)
-    again = "again" if subscriber.status is SubscriberStatus.UNSUBSCRIBED else "while pending"
-    record_event(session, subscriber.id, EventKind.SUBSCRIBED, source,
-                 "; ".join([again, *changes]), now)
-    sent = last_event_at(session, subscriber.id, EventKind.CONFIRMATION_SENT)
-    left = subscriber.unsubscribed_at
-    # Recent: sent within the window (and, for one who left, since they left).
-    recent = sent is not None and now - sent < resend_after and (left is None or sent > left)
-    outcome = SignupOutcome.CONFIRMATION_RECENT if recent else SignupOutcome.CONFIRMATION
-    session.flush()
-    return Signup(outcome, subscriber.email, subscriber.id, subscriber.profile.topics)
-
-
-def confirm(
-    session: Session, subscriber_id: int, source: str = "web", now: datetime | None = None
-) -> Subscriber:
-    """Activate a subscriber whose confirmation link was followed; safe to repeat."""
-    from .suppressions import is_suppressed
-
-    now = now or datetime.now(timezone.utc)
-    subscriber = subscriber_by_id(session, subscriber_id)
-    if subscriber.status is SubscriberStatus.ACTIVE:
-        return subscriber
+        return Confirmation(subscriber, already=True)
     if is_suppressed(session, subscriber.email):
         raise SubscriberError(
             "This address cannot be subscribed: mail to it bounced or was reported as spam."
         )
-    if subscriber.status is SubscriberStatus.UNSUBSCRIBED:
-        # Only a confirmation asked for after they left may bring them back.
-        sent = last_event_at(session, subscriber.id, EventKind.CONFIRMATION_SENT)
-        if sent is None or (subscriber.unsubscribed_at and sent <= subscriber.unsubscribed_at):
-            raise SubscriberError(
-                "This link was sent before you unsubscribed. Subscribe again to get a new one."
-            )
-    was_unsubscribed = subscriber.status is SubscriberStatus.UNSUBSCRIBED
-    kind = EventKind.RESUBSCRIBED if was_unsubscribed else EventKind.CONFIRMED
-    return _activate(session, subscriber, kind, source, "confirmed by email", now, now)
+    left = subscriber.unsubscribed_at
+    if left is not None and request.created_at <= left:
+        raise SubscriberError(
+            "This link was sent before you unsubscribed. Subscribe again to get a new one."
+        )
+    changes = _apply_preferences(subscriber, preferences_of(request))
+    request.confirmed_at = now
+    kind = (EventKind.RESUBSCRIBED if subscriber.status is SubscriberStatus.UNSUBSCRIBED
+            else EventKind.CONFIRMED)
+    detail = "; ".join(["confirmed by email", *changes])
+    return Confirmation(_activate(session, subscriber, kind, source, detail, now, now), False)
 
 
 def unsubscribe(
@@ -680,6 +829,13 @@ def unsubscribe(
     return subscriber
 
 
+def can_resubscribe(subscriber: Subscriber) -> bool:
+    """Whether the unsubscribe page may bring them back with their saved choices: only one
+    who once confirmed has choices of their own (a never-confirmed row holds a visitor's)."""
+    return (subscriber.status is SubscriberStatus.UNSUBSCRIBED
+            and subscriber.confirmed_at is not None)
+
+
 def resubscribe(
     session: Session, subscriber_id: int, source: str = "web", now: datetime | None = None
 ) -> Subscriber:
@@ -690,9 +846,11 @@ def resubscribe(
     subscriber = subscriber_by_id(session, subscriber_id)
     if subscriber.status is SubscriberStatus.ACTIVE:
         return subscriber
-    if subscriber.status is not SubscriberStatus.UNSUBSCRIBED or is_suppressed(
-        session, subscriber.email
-    ):
+    if subscriber.status is SubscriberStatus.UNSUBSCRIBED and subscriber.confirmed_at is None:
+        raise SubscriberError(
+            "This address was never confirmed. Subscribe on the start page to choose your topics."
+        )
+    if not can_resubscribe(subscriber) or is_suppressed(session, subscriber.email):
         raise SubscriberError(
             "This address cannot be subscribed again here: mail to it bounced or was reported "
             "as spam."
@@ -720,10 +878,6 @@ def _activate(
     return subscriber
 
 
-class NoticeNotSent(SubscriberError):
-    """The mail backend did not take the confirmation (or notice) email; try again later."""
-
-
 def signup(
     settings: Settings,
     values: Mapping[str, str],
@@ -731,11 +885,12 @@ def signup(
     source: str = "web",
     now: datetime | None = None,
 ) -> Signup:
-    """The subscribe form end to end: rate limits, validation, the record, the one email.
+    """The subscribe form: rate limits, validation, and the request recorded for the sender.
 
-    Raises RateLimited (too many attempts from `client`, or for the address), InvalidForm
-    (per field), or NoticeNotSent. Every other outcome looks the same to the visitor: what
-    happened is told only to the address's owner, by email.
+    Raises RateLimited (too many attempts from `client`, or for the address) or InvalidForm
+    (per field). Otherwise the same work is done whatever the address is (new, pending,
+    active or suppressed), and the email it earns goes out in the background, after this
+    transaction: the answer, and its timing, tell the visitor nothing about the address.
     """
     from . import db, notices, ratelimit
 
@@ -746,6 +901,30 @@ def signup(
             "Too many subscribe requests from your network. Please try again later.",
             per_client.retry_after,
         )
+    address, prefs = _read_signup_form(settings, values)
+    limit = settings.subscribe_address_limit_per_day
+    per_address = ratelimit.hit(settings.redis_url, "subscribe-address", address, limit, 86400)
+    now = now or datetime.now(timezone.utc)
+    with db.session_scope(settings) as session:
+        if not per_address.counted and limit > 0:
+            # Redis is down: the requests of the last day are the count.
+            day_ago = now - timedelta(days=1)
+            per_address = ratelimit.Verdict(
+                signup_requests_since(session, address, day_ago) < limit, 0, limit, 3600)
+        if not per_address.allowed:
+            # Says nothing about the address itself: only that it was asked for too often.
+            raise ratelimit.RateLimited(
+                "This address was submitted too many times today. Please try again tomorrow.",
+                per_address.retry_after,
+            )
+        request = record_signup_request(session, address, prefs, source=source, now=now)
+        result = _signup_of(request)
+    notices.send_in_background(settings, request.id)
+    return result
+
+
+def _read_signup_form(settings: Settings, values: Mapping[str, str]) -> tuple[str, Preferences]:
+    """The address and choices of the subscribe form; InvalidForm names each bad field."""
     errors: dict[str, str] = {}
     address = ""
     try:
@@ -759,36 +938,4 @@ def signup(
         errors.update(exc.errors)
     if errors:
         raise InvalidForm(errors)
-    per_address = ratelimit.hit(settings.redis_url, "subscribe-address", address,
-                                settings.subscribe_address_limit_per_day, 86400)
-    if not per_address.allowed:
-        # Says nothing about the address itself: only that it was asked for too often.
-        raise ratelimit.RateLimited(
-            "This address was submitted too many times today. Please try again tomorrow.",
-            per_address.retry_after,
-        )
-    for attempt in (1, 2):
-        try:
-            with db.session_scope(settings) as session:
-                result = request_subscription(
-                    session, address, prefs, source=source, now=now,
-                    resend_after=timedelta(minutes=settings.confirm_resend_minutes),
-                )
-            break
-        except IntegrityError:
-            # Two submissions of a new address at once: the other one created the row, so
-            # the second attempt finds it pending and goes down the "pending" path.
-            if attempt == 2:
-                raise
-    if result.notice is None or result.subscriber_id is None:
-        return result
-    sent = notices.send_notice(settings, result.notice, result.subscriber_id, result.email,
-                               result.topics)
-    if not sent.sent:
-        raise NoticeNotSent(
-            "We could not send the email just now. Please try again in a few minutes."
-        )
-    kind = EventKind.CONFIRMATION_SENT if result.notice == "confirm" else EventKind.NOTICE_SENT
-    with db.session_scope(settings) as session:
-        record_event(session, result.subscriber_id, kind, source, "", now)
-    return result
+    return address, prefs

@@ -1,15 +1,25 @@
-"""Signed links in emails: each token names one purpose and one subscriber.
+"""Signed links in emails: each token names one purpose and the one person it was made for.
 
-itsdangerous signs `subscriber_id` with a salt per purpose, so a token made to confirm an
-address cannot unsubscribe anyone, and a token for one subscriber does nothing for another.
+itsdangerous signs `[id, link_key]` with a salt per purpose, so a token made to confirm an
+address cannot unsubscribe anyone. The id alone is not enough to name a person: a deleted
+subscriber's row may be followed by another (on SQLite, before migration 0005, with the same
+id). The row's random `link_key` goes with it, so a link made for the deleted one does
+nothing for whoever comes next. Confirmation links name a sign-up request (`SignupRequest`),
+the others a subscriber.
+
+Links sent before link keys existed carry the bare id; they still work for the right person
+(an unsubscribe link must, for years), by the rule in `Claim.binds`.
 """
 
 from __future__ import annotations
 
 import hmac
+import re
 from collections.abc import Sequence
+from datetime import datetime
 from enum import Enum
 from functools import lru_cache
+from typing import NamedTuple, Protocol
 
 from itsdangerous import BadSignature, SignatureExpired, TimestampSigner, URLSafeTimedSerializer
 from itsdangerous.encoding import base64_encode, int_to_bytes
@@ -32,6 +42,9 @@ MAX_AGE_SECONDS: dict[Purpose, int | None] = {
     Purpose.CONFIRM: 2 * 86400,
     Purpose.FEEDBACK: 365 * 86400,  # an older link still leads to the paper, unrecorded
 }
+# Purposes whose links from before link keys (payload: the bare subscriber id) still count.
+# Confirmation links now name a sign-up request, so an old one has nothing to confirm.
+LEGACY_PURPOSES = frozenset({Purpose.UNSUBSCRIBE, Purpose.PREFERENCES, Purpose.FEEDBACK})
 
 
 class InvalidToken(ValueError):
@@ -58,25 +71,64 @@ def _signer_for(key: str, purpose: Purpose) -> TimestampSigner:
     return serializer.make_signer(serializer.salt)  # type: ignore[return-value]
 
 
-def make_token(settings: Settings, purpose: Purpose, subscriber_id: int) -> str:
-    return make_tokens(settings, subscriber_id, (purpose,))[purpose]
+class LinkOwner(Protocol):
+    """What a link is made for: a subscriber, or a sign-up request awaiting confirmation."""
+
+    @property
+    def id(self) -> int: ...
+
+    @property
+    def link_key(self) -> str: ...
+
+
+class Claim(NamedTuple):
+    """What a genuine token says: whose it is and when it was signed. Whether that row still
+    is the person it was made for is `binds`' question, asked with the row in hand."""
+
+    id: int
+    key: str | None  # None: a token made before links carried a key (its payload: the id)
+    signed_at: datetime
+
+    def binds(self, link_key: str, created_at: datetime) -> bool:
+        """True if this token was made for the row with `link_key`, created at `created_at`.
+
+        A token without a key is older than link keys and names only an id, which SQLite gave
+        to the next subscriber when one was deleted: it counts only if it was signed no
+        earlier than the row was created (in whole seconds, as tokens are timed), since a
+        token of the deleted subscriber was signed before the newcomer existed.
+        """
+        if self.key is None:
+            return self.signed_at >= created_at.replace(microsecond=0)
+        return hmac.compare_digest(self.key.encode(), link_key.encode())
+
+
+def make_token(settings: Settings, purpose: Purpose, owner: LinkOwner) -> str:
+    return make_tokens(settings, owner, (purpose,))[purpose]
 
 
 def make_tokens(
-    settings: Settings, subscriber_id: int, purposes: Sequence[Purpose]
+    settings: Settings, owner: LinkOwner, purposes: Sequence[Purpose]
 ) -> dict[Purpose, str]:
-    """One subscriber's tokens for several purposes, exactly as `serializer.dumps` makes them.
+    """One owner's tokens for several purposes, exactly as `serializer.dumps` makes them.
 
-    Every email carries three (preferences, unsubscribe, feedback): the payload is the same
-    for each, so it is encoded once and only signed per purpose.
+    The payload is `[id, link_key]`. Every email carries three (preferences, unsubscribe,
+    feedback) and a digest run signs hundreds of thousands: the payload is encoded once and
+    only signed per purpose.
     """
     key = settings.signing_key()
-    if type(subscriber_id) is int and 0 <= subscriber_id < 10**9:
-        # What dump_payload makes of a small int: its compact JSON, base64 without padding
-        # (zlib never shortens 9 bytes or fewer, so itsdangerous never compresses them).
-        payload = base64_encode(str(subscriber_id).encode())
+    owner_id, link_key = getattr(owner, "id", None), getattr(owner, "link_key", None)
+    if type(owner_id) is not int or not isinstance(link_key, str) or not link_key:
+        raise TypeError("a link is made for a row with an id and a link_key (a Subscriber or "
+                        f"a SignupRequest), not {owner!r}")
+    if 0 <= owner_id < 10**9 and _PLAIN_KEY.fullmatch(link_key):
+        # What dump_payload makes of it: compact JSON, base64 without padding. itsdangerous
+        # compresses only when zlib saves two bytes, which its six bytes of framing forbid
+        # unless the text repeats itself: 22 random characters and a short id do not (the
+        # odds are below one in a million). Were it ever to, this token would still read
+        # the same, since `loads` takes an uncompressed payload too.
+        payload = base64_encode(f'[{owner_id},"{link_key}"]'.encode())
     else:
-        payload = _serializer_for(key, purposes[0]).dump_payload(subscriber_id)
+        payload = _serializer_for(key, purposes[0]).dump_payload([owner_id, link_key])
     signer = _signer_for(key, purposes[0])
     # TimestampSigner.sign's own steps, with each purpose's derived key and HMAC state
     # prepared once: itsdangerous derives the key again for every signature.
@@ -89,6 +141,9 @@ def make_tokens(
     return tokens
 
 
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9_-]{22}")  # new_link_key's form: JSON needs no escape
+
+
 @lru_cache(maxsize=32)
 def _mac_for(key: str, purpose: Purpose) -> hmac.HMAC:
     signer = _signer_for(key, purpose)
@@ -97,30 +152,49 @@ def _mac_for(key: str, purpose: Purpose) -> hmac.HMAC:
     return hmac.new(signer.derive_key(), digestmod=signer.algorithm.digest_method)
 
 
-def read_token(settings: Settings, purpose: Purpose, token: str) -> int:
-    """The subscriber id a valid token names; InvalidToken otherwise."""
+def read_claim(settings: Settings, purpose: Purpose, token: str) -> Claim:
+    """Whose a genuine, unexpired token for `purpose` is; InvalidToken otherwise.
+
+    The caller must still check the claim against the row it names (`Claim.binds`).
+    """
     try:
-        value = _serializer(settings, purpose).loads(token, max_age=MAX_AGE_SECONDS[purpose])
+        value, signed_at = _serializer(settings, purpose).loads(
+            token, max_age=MAX_AGE_SECONDS[purpose], return_timestamp=True
+        )
     except SignatureExpired as exc:
         raise ExpiredToken("This link has expired.") from exc
     except BadSignature as exc:
         raise InvalidToken("This link is not valid.") from exc
-    if not isinstance(value, int):
-        raise InvalidToken("This link is not valid.")
-    return value
+    if type(value) is int and purpose in LEGACY_PURPOSES:
+        return Claim(value, None, signed_at)
+    if type(value) is int:
+        # A confirmation link from before sign-up requests: it names no request.
+        raise ExpiredToken("This link has expired.")
+    if (
+        isinstance(value, list) and len(value) == 2 and type(value[0]) is int
+        and isinstance(value[1], str)
+    ):
+        return Claim(value[0], value[1], signed_at)
+    raise InvalidToken("This link is not valid.")
 
 
-def link(settings: Settings, purpose: Purpose, subscriber_id: int) -> str:
-    """The absolute URL a subscriber follows for `purpose`."""
-    return links(settings, subscriber_id, (purpose,))[purpose]
+def read_token(settings: Settings, purpose: Purpose, token: str) -> int:
+    """The id a genuine token names. Only a claim checked against its row (`read_claim`,
+    `Claim.binds`) may act on anyone: this is for tests and reports."""
+    return read_claim(settings, purpose, token).id
+
+
+def link(settings: Settings, purpose: Purpose, owner: LinkOwner) -> str:
+    """The absolute URL the owner follows for `purpose`."""
+    return links(settings, owner, (purpose,))[purpose]
 
 
 def links(
-    settings: Settings, subscriber_id: int, purposes: Sequence[Purpose]
+    settings: Settings, owner: LinkOwner, purposes: Sequence[Purpose]
 ) -> dict[Purpose, str]:
-    """The absolute URLs a subscriber follows, one per purpose."""
+    """The absolute URLs the owner follows, one per purpose."""
     base = settings.public_base_url.rstrip("/")
     return {
         purpose: f"{base}/{purpose.value}/{token}"
-        for purpose, token in make_tokens(settings, subscriber_id, purposes).items()
+        for purpose, token in make_tokens(settings, owner, purposes).items()
     }

@@ -7,13 +7,13 @@ and render a page from `templates/web/`.
 | route                                  | what                                                   |
 |----------------------------------------|--------------------------------------------------------|
 | GET  /                                 | subscribe form, with a live preview of today's papers  |
-| POST /subscribe                        | double opt-in: sends the confirmation email            |
+| POST /subscribe                        | double opt-in: records the request; emails it later    |
 | GET  /preview?topics=...               | JSON: the papers these topics would bring today        |
 | GET, POST /confirm/<token>             | a page with one button; the POST confirms              |
 | GET, POST /preferences/<token>         | topics, hour, time zone, papers per digest, pause      |
 | GET, POST /unsubscribe/<token>         | a page with one button; the POST unsubscribes; RFC 8058|
 | POST /unsubscribe/<token>/resubscribe  | the way back                                           |
-| GET  /feedback/<token>/<paper>/open    | records the click, redirects to the paper (/pdf: PDF) |
+| GET  /feedback/<token>/<paper>/open    | records the click, redirects to the paper (/pdf: PDF)  |
 | GET, POST /feedback/<token>/<paper>/more | a page with one button; the POST records it (/less) |
 | POST /webhooks/<provider>              | sendgrid, mailgun, postmark, generic                   |
 | GET  /healthz                          | 200 when the database answers                          |
@@ -22,7 +22,10 @@ A GET never changes anything (mail scanners open links to see where they lead), 
 following a paper link counts as a click; feedback.py sets a scanner's bursts of clicks
 aside. Forms carry a CSRF token kept in the (signed) session cookie; the RFC 8058 one-click
 POST and the webhooks carry none, and prove themselves by the signed link or the provider's
-signature.
+signature. A signed link acts only on the person it was made for (`tokens.Claim.binds`).
+
+Every number taken from a URL is bounded before it reaches the database: a paper id by the
+route (PostgreSQL's INTEGER), `limit` by `_limit_arg`; anything else is a 4xx.
 """
 
 from __future__ import annotations
@@ -68,6 +71,7 @@ SECURITY_HEADERS = {
     "Cross-Origin-Opener-Policy": "same-origin",
 }
 PAPER_CHOICES = (3, 5, 10, 15, 20, 30, MAX_PAPERS_PER_DIGEST)
+PAPER_ID = "int(max=2147483647):paper_id"  # the largest id a database INTEGER holds
 
 
 class LinkError(Exception):
@@ -142,36 +146,37 @@ def create_app(settings: Settings | None = None) -> Flask:
             return _subscribe_form(settings, request.form, exc.errors), 400
         except RateLimited as exc:
             return _too_many(str(exc), exc.retry_after)
-        except subscribers.NoticeNotSent as exc:
-            return _message("We could not send the email", str(exc), status=503)
         return render_template("check_inbox.html", email=signup.email,
                                minutes=settings.confirm_resend_minutes)
 
     @app.get("/preview")
     def preview() -> Any:
-        from .recommend import MAX_TOPICS_CHARS, recommend
+        from .recommend import MAX_LIMIT, MAX_TOPICS_CHARS, recommend
 
         topics = request.args.get("topics", "")[:MAX_TOPICS_CHARS]
-        limit = request.args.get("limit", "5")
-        papers = recommend(settings, topics, int(limit) if limit.isdigit() else 5)
+        papers = recommend(settings, topics, _limit_arg(MAX_LIMIT))
         return jsonify(topics=topics, papers=papers)
 
     # --- confirm --------------------------------------------------------------------------
 
     @app.get("/confirm/<token>")
     def confirm_page(token: str) -> Any:
-        subscriber = _load(settings, Purpose.CONFIRM, token)
-        if subscriber.status is SubscriberStatus.ACTIVE:
-            return _confirmed(subscriber, already=True)
-        return render_template("confirm.html", subscriber=subscriber)
+        claim = _claim(settings, Purpose.CONFIRM, token)
+        with db.session_scope(settings) as s:
+            signup = subscribers.request_of(s, claim)
+            subscriber = subscribers.subscriber_by_id(s, signup.subscriber_id or 0)
+            if subscriber.status is SubscriberStatus.ACTIVE:
+                return _confirmed(subscriber, already=True)
+            return render_template("confirm.html", email=signup.email,
+                                   choices=subscribers.preferences_of(signup))
 
     @app.post("/confirm/<token>")
     def confirm(token: str) -> Any:
         _check_csrf()
-        subscriber_id = _read_token(settings, Purpose.CONFIRM, token)
+        claim = _claim(settings, Purpose.CONFIRM, token)
         with db.session_scope(settings) as s:
-            subscriber = subscribers.confirm(s, subscriber_id)
-            return _confirmed(subscriber, already=False)
+            done = subscribers.confirm_request(s, claim)
+            return _confirmed(done.subscriber, already=done.already)
 
     # --- preferences ----------------------------------------------------------------------
 
@@ -184,16 +189,16 @@ def create_app(settings: Settings | None = None) -> Flask:
     @app.post("/preferences/<token>")
     def preferences(token: str) -> Any:
         _check_csrf()
-        subscriber_id = _read_token(settings, Purpose.PREFERENCES, token)
+        claim = _claim(settings, Purpose.PREFERENCES, token)
         with db.session_scope(settings) as s:
-            subscriber = subscribers.subscriber_by_id(s, subscriber_id)
+            subscriber = subscribers.linked_subscriber(s, claim)
             try:
                 prefs = subscribers.read_preferences(request.form, subscriber.time_zone,
                                                      subscriber.send_hour,
                                                      subscriber.papers_per_digest)
             except InvalidForm as exc:
                 return _preferences_form(subscriber, request.form, exc.errors), 400
-            subscribers.update_preferences(s, subscriber_id, prefs,
+            subscribers.update_preferences(s, subscriber.id, prefs,
                                            paused=request.form.get("paused") == "on")
         return redirect(f"/preferences/{token}?saved=1", code=303)
 
@@ -205,7 +210,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         if subscriber.status not in (SubscriberStatus.ACTIVE, SubscriberStatus.PENDING):
             return _unsubscribed(subscriber, token)
         return render_template("unsubscribe.html", subscriber=subscriber,
-                               preferences_url=_preferences_path(settings, subscriber.id))
+                               preferences_url=_preferences_path(settings, subscriber))
 
     @app.post("/unsubscribe/<token>")
     def unsubscribe(token: str) -> Any:
@@ -215,7 +220,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         if not one_click:
             _check_csrf()
         try:
-            subscriber_id = _read_token(settings, Purpose.UNSUBSCRIBE, token)
+            claim = _claim(settings, Purpose.UNSUBSCRIBE, token)
         except LinkError as exc:
             if one_click:
                 return Response(f"{exc}\n", status=exc.status, mimetype="text/plain")
@@ -223,7 +228,8 @@ def create_app(settings: Settings | None = None) -> Flask:
         with db.session_scope(settings) as s:
             try:
                 subscriber = subscribers.unsubscribe(
-                    s, subscriber_id, source="web:one-click" if one_click else "web"
+                    s, subscribers.linked_subscriber(s, claim).id,
+                    source="web:one-click" if one_click else "web",
                 )
             except subscribers.UnknownSubscriber as exc:
                 if one_click:
@@ -236,17 +242,17 @@ def create_app(settings: Settings | None = None) -> Flask:
     @app.post("/unsubscribe/<token>/resubscribe")
     def resubscribe(token: str) -> Any:
         _check_csrf()
-        subscriber_id = _read_token(settings, Purpose.UNSUBSCRIBE, token)
+        claim = _claim(settings, Purpose.UNSUBSCRIBE, token)
         with db.session_scope(settings) as s:
-            subscriber = subscribers.resubscribe(s, subscriber_id)
+            subscriber = subscribers.resubscribe(s, subscribers.linked_subscriber(s, claim).id)
             return render_template(
                 "resubscribed.html", subscriber=subscriber,
-                preferences_url=_preferences_path(settings, subscriber.id),
+                preferences_url=_preferences_path(settings, subscriber),
             )
 
     # --- feedback: paper links, "more / less like this" -----------------------------------
 
-    @app.get("/feedback/<token>/<int:paper_id>/<any(open, pdf):target>")
+    @app.get(f"/feedback/<token>/<{PAPER_ID}>/<any(open, pdf):target>")
     def follow_paper(token: str, paper_id: int, target: str) -> Any:
         # The one GET that records something: a click is only a click if following the link
         # counts it. Link scanners that open every link are told apart in feedback.py.
@@ -254,26 +260,32 @@ def create_app(settings: Settings | None = None) -> Flask:
                                            record_click=request.method == "GET")
         if destination is None:
             raise LinkError("This paper is no longer here.", 404)
-        return redirect(destination, code=302)
+        if not destination.redirect:
+            # Not our reader's link, and a host the paper's source does not use: show it,
+            # never send a visitor there from our address.
+            return render_template("leaving.html", url=destination.url)
+        return redirect(destination.url, code=302)
 
-    @app.get("/feedback/<token>/<int:paper_id>/<any(more, less):vote>")
+    @app.get(f"/feedback/<token>/<{PAPER_ID}>/<any(more, less):vote>")
     def vote_page(token: str, paper_id: int, vote: str) -> Any:
-        subscriber_id = _read_token(settings, Purpose.FEEDBACK, token)
+        claim = _claim(settings, Purpose.FEEDBACK, token)
         with db.session_scope(settings) as s:
-            target = feedback.vote_target(s, subscriber_id, paper_id)
+            subscriber = subscribers.linked_subscriber(s, claim)
+            target = feedback.vote_target(s, subscriber.id, paper_id)
         return render_template("feedback.html", target=target, vote=vote, recorded=False,
                                token=token)
 
-    @app.post("/feedback/<token>/<int:paper_id>/<any(more, less):vote>")
+    @app.post(f"/feedback/<token>/<{PAPER_ID}>/<any(more, less):vote>")
     def record_vote(token: str, paper_id: int, vote: str) -> Any:
         _check_csrf()
-        subscriber_id = _read_token(settings, Purpose.FEEDBACK, token)
+        claim = _claim(settings, Purpose.FEEDBACK, token)
         with db.session_scope(settings) as s:
-            feedback.record(s, subscriber_id, paper_id, FeedbackKind(vote), _now())
-            target = feedback.vote_target(s, subscriber_id, paper_id)
+            subscriber = subscribers.linked_subscriber(s, claim)
+            feedback.record(s, subscriber.id, paper_id, FeedbackKind(vote), _now())
+            target = feedback.vote_target(s, subscriber.id, paper_id)
+            preferences_url = _preferences_path(settings, subscriber)
         return render_template("feedback.html", target=target, vote=vote, recorded=True,
-                               token=token, preferences_url=_preferences_path(settings,
-                                                                              subscriber_id))
+                               token=token, preferences_url=preferences_url)
 
     # --- provider webhooks ----------------------------------------------------------------
 
@@ -317,7 +329,8 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     @app.errorhandler(SubscriberError)
     def subscriber_error(exc: SubscriberError) -> Any:
-        status = 404 if isinstance(exc, subscribers.UnknownSubscriber) else 409
+        unknown = (subscribers.UnknownSubscriber, subscribers.UnknownSignup)
+        status = 404 if isinstance(exc, unknown) else 409
         return _message("That did not work", str(exc), status=status,
                         action=("Go to the subscribe page", "/"))
 
@@ -369,9 +382,21 @@ def _check_csrf() -> None:
         ))
 
 
-def _read_token(settings: Settings, purpose: Purpose, token: str) -> int:
+def _limit_arg(most: int, default: int = 5) -> int:
+    """`?limit=`: a whole number (ASCII digits; "²" is a digit to Python, not to int),
+    capped at `most`; 400 otherwise."""
+    raw = request.args.get("limit", "").strip()
+    if not raw:
+        return default
+    if not (raw.isascii() and raw.isdigit()) or int(raw[:6]) < 1:
+        abort(400, description=f"limit must be a whole number from 1 to {most}.")
+    return min(int(raw[:6]), most)
+
+
+def _claim(settings: Settings, purpose: Purpose, token: str) -> tokens.Claim:
+    """Whose a link is, if it is genuine and unexpired; a friendly LinkError otherwise."""
     try:
-        return tokens.read_token(settings, purpose, token)
+        return tokens.read_claim(settings, purpose, token)
     except tokens.ExpiredToken as exc:
         raise LinkError(_expired_message(purpose), 410) from exc
     except tokens.InvalidToken as exc:
@@ -388,15 +413,16 @@ def _expired_message(purpose: Purpose) -> str:
 
 
 def _load(settings: Settings, purpose: Purpose, token: str) -> Subscriber:
-    subscriber_id = _read_token(settings, purpose, token)
+    """The subscriber a link was made for (UnknownSubscriber if they are gone)."""
+    claim = _claim(settings, purpose, token)
     with db.session_scope(settings) as s:
-        subscriber = subscribers.subscriber_by_id(s, subscriber_id)
+        subscriber = subscribers.linked_subscriber(s, claim)
         _ = subscriber.profile  # loaded before the session closes
         return subscriber
 
 
-def _preferences_path(settings: Settings, subscriber_id: int) -> str:
-    return f"/preferences/{tokens.make_token(settings, Purpose.PREFERENCES, subscriber_id)}"
+def _preferences_path(settings: Settings, subscriber: Subscriber) -> str:
+    return f"/preferences/{tokens.make_token(settings, Purpose.PREFERENCES, subscriber)}"
 
 
 def _values_of(subscriber: Subscriber) -> dict[str, str]:
@@ -434,7 +460,7 @@ def _preferences_form(
     subscriber: Subscriber, values: Any, errors: dict[str, str], saved: bool = False
 ) -> str:
     settings = _settings()
-    unsubscribe_token = tokens.make_token(settings, Purpose.UNSUBSCRIBE, subscriber.id)
+    unsubscribe_token = tokens.make_token(settings, Purpose.UNSUBSCRIBE, subscriber)
     return render_template("preferences.html", subscriber=subscriber, values=dict(values),
                            errors=errors, saved=saved,
                            unsubscribe_url=f"/unsubscribe/{unsubscribe_token}",
@@ -444,12 +470,12 @@ def _preferences_form(
 def _confirmed(subscriber: Subscriber, already: bool) -> str:
     return render_template(
         "confirmed.html", subscriber=subscriber, already=already,
-        preferences_url=_preferences_path(_settings(), subscriber.id),
+        preferences_url=_preferences_path(_settings(), subscriber),
     )
 
 
 def _unsubscribed(subscriber: Subscriber, token: str) -> str:
-    can_return = subscriber.status is SubscriberStatus.UNSUBSCRIBED
+    can_return = subscribers.can_resubscribe(subscriber)
     return render_template("unsubscribed.html", subscriber=subscriber, token=token,
                            can_return=can_return)
 

@@ -237,9 +237,9 @@ def test_bad_feedback_links_record_nothing(
     never_sent = paper(session, "Sourdough Baking at Scale", "Bread.", 0)
     session.commit()
     run_day(replace(fb_settings, mail_backend="file"), DAY)
-    token = make_token(fb_settings, Purpose.FEEDBACK, sub.id)
+    token = make_token(fb_settings, Purpose.FEEDBACK, sub)
     forged = token[:-3] + ("AAA" if not token.endswith("AAA") else "BBB")
-    other_purpose = make_token(fb_settings, Purpose.UNSUBSCRIBE, sub.id)
+    other_purpose = make_token(fb_settings, Purpose.UNSUBSCRIBE, sub)
 
     # A forged link still leads to the paper (it is our own URL), but records nothing.
     response = client.get(f"/feedback/{forged}/{ids['plain']}/open")
@@ -278,7 +278,7 @@ def test_a_hostile_title_is_escaped_on_the_vote_page(
     sub = make_subscriber(session, topics="LoRA", papers_per_digest=3)
     session.commit()
     run_day(replace(fb_settings, mail_backend="file"), DAY)
-    token = make_token(fb_settings, Purpose.FEEDBACK, sub.id)
+    token = make_token(fb_settings, Purpose.FEEDBACK, sub)
     page = client.get(f"/feedback/{token}/{hostile}/less").get_data(as_text=True)
     assert "<script>alert" not in page and "&lt;script&gt;" in page
 

@@ -10,20 +10,20 @@ from pathlib import Path
 import pytest
 from sqlalchemy.orm import Session
 
-from digest.models import EventKind, SubscriberStatus
+from digest.models import SignupRequest, SubscriberStatus
 from digest.subscribers import (
     InvalidForm,
     Preferences,
     SignupOutcome,
     SubscriberError,
     add_subscriber,
-    confirm,
+    confirm_request,
     export_csv,
     find_subscriber,
     import_csv,
     normalize_email,
     read_preferences,
-    record_event,
+    record_signup_email,
     request_subscription,
     resubscribe,
     set_topics,
@@ -31,6 +31,7 @@ from digest.subscribers import (
     unsubscribe,
     update_preferences,
 )
+from digest.tokens import Claim
 
 
 def test_add_normalises_and_refuses_a_duplicate_in_any_case(session: Session) -> None:
@@ -127,30 +128,69 @@ def test_read_preferences_names_every_bad_field() -> None:
         "LoRA", "Asia/Tokyo", 6, 3)
 
 
+def claim_of(session: Session, request_id: int | None) -> Claim:
+    """What a genuine confirmation link for that request says."""
+    request = session.get(SignupRequest, request_id)
+    assert request is not None
+    return Claim(request.id, request.link_key, datetime.now(timezone.utc))
+
+
 def test_double_opt_in_from_request_to_confirmation(session: Session) -> None:
     first = request_subscription(session, "Ada@Example.org", PREFS, now=NOON)
     assert first.outcome is SignupOutcome.CONFIRMATION and first.notice == "confirm"
     sub = find_subscriber(session, "ada@example.org")
     assert sub is not None and sub.status is SubscriberStatus.PENDING
     assert (sub.time_zone, sub.send_hour, sub.papers_per_digest) == ("Europe/Paris", 8, 5)
-    record_event(session, sub.id, EventKind.CONFIRMATION_SENT, "web", now=NOON)
-    soon = request_subscription(session, "ada@example.org", PREFS, now=NOON + timedelta(minutes=5))
+    record_signup_email(session, first, None, now=NOON)
+    other = Preferences("diffusion", "Asia/Tokyo", 6, 3)
+    soon = request_subscription(session, "ada@example.org", other,
+                                now=NOON + timedelta(minutes=5))
     assert soon.outcome is SignupOutcome.CONFIRMATION_RECENT and soon.notice is None
-    later = request_subscription(session, "ada@example.org", PREFS, now=NOON + timedelta(hours=1))
+    later = request_subscription(session, "ada@example.org", other, now=NOON + timedelta(hours=1))
     assert later.outcome is SignupOutcome.CONFIRMATION
-    confirm(session, sub.id, now=NOON + timedelta(hours=2))
+    assert (sub.profile.topics, sub.time_zone) == ("LoRA, RLHF", "Europe/Paris")  # unchanged
+    # The owner confirms the later request: its choices become the profile, only now.
+    done = confirm_request(session, claim_of(session, later.request_id),
+                           now=NOON + timedelta(hours=2))
+    assert done.subscriber is sub and not done.already
     assert sub.status is SubscriberStatus.ACTIVE and sub.confirmed_at is not None
+    assert (sub.profile.topics, sub.time_zone, sub.send_hour, sub.papers_per_digest) == (
+        "diffusion", "Asia/Tokyo", 6, 3)
+    # The first request's link now changes nothing.
+    assert confirm_request(session, claim_of(session, first.request_id)).already
+    assert sub.profile.topics == "diffusion"
     active = request_subscription(session, "ada@example.org", PREFS)
     assert active.outcome is SignupOutcome.ALREADY_ACTIVE and active.notice == "already_subscribed"
+    assert sub.profile.topics == "diffusion"
+
+
+def test_a_failed_email_does_not_hold_back_the_next_request(session: Session) -> None:
+    first = request_subscription(session, "ada@example.org", PREFS, now=NOON)
+    record_signup_email(session, first, "451 try later", now=NOON)
+    again = request_subscription(session, "ada@example.org", PREFS, now=NOON + timedelta(minutes=1))
+    assert again.outcome is SignupOutcome.CONFIRMATION
+
+
+def test_a_confirmation_link_needs_its_own_request_key(session: Session) -> None:
+    from digest.subscribers import UnknownSignup
+
+    signup = request_subscription(session, "ada@example.org", PREFS, now=NOON)
+    claim = claim_of(session, signup.request_id)
+    for forged in (claim._replace(key="x" * 22), claim._replace(key=None),
+                   claim._replace(id=claim.id + 1)):
+        with pytest.raises(UnknownSignup):
+            confirm_request(session, forged)
+    assert find_subscriber(session, "ada@example.org").status is SubscriberStatus.PENDING  # type: ignore[union-attr]
 
 
 def test_unsubscribe_resubscribe_and_history(session: Session) -> None:
     sub = add_subscriber(session, "ada@example.org", "LoRA", now=NOON)
+    before = request_subscription(session, "ada@example.org", PREFS, now=NOON)
     unsubscribe(session, sub.id, "web:one-click", now=NOON + timedelta(hours=1))
     unsubscribe(session, sub.id, "web", now=NOON + timedelta(hours=2))  # harmless again
     assert sub.status is SubscriberStatus.UNSUBSCRIBED and sub.unsubscribed_at is not None
     with pytest.raises(SubscriberError, match="before you unsubscribed"):
-        confirm(session, sub.id)
+        confirm_request(session, claim_of(session, before.request_id))
     resubscribe(session, sub.id, now=NOON + timedelta(hours=3))
     assert sub.status is SubscriberStatus.ACTIVE and sub.unsubscribed_at is None
     changes = update_preferences(session, sub.id, Preferences("RLHF", "UTC", 9, 3), paused=True,
@@ -163,18 +203,41 @@ def test_unsubscribe_resubscribe_and_history(session: Session) -> None:
         ("preferences_changed", "web"), ("paused", "web")]
 
 
-def test_tokens_are_exactly_what_itsdangerous_makes(tmp_path: Path) -> None:
-    from itsdangerous import URLSafeTimedSerializer
+def test_a_never_confirmed_address_cannot_come_back_with_a_strangers_choices(
+    session: Session,
+) -> None:
+    """A pending row holds what the first visitor typed: the unsubscribe page's "resubscribe"
+    would make it a profile without its owner ever choosing it."""
+    request_subscription(session, "ada@example.org", Preferences("pills", "UTC", 3, 50))
+    sub = find_subscriber(session, "ada@example.org")
+    assert sub is not None
+    unsubscribe(session, sub.id)
+    with pytest.raises(SubscriberError, match="never confirmed"):
+        resubscribe(session, sub.id)
+    assert sub.status is SubscriberStatus.UNSUBSCRIBED
 
-    from digest.tokens import Purpose, make_tokens, read_token
 
-    from .conftest import make_settings
+@pytest.mark.parametrize("topics", [
+    "Buy cheap pills at https://spam.example", "spam.example", "visit www.spam", "SPAM.EXAMPLE",
+    "write to me@spam.example", "ftp://x", "10.0.0.1", "node.js", "example。com",
+    "xn--80ak6aa92e.com", "LoRA\nsee spam.example/offer",
+])
+def test_topics_that_a_mail_client_could_turn_into_a_link_are_refused(topics: str) -> None:
+    with pytest.raises(InvalidForm) as caught:
+        read_preferences({"topics": topics})
+    assert "cannot contain web or email addresses" in caught.value.errors["topics"]
 
-    settings = make_settings(tmp_path)
-    for subscriber_id in (0, 1, 42, 99_999, 123_456_789, 999_999_999, 10**9, 10**18):
-        tokens = make_tokens(settings, subscriber_id, list(Purpose))
-        for purpose, token in tokens.items():
-            reference = URLSafeTimedSerializer(settings.signing_key(),
-                                               salt=f"paper-digest:{purpose.value}")
-            assert token == reference.dumps(subscriber_id)  # same second: same token
-            assert read_token(settings, purpose, token) == subscriber_id
+
+@pytest.mark.parametrize("topics", [
+    "LoRA, low-rank adaptation", "GPT-4.5, Llama 3.1", "e.g. RLHF, i.e. reward models",
+    "U.S. policy", "C++ compilers; Rust", "vision-language models: CLIP et al.", "A/B testing",
+])
+def test_ordinary_topics_pass(topics: str) -> None:
+    assert read_preferences({"topics": topics}).topics == topics
+
+
+@pytest.mark.parametrize("value", ["²", "٣", "+5", "-1", "1e3", "9" * 5000, "5.0"])
+def test_numbers_in_forms_are_plain_digits_in_range(value: str) -> None:
+    with pytest.raises(InvalidForm) as caught:
+        read_preferences({"topics": "LoRA", "send_hour": value, "papers_per_digest": value})
+    assert set(caught.value.errors) == {"send_hour", "papers_per_digest"}
