@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from dataclasses import replace
-from datetime import date, datetime, timezone
+from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -67,13 +68,88 @@ def _safe_url(settings: Settings) -> str:
     return make_url(settings.database_url).render_as_string(hide_password=True)
 
 
-def _parse_day(value: str | None) -> date:
-    if not value:
-        return datetime.now(timezone.utc).date()
+FIRST_DAY = date(1970, 1, 1)
+DAYS_AHEAD = 366  # a digest date further ahead than a year is a typo
+
+
+class DayType(click.ParamType):
+    """A --date: an ISO date from FIRST_DAY to a year from now, so that the day's arithmetic
+    (its papers' window, the local send hours) stays in range."""
+
+    name = "date"
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> date:
+        if isinstance(value, date):
+            return value
+        try:
+            day = date.fromisoformat(str(value).strip())
+        except ValueError:
+            self.fail(f"{value!r} is not a date like 2026-11-23.", param, ctx)
+        last = _today() + timedelta(days=DAYS_AHEAD)
+        if not FIRST_DAY <= day <= last:
+            self.fail(f"{value} is out of range: give a date from {FIRST_DAY} to {last}.",
+                      param, ctx)
+        return day
+
+
+DAY = DayType()
+
+
+def _today() -> date:
+    return datetime.now(timezone.utc).date()
+
+
+MAX_LISTED = 100_000
+EVAL_METHODS = ("tfidf", "bm25", "ours-lexical", "embeddings", "hybrid", "feedback")
+# A DNS name as SPF's include: takes it: letters, digits, hyphens and underscores
+# ("_spf.google.com"), dot-separated, at most 253 characters.
+DNS_NAME = re.compile(r"(?=.{1,253}\.?$)(?:[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?\.)+"
+                      r"[A-Za-z][A-Za-z0-9-]{0,61}[A-Za-z0-9]\.?")
+
+
+def _suppression_address(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
+    """An address for the suppression list, checked before anything is opened."""
+    from .suppressions import SuppressionError, suppression_key
+
     try:
-        return date.fromisoformat(value)
-    except ValueError as exc:
-        raise click.BadParameter(f"{value!r} is not a date like 2026-11-23.") from exc
+        return suppression_key(value)
+    except SuppressionError as exc:
+        raise click.BadParameter(str(exc)) from exc
+
+
+def _report_address(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
+    """Where DMARC reports go: an email address, or nothing."""
+    from .subscribers import SubscriberError, normalize_email
+
+    if not value.strip():
+        return ""
+    try:
+        return normalize_email(value)
+    except SubscriberError as exc:
+        raise click.BadParameter(str(exc)) from exc
+
+
+def _dns_names(
+    _ctx: click.Context, _param: click.Parameter, values: tuple[str, ...]
+) -> tuple[str, ...]:
+    for value in values:
+        if not DNS_NAME.fullmatch(value.strip()):
+            raise click.BadParameter(f"{value[:80]!r} is not a domain name like sendgrid.net.")
+    return tuple(value.strip() for value in values)
+
+
+def _topics(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
+    """Topics checked as every door checks them: at least one word, bounded in length."""
+    from .subscribers import SubscriberError, clean_topics
+
+    try:
+        topics = clean_topics(value)
+    except SubscriberError as exc:
+        raise click.BadParameter(str(exc)) from exc
+    if not topics:
+        raise click.BadParameter("Give at least one topic, e.g. 'LoRA, activation sparsity'.")
+    return topics
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -109,8 +185,14 @@ def db_upgrade(ctx: click.Context, revision: str) -> None:
 
     Example: DATABASE_URL=postgresql+psycopg://digest@db/digest digest db upgrade
     """
+    from alembic.util import CommandError
+
     settings = _settings(ctx)
-    db.upgrade(settings, revision)
+    try:
+        db.upgrade(settings, revision)
+    except CommandError as exc:
+        raise click.BadParameter(f"{exc}; see `digest db current`.",
+                                 param_hint="'--revision'") from exc
     click.echo(f"Database at {_safe_url(settings)} is at revision {db.current_revision(settings)}.")
 
 
@@ -170,10 +252,11 @@ def ingest(ctx: click.Context, sources: tuple[str, ...], fmt: str | None, sample
 
 
 @main.command()
-@click.option("--date", "day_text", metavar="YYYY-MM-DD", help="Digest date (default: today, UTC).")
+@click.option("--date", "day", type=DAY, metavar="YYYY-MM-DD",
+              help="Digest date (default: today, UTC).")
 @click.option("--dry-run", is_flag=True, help="Score and render, but claim and send nothing.")
 @click.pass_context
-def run(ctx: click.Context, day_text: str | None, dry_run: bool) -> None:
+def run(ctx: click.Context, day: date | None, dry_run: bool) -> None:
     """Send each active subscriber their digest for the day (once; a rerun sends nothing).
 
     It ingests nothing by itself: run `digest ingest` first.
@@ -182,7 +265,7 @@ def run(ctx: click.Context, day_text: str | None, dry_run: bool) -> None:
     """
     settings = _settings(ctx)
     _ensure_schema(settings)
-    report = _run_with_progress(settings, _parse_day(day_text), dry_run)
+    report = _run_with_progress(settings, day or _today(), dry_run)
     click.echo(report.summary())
     if report.outbox_index:
         click.echo(f"Outbox: {report.outbox_index.resolve()}")
@@ -211,9 +294,10 @@ def _run_with_progress(settings: Settings, day: date, dry_run: bool) -> Any:
 
 
 @main.command()
-@click.option("--date", "day_text", metavar="YYYY-MM-DD", help="Digest date (default: today, UTC).")
+@click.option("--date", "day", type=DAY, metavar="YYYY-MM-DD",
+              help="Digest date (default: today, UTC).")
 @click.pass_context
-def status(ctx: click.Context, day_text: str | None) -> None:
+def status(ctx: click.Context, day: date | None) -> None:
     """How a day's digests stand: due, sent, pending, retrying, failed, bounced, in doubt.
 
     Example: digest status --date 2026-11-23
@@ -222,7 +306,7 @@ def status(ctx: click.Context, day_text: str | None) -> None:
 
     settings = _settings(ctx)
     _ensure_schema(settings)
-    result = day_status(settings, _parse_day(day_text))
+    result = day_status(settings, day or _today())
     click.echo(f"Digests for {result.day.isoformat()}")
     for line in result.lines():
         click.echo(f"  {line}")
@@ -246,9 +330,9 @@ def in_doubt_group() -> None:
 
 
 @in_doubt_group.command("list")
-@click.option("--date", "day_text", metavar="YYYY-MM-DD", help="Only this digest date.")
+@click.option("--date", "day", type=DAY, metavar="YYYY-MM-DD", help="Only this digest date.")
 @click.pass_context
-def in_doubt_list(ctx: click.Context, day_text: str | None) -> None:
+def in_doubt_list(ctx: click.Context, day: date | None) -> None:
     """List deliveries in doubt (all days unless --date).
 
     Example: digest in-doubt list --date 2026-11-23
@@ -258,7 +342,7 @@ def in_doubt_list(ctx: click.Context, day_text: str | None) -> None:
     settings = _settings(ctx)
     _ensure_schema(settings)
     with db.session_scope(settings) as session:
-        rows = in_doubt(session, _parse_day(day_text) if day_text else None)
+        rows = in_doubt(session, day)
     for row in rows:
         click.echo(f"{row.digest_date.isoformat()}  {row.email}  ({row.error[:80]})")
     click.echo(f"{len(rows)} in doubt.")
@@ -281,7 +365,7 @@ def in_doubt_recover(ctx: click.Context) -> None:
     click.echo(recovery.summary())
 
 
-def _settle(ctx: click.Context, day_text: str | None, emails: tuple[str, ...],
+def _settle(ctx: click.Context, day: date | None, emails: tuple[str, ...],
             every: bool, resend: bool) -> None:
     from .journal import in_doubt, settle_in_doubt
 
@@ -291,12 +375,12 @@ def _settle(ctx: click.Context, day_text: str | None, emails: tuple[str, ...],
     _ensure_schema(settings)
     wanted = {e.strip().lower() for e in emails}
     with db.session_scope(settings) as session:
-        rows = in_doubt(session, _parse_day(day_text) if day_text else None)
+        rows = in_doubt(session, day)
         chosen = [r for r in rows if every or r.email.lower() in wanted]
         missing = wanted - {r.email.lower() for r in chosen}
         if missing:
             raise click.ClickException(
-                f"Not in doubt{' on that date' if day_text else ''}: {', '.join(sorted(missing))}"
+                f"Not in doubt{' on that date' if day else ''}: {', '.join(sorted(missing))}"
             )
         changed = settle_in_doubt(session, [r.delivery_id for r in chosen], resend,
                                   datetime.now(timezone.utc))
@@ -309,30 +393,30 @@ def _settle(ctx: click.Context, day_text: str | None, emails: tuple[str, ...],
 
 @in_doubt_group.command("resend")
 @click.argument("emails", nargs=-1)
-@click.option("--date", "day_text", metavar="YYYY-MM-DD", help="Only this digest date.")
+@click.option("--date", "day", type=DAY, metavar="YYYY-MM-DD", help="Only this digest date.")
 @click.option("--all", "every", is_flag=True, help="Every delivery in doubt (of --date).")
 @click.pass_context
-def in_doubt_resend(ctx: click.Context, emails: tuple[str, ...], day_text: str | None,
+def in_doubt_resend(ctx: click.Context, emails: tuple[str, ...], day: date | None,
                     every: bool) -> None:
     """Send these digests again at the next run; a reader may get one twice.
 
     Example: digest in-doubt resend ada@example.org --date 2026-11-23
     """
-    _settle(ctx, day_text, emails, every, resend=True)
+    _settle(ctx, day, emails, every, resend=True)
 
 
 @in_doubt_group.command("mark-sent")
 @click.argument("emails", nargs=-1)
-@click.option("--date", "day_text", metavar="YYYY-MM-DD", help="Only this digest date.")
+@click.option("--date", "day", type=DAY, metavar="YYYY-MM-DD", help="Only this digest date.")
 @click.option("--all", "every", is_flag=True, help="Every delivery in doubt (of --date).")
 @click.pass_context
-def in_doubt_mark_sent(ctx: click.Context, emails: tuple[str, ...], day_text: str | None,
+def in_doubt_mark_sent(ctx: click.Context, emails: tuple[str, ...], day: date | None,
                        every: bool) -> None:
     """Count these digests as sent and leave them; a reader may have got nothing.
 
     Example: digest in-doubt mark-sent --all --date 2026-11-23
     """
-    _settle(ctx, day_text, emails, every, resend=False)
+    _settle(ctx, day, emails, every, resend=False)
 
 
 @main.command()
@@ -363,13 +447,14 @@ def health(ctx: click.Context, as_json: bool) -> None:
 
 @main.command()
 @click.argument("email")
-@click.option("--date", "day_text", metavar="YYYY-MM-DD", help="Digest date (default: today).")
+@click.option("--date", "day", type=DAY, metavar="YYYY-MM-DD",
+              help="Digest date (default: today).")
 @click.option(
     "--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
     help="Directory for the files (default: DATA_DIR/previews).",
 )
 @click.pass_context
-def preview(ctx: click.Context, email: str, day_text: str | None, out_dir: Path | None) -> None:
+def preview(ctx: click.Context, email: str, day: date | None, out_dir: Path | None) -> None:
     """Write the digest EMAIL would get as HTML and text files; sends and records nothing.
 
     Example: digest preview ada@example.org --date 2026-11-23
@@ -379,7 +464,7 @@ def preview(ctx: click.Context, email: str, day_text: str | None, out_dir: Path 
 
     settings = _settings(ctx)
     _ensure_schema(settings)
-    day = _parse_day(day_text)
+    day = day or _today()
     try:
         rendered = preview_digest(settings, email, day)
     except SubscriberError as exc:
@@ -388,11 +473,16 @@ def preview(ctx: click.Context, email: str, day_text: str | None, out_dir: Path 
         click.echo(f"No new paper matches {email}'s topics for {day}; nothing would be sent.")
         return
     out_dir = out_dir or Path(settings.data_dir) / "previews"
-    out_dir.mkdir(parents=True, exist_ok=True)
     stem = f"{day.isoformat()}-{''.join(c if c.isalnum() else '_' for c in email)}"
     html_path, text_path = out_dir / f"{stem}.html", out_dir / f"{stem}.txt"
-    html_path.write_text(rendered.html, encoding="utf-8")
-    text_path.write_text(rendered.text, encoding="utf-8")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        html_path.write_text(rendered.html, encoding="utf-8")
+        text_path.write_text(rendered.text, encoding="utf-8")
+    except OSError as exc:
+        raise click.ClickException(
+            f"Cannot write the preview to {out_dir}: {exc.strerror or exc}. Choose another --out."
+        ) from exc
     click.echo(f"Subject: {rendered.subject}")
     click.echo(f"HTML: {html_path.resolve()}")
     click.echo(f"Text: {text_path.resolve()}")
@@ -447,7 +537,7 @@ def _print_sent(settings: Settings, day: date) -> None:
 
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=8000, show_default=True, type=int)
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
 @click.option("--debug", is_flag=True, help="Reload on code changes (development only).")
 @click.pass_context
 def serve(ctx: click.Context, host: str, port: int, debug: bool) -> None:
@@ -459,7 +549,12 @@ def serve(ctx: click.Context, host: str, port: int, debug: bool) -> None:
 
     settings = _settings(ctx)
     _ensure_schema(settings)
-    create_app(settings).run(host=host, port=port, debug=debug)
+    try:
+        create_app(settings).run(host=host, port=port, debug=debug)
+    except OSError as exc:  # a host that does not resolve, a port taken or not ours
+        raise click.ClickException(
+            f"Cannot serve on {host}:{port}: {exc.strerror or exc}."
+        ) from exc
 
 
 # --- subscribers ------------------------------------------------------------------------
@@ -515,7 +610,8 @@ def subscribers_add(
             session, email, topics, exclude=exclude,
             time_zone=time_zone or settings.default_time_zone,
             send_hour=settings.default_send_hour if send_hour is None else send_hour,
-            papers_per_digest=papers_per_digest or settings.default_papers_per_digest,
+            papers_per_digest=(settings.default_papers_per_digest if papers_per_digest is None
+                               else papers_per_digest),
             trending_fallback=trending_fallback,
             status=SubscriberStatus.PENDING if pending else SubscriberStatus.ACTIVE,
         )
@@ -711,7 +807,8 @@ def papers_group() -> None:
 
 
 @papers_group.command("list")
-@click.option("--limit", default=20, show_default=True, help="How many, newest first.")
+@click.option("--limit", default=20, show_default=True, type=click.IntRange(1, MAX_LISTED),
+              help="How many, newest first.")
 @click.option("--search", default=None, help="Only titles containing this text.")
 @click.pass_context
 def papers_list(ctx: click.Context, limit: int, search: str | None) -> None:
@@ -745,7 +842,7 @@ def papers_show(ctx: click.Context, paper: str) -> None:
     _ensure_schema(settings)
     with db.session_scope(settings) as session:
         conditions = [Paper.source_id == paper]
-        if paper.isdigit():
+        if paper.isascii() and paper.isdigit() and len(paper) <= 18:  # a database id fits 64 bits
             conditions.append(Paper.id == int(paper))
         found = session.scalars(select(Paper).where(or_(*conditions))).first()
         if found is None:
@@ -768,16 +865,19 @@ def papers_show(ctx: click.Context, paper: str) -> None:
 
 
 @main.command()
-@click.option("--subscribers", "-n", default=10_000, show_default=True, help="Subscribers.")
-@click.option("--papers", "-m", default=2_000, show_default=True, help="New papers that day.")
-@click.option("--workers", "-k", default=0, show_default=True,
+@click.option("--subscribers", "-n", default=10_000, show_default=True,
+              type=click.IntRange(1, 10_000_000), help="Subscribers.")
+@click.option("--papers", "-m", default=2_000, show_default=True,
+              type=click.IntRange(1, 1_000_000), help="New papers that day.")
+@click.option("--workers", "-k", default=0, show_default=True, type=click.IntRange(0, 64),
               help="Also run the day on K Celery workers (needs Redis and PostgreSQL).")
-@click.option("--concurrency", "-c", default=1, show_default=True,
+@click.option("--concurrency", "-c", default=1, show_default=True, type=click.IntRange(1, 64),
               help="Processes per Celery worker (its prefork pool).")
 @click.option("--backend", type=click.Choice(["smtp", "file"]), default="smtp",
               show_default=True, help="In-process mail backend: an SMTP sink or the file outbox.")
-@click.option("--batch-size", default=None, type=int, help="Subscribers per batch.")
-@click.option("--jobs", "-j", default=None, type=int,
+@click.option("--batch-size", default=None, type=click.IntRange(1, 100_000),
+              help="Subscribers per batch.")
+@click.option("--jobs", "-j", default=None, type=click.IntRange(0, 256),
               help="Processes for the in-process day (RUN_JOBS; 0: one per core).")
 @click.option("--in-process/--no-in-process", default=True, show_default=True,
               help="Run the day in this process too (off: only on the --workers).")
@@ -837,7 +937,7 @@ def suppressions_list(ctx: click.Context) -> None:
 
 
 @suppressions_group.command("add")
-@click.argument("address")
+@click.argument("address", callback=_suppression_address)
 @click.option("--reason", type=click.Choice(["manual", "bounced", "complained"]),
               default="manual", show_default=True)
 @click.option("--note", default="", help="Why, for the history.")
@@ -890,10 +990,12 @@ def suppressions_remove(ctx: click.Context, address: str) -> None:
 
 @main.command("dns-check")
 @click.option("--include", "includes", multiple=True, metavar="DOMAIN",
+              callback=_dns_names,
               help="Your mail provider's SPF domain, e.g. sendgrid.net (repeatable).")
 @click.option("--dmarc-policy", type=click.Choice(["none", "quarantine", "reject"]),
               default="none", show_default=True)
 @click.option("--dmarc-reports", default="", metavar="ADDRESS",
+              callback=_report_address,
               help="Where receivers send DMARC aggregate reports.")
 @click.pass_context
 def dns_check(
@@ -923,13 +1025,15 @@ def dns_check(
 
 
 @main.command()
-@click.option("--topics", required=True, help="Comma-separated topics, e.g. 'LoRA, RLHF'.")
+@click.option("--topics", required=True, help="Comma-separated topics, e.g. 'LoRA, RLHF'.",
+              callback=_topics)
 @click.option("--limit", "-n", default=10, show_default=True, type=click.IntRange(1, 100),
               help="How many papers.")
-@click.option("--date", "day_text", metavar="YYYY-MM-DD", help="Rank that day's candidates.")
+@click.option("--date", "day", type=DAY, metavar="YYYY-MM-DD",
+              help="Rank that day's candidates.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list of {title, score, why}.")
 @click.pass_context
-def recommend(ctx: click.Context, topics: str, limit: int, day_text: str | None,
+def recommend(ctx: click.Context, topics: str, limit: int, day: date | None,
               as_json: bool) -> None:
     """Rank the papers in the database for ad-hoc topics, as a digest would.
 
@@ -943,7 +1047,7 @@ def recommend(ctx: click.Context, topics: str, limit: int, day_text: str | None,
 
     settings = _settings(ctx)
     _ensure_schema(settings)
-    papers = recommend_papers(settings, topics, limit, _parse_day(day_text), max_limit=100)
+    papers = recommend_papers(settings, topics, limit, day or _today(), max_limit=100)
     if as_json:
         click.echo(json.dumps(papers, indent=2, ensure_ascii=False))
         return
@@ -961,8 +1065,8 @@ def recommend(ctx: click.Context, topics: str, limit: int, day_text: str | None,
               default=None, help="Seed pages (*.txt); default: the repo's inputs/seeds.")
 @click.option("--split", type=click.Choice(["dev", "test", "all"]), default="dev",
               show_default=True, help="Profiles to score; keep test for the very end.")
-@click.option("--method", "methods", multiple=True,
-              help="Only these methods (tfidf, bm25, ours-lexical, embeddings, hybrid, feedback).")
+@click.option("--method", "methods", multiple=True, type=click.Choice(EVAL_METHODS),
+              help="Only these methods (repeatable).")
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
 @click.pass_context
 def eval_command(ctx: click.Context, eval_dir: Path | None, seeds_dir: Path | None, split: str,
@@ -981,8 +1085,14 @@ def eval_command(ctx: click.Context, eval_dir: Path | None, seeds_dir: Path | No
             split,
             methods,
         )
-    except FileNotFoundError as exc:
+    except OSError as exc:  # a missing directory or file says which, and what to pass
         raise click.ClickException(str(exc)) from exc
+    except (ValueError, KeyError) as exc:  # JSON that does not parse, a field missing
+        raise click.ClickException(
+            f"The labelled set in {eval_dir or evaluate.DEFAULT_EVAL_DIR} is malformed "
+            f"({type(exc).__name__}: {exc}): profiles.json is a list of {{id, topics, split}}, "
+            "judgments.jsonl one {profile, paper, grade} per line."
+        ) from exc
     click.echo(report.as_json() if as_json else report.table())
 
 

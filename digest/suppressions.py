@@ -52,9 +52,24 @@ class SuppressionChange:
     subscriber_id: int | None
 
 
+class SuppressionError(ValueError):
+    """An address the list cannot take; the message is fit to show the user."""
+
+
 def address_key(address: str) -> str:
     """How the list stores an address: trimmed and lower-cased, as lookups compare it."""
     return (address or "").strip().lower()
+
+
+def suppression_key(address: str) -> str:
+    """The list's key for a new entry: a valid address, normalised as every door normalises
+    a subscriber's (so it matches theirs), then lower-cased; SuppressionError otherwise."""
+    from .subscribers import SubscriberError, normalize_email
+
+    try:
+        return address_key(normalize_email(address))
+    except SubscriberError as exc:
+        raise SuppressionError(str(exc)) from exc
 
 
 def find_suppression(session: Session, address: str) -> Suppression | None:
@@ -81,13 +96,14 @@ def suppress_address(
     detail: str = "",
     now: datetime | None = None,
 ) -> SuppressionChange:
-    """Put `address` on the list (once) and stop its subscriber; safe to repeat."""
+    """Put `address` on the list (once) and stop its subscriber; safe to repeat.
+
+    SuppressionError, and nothing changes, when `address` is not an email address.
+    """
     from .subscribers import find_subscriber, record_event
 
     now = now or datetime.now(timezone.utc)
-    key = address_key(address)
-    if not key or len(key) > 320:
-        raise ValueError(f"refusing to suppress {address[:80]!r}: not an address")
+    key = suppression_key(address)
     insert = db.dialect_insert(session)
     created = (
         session.execute(

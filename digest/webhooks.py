@@ -37,7 +37,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from enum import Enum
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 from sqlalchemy.orm import Session
 
@@ -371,8 +371,10 @@ class Generic:
     name = "generic"
     SIGNATURE = "x-digest-signature"
     TIMESTAMP = "x-digest-timestamp"
-    TYPES = {"bounce": EventType.BOUNCE, "complaint": EventType.COMPLAINT,
-             "unsubscribe": EventType.UNSUBSCRIBE}
+    TYPES: ClassVar[Mapping[str, EventType]] = {
+        "bounce": EventType.BOUNCE, "complaint": EventType.COMPLAINT,
+        "unsubscribe": EventType.UNSUBSCRIBE,
+    }
 
     def __init__(self, secret: str, max_age: int) -> None:
         self.secret = secret.encode()
@@ -498,12 +500,14 @@ def _first_time(
 
 
 def apply_event(session: Session, provider: str, event: MailEvent, at: datetime) -> bool:
-    """Act on one event; False when it asks for nothing (a soft bounce, an open...)."""
+    """Act on one event; False when it asks for nothing (a soft bounce, an open...) or names
+    no valid address: no door lets such an address in, so there is nothing to protect."""
     from .subscribers import find_subscriber, unsubscribe
-    from .suppressions import suppress_address
+    from .suppressions import SuppressionError, suppress_address, suppression_key
 
-    address = event.address.strip()
-    if "@" not in address or len(address) > 320:
+    try:
+        address = suppression_key(event.address)
+    except SuppressionError:
         return False
     source = f"webhook:{provider}"
     if event.type is EventType.BOUNCE and event.permanent:

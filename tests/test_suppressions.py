@@ -13,6 +13,7 @@ from digest.cli import main
 from digest.models import SubscriberStatus, SuppressionReason
 from digest.subscribers import Preferences, SignupOutcome, request_subscription
 from digest.suppressions import (
+    SuppressionError,
     is_suppressed,
     list_suppressions,
     suppress_address,
@@ -111,3 +112,30 @@ def test_subscribers_show_lists_the_history(cli) -> None:
     assert [line[2] for line in lines] == ["subscribed", "delivery", "bounced"]
     assert "digest of" in history and "sent" in history
     assert "cli" in history and "550 gone" in history
+
+
+@pytest.mark.parametrize(
+    "address", ["not an address", "", "   ", "a@b", "@example.org", "ada@", "ada@@example.org",
+                "ada@example.org\r\nBcc: x@example.org", "x" * 330 + "@example.org"],
+)
+def test_only_an_email_address_can_be_suppressed(session: Session, address: str) -> None:
+    with pytest.raises(SuppressionError, match="email address"):
+        suppress_address(session, address, SuppressionReason.MANUAL, "cli")
+    assert list_suppressions(session) == []
+
+
+def test_an_address_is_suppressed_in_the_form_its_subscriber_has(session: Session) -> None:
+    sub = make_subscriber(session, email="ada@bücher.example")
+    change = suppress_address(session, "ADA@xn--bcher-kva.example", SuppressionReason.BOUNCED,
+                              "webhook:x")
+    assert change.address == "ada@bücher.example" and change.subscriber_id == sub.id
+    assert sub.status is SubscriberStatus.BOUNCED
+
+
+@pytest.mark.parametrize("dry_run", [(), ("--dry-run",)])
+def test_suppressions_add_refuses_what_is_not_an_address(cli, dry_run: tuple[str, ...]) -> None:
+    result = cli("suppressions", "add", "not an address", *dry_run)
+    assert result.exit_code == 2
+    assert "not a valid email address" in result.output
+    assert "Traceback" not in result.output
+    assert "0 suppressed" in cli("suppressions", "list").output

@@ -516,3 +516,13 @@ def test_events_without_an_id_from_other_providers_stay_apart(
         req = PROVIDERS[provider]([("bounce", email, "")])  # no id at all
         assert post(client, provider, req).get_json()["applied"] == 1, email
     assert set(suppressed(hook_settings)) == {"ada@example.org", "grace@example.org"}
+
+
+@pytest.mark.parametrize("address", ["not an address", "a@b", "", "x" * 400 + "@example.org"])
+def test_an_event_for_what_is_not_an_address_is_ignored(
+    client: FlaskClient, hook_settings: Settings, provider: str, address: str
+) -> None:
+    response = post(client, provider, PROVIDERS[provider]([("bounce", address, "bad-1")]))
+    assert response.status_code == 200
+    assert response.get_json()["ignored"] == 1
+    assert suppressed(hook_settings) == {}
