@@ -446,6 +446,23 @@ def health(ctx: click.Context, as_json: bool) -> None:
 
 
 @main.command()
+@click.option("--dry-run", is_flag=True, help="Count what would be deleted; delete nothing.")
+@click.pass_context
+def prune(ctx: click.Context, dry_run: bool) -> None:
+    """Delete what the retention settings (RETENTION_*) no longer keep, in short batches,
+    and print per table how many rows went and what is kept (beat does this daily).
+
+    Example: digest prune --dry-run
+    """
+    from .retention import prune as prune_rows
+
+    settings = _settings(ctx)
+    _ensure_schema(settings)
+    for line in prune_rows(settings, dry_run=dry_run).lines():
+        click.echo(line)
+
+
+@main.command()
 @click.argument("email")
 @click.option("--date", "day", type=DAY, metavar="YYYY-MM-DD",
               help="Digest date (default: today).")

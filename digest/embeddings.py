@@ -7,16 +7,19 @@ Without the extra, `available()` is False and ranking is lexical only.
 
 Store layout under `<DATA_DIR>/embeddings/<name>/`: `vectors.npy` (rows, float32, L2-normalised)
 and `index.json` (`"<paper id>:<hash of its text>"` -> row). A paper whose title or abstract
-changes gets a new key, so a stale vector is never used; the old row is simply left behind.
+changes gets a new key, so a stale vector is never used; the old row is left behind until
+`retain` (run by `digest prune`) rewrites the store with only the papers still wanted.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from functools import lru_cache
 from importlib.util import find_spec
 from pathlib import Path
@@ -104,9 +107,18 @@ class EmbeddingStore:
             return {}, None
         return index, vectors
 
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        """The store to ourselves, against threads and other processes (workers, a prune):
+        two writers renaming their files in turn could pair one's index with the other's rows."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        with _STORE_LOCK, open(self.directory / ".lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield
+
     def vectors(self, papers: Sequence[CandidatePaper], encoder: Encoder) -> np.ndarray:
         """One L2-normalised row per paper, in order; encodes and stores only the new ones."""
-        with _STORE_LOCK:
+        with self._locked():
             index, stored = self._load()
             keys = [paper_key(p) for p in papers]
             missing = [i for i, key in enumerate(keys) if key not in index]
@@ -120,6 +132,23 @@ class EmbeddingStore:
             if stored is None:
                 return np.zeros((0, 0), dtype=np.float32)
             return stored[[index[key] for key in keys]].astype(np.float32)
+
+    def retain(self, keep: Callable[[int], bool], dry_run: bool = False) -> int:
+        """Rewrite the store with only the vectors of papers `keep` accepts (and no row that no
+        key names); returns how many keys went. Nothing is encoded or read from the model."""
+        if not self.index_path.is_file():
+            return 0
+        with self._locked():
+            index, stored = self._load()
+            if stored is None:
+                return 0
+            kept = {key: row for key, row in index.items() if keep(int(key.split(":")[0]))}
+            dropped = len(index) - len(kept)
+            if not dry_run and (dropped or len(stored) > len(kept)):
+                keys = sorted(kept, key=kept.__getitem__)
+                rows = [kept[key] for key in keys]
+                self._save({key: i for i, key in enumerate(keys)}, stored[rows])
+            return dropped
 
     def _save(self, index: dict[str, int], vectors: np.ndarray) -> None:
         # Write both files beside their targets and rename: a reader never sees half a file.
@@ -153,6 +182,9 @@ def day_semantic_index(settings: Any, papers: Sequence[Any]) -> SemanticIndex | 
         )
         for p in papers
     ]
-    return semantic_index(
-        candidates, Path(settings.data_dir) / "embeddings" / "papers", settings.semantic_weight
-    )
+    return semantic_index(candidates, paper_store_dir(settings), settings.semantic_weight)
+
+
+def paper_store_dir(settings: Any) -> Path:
+    """Where the papers' vectors are kept (`retention` prunes it)."""
+    return Path(settings.data_dir) / "embeddings" / "papers"

@@ -107,6 +107,17 @@ class Settings:
     dkim_selector: str = "digest"
     dkim_domain: str = ""  # empty: the domain of MAIL_FROM
 
+    # Retention (`digest prune`, daily on beat): days each kind of row is kept; 0 keeps forever
+    retention_delivery_items_days: int = 60  # which papers each digest carried ("never twice")
+    retention_deliveries_days: int = 180  # the digests themselves (history, status)
+    retention_feedback_days: int = 365  # clicks and votes the profile learns from
+    retention_subscriber_events_days: int = 365  # history; the latest opt-in is always kept
+    retention_signup_requests_days: int = 30
+    retention_webhook_events_days: int = 30  # the webhook replay and retry ledger
+    retention_papers_days: int = 0  # papers nobody was sent; 0: every paper is kept
+    retention_embeddings_days: int = 30  # paper vectors under DATA_DIR/embeddings
+    retention_batch_size: int = 5000  # rows per delete: each batch is one short transaction
+
     @classmethod
     def from_env(
         cls, environ: Mapping[str, str] | None = None, env_file: str | Path | None = ".env"
@@ -158,6 +169,7 @@ class Settings:
                 "POSTMARK_WEBHOOK_USERNAME is set but POSTMARK_WEBHOOK_PASSWORD is empty; "
                 "set both, or neither to turn the Postmark webhook off."
             )
+        _check_retention(self)
         return _replace(self, **changes)
 
     @property
@@ -216,6 +228,74 @@ class Settings:
         key_file.write_text(key + "\n")
         key_file.chmod(0o600)
         return key
+
+
+# Retention floors: below them pruning would break a promise the service makes.
+CATCH_UP_DAYS = 7  # `digest run --date` this many days back still never resends a paper
+PROVIDER_RETRY_DAYS = 3  # providers retry a webhook for up to a day (Mailgun 8 h, SendGrid 24 h)
+HISTORY_FLOOR_DAYS = 7  # a confirmation link (2 days) outlives neither its request nor history
+
+
+def retention_floors(settings: Settings) -> dict[str, int]:
+    """The fewest days each retention setting may keep (when not 0), and so what `digest
+    prune` can promise: a paper that can still be a candidate keeps its delivery items, an
+    event a provider may still retry keeps its id."""
+    candidate_window = settings.lookback_days + CATCH_UP_DAYS
+    webhook_days = max(PROVIDER_RETRY_DAYS, -(-settings.webhook_max_age_seconds // 86400) + 1)
+    return {
+        "retention_delivery_items_days": candidate_window,
+        "retention_deliveries_days": max(candidate_window, settings.retention_delivery_items_days),
+        "retention_papers_days": candidate_window,
+        "retention_embeddings_days": candidate_window,
+        "retention_webhook_events_days": webhook_days,
+        "retention_subscriber_events_days": HISTORY_FLOOR_DAYS,
+        "retention_signup_requests_days": HISTORY_FLOOR_DAYS,
+        "retention_feedback_days": 1,
+    }
+
+
+def _check_retention(settings: Settings) -> None:
+    """Refuse retention settings under which pruning would resend a paper or replay an event."""
+    for name, floor in retention_floors(settings).items():
+        days = getattr(settings, name)
+        if days < 0 or 0 < days < floor:
+            raise SettingsError(
+                f"{_env_name(name)}={days} is too short: use 0 (keep forever) or at least "
+                f"{floor} days{_RETENTION_REASONS[name]}."
+            )
+    if settings.retention_deliveries_days and not settings.retention_delivery_items_days:
+        raise SettingsError(
+            f"RETENTION_DELIVERIES_DAYS={settings.retention_deliveries_days} would delete "
+            "digests whose papers RETENTION_DELIVERY_ITEMS_DAYS=0 keeps forever (a digest's "
+            "papers go with it): set it to 0 too, or give the items a retention."
+        )
+    items, papers = settings.retention_delivery_items_days, settings.retention_papers_days
+    if papers and items and papers >= items:
+        raise SettingsError(
+            f"RETENTION_PAPERS_DAYS={papers} must be below RETENTION_DELIVERY_ITEMS_DAYS="
+            f"{items}: a paper is deleted only while its delivery items show nobody got it."
+        )
+    if settings.retention_batch_size < 1:
+        raise SettingsError("RETENTION_BATCH_SIZE must be at least 1 (rows per delete).")
+
+
+_RETENTION_REASONS = {
+    "retention_delivery_items_days": (
+        " (LOOKBACK_DAYS + 7): a paper sent earlier could still be a candidate and be sent again"
+    ),
+    "retention_deliveries_days": (
+        " (and no less than RETENTION_DELIVERY_ITEMS_DAYS): a digest's papers go with it"
+    ),
+    "retention_papers_days": " (LOOKBACK_DAYS + 7): a candidate paper must stay",
+    "retention_embeddings_days": " (LOOKBACK_DAYS + 7): a candidate paper's vector must stay",
+    "retention_webhook_events_days": (
+        ": providers retry events for up to a day and signed requests live "
+        "WEBHOOK_MAX_AGE_SECONDS; an event forgotten sooner would be applied twice"
+    ),
+    "retention_subscriber_events_days": ": confirmation links rely on recent history",
+    "retention_signup_requests_days": ": confirmation links name their request",
+    "retention_feedback_days": "",
+}
 
 
 def _replace(settings: Settings, **changes: Any) -> Settings:

@@ -6,6 +6,7 @@ import logging
 from datetime import timedelta
 
 from celery import Celery
+from celery.schedules import crontab
 from celery.signals import beat_init, worker_init
 
 from digest.health import link_warning
@@ -37,7 +38,8 @@ def make_app(settings: Settings | None = None) -> Celery:
 
 
 def beat_schedule(settings: Settings) -> dict[str, dict[str, object]]:
-    """Beat looks for due subscribers every few minutes; ingest runs on its own schedule.
+    """Beat looks for due subscribers every few minutes; ingest runs on its own schedule;
+    what the retention settings no longer keep is pruned once a day.
 
     Two beats running at once are harmless: planning inserts ledger rows, and a subscriber
     planned by one beat is not planned again by the other.
@@ -47,6 +49,11 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, object]]:
             "task": "workers.tasks.tick",
             "schedule": timedelta(minutes=max(settings.beat_interval_minutes, 0.01)),
         },
+    }
+    schedule["prune-old-rows"] = {
+        "task": "workers.tasks.prune",
+        # Daily, at a fixed hour: the prune goes in short batches and may meet sending.
+        "schedule": crontab(hour=3, minute=17),
     }
     if settings.ingest_sources.strip():
         schedule["ingest-sources"] = {

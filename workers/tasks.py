@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import date, datetime, timezone
 
-from digest import db, pipeline
+from digest import db, pipeline, retention
 from digest.ingest import ingest
 from digest.settings import Settings
 
@@ -49,3 +49,9 @@ def ingest_sources() -> dict[str, object]:
         "rejected": len(report.rejected),
         "errors": report.errors,
     }
+
+
+@app.task(acks_late=True)
+def prune() -> dict[str, object]:
+    """Delete what the retention settings no longer keep, in short batches; safe to run twice."""
+    return retention.prune(_settings()).as_dict()
