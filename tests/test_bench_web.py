@@ -11,11 +11,13 @@ from __future__ import annotations
 import json
 import random
 import re
+import runpy
 import shlex
 import time
 from dataclasses import replace
 from pathlib import Path
 
+import pytest
 from sqlalchemy import select
 
 from bench.web import gunicorn_probe
@@ -32,8 +34,10 @@ from bench.web.run import (
     MEASURED_ENDPOINTS,
     WEB_UNIT,
     ProbeReport,
+    config_index,
     format_table,
     last_traceback,
+    probed,
     production_command,
     read_results,
     seed,
@@ -45,7 +49,9 @@ from digest.web import create_app
 
 from .smtp_server import SMTPServer
 
-LOCUSTFILE = Path(__file__).resolve().parents[1] / "bench" / "web" / "locustfile.py"
+BENCH_WEB = Path(__file__).resolve().parents[1] / "bench" / "web"
+LOCUSTFILE = BENCH_WEB / "locustfile.py"
+PROBE = BENCH_WEB / "gunicorn_probe.py"
 
 
 def test_gunicorn_runs_as_the_production_unit_says_on_loopback() -> None:
@@ -54,10 +60,39 @@ def test_gunicorn_runs_as_the_production_unit_says_on_loopback() -> None:
     production = shlex.split(unit_line.removeprefix("ExecStart="))
     command = production_command(8123)
     assert command[command.index("--bind") + 1] == "127.0.0.1:8123"
-    unchanged = [i for i, arg in enumerate(production)
-                 if i not in (0, production.index("--bind") + 1)]
+    changed = {0, production.index("--bind") + 1, config_index(production)}
+    unchanged = [i for i in range(len(production)) if i not in changed]
     assert [command[i] for i in unchanged] == [production[i] for i in unchanged]
     assert Path(command[0]).name == "gunicorn" and Path(command[0]).exists()
+    if (at := config_index(command)) is not None:
+        assert Path(command[at]).is_file()
+
+
+def test_the_probe_takes_the_place_of_the_production_config_and_keeps_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    app = "digest.web:create_app()"
+    without, env = probed(["gunicorn", "--workers", "3", app])
+    assert without[-3:] == ["--config", str(PROBE), app] and env == {}
+    production = tmp_path / "gunicorn.conf.py"
+    production.write_text(
+        "from pathlib import Path\n"
+        "timeout = 45\n"
+        "def worker_exit(server, worker):\n"
+        f"    Path({str(tmp_path)!r}, 'production-hook-ran').touch()\n"
+    )
+    command, env = probed(["gunicorn", "--config", str(production), "--workers", "3", app])
+    assert command == ["gunicorn", "--config", str(PROBE), "--workers", "3", app]
+    assert env == {"BENCH_WEB_BASE_CONFIG": str(production)}
+
+    monkeypatch.setenv("BENCH_WEB_BASE_CONFIG", str(production))
+    monkeypatch.setenv("BENCH_WEB_PROBE_DIR", str(tmp_path))
+    config = runpy.run_path(str(PROBE))  # as gunicorn reads it
+    assert config["timeout"] == 45
+    config["worker_exit"](None, None)
+    assert (tmp_path / "production-hook-ran").exists()
+    config["write_report"]()
+    assert list(tmp_path.glob("worker-*.json"))
 
 
 def test_one_click_links_and_webhooks_the_bench_sends_are_accepted(
@@ -97,6 +132,9 @@ def test_the_visitor_flow_subscribes_and_gets_its_confirmation(
     answer = client.post("/subscribe", data=form)
 
     assert answer.status_code == 200, answer.get_data(as_text=True)
+    deadline = time.monotonic() + 10  # the email may go out after the answer
+    while not smtp_server.received and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert [m["To"] for m in smtp_server.messages] == [form["email"]]
 
 

@@ -26,6 +26,7 @@ import inspect
 import json
 import math
 import os
+import resource
 import secrets
 import shlex
 import shutil
@@ -145,32 +146,39 @@ def run(options: Options) -> int:
         say(f"warming up ({server.workers} workers build the day's index once): "
             f"{warm_up(server.url, server.workers):.1f} s")
         watcher = stack.enter_context(watch_postgres(options.postgres_admin_url, database_url))
-        busy = MachineLoad()
+        meter = CpuMeter(server.process.pid)
         results = run_locust(options, server.url, targets, workdir)
-        machine_busy = busy.share_busy()
+        cpu = meter.read(watcher)
         server.stop()  # workers write their probe reports as they exit
         probe = read_probe(workdir / "probe")
         print()
         print(format_table(results, probe))
         print()
-        print(format_notes(options, server, sink.received_count(), probe, watcher, machine_busy,
-                           results))
-        outcome = verdict(results, probe)
+        print(format_notes(options, server, sink.received_count(), probe, watcher, cpu, results))
+        outcome = verdict(results, probe, sink.received_count())
         if outcome and (traceback := last_traceback(server.log)):
             print(f"\nthe last traceback in gunicorn's log:\n{traceback}")
         return outcome
 
 
-def verdict(results: list[Result], probe: ProbeReport) -> int:
-    """0 if nothing errored and no request waited on SMTP holding a database connection."""
+def verdict(results: list[Result], probe: ProbeReport, emails: int) -> int:
+    """0 if nothing errored, nothing waited on SMTP holding a database connection, and every
+    accepted subscribe (each for a new address) had its confirmation email at the sink."""
     errors = sum(r.errors for r in results if r.name == "Total")
+    missing = max(0, accepted_subscribes(results) - emails)
     if probe.workers == 0:
         say("no gunicorn worker wrote its probe report: the SMTP rule was not checked")
         return 1
-    if errors or probe.held_waits:
-        say(f"FAILED: {errors:,} errors, {probe.held_waits:,} SMTP waits holding a connection")
+    if errors or probe.held_waits or missing:
+        say(f"FAILED: {errors:,} errors, {probe.held_waits:,} SMTP waits holding a database "
+            f"connection, {missing:,} accepted subscribes without their email")
         return 1
     return 0
+
+
+def accepted_subscribes(results: list[Result]) -> int:
+    return next((r.requests - r.errors - r.rate_limited for r in results
+                 if r.name == "POST /subscribe"), 0)
 
 
 def say(message: str) -> None:
@@ -333,7 +341,10 @@ class Gunicorn:
 
 
 def production_command(port: int) -> list[str]:
-    """The production unit's gunicorn command, run from this virtualenv on 127.0.0.1:port."""
+    """The production unit's gunicorn command, run from this virtualenv on 127.0.0.1:port.
+
+    A relative `--config` path is made absolute (the unit runs from the checkout).
+    """
     unit = configparser.ConfigParser(strict=False, interpolation=None)
     unit.optionxform = str  # type: ignore[assignment,method-assign]
     unit.read_string(WEB_UNIT.read_text())
@@ -343,7 +354,27 @@ def production_command(port: int) -> list[str]:
                          "bench/web/run.py to start what it starts now.")
     command[0] = str(VENV_BIN / "gunicorn")
     command[command.index("--bind") + 1] = f"127.0.0.1:{port}"
+    if (at := config_index(command)) is not None:
+        command[at] = str(PROJECT_DIR / command[at])
     return command
+
+
+def config_index(command: list[str]) -> int | None:
+    """Where the value of `--config` / `-c` is in `command`, if it names a config file."""
+    for flag in ("--config", "-c"):
+        if flag in command:
+            return command.index(flag) + 1
+    return None
+
+
+def probed(command: list[str]) -> tuple[list[str], dict[str, str]]:
+    """`command` with the probe as its config file, which takes the production one's settings
+    and hooks from BENCH_WEB_BASE_CONFIG; and the environment that says so."""
+    probe = str(HERE / "gunicorn_probe.py")
+    at = config_index(command)
+    if at is None:
+        return [*command[:-1], "--config", probe, command[-1]], {}
+    return [*command[:at], probe, *command[at + 1:]], {"BENCH_WEB_BASE_CONFIG": command[at]}
 
 
 def worker_count(command: list[str]) -> int:
@@ -358,12 +389,12 @@ def gunicorn(settings: Settings, port: int, workdir: Path) -> Iterator[Gunicorn]
     """Gunicorn started as production starts it, with the probe's hooks; ready when /healthz
     answers 200. Run from `workdir` so no `.env` of the checkout is read."""
     command = production_command(port)
-    probed = [*command[:-1], "--config", str(HERE / "gunicorn_probe.py"), command[-1]]
+    with_probe, probe_env = probed(command)
     (workdir / "probe").mkdir()
-    env = {**environment_of(settings), "BENCH_WEB_PROBE_DIR": str(workdir / "probe")}
+    env = {**environment_of(settings), **probe_env, "BENCH_WEB_PROBE_DIR": str(workdir / "probe")}
     log = workdir / "gunicorn.log"
     with log.open("wb") as out:
-        process = subprocess.Popen(probed, cwd=workdir, env=env, stdout=out,
+        process = subprocess.Popen(with_probe, cwd=workdir, env=env, stdout=out,
                                    stderr=subprocess.STDOUT, start_new_session=True)
     server = Gunicorn(command, f"http://127.0.0.1:{port}", worker_count(command), process, log)
     try:
@@ -444,6 +475,11 @@ class PostgresWatch:
     peak_idle_in_transaction: int = 0
     samples: int = 0
     idle_in_transaction_after: Counter[str] = field(default_factory=Counter)
+    backend_cpu: dict[int, tuple[float, float]] = field(default_factory=dict)  # first, last
+
+    def backend_cpu_seconds(self) -> float:
+        """CPU the database's server processes used while watched (PostgreSQL is local)."""
+        return sum(last - first for first, last in self.backend_cpu.values())
 
 
 @contextmanager
@@ -453,7 +489,7 @@ def watch_postgres(admin_url: str, database_url: str) -> Iterator[PostgresWatch]
     stop = threading.Event()
     engine = create_engine(admin_url, isolation_level="AUTOCOMMIT", pool_size=1)
     query = text(
-        "SELECT state, left(regexp_replace(query, '\\s+', ' ', 'g'), 90) "
+        "SELECT pid, state, left(regexp_replace(query, '\\s+', ' ', 'g'), 90) "
         "FROM pg_stat_activity WHERE datname = :name AND pid <> pg_backend_pid()"
     )
 
@@ -461,7 +497,11 @@ def watch_postgres(admin_url: str, database_url: str) -> Iterator[PostgresWatch]
         with engine.connect() as conn:
             while not stop.wait(0.25):
                 rows = conn.execute(query, {"name": name}).all()
-                idle_in_tx = [q for state, q in rows if (state or "").startswith("idle in tr")]
+                for pid, _state, _query in rows:
+                    used = cpu_seconds(pid)
+                    first = watch.backend_cpu.get(pid, (used, used))[0]
+                    watch.backend_cpu[pid] = (first, used)
+                idle_in_tx = [q for _, state, q in rows if (state or "").startswith("idle in tr")]
                 watch.peak_connections = max(watch.peak_connections, len(rows))
                 watch.peak_idle_in_transaction = max(watch.peak_idle_in_transaction,
                                                      len(idle_in_tx))
@@ -478,22 +518,78 @@ def watch_postgres(admin_url: str, database_url: str) -> Iterator[PostgresWatch]
         engine.dispose()
 
 
-class MachineLoad:
-    """The share of the machine's CPU time that was busy (anyone's) since it was made."""
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
-    def __init__(self) -> None:
-        self.start = self._times()
 
-    @staticmethod
-    def _times() -> tuple[int, int]:
-        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-        idle = fields[3] + fields[4]  # idle + iowait
-        return sum(fields[:8]), idle
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) a process has used so far; 0 if it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    fields = stat.rsplit(")", 1)[1].split()  # after the command name, which may hold spaces
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
-    def share_busy(self) -> float:
-        total, idle = self._times()
-        spent = total - self.start[0]
-        return 1 - (idle - self.start[1]) / spent if spent else 0.0
+
+def with_children(pid: int) -> list[int]:
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return [pid]
+    return [pid, *map(int, children)]
+
+
+def machine_times() -> tuple[int, int]:
+    """All CPU time and idle time of the machine so far, in clock ticks (/proc/stat)."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return sum(fields[:8]), fields[3] + fields[4]  # idle + iowait
+
+
+@dataclass
+class CpuUse:
+    """Who used the machine's CPU during the run, in core-seconds."""
+
+    seconds: float
+    cores: int
+    gunicorn: float
+    locust: float
+    postgres: float
+    machine_busy: float  # share of all cores, everyone's processes
+
+    def summary(self) -> str:
+        ours = self.gunicorn + self.locust + self.postgres
+        return (
+            f"CPU during the run ({self.seconds:.0f} s x {self.cores} cores = "
+            f"{self.seconds * self.cores:.0f} core-s): gunicorn {self.gunicorn:.0f}, "
+            f"PostgreSQL {self.postgres:.0f}, locust {self.locust:.0f} (this run: {ours:.0f}); "
+            f"machine busy {self.machine_busy:.0%}, other processes included"
+        )
+
+
+class CpuMeter:
+    """Started before the load, read after it: the CPU gunicorn (master and workers), locust
+    (the only child reaped meanwhile) and the database's backends used, and the machine's."""
+
+    def __init__(self, gunicorn_pid: int) -> None:
+        self.pid = gunicorn_pid
+        self.started = time.monotonic()
+        self.gunicorn = sum(map(cpu_seconds, with_children(gunicorn_pid)))
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+        self.children = usage.ru_utime + usage.ru_stime
+        self.machine = machine_times()
+
+    def read(self, watch: PostgresWatch) -> CpuUse:
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+        total, idle = machine_times()
+        spent = total - self.machine[0]
+        return CpuUse(
+            seconds=time.monotonic() - self.started,
+            cores=os.cpu_count() or 1,
+            gunicorn=sum(map(cpu_seconds, with_children(self.pid))) - self.gunicorn,
+            locust=usage.ru_utime + usage.ru_stime - self.children,
+            postgres=watch.backend_cpu_seconds(),
+            machine_busy=1 - (idle - self.machine[1]) / spent if spent else 0.0,
+        )
 
 
 # --- locust ----------------------------------------------------------------------------------
@@ -623,6 +719,7 @@ class ProbeReport:
     held_waits: int = 0
     held_wait_seconds: float = 0.0
     held_paths: dict[str, int] = field(default_factory=dict)
+    smtp_waits_by: dict[str, int] = field(default_factory=dict)  # route, or thread outside one
     service_ms: dict[str, list[float]] = field(default_factory=dict)  # per endpoint
 
     def add(self, data: dict[str, Any]) -> None:
@@ -632,6 +729,7 @@ class ProbeReport:
         self.held_waits += data["held_waits"]
         self.held_wait_seconds += data["held_wait_seconds"]
         self.held_paths = _summed([self.held_paths, data["held_paths"]])
+        self.smtp_waits_by = _summed([self.smtp_waits_by, data["smtp_waits_by"]])
         for name, times in data["service_ms"].items():
             self.service_ms.setdefault(name, []).extend(times)
 
@@ -659,22 +757,19 @@ def percentile(values: list[float], share: float) -> float:
 
 def format_notes(
     options: Options, server: Gunicorn, received: int, probe: ProbeReport,
-    watch: PostgresWatch, machine_busy: float, results: list[Result],
+    watch: PostgresWatch, cpu: CpuUse, results: list[Result],
 ) -> str:
-    subscribed = next((r.requests - r.errors - r.rate_limited for r in results
-                       if r.name == "POST /subscribe"), 0)
-    subscribed_in_app = len(probe.in_app("POST /subscribe"))
+    subscribed = accepted_subscribes(results)
     lines = [
         f"gunicorn: {server.workers} workers (the production unit's command); "
-        f"{options.users} clients, think time {options.think_seconds:g} s; "
-        f"machine CPU busy {machine_busy:.0%} during the run (everyone's processes)",
-        f"SMTP sink: {received:,} confirmation emails; the app answered {subscribed_in_app:,} "
-        f"subscribes, the clients counted {subscribed:,} accepted (sink delay "
-        f"{options.smtp_delay:g} s)",
-        f"SMTP replies waited for in requests: {probe.smtp_waits:,} "
-        f"({probe.smtp_wait_seconds:.1f} s); while holding a database connection: "
-        f"{probe.held_waits:,}" + (f" ({probe.held_wait_seconds:.1f} s, {probe.held_paths})"
-                                   if probe.held_waits else "")
+        f"{options.users} clients, think time {options.think_seconds:g} s",
+        cpu.summary(),
+        f"SMTP sink (answers DATA after {options.smtp_delay:g} s): {received:,} confirmation "
+        f"emails for {subscribed:,} accepted subscribes, by the time gunicorn had stopped",
+        f"SMTP replies the gunicorn workers waited for: {probe.smtp_waits:,} "
+        f"({probe.smtp_wait_seconds:.1f} s; {probe.smtp_waits_by}); while holding a database "
+        f"connection: {probe.held_waits:,}"
+        + (f" ({probe.held_wait_seconds:.1f} s, {probe.held_paths})" if probe.held_waits else "")
         + f" [{probe.workers} worker reports]",
         f"PostgreSQL: peak {watch.peak_connections} connections to the scratch database, "
         f"peak {watch.peak_idle_in_transaction} idle in a transaction "
