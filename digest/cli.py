@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import sys
 from dataclasses import replace
-from datetime import date, datetime, timedelta, timezone
+from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -68,13 +68,12 @@ def _safe_url(settings: Settings) -> str:
     return make_url(settings.database_url).render_as_string(hide_password=True)
 
 
-FIRST_DAY = date(1970, 1, 1)
-DAYS_AHEAD = 366  # a digest date further ahead than a year is a typo
+FIRST_DAY, LAST_DAY = date(1970, 1, 1), date(2999, 12, 31)
 
 
 class DayType(click.ParamType):
-    """A --date: an ISO date from FIRST_DAY to a year from now, so that the day's arithmetic
-    (its papers' window, the local send hours) stays in range."""
+    """A --date: an ISO date from FIRST_DAY to LAST_DAY, so that the day's arithmetic (its
+    papers' window, the local send hours) stays far from the calendar's ends."""
 
     name = "date"
 
@@ -86,9 +85,8 @@ class DayType(click.ParamType):
             day = date.fromisoformat(str(value).strip())
         except ValueError:
             self.fail(f"{value!r} is not a date like 2026-11-23.", param, ctx)
-        last = _today() + timedelta(days=DAYS_AHEAD)
-        if not FIRST_DAY <= day <= last:
-            self.fail(f"{value} is out of range: give a date from {FIRST_DAY} to {last}.",
+        if not FIRST_DAY <= day <= LAST_DAY:
+            self.fail(f"{value} is out of range: give a date from {FIRST_DAY} to {LAST_DAY}.",
                       param, ctx)
         return day
 
