@@ -2,11 +2,12 @@
 
 Every paper link in a digest goes through `/feedback/<token>/<paper>/open` (or `/pdf`), which
 records a click and redirects to the paper (a link from someone else's token, or none, is
-redirected only to a host the paper's source uses: see `follow_link`); each paper also has "more like this" and "less like
-this" links, whose page has one button that records the vote (a GET changes nothing: mail
-scanners follow links). A reader's next digest learns from these rows: `signals_for` turns them
-into weighted papers, and scoring moves the reader's profile toward the papers they liked and
-away from those they did not (Rocchio; see `score.DayIndex`).
+redirected only to a host the paper's source uses: see `follow_link`); each paper also has
+"more like this" and "less like this" links, whose page has one button that records the vote
+(a GET changes nothing: mail scanners follow links). A reader's next digest learns from
+these rows: `signals_for` turns them into weighted papers, and scoring moves the reader's
+profile toward the papers they liked and away from those they did not (Rocchio; see
+`score.DayIndex`).
 
 Signals: "more like this" +1, a click +0.5, "less like this" -1; a vote outweighs a click on
 the same paper, and "more" and "less" replace each other. A burst of clicks on many papers

@@ -38,6 +38,7 @@ from pathlib import Path
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session
 
+from . import metrics
 from .models import Delivery, DeliveryStatus
 from .settings import Settings
 
@@ -160,6 +161,7 @@ def resolve_abandoned(session: Session, settings: Settings, now: datetime) -> Re
         verdicts.setdefault(verdict, []).append(row_id)
     _apply(session, verdicts, now, recovery)
     session.commit()
+    metrics.count_recovery(recovery)
     recovery.journals_removed = _remove_settled(session, journals)
     if recovery.total:
         log.warning("%s", recovery.summary())

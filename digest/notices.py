@@ -271,7 +271,7 @@ class BackgroundSender:
             settings, request_id = work.get()
             try:
                 send_signup_email(settings, request_id)
-            except Exception:  # noqa: BLE001 - one bad request must not stop the others
+            except Exception:  # one bad request must not stop the others
                 log.exception("sign-up request %s: email not handled", request_id)
             finally:
                 work.task_done()

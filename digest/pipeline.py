@@ -33,7 +33,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from sqlalchemy import exists, func, select, update
 from sqlalchemy.orm import Session
 
-from . import db, feedback, ledger
+from . import db, feedback, ledger, metrics
 from .embeddings import day_semantic_index
 from .journal import Journal, resolve_abandoned
 from .models import (
@@ -404,9 +404,11 @@ def plan_pairs(
     message_ids = {
         (sid, day): message_id_for(settings, "digest", sid, day) for sid, day in pairs
     }
-    return ledger.plan(
+    planned = ledger.plan(
         session, pairs, message_ids, now, settings.claim_lease_seconds, retry_now=retry_now
     )
+    metrics.count_planned(planned)
+    return planned
 
 
 def plan_due(settings: Settings, now: datetime) -> list[tuple[date, list[int]]]:
@@ -424,6 +426,7 @@ def plan_due_batches(settings: Settings, now: datetime) -> Iterator[tuple[date, 
         for planned in ledger.plan_in_chunks(
             session, due, message_id, now, settings.claim_lease_seconds
         ):
+            metrics.count_planned(planned)
             by_day: dict[date, list[int]] = {}
             for sid, day in planned:
                 by_day.setdefault(day, []).append(sid)
@@ -644,6 +647,7 @@ def send_planned_batch(settings: Settings, day: date, subscriber_ids: Sequence[i
             return process_batch(session, settings, prepared, subscriber_ids, sender)
 
 
+@metrics.BATCH_SECONDS.time()
 def process_batch(
     session: Session,
     settings: Settings,
@@ -697,6 +701,7 @@ def _process_batch(
     with CLOCK("ledger"):
         ledger.attach_items(session, delivery_items(composed, delivery_ids))
         session.commit()
+    metrics.count_digests(skipped=len(skipped), failed=len(unsendable))
     for window in chunked(composed, settings.ledger_window):
         send_window(session, settings, day, token, window, sender, report, journal)
     return report
@@ -822,6 +827,7 @@ def record_outcomes(
     if bounced:
         suppress(session, bounced, SubscriberStatus.BOUNCED)
     session.commit()
+    metrics.count_outcomes(by_status)
 
 
 RETRY_AFTER_SECONDS = 300

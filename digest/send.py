@@ -58,6 +58,7 @@ from jinja2 import Environment, FileSystemLoader
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from . import metrics
 from .journal import Journal, mark_for
 from .settings import PROJECT_DIR, Settings
 
@@ -769,6 +770,7 @@ class SMTPSender(Sender):
         except _Unreachable as exc:
             self._unreachable = str(exc)
             log.warning("%s", exc)
+            metrics.count_smtp_unreachable()
             return SendResult(SendOutcome.TEMPORARY, str(exc), retry_now=False)
         try:
             return self._transaction(smtp, wire_address(to), data)
@@ -782,6 +784,7 @@ class SMTPSender(Sender):
                 self._smtp.quit()
             self._discard()
 
+    @metrics.timed_smtp_transaction
     def _transaction(self, smtp: smtplib.SMTP, to: str, data: bytes) -> SendResult:
         """MAIL, RCPT, DATA by hand, so a failure can be told apart by stage."""
         options: list[str] = []

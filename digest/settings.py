@@ -118,6 +118,11 @@ class Settings:
     retention_embeddings_days: int = 30  # paper vectors under DATA_DIR/embeddings
     retention_batch_size: int = 5000  # rows per delete: each batch is one short transaction
 
+    # Prometheus metrics (digest/metrics.py)
+    metrics_token: str = field(default="", repr=False)  # empty: the web app's /metrics is off
+    metrics_port: int = 0  # a Celery worker's exporter; 0: off
+    metrics_address: str = "127.0.0.1"  # where the worker's exporter listens
+
     @classmethod
     def from_env(
         cls, environ: Mapping[str, str] | None = None, env_file: str | Path | None = ".env"
@@ -169,6 +174,13 @@ class Settings:
                 "POSTMARK_WEBHOOK_USERNAME is set but POSTMARK_WEBHOOK_PASSWORD is empty; "
                 "set both, or neither to turn the Postmark webhook off."
             )
+        if self.metrics_token and len(self.metrics_token) < 16:
+            raise SettingsError(
+                "METRICS_TOKEN is too short to keep /metrics private; use at least 16 random "
+                "characters: python3 -c 'import secrets;print(secrets.token_urlsafe(32))'."
+            )
+        if not 0 <= self.metrics_port <= 65535:
+            raise SettingsError(f"METRICS_PORT={self.metrics_port} is not a port (0 turns it off).")
         _check_retention(self)
         return _replace(self, **changes)
 

@@ -44,8 +44,8 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from . import db, feedback, subscribers, tokens, webhooks
-from .models import FeedbackKind, Subscriber, SubscriberStatus
 from .health import link_warning
+from .models import FeedbackKind, Subscriber, SubscriberStatus
 from .ratelimit import RateLimited
 from .render import BRAND, topic_list
 from .settings import PROJECT_DIR, Settings

@@ -41,7 +41,7 @@ from typing import Any, ClassVar, Protocol
 
 from sqlalchemy.orm import Session
 
-from . import db
+from . import db, metrics
 from .models import SuppressionReason, WebhookEvent
 from .settings import Settings, SettingsError
 
@@ -478,6 +478,8 @@ def handle_webhook(
                 report.applied.append(f"{event.type.value} {event.address}")
             else:
                 report.ignored += 1
+    metrics.count_webhook_events(provider.name, applied=len(report.applied),
+                                 duplicate=report.duplicates, ignored=report.ignored)
     for line in report.applied:
         log.info("webhook %s: %s", provider.name, line)
     return report

@@ -51,6 +51,13 @@ def client(web_settings: Settings) -> Iterator[FlaskClient]:
         yield c
 
 
+@pytest.fixture(autouse=True)
+def background_sends_done() -> Iterator[None]:
+    """No email of this test may still be on its way when the next test's database starts."""
+    yield
+    assert notices.wait_for_background_sends(30), "the background sender is stuck"
+
+
 def csrf(client: FlaskClient, path: str = "/") -> str:
     page = client.get(path)
     match = re.search(r'name="csrf_token" value="([^"]+)"', page.get_data(as_text=True))

@@ -7,8 +7,9 @@ from datetime import timedelta
 
 from celery import Celery
 from celery.schedules import crontab
-from celery.signals import beat_init, worker_init
+from celery.signals import beat_init, worker_init, worker_process_init
 
+from digest import metrics
 from digest.health import link_warning
 from digest.settings import Settings, SettingsError
 
@@ -78,6 +79,23 @@ def refuse_to_start_without_a_shared_key(sender: object = None, **_: object) -> 
     warning = link_warning(settings)
     if warning:
         logging.getLogger("paper_digest").warning("%s", warning)
+
+
+@worker_init.connect
+def serve_metrics(sender: object = None, **_: object) -> None:
+    """The worker's Prometheus exporter (METRICS_PORT), started in the main process before
+    the pool forks; with PROMETHEUS_MULTIPROC_DIR it sums what the pool processes count."""
+    pool = getattr(sender, "pool_cls", "prefork")
+    prefork = "prefork" in str(getattr(pool, "__module__", pool))
+    try:
+        metrics.serve_worker_metrics(app.conf.digest_settings, prefork=prefork)
+    except SettingsError as exc:
+        raise SystemExit(f"paper-digest: {exc}") from exc
+
+
+@worker_process_init.connect
+def count_in_this_pool_process(**_: object) -> None:
+    metrics.after_fork()
 
 
 app = make_app()
