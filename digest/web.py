@@ -17,6 +17,7 @@ and render a page from `templates/web/`.
 | GET, POST /feedback/<token>/<paper>/more | a page with one button; the POST records it (/less) |
 | POST /webhooks/<provider>              | sendgrid, mailgun, postmark, generic                   |
 | GET  /healthz                          | 200 when the database answers                          |
+| GET  /metrics                          | Prometheus; 404 unless METRICS_TOKEN (Bearer) is set   |
 
 A GET never changes anything (mail scanners open links to see where they lead), except that
 following a paper link counts as a click; feedback.py sets a scanner's bursts of clicks
@@ -35,15 +36,16 @@ import hmac
 import secrets
 from datetime import datetime, timedelta, timezone
 from functools import cache
+from time import perf_counter
 from typing import Any
 from zoneinfo import available_timezones
 
-from flask import Flask, Response, abort, jsonify, redirect, render_template, request, session
+from flask import Flask, Response, abort, g, jsonify, redirect, render_template, request, session
 from sqlalchemy import text
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from . import db, feedback, subscribers, tokens, webhooks
+from . import db, feedback, metrics, subscribers, tokens, webhooks
 from .health import link_warning
 from .models import FeedbackKind, Subscriber, SubscriberStatus
 from .ratelimit import RateLimited
@@ -125,6 +127,15 @@ def create_app(settings: Settings | None = None) -> Flask:
             response.headers.setdefault(name, value)
         if not request.path.startswith("/static/"):
             response.headers.setdefault("Cache-Control", "no-store")
+        return response
+
+    @app.before_request
+    def start_request_clock() -> None:
+        g.request_started = perf_counter()
+
+    @app.after_request
+    def count_request(response: Response) -> Response:
+        metrics.observe_request(request, response, g.get("request_started"))
         return response
 
     # --- subscribe ------------------------------------------------------------------------
@@ -300,12 +311,27 @@ def create_app(settings: Settings | None = None) -> Flask:
         except webhooks.WebhookError as exc:
             response = jsonify(error=str(exc))
             response.status_code = exc.status
+            metrics.count_webhook_rejection(name, exc.status)
             if exc.status == 401 and name == "postmark":
                 response.headers["WWW-Authenticate"] = 'Basic realm="webhooks"'
             return response
         return jsonify(report.as_dict())
 
-    # --- health and errors ----------------------------------------------------------------
+    # --- health, metrics and errors -------------------------------------------------------
+
+    @app.get("/metrics")
+    def metrics_page() -> Any:
+        """For Prometheus: off (404) unless METRICS_TOKEN is set, then only with that token;
+        the counts name no subscriber, but they are the list's business figures."""
+        if not settings.metrics_token:
+            abort(404)
+        if not metrics.bearer_token_matches(request.headers.get("Authorization", ""),
+                                            settings.metrics_token):
+            return Response("Send Authorization: Bearer <METRICS_TOKEN>.\n", status=401,
+                            mimetype="text/plain",
+                            headers={"WWW-Authenticate": 'Bearer realm="metrics"'})
+        body, content_type = metrics.exposition()
+        return Response(body, content_type=content_type)
 
     @app.get("/healthz")
     def healthz() -> Any:
