@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import configparser
-import inspect
 import json
 import math
 import os
@@ -52,7 +51,7 @@ from sqlalchemy import create_engine, text
 
 from digest import db, tokens
 from digest.ingest import load_sample_papers
-from digest.models import Subscriber, SubscriberStatus
+from digest.models import SubscriberStatus
 from digest.settings import PROJECT_DIR, Settings, setting_names
 from digest.subscribers import add_subscriber
 
@@ -273,7 +272,8 @@ def environment_of(settings: Settings) -> dict[str, str]:
 def seed(settings: Settings, count: int) -> Targets:
     """The sample papers and `count` active subscribers; their one-click links and addresses.
 
-    Links are made by the library's own `tokens.link`, whatever form tokens take.
+    Links are made by the library's own `tokens.link` for each subscriber row, whatever form
+    tokens take.
     """
     with db.session_scope(settings) as session:
         load_sample_papers(session)
@@ -285,19 +285,11 @@ def seed(settings: Settings, count: int) -> Targets:
         ]
         half = count // 2
         paths = [
-            urlsplit(tokens.link(settings, tokens.Purpose.UNSUBSCRIBE, link_owner(s))).path
+            urlsplit(tokens.link(settings, tokens.Purpose.UNSUBSCRIBE, s)).path
             for s in subscribers[:half]
         ]
         addresses = [s.email for s in subscribers[half:]]
     return Targets(paths, addresses, settings.webhook_secret)
-
-
-def link_owner(subscriber: Subscriber) -> Any:
-    """What `tokens.link` signs for: the subscriber row (its id and link_key), or its bare id
-    where the library's links still name only the id."""
-    if "subscriber_id" in inspect.signature(tokens.link).parameters:
-        return subscriber.id
-    return subscriber
 
 
 @dataclass
