@@ -8,6 +8,7 @@ attack and faults"; tests/test_web.py has the ordinary journeys.
 from __future__ import annotations
 
 import re
+import socket
 import statistics
 import time
 from collections.abc import Iterator
@@ -296,31 +297,19 @@ def test_a_visitors_words_are_shown_plainly_short_and_never_as_a_link(
 def test_the_address_limit_holds_when_redis_is_down(
     web_settings: Settings, smtp_server: SMTPServer
 ) -> None:
-    with socket_closed_port() as port:
-        down = replace(web_settings, redis_url=f"redis://127.0.0.1:{port}/0",
-                       subscribe_address_limit_per_day=2, confirm_resend_minutes=0)
-        with create_app(down).test_client() as c:
-            codes = [post_form(c, remote=f"198.51.100.{i}") for i in range(5)]
+    down = replace(web_settings, redis_url=f"redis://127.0.0.1:{closed_port()}/0",
+                   subscribe_address_limit_per_day=2, confirm_resend_minutes=0)
+    with create_app(down).test_client() as c:
+        codes = [post_form(c, remote=f"198.51.100.{i}") for i in range(5)]
     assert codes == [200, 200, 429, 429, 429]
     assert len(sent(smtp_server)) == 2
 
 
-def socket_closed_port() -> _ClosedPort:
-    return _ClosedPort()
-
-
-class _ClosedPort:
+def closed_port() -> int:
     """A loopback port nothing listens on: connecting to it is refused at once."""
-
-    def __enter__(self) -> int:
-        import socket
-
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            return int(s.getsockname()[1])
-
-    def __exit__(self, *exc: object) -> None:
-        return None
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 # --- 4. the answer and its timing tell nothing; SMTP never holds the database ---------------
