@@ -74,6 +74,9 @@ class Verified:
 
     nonce: str
     events: list[MailEvent]
+    # The nonce is the body itself (Postmark signs nothing): a repeat is the provider retrying
+    # a delivery whose answer it did not get, answered 200 with every event a duplicate.
+    repeat_is_retry: bool = False
 
 
 class WebhookError(Exception):
@@ -320,7 +323,7 @@ class Postmark:
         if not isinstance(payload, dict):
             raise BadPayload("a Postmark webhook body is a JSON object")
         # Postmark signs nothing, so the body itself is the nonce: a repeat is a replay.
-        return Verified("body:" + _digest(body), [self.event(payload)])
+        return Verified("body:" + _digest(body), [self.event(payload)], repeat_is_retry=True)
 
     def event(self, e: dict[str, Any]) -> MailEvent:
         record = str(e.get("RecordType", ""))
@@ -469,7 +472,10 @@ def handle_webhook(
     with db.session_scope(settings) as session:
         if not _first_time(session, provider.name, "request:" + verified.nonce, "request", None,
                            at):
-            raise Forbidden("this request was already received: a replay")
+            if not verified.repeat_is_retry:
+                raise Forbidden("this request was already received: a replay")
+            report.duplicates = len(verified.events)  # its events were recorded the first time
+            return report
         for event in verified.events:
             if not _first_time(session, provider.name, event.event_id, event.type.value,
                                event.address[:320] or None, at):

@@ -323,6 +323,7 @@ def test_a_mailgun_token_cannot_be_reused_for_other_events(
     assert status_of(hook_settings, "ada@example.org") is SubscriberStatus.ACTIVE
 
 
+@pytest.mark.parametrize("provider", ["sendgrid", "mailgun", "generic"])
 def test_a_replayed_request_gets_403_and_changes_nothing(
     client: FlaskClient, hook_settings: Settings, provider: str
 ) -> None:
@@ -332,6 +333,21 @@ def test_a_replayed_request_gets_403_and_changes_nothing(
     before = snapshot(hook_settings)
     replay = post(client, provider, req)
     assert replay.status_code == 403 and "replay" in replay.get_json()["error"]
+    assert snapshot(hook_settings) == before
+
+
+def test_postmark_retrying_the_same_body_gets_200_and_changes_nothing(
+    client: FlaskClient, hook_settings: Settings
+) -> None:
+    """Postmark signs nothing, so a repeated body is its retry of a delivery whose answer it
+    missed: answered 200 (or it retries for hours), with every event a duplicate."""
+    add(hook_settings, "ada@example.org")
+    req = PROVIDERS["postmark"]([("unsubscribe", "ada@example.org", "r1")])
+    assert post(client, "postmark", req).status_code == 200
+    before = snapshot(hook_settings)
+    retry = post(client, "postmark", req)
+    assert retry.status_code == 200, retry.get_json()
+    assert retry.get_json()["duplicates"] == 1 and retry.get_json()["applied"] == 0
     assert snapshot(hook_settings) == before
 
 
