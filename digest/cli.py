@@ -1000,6 +1000,46 @@ def suppressions_remove(ctx: click.Context, address: str) -> None:
     click.echo(f"{change.address} may subscribe again (they must confirm by email).")
 
 
+# --- unsubscribe by email ---------------------------------------------------------------
+
+EX_TEMPFAIL = 75  # sysexits.h: the MTA keeps the message and delivers it again later
+
+
+@main.command("unsubscribe-mail")
+@click.option("--recipient", default=None, metavar="ADDRESS",
+              help="The envelope recipient (Postfix: ${recipient}); default: the "
+                   "Delivered-To, X-Original-To or To header.")
+@click.pass_context
+def unsubscribe_mail(ctx: click.Context, recipient: str | None) -> None:
+    """Unsubscribe the reader whose List-Unsubscribe address the message on stdin was sent to.
+
+    For an MTA pipe. Only the signed address (unsubscribe+<id>-<tag>@...) counts, never From.
+    Exit status 0 when handled: unsubscribed, already unsubscribed, or refused (not a signed
+    address, or over 1 MB: the MTA drops it, no bounce goes back); 75 when the database
+    cannot be used (the MTA tries again later).
+
+    Example: digest unsubscribe-mail --recipient unsubscribe+42-mfrggzdfmztwq2lk@ex.org < m.eml
+    """
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from .mailto import MessageTooLarge, read_message, unsubscribe_by_mail
+
+    settings = _settings(ctx)
+    try:
+        message = read_message(sys.stdin.buffer)
+    except MessageTooLarge as exc:
+        click.echo(f"refused: {exc}", err=True)
+        return
+    try:
+        _ensure_schema(settings)
+        result = unsubscribe_by_mail(settings, message, recipient)
+    except (click.ClickException, SettingsError, SQLAlchemyError) as exc:
+        text = exc.format_message() if isinstance(exc, click.ClickException) else str(exc)
+        click.echo(f"try again later: {' '.join(text.split())[:500]}", err=True)
+        ctx.exit(EX_TEMPFAIL)
+    click.echo(result.line(), err=result.refused)
+
+
 # --- deliverability ---------------------------------------------------------------------
 
 

@@ -31,6 +31,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from . import db
+from .mailto import mailto_address
 from .models import SignupRequest, Subscriber
 from .render import one_line, render_email, safe_url, shorten, topic_list
 from .send import OutgoingEmail, open_sender
@@ -188,6 +189,7 @@ def compose_notice(
         unsubscribe_url=context["unsubscribe_url"],
         date=now,
         kind=kind,
+        unsubscribe_mailto=mailto_address(settings, notice.subscriber),
     )
 
 

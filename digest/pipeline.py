@@ -37,6 +37,7 @@ from sqlalchemy.sql.elements import ColumnElement
 from . import db, feedback, ledger, metrics
 from .embeddings import day_semantic_index
 from .journal import Journal, resolve_abandoned
+from .mailto import mailto_address
 from .models import (
     Delivery,
     DeliveryItem,
@@ -969,6 +970,7 @@ def compose_message(
         unsubscribe_url=context.unsubscribe_url,  # the same signed link as in the body
         date=datetime.now(timezone.utc),
         kind="digest",
+        unsubscribe_mailto=mailto_address(settings, subscriber),
     )
 
 

@@ -93,10 +93,14 @@ class OutgoingEmail:
     unsubscribe_url: str
     date: datetime
     kind: str = "digest"
+    # The recipient's own signed address (mailto.mailto_address); empty: UNSUBSCRIBE_MAILTO.
+    unsubscribe_mailto: str = ""
 
     def __post_init__(self) -> None:
         check_address(self.to, "recipient")
         check_url(self.unsubscribe_url, "unsubscribe URL")
+        if self.unsubscribe_mailto:
+            check_address(self.unsubscribe_mailto, "unsubscribe mailto")
         if not _MESSAGE_ID.fullmatch(self.message_id):
             raise ValueError(
                 f"refusing Message-ID {self.message_id!r}: it must look like <id@domain> "
@@ -212,7 +216,9 @@ UTF8_MAIL_POLICY = MAIL_POLICY.clone(utf8=True)  # only for recipients that need
 
 def build_message(settings: Settings, email: OutgoingEmail) -> EmailMessage:
     """The MIME message for `email`: multipart/alternative, text then HTML, UTF-8."""
-    unsubscribe_mailto = check_address(settings.unsubscribe_address, "UNSUBSCRIBE_MAILTO")
+    unsubscribe_mailto = email.unsubscribe_mailto or check_address(
+        settings.unsubscribe_address, "UNSUBSCRIBE_MAILTO"
+    )
     sent_at = email.date if email.date.tzinfo else email.date.replace(tzinfo=timezone.utc)
 
     msg = EmailMessage(policy=UTF8_MAIL_POLICY if needs_smtputf8(email.to) else MAIL_POLICY)
@@ -281,7 +287,8 @@ def fast_message_bytes(settings: Settings, email: OutgoingEmail) -> bytes:
         _constant_headers(settings)[1],
         _verbatim_header(
             "List-Unsubscribe",
-            f"<{email.unsubscribe_url}>, <mailto:{_unsubscribe_mailto(settings)}"
+            f"<{email.unsubscribe_url}>, "
+            f"<mailto:{email.unsubscribe_mailto or _unsubscribe_mailto(settings)}"
             "?subject=unsubscribe>",
         ),
         _constant_headers(settings)[2],

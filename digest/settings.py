@@ -182,6 +182,7 @@ class Settings:
         if not 0 <= self.metrics_port <= 65535:
             raise SettingsError(f"METRICS_PORT={self.metrics_port} is not a port (0 turns it off).")
         _check_retention(self)
+        _check_unsubscribe_mailto(self)
         return _replace(self, **changes)
 
     @property
@@ -240,6 +241,20 @@ class Settings:
         key_file.write_text(key + "\n")
         key_file.chmod(0o600)
         return key
+
+
+# Of RFC 5321's 64 characters of a local part, what "+<id>-<tag>" (mailto.py) leaves.
+UNSUBSCRIBE_LOCAL_PART_MAX = 36
+
+
+def _check_unsubscribe_mailto(settings: Settings) -> None:
+    """Refuse an UNSUBSCRIBE_MAILTO whose per-subscriber addresses would be too long."""
+    if not 0 < len(settings.unsubscribe_address.rpartition("@")[0]) <= UNSUBSCRIBE_LOCAL_PART_MAX:
+        raise SettingsError(
+            f"UNSUBSCRIBE_MAILTO={settings.unsubscribe_mailto!r} needs 1 to "
+            f"{UNSUBSCRIBE_LOCAL_PART_MAX} characters before the @: each email adds "
+            "+<id>-<tag> to them, and an address's local part is at most 64 (RFC 5321)."
+        )
 
 
 # Retention floors: below them pruning would break a promise the service makes.

@@ -61,6 +61,9 @@ def emails(settings: Settings) -> list[OutgoingEmail]:
                 f"https://digest.test/unsubscribe/{'t' * rng.randint(10, 200)}",
                 "https://digest.test/u/x"]),
             date=datetime(2026, 11, 23, 7, i % 60, tzinfo=timezone.utc),
+            unsubscribe_mailto=rng.choice([  # empty: UNSUBSCRIBE_MAILTO; else the reader's own
+                "", "unsubscribe+42-mfrggzdfmztwq2lk@digest.test",
+                "u" * 36 + "+2147483647-mfrggzdfmztwq2lk@digest.test"]),
         ))
     return out
 

@@ -1,0 +1,212 @@
+"""Unsubscribe by email: the per-subscriber mailto: of List-Unsubscribe, and what answers it.
+
+Every email's List-Unsubscribe carries `mailto:<local>+<id>-<tag>@<domain>` (local and
+domain from UNSUBSCRIBE_MAILTO). The tag is an HMAC of the subscriber's id and random
+`link_key`, so the address works like the signed unsubscribe link: it stops exactly the
+person it was made for, for good, and a row that replaced a deleted one (a new link_key)
+is not stopped by the old address. Who sent the message does not matter: From is trivially
+forged, so only the signed recipient address counts.
+
+`unsubscribe_by_mail` answers one message, read from an MTA pipe (`digest unsubscribe-mail`);
+`poll_mailbox` answers the unseen messages of an IMAP mailbox.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from email import policy
+from email.parser import BytesHeaderParser
+from email.utils import getaddresses
+from enum import Enum
+from functools import lru_cache
+from typing import BinaryIO
+
+from . import db
+from .models import Subscriber, SubscriberStatus
+from .settings import Settings
+from .subscribers import unsubscribe
+from .tokens import LinkOwner
+
+SOURCE = "mailto"  # the history's source of an unsubscribe by email
+MAX_MESSAGE_BYTES = 1_000_000  # an unsubscribe request is a few KB; more is not one
+_MAX_DRAINED_BYTES = 100_000_000  # read and dropped past the limit, so the MTA's write succeeds
+_MAX_LOCAL_PART = 64  # RFC 5321, 4.5.3.1.1
+_MAX_ID_DIGITS = 10  # subscriber ids are 32-bit integers
+_TAG_BYTES = 10  # 80 bits: 16 base32 characters
+_SALT = b"paper-digest:mailto-unsubscribe"
+# Where an MTA or mailbox names the address a message was delivered to: the envelope recipient
+# first (Postfix's local delivery adds Delivered-To and X-Original-To), then what the sender wrote.
+RECIPIENT_HEADERS = ("Delivered-To", "X-Original-To", "To")
+_MAX_CANDIDATES = 100
+_EXTENSION = re.compile(rf"([0-9]{{1,{_MAX_ID_DIGITS}}})-([a-z2-7]{{{_TAG_BYTES * 8 // 5}}})")
+_UNPRINTABLE = re.compile(r"[^\x21-\x7e]")
+
+# What "+<id>-<tag>" leaves of a local part to UNSUBSCRIBE_MAILTO's (settings refuses more).
+MAX_BASE_LOCAL_PART = _MAX_LOCAL_PART - len("+") - _MAX_ID_DIGITS - len("-") - _TAG_BYTES * 8 // 5
+
+
+# --- The address --------------------------------------------------------------------------
+
+
+def mailto_address(settings: Settings, owner: LinkOwner) -> str:
+    """The unsubscribe address of one subscriber: `<local>+<id>-<tag>@<domain>`.
+
+    Made for every email sent, so the HMAC state is prepared once per key (as tokens.py does)
+    and only the id and key are hashed here.
+    """
+    local, domain = _base_address(settings.unsubscribe_address)
+    return f"{local}+{owner.id}-{_tag(settings.signing_key(), owner.id, owner.link_key)}@{domain}"
+
+
+def _tag(secret: str, owner_id: int, link_key: str) -> str:
+    mac = _mac_for(secret).copy()
+    mac.update(f"mailto-unsubscribe:{owner_id}:{link_key}".encode())
+    # Lower-case base32: mail systems may fold the case of a local part.
+    return base64.b32encode(mac.digest()[:_TAG_BYTES]).decode("ascii").lower()
+
+
+@lru_cache(maxsize=8)
+def _mac_for(secret: str) -> hmac.HMAC:
+    # A key of its own, derived from SECRET_KEY: a tag is no signature of any link, nor one of
+    # these of a link.
+    key = hmac.new(secret.encode(), _SALT, hashlib.sha256).digest()
+    return hmac.new(key, digestmod=hashlib.sha256)
+
+
+@lru_cache(maxsize=8)
+def _base_address(address: str) -> tuple[str, str]:
+    local, _, domain = address.rpartition("@")
+    if not local or not domain:
+        raise ValueError(f"UNSUBSCRIBE_MAILTO={address!r} is not an address like unsubscribe@"
+                         "example.org")
+    return local, domain
+
+
+# --- Reading a message --------------------------------------------------------------------
+
+
+class MailOutcome(str, Enum):
+    UNSUBSCRIBED = "unsubscribed"
+    ALREADY_UNSUBSCRIBED = "already unsubscribed"  # a repeated request: nothing to change
+    REFUSED = "refused"  # not a signed address of ours, or not a readable message
+
+
+@dataclass(frozen=True)
+class MailResult:
+    """What one message did, in a line fit for the MTA's log."""
+
+    outcome: MailOutcome
+    detail: str
+    subscriber_id: int | None = None
+
+    @property
+    def refused(self) -> bool:
+        return self.outcome is MailOutcome.REFUSED
+
+    def line(self) -> str:
+        return f"{self.outcome.value}: {self.detail}"
+
+
+class MessageTooLarge(ValueError):
+    """More than MAX_MESSAGE_BYTES came in."""
+
+
+def read_message(stream: BinaryIO, limit: int = MAX_MESSAGE_BYTES) -> bytes:
+    """Up to `limit` bytes of a message; MessageTooLarge if there are more.
+
+    The rest is read and dropped: an MTA writing to a pipe that closes early sees a failed
+    delivery, and would try again or bounce.
+    """
+    data = stream.read(limit + 1)
+    if len(data) <= limit:
+        return data
+    drained = len(data)
+    while drained < _MAX_DRAINED_BYTES and (chunk := stream.read(65536)):
+        drained += len(chunk)
+    raise MessageTooLarge(f"the message is larger than {limit:,} bytes; an unsubscribe "
+                          "request is a few KB")
+
+
+@dataclass(frozen=True)
+class _Tag:
+    subscriber_id: int
+    signature: str
+
+
+def unsubscribe_by_mail(
+    settings: Settings, message: bytes, recipient: str | None = None,
+    now: datetime | None = None,
+) -> MailResult:
+    """Unsubscribe the subscriber whose signed address `message` was sent to.
+
+    `recipient` is the envelope recipient the MTA gives; without it, the Delivered-To,
+    X-Original-To and To headers are searched, in that order, for the first address with a
+    tag. Safe to repeat. Raises only for a database or configuration failure (the MTA should
+    keep the message and try again).
+    """
+    if len(message) > MAX_MESSAGE_BYTES:
+        return _refused(f"the message is larger than {MAX_MESSAGE_BYTES:,} bytes")
+    candidates = [recipient] if recipient else _header_recipients(message)
+    if not candidates:
+        return _refused("no recipient address: pass --recipient, or deliver with a "
+                        "Delivered-To or To header")
+    local, domain = _base_address(settings.unsubscribe_address)
+    address = next((a for a in candidates if _extension(a, local) is not None), None)
+    if address is None:
+        return _refused(f"{_shown(candidates[0])} is not a signed unsubscribe address "
+                        f"({local}+<id>-<tag>@{domain})")
+    tag = _read_tag(_extension(address, local) or "")
+    if tag is None:
+        return _refused(f"{_shown(address)} has no valid unsubscribe tag")
+    with db.session_scope(settings) as session:
+        subscriber = session.get(Subscriber, tag.subscriber_id)
+        if subscriber is None or not _tag_matches(settings, subscriber, tag.signature):
+            return _refused(f"{_shown(address)} has no valid unsubscribe tag")
+        was_receiving = subscriber.status in (SubscriberStatus.ACTIVE, SubscriberStatus.PENDING)
+        unsubscribe(session, subscriber.id, source=SOURCE,
+                    detail="a message to their List-Unsubscribe address", now=now)
+        outcome = MailOutcome.UNSUBSCRIBED if was_receiving else MailOutcome.ALREADY_UNSUBSCRIBED
+        return MailResult(outcome, f"{subscriber.email} (subscriber {subscriber.id})",
+                          subscriber.id)
+
+
+def _refused(reason: str) -> MailResult:
+    return MailResult(MailOutcome.REFUSED, reason)
+
+
+def _header_recipients(message: bytes) -> list[str]:
+    """The addresses of the recipient headers, in RECIPIENT_HEADERS order, as written."""
+    # compat32 keeps each header as its raw text: a malformed one cannot raise on reading.
+    headers = BytesHeaderParser(policy=policy.compat32).parsebytes(message)
+    found: list[str] = []
+    for name in RECIPIENT_HEADERS:
+        values = [str(v) for v in headers.get_all(name) or ()]
+        found += [address for _, address in getaddresses(values) if address]
+    return found[:_MAX_CANDIDATES]
+
+
+def _extension(address: str, base_local: str) -> str | None:
+    """What follows `<base_local>+` in the address's local part (lower-cased), or None."""
+    local = address.strip().strip("<>").rpartition("@")[0].lower()
+    prefix = base_local.lower() + "+"
+    return local[len(prefix):] if local.startswith(prefix) else None
+
+
+def _read_tag(extension: str) -> _Tag | None:
+    match = _EXTENSION.fullmatch(extension)
+    return _Tag(int(match[1]), match[2]) if match else None
+
+
+def _tag_matches(settings: Settings, subscriber: Subscriber, signature: str) -> bool:
+    expected = _tag(settings.signing_key(), subscriber.id, subscriber.link_key)
+    return hmac.compare_digest(expected.encode(), signature.encode())
+
+
+def _shown(address: str) -> str:
+    """An address from a stranger's message, safe on one line of a log."""
+    return repr(_UNPRINTABLE.sub("?", address)[:120])
