@@ -251,7 +251,7 @@ def test_a_slow_drip_is_stopped_at_the_total_deadline(
     )
     elapsed = time.monotonic() - started
 
-    assert elapsed < deadline + 0.5
+    assert elapsed < deadline + 1.0  # the whole drip would take minutes
     assert f"no answer within {deadline:g} s" in str(report.sources[0].error)
     assert report.sources[1].inserted == 3
 
@@ -270,7 +270,7 @@ def test_a_body_dripping_after_quick_headers_is_stopped_too(
     started = time.monotonic()
     with pytest.raises(IngestError, match=r"no answer within 0.6 s"):
         read_source(f"{server.url}/", timeout=0.6, allow_private_networks=True)
-    assert time.monotonic() - started < 1.1
+    assert time.monotonic() - started < 1.6  # the whole drip: 10 s
 
 
 def test_an_endless_body_stops_at_the_size_cap(serve: Callable[[Respond], RawServer]) -> None:
