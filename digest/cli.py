@@ -1009,35 +1009,58 @@ EX_TEMPFAIL = 75  # sysexits.h: the MTA keeps the message and delivers it again 
 @click.option("--recipient", default=None, metavar="ADDRESS",
               help="The envelope recipient (Postfix: ${recipient}); default: the "
                    "Delivered-To, X-Original-To or To header.")
+@click.option("--imap", "from_imap", is_flag=True,
+              help="Answer the unseen messages of the IMAP_* mailbox instead, and mark them "
+                   "seen.")
 @click.pass_context
-def unsubscribe_mail(ctx: click.Context, recipient: str | None) -> None:
+def unsubscribe_mail(ctx: click.Context, recipient: str | None, from_imap: bool) -> None:
     """Unsubscribe the reader whose List-Unsubscribe address the message on stdin was sent to.
 
     For an MTA pipe. Only the signed address (unsubscribe+<id>-<tag>@...) counts, never From.
     Exit status 0 when handled: unsubscribed, already unsubscribed, or refused (not a signed
     address, or over 1 MB: the MTA drops it, no bounce goes back); 75 when the database
-    cannot be used (the MTA tries again later).
+    cannot be used (the MTA tries again later). With --imap, for cron: 1 when the mailbox
+    cannot be read.
 
     Example: digest unsubscribe-mail --recipient unsubscribe+42-mfrggzdfmztwq2lk@ex.org < m.eml
     """
     from sqlalchemy.exc import SQLAlchemyError
 
-    from .mailto import MessageTooLarge, read_message, unsubscribe_by_mail
+    from .mailto import (
+        MailboxError,
+        MailOutcome,
+        MailResult,
+        MessageTooLarge,
+        poll_mailbox,
+        read_message,
+        unsubscribe_by_mail,
+    )
 
+    if from_imap and recipient:
+        raise click.UsageError("--recipient names one message's address; --imap reads each "
+                               "message's own headers. Give one or the other.")
     settings = _settings(ctx)
+    summary = ""
     try:
-        message = read_message(sys.stdin.buffer)
-    except MessageTooLarge as exc:
-        click.echo(f"refused: {exc}", err=True)
-        return
-    try:
+        message = b"" if from_imap else read_message(sys.stdin.buffer)
         _ensure_schema(settings)
-        result = unsubscribe_by_mail(settings, message, recipient)
+        if from_imap:
+            report = poll_mailbox(settings)
+            results, summary = report.results, report.summary()
+        else:
+            results = [unsubscribe_by_mail(settings, message, recipient)]
+    except MessageTooLarge as exc:
+        results = [MailResult(MailOutcome.REFUSED, str(exc))]
+    except MailboxError as exc:
+        raise click.ClickException(str(exc)) from exc
     except (click.ClickException, SettingsError, SQLAlchemyError) as exc:
         text = exc.format_message() if isinstance(exc, click.ClickException) else str(exc)
         click.echo(f"try again later: {' '.join(text.split())[:500]}", err=True)
         ctx.exit(EX_TEMPFAIL)
-    click.echo(result.line(), err=result.refused)
+    for result in results:
+        click.echo(result.line(), err=result.refused)
+    if summary:
+        click.echo(summary)
 
 
 # --- deliverability ---------------------------------------------------------------------

@@ -14,17 +14,21 @@ forged, so only the signed recipient address counts.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import hmac
+import imaplib
 import re
+import ssl
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from email import policy
 from email.parser import BytesHeaderParser
 from email.utils import getaddresses
 from enum import Enum
-from functools import lru_cache
-from typing import BinaryIO
+from functools import lru_cache, partial
+from typing import Any, BinaryIO, TypeVar
 
 from . import db
 from .models import Subscriber, SubscriberStatus
@@ -210,3 +214,112 @@ def _tag_matches(settings: Settings, subscriber: Subscriber, signature: str) -> 
 def _shown(address: str) -> str:
     """An address from a stranger's message, safe on one line of a log."""
     return repr(_UNPRINTABLE.sub("?", address)[:120])
+
+
+# --- A mailbox over IMAP ------------------------------------------------------------------
+
+IMAP_TIMEOUT = 60.0  # seconds for each answer of the IMAP server
+MAX_MESSAGES_PER_POLL = 500  # a flood of mail waits for the next run, not this one
+_SIZE = re.compile(rb"RFC822\.SIZE (\d+)")
+T = TypeVar("T")
+
+
+class MailboxError(RuntimeError):
+    """The IMAP mailbox cannot be read; the message says what to check."""
+
+
+@dataclass(frozen=True)
+class MailboxReport:
+    results: list[MailResult]
+    left: int  # unseen messages left for the next run
+
+    def summary(self) -> str:
+        counts = {o: sum(r.outcome is o for r in self.results) for o in MailOutcome}
+        done = ", ".join(f"{n} {o.value}" for o, n in counts.items() if n) or "nothing unseen"
+        left = f"; {self.left} left for the next run" if self.left else ""
+        return f"{len(self.results)} message(s): {done}{left}."
+
+
+def poll_mailbox(
+    settings: Settings, ssl_context: ssl.SSLContext | None = None, now: datetime | None = None
+) -> MailboxReport:
+    """Answer each unseen message of the IMAP_* mailbox as `unsubscribe_by_mail` does, then
+    mark it seen. A message is marked only once answered: if the database fails, it stays
+    unseen for the next run (and the error goes up)."""
+    if not settings.imap_host:
+        raise MailboxError("IMAP_HOST is not set: name the mailbox that mail to "
+                           f"{settings.unsubscribe_address} reaches (see .env.example).")
+    imap = _call_imap(settings, lambda: _open_mailbox(settings, ssl_context))
+    try:
+        uids = _call_imap(settings, lambda: _unseen(imap))
+        results = []
+        for uid in uids[:MAX_MESSAGES_PER_POLL]:
+            results.append(_answer(settings, imap, uid, now))
+            _call_imap(settings, partial(_mark_seen, imap, uid))
+        return MailboxReport(results, max(0, len(uids) - MAX_MESSAGES_PER_POLL))
+    finally:
+        with contextlib.suppress(imaplib.IMAP4.error, OSError):
+            imap.logout()
+
+
+def _answer(
+    settings: Settings, imap: imaplib.IMAP4, uid: str, now: datetime | None
+) -> MailResult:
+    size_answer = _call_imap(settings, lambda: _ok(imap.uid("FETCH", uid, "(RFC822.SIZE)")))
+    size = _SIZE.search(b" ".join(x for x in size_answer if isinstance(x, bytes)))
+    if size is None:
+        return _refused("the IMAP server gave no size for the message")
+    if int(size[1]) > MAX_MESSAGE_BYTES:
+        return _refused(f"the message is larger than {MAX_MESSAGE_BYTES:,} bytes")
+    body = _call_imap(settings, lambda: _ok(imap.uid("FETCH", uid, "(BODY.PEEK[])")))
+    message = next((part[1] for part in body if isinstance(part, tuple)), b"")
+    return unsubscribe_by_mail(settings, message, now=now)
+
+
+def _open_mailbox(settings: Settings, ssl_context: ssl.SSLContext | None) -> imaplib.IMAP4:
+    context = ssl_context or ssl.create_default_context()
+    host, port = settings.imap_host, settings.imap_port
+    imap: imaplib.IMAP4
+    if settings.imap_security == "tls":
+        imap = imaplib.IMAP4_SSL(host, port, ssl_context=context, timeout=IMAP_TIMEOUT)
+    else:
+        imap = imaplib.IMAP4(host, port, timeout=IMAP_TIMEOUT)
+        if settings.imap_security == "starttls":
+            imap.starttls(context)
+    try:
+        _ok(imap.login(settings.imap_username, settings.imap_password))
+        mailbox = settings.imap_mailbox.replace("\\", "\\\\").replace('"', '\\"')
+        _ok(imap.select(f'"{mailbox}"'))
+    except BaseException:
+        with contextlib.suppress(imaplib.IMAP4.error, OSError):
+            imap.logout()
+        raise
+    return imap
+
+
+def _unseen(imap: imaplib.IMAP4) -> list[str]:
+    found = _ok(imap.uid("SEARCH", "UNSEEN"))
+    return b" ".join(x for x in found if isinstance(x, bytes)).decode("ascii").split()
+
+
+def _mark_seen(imap: imaplib.IMAP4, uid: str) -> None:
+    _ok(imap.uid("STORE", uid, "+FLAGS.SILENT", r"(\Seen)"))
+
+
+def _ok(answer: tuple[str, Sequence[Any]]) -> list[Any]:
+    kind, data = answer
+    if kind != "OK":
+        raise imaplib.IMAP4.error(f"{kind} {data!r}"[:200])
+    return list(data)
+
+
+def _call_imap(settings: Settings, step: Callable[[], T]) -> T:
+    try:
+        return step()
+    except (imaplib.IMAP4.error, OSError) as exc:  # ssl.SSLError and timeouts are OSErrors
+        where = f"{settings.imap_host}:{settings.imap_port}"
+        raise MailboxError(
+            f"cannot read mailbox {settings.imap_mailbox!r} at {where} as "
+            f"{settings.imap_username!r} ({type(exc).__name__}: {' '.join(str(exc).split())}); "
+            "check IMAP_HOST, IMAP_PORT, IMAP_SECURITY, IMAP_USERNAME and IMAP_PASSWORD."
+        ) from exc

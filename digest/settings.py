@@ -55,6 +55,14 @@ class Settings:
     unsubscribe_mailto: str = ""  # empty: unsubscribe@<domain of mail_from>
     secret_key: str = field(default="", repr=False)  # empty: generated once into data_dir
 
+    # Unsubscribe by email from a mailbox (`digest unsubscribe-mail --imap`); empty host: off
+    imap_host: str = ""
+    imap_port: int = 993
+    imap_security: str = "tls"  # tls | starttls | none
+    imap_username: str = ""
+    imap_password: str = field(default="", repr=False)
+    imap_mailbox: str = "INBOX"
+
     # Digest and ranking
     default_send_hour: int = 7
     default_time_zone: str = "UTC"
@@ -182,7 +190,7 @@ class Settings:
         if not 0 <= self.metrics_port <= 65535:
             raise SettingsError(f"METRICS_PORT={self.metrics_port} is not a port (0 turns it off).")
         _check_retention(self)
-        _check_unsubscribe_mailto(self)
+        _check_unsubscribe_by_mail(self)
         return _replace(self, **changes)
 
     @property
@@ -247,14 +255,21 @@ class Settings:
 UNSUBSCRIBE_LOCAL_PART_MAX = 36
 
 
-def _check_unsubscribe_mailto(settings: Settings) -> None:
-    """Refuse an UNSUBSCRIBE_MAILTO whose per-subscriber addresses would be too long."""
+def _check_unsubscribe_by_mail(settings: Settings) -> None:
+    """Refuse an UNSUBSCRIBE_MAILTO whose per-subscriber addresses would be too long, and a
+    mailbox the service could not read."""
     if not 0 < len(settings.unsubscribe_address.rpartition("@")[0]) <= UNSUBSCRIBE_LOCAL_PART_MAX:
         raise SettingsError(
             f"UNSUBSCRIBE_MAILTO={settings.unsubscribe_mailto!r} needs 1 to "
             f"{UNSUBSCRIBE_LOCAL_PART_MAX} characters before the @: each email adds "
             "+<id>-<tag> to them, and an address's local part is at most 64 (RFC 5321)."
         )
+    if settings.imap_security not in ("tls", "starttls", "none"):
+        raise SettingsError(
+            f"IMAP_SECURITY={settings.imap_security!r} is not one of tls, starttls, none."
+        )
+    if not 0 < settings.imap_port <= 65535:
+        raise SettingsError(f"IMAP_PORT={settings.imap_port} is not a port (IMAPS is 993).")
 
 
 # Retention floors: below them pruning would break a promise the service makes.

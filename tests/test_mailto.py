@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import ssl
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -15,10 +16,17 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from digest.cli import EX_TEMPFAIL, main
-from digest.mailto import MAX_BASE_LOCAL_PART, MAX_MESSAGE_BYTES, mailto_address
+from digest.mailto import (
+    MAX_BASE_LOCAL_PART,
+    MAX_MESSAGE_BYTES,
+    MailOutcome,
+    mailto_address,
+    poll_mailbox,
+)
 from digest.models import EventKind, Subscriber, SubscriberEvent, SubscriberStatus
 from digest.notices import LinkRef, Notice, compose_notice
 from digest.pipeline import run_day
@@ -27,6 +35,7 @@ from digest.settings import UNSUBSCRIBE_LOCAL_PART_MAX, Settings, SettingsError
 
 from .conftest import make_settings
 from .factories import make_subscriber
+from .imap_server import IMAPServer, make_server
 from .smtp_server import SMTPServer
 from .test_pipeline import DAY, seed_papers
 
@@ -351,3 +360,130 @@ def test_the_command_reads_a_real_pipe(
     assert done.returncode == 0, done.stderr
     assert done.stdout.decode().startswith("unsubscribed: ada@example.org")
     assert not active()
+
+
+# --- A mailbox over IMAP (a test server on loopback) --------------------------------------
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A self-signed certificate and key for 127.0.0.1 in one PEM file."""
+    folder = tmp_path_factory.mktemp("imap-tls")
+    pem = folder / "server.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+         "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+         "-keyout", str(folder / "key.pem"), "-out", str(folder / "cert.pem")],
+        check=True, capture_output=True)
+    pem.write_bytes((folder / "cert.pem").read_bytes() + (folder / "key.pem").read_bytes())
+    return pem
+
+
+def server_context(certificate: Path) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(certificate)
+    return context
+
+
+@pytest.fixture
+def mailbox(certificate: Path) -> Iterator[IMAPServer]:
+    server = make_server(tls_context=server_context(certificate))
+    yield server
+    server.stop()
+
+
+def imap_env(settings: Settings, server: IMAPServer, certificate: Path,
+             **overrides: str) -> dict[str, str]:
+    return command_env(settings) | {
+        "IMAP_HOST": "127.0.0.1", "IMAP_PORT": str(server.port), "IMAP_SECURITY": "tls",
+        "IMAP_USERNAME": "digest", "IMAP_PASSWORD": "s3cret", "IMAP_MAILBOX": "INBOX",
+        "SSL_CERT_FILE": str(certificate),  # OpenSSL's default trust: our test certificate
+    } | overrides
+
+
+def test_imap_answers_each_unseen_message_once_and_marks_it_seen(
+    session: Session, settings: Settings, mailbox: IMAPServer, certificate: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    ada = make_subscriber(session, email="ada@example.org")
+    grace = make_subscriber(session, email="grace@example.org")
+    session.commit()
+    grace_address = mailto_address(settings, grace)
+    to_ada = mailbox.add(reply(mailto_address(settings, ada)))
+    mailbox.add(reply("unsubscribe@digest.test", sender="grace@example.org"))
+    mailbox.add(reply(f"unsubscribe+{grace.id}-aaaaaaaaaaaaaaaa@digest.test"))
+    read_before = mailbox.add(reply(grace_address), seen=True)  # a person handled it already
+    huge = mailbox.add(reply(grace_address) + b"x" * MAX_MESSAGE_BYTES)
+
+    result = run_command(settings, b"", "--imap", env=imap_env(settings, mailbox, certificate))
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines() == [
+        f"unsubscribed: ada@example.org (subscriber {ada.id})",
+        "4 message(s): 1 unsubscribed, 3 refused."]
+    assert "larger than 1,000,000 bytes" in result.stderr and result.stderr.count("\n") == 3
+    assert statuses(session) == {"ada@example.org": SubscriberStatus.UNSUBSCRIBED,
+                                 "grace@example.org": SubscriberStatus.ACTIVE}
+    assert all(m.seen for m in mailbox.messages)
+    assert to_ada.fetched and not huge.fetched and not read_before.fetched
+    assert ("LOGIN", True) in mailbox.commands  # the password went over TLS
+
+    again = run_command(settings, b"", "--imap", env=imap_env(settings, mailbox, certificate))
+    assert again.exit_code == 0 and again.stdout == "0 message(s): nothing unseen.\n"
+    assert unsubscribe_events(session) == [(ada.id, "mailto")]
+
+
+def test_imap_over_starttls_logs_in_only_after_tls(
+    sqlite_settings: Settings, certificate: Path
+) -> None:
+    server = make_server(starttls_context=server_context(certificate))
+    try:
+        server.add(reply("unsubscribe@digest.test"))
+        settings = replace(sqlite_settings, imap_host="127.0.0.1", imap_port=server.port,
+                           imap_security="starttls", imap_username="digest",
+                           imap_password="s3cret")
+        report = poll_mailbox(settings, ssl.create_default_context(cafile=str(certificate)))
+        assert [r.outcome for r in report.results] == [MailOutcome.REFUSED]
+        assert server.messages[0].seen
+        commands = [c for c, _ in server.commands]
+        assert commands.index("STARTTLS") < commands.index("LOGIN")
+        assert all(tls for c, tls in server.commands if c == "LOGIN")
+    finally:
+        server.stop()
+
+
+def test_a_mailbox_that_cannot_be_read_is_a_one_line_error(
+    sqlite_settings: Settings, mailbox: IMAPServer, certificate: Path, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    mailbox.add(reply("unsubscribe@digest.test"))
+    env = imap_env(sqlite_settings, mailbox, certificate)
+    cases = {
+        "wrong password": env | {"IMAP_PASSWORD": "wrong"},
+        "no such mailbox": env | {"IMAP_MAILBOX": "Unsubscribe requests"},
+        "untrusted certificate": {k: v for k, v in env.items() if k != "SSL_CERT_FILE"},
+        "IMAP_HOST unset": env | {"IMAP_HOST": ""},
+    }
+    for what, case_env in cases.items():
+        result = run_command(sqlite_settings, b"", "--imap", env=case_env)
+        assert result.exit_code == 1, what
+        assert result.stderr.startswith("Error: ") and result.stderr.count("\n") == 1, what
+        assert "IMAP_" in result.stderr, what
+        assert "Traceback" not in result.output
+    assert not mailbox.messages[0].seen
+    # The certificate was refused before any password was sent.
+    assert [c for c, _ in mailbox.commands].count("LOGIN") == 2
+
+
+def test_a_message_stays_unseen_when_the_database_fails(
+    sqlite_settings: Settings, mailbox: IMAPServer, certificate: Path
+) -> None:
+    spam = mailbox.add(reply("unsubscribe@digest.test"))
+    request = mailbox.add(reply(mailto_address(sqlite_settings, LinkRef(1, "k" * 22))))
+    settings = replace(sqlite_settings, database_url="postgresql+psycopg://d@127.0.0.1:1/d",
+                       imap_host="127.0.0.1", imap_port=mailbox.port, imap_username="digest",
+                       imap_password="s3cret")
+    with pytest.raises(SQLAlchemyError):
+        poll_mailbox(settings, ssl.create_default_context(cafile=str(certificate)))
+    assert spam.seen and not request.seen  # the next run answers it
