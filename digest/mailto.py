@@ -160,11 +160,11 @@ def unsubscribe_by_mail(
         return _refused("no recipient address: pass --recipient, or deliver with a "
                         "Delivered-To or To header")
     local, domain = _base_address(settings.unsubscribe_address)
-    address = next((a for a in candidates if _extension(a, local) is not None), None)
-    if address is None:
+    ours = [(a, _read_tag(ext)) for a in candidates if (ext := _extension(a, local)) is not None]
+    if not ours:
         return _refused(f"{_shown(candidates[0])} is not a signed unsubscribe address "
                         f"({local}+<id>-<tag>@{domain})")
-    tag = _read_tag(_extension(address, local) or "")
+    address, tag = next(((a, t) for a, t in ours if t is not None), ours[0])
     if tag is None:
         return _refused(f"{_shown(address)} has no valid unsubscribe tag")
     with db.session_scope(settings) as session:

@@ -279,7 +279,8 @@ def run_command(settings: Settings, message: bytes, *args: str,
                               env=env or command_env(settings), catch_exceptions=False)
 
 
-@pytest.mark.parametrize("how", ["delivered-to", "x-original-to", "upper-case"])
+@pytest.mark.parametrize("how", ["delivered-to", "x-original-to", "upper-case",
+                                 "after-a-malformed-one"])
 def test_the_address_is_found_where_an_mta_puts_it(
     ada: tuple[Settings, str, Callable[[], bool]], how: str, tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
@@ -290,6 +291,8 @@ def test_the_address_is_found_where_an_mta_puts_it(
     # the reader's client wrote the plain address (an old digest, a forward) into To.
     if how == "upper-case":
         message = reply(address.upper())
+    elif how == "after-a-malformed-one":
+        message = b"Delivered-To: unsubscribe+junk@digest.test\n" + reply(address)
     else:
         header = "Delivered-To" if how == "delivered-to" else "X-Original-To"
         message = (b"From ada@example.org  Mon Nov 23 07:00:00 2026\n"
