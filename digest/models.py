@@ -223,6 +223,7 @@ class SignupRequest(Base):
     __table_args__ = (
         Index("ix_signup_requests_address", "address", "created_at"),
         Index("ix_signup_requests_subscriber_id", "subscriber_id"),
+        Index("ix_signup_requests_created_at", "created_at"),
         {"sqlite_autoincrement": True},
     )
 
@@ -246,6 +247,8 @@ class SignupRequest(Base):
     emailed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     email_error: Mapped[str | None] = mapped_column(Text, nullable=True)
     confirmed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # The sender that took this request owns it until then (see notices.EmailSender).
+    claimed_until: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
 
 class TopicProfile(Base):

@@ -5,10 +5,12 @@ Each is an email type under `templates/email/<name>/` rendered by `render_email`
 out through the configured sender like a digest, with the same List-Unsubscribe headers: the
 owner of an address someone else typed in can stop it with one click.
 
-The form's request only records a sign-up request; `send_in_background` hands it to a thread
-of the web process, which decides what it earns, sends it, and records that, each database
-step in a short transaction of its own. So no request waits on the mail server or holds a
-database connection while it answers, and every outcome answers in the same time.
+The form's request only records a sign-up request; `send_in_background` wakes a thread of
+the web process, which claims it, decides what it earns, sends it, and records that, each
+database step in a short transaction of its own; the table is the queue, so a restart loses
+nothing (`send_pending_signup_emails`, run by the beat, sends what a stopped process left).
+So no request waits on the mail server or holds a database connection while it answers,
+and every outcome answers in the same time.
 
 A visitor's topics go into a confirmation email to an address they typed: they are shown
 plainly, shortened, and defanged so that no mail client can turn them into a link.
@@ -19,20 +21,22 @@ from __future__ import annotations
 import atexit
 import logging
 import os
-import queue
 import re
 import secrets
 import threading
+from collections import deque
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+from sqlalchemy import and_, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.elements import ColumnElement
 
 from . import db
 from .mailto import mailto_address
-from .models import SignupRequest, Subscriber
+from .models import SignupOutcome, SignupRequest, Subscriber
 from .render import one_line, render_email, safe_url, shorten, topic_list
 from .send import OutgoingEmail, open_sender
 from .settings import Settings
@@ -235,58 +239,173 @@ def _process(settings: Settings, request_id: int) -> tuple[Signup, Notice | None
 
 # --- the background sender ----------------------------------------------------------------
 
+# A claimed request belongs to its sender for this long; then (its process stopped) the next
+# sender takes it. Longer than one email takes to send, even to a slow server.
+CLAIM_SECONDS = 120
+EXIT_WAIT_SECONDS = 10.0
+# A confirmation link lives two days: an older request is not worth an email any more.
+SEND_WITHIN = timedelta(seconds=MAX_AGE_SECONDS[Purpose.CONFIRM] or 2 * 86400)
+_EMAILED_OUTCOMES = (SignupOutcome.RECEIVED, SignupOutcome.CONFIRMATION,
+                     SignupOutcome.ALREADY_ACTIVE)
 
-class BackgroundSender:
-    """A thread of the web process that sends the emails sign-up requests earn, one by one.
 
-    Started on first use in each process (gunicorn forks its workers after loading the app),
-    and given a few seconds at exit to finish what is queued. A request whose email was lost
-    with its process is harmless: nothing was recorded as sent, so submitting the form
-    again sends it.
+def _still_to_send(now: datetime) -> ColumnElement[bool]:
+    """Requests whose email is neither sent nor refused, and that no live sender holds."""
+    return and_(
+        SignupRequest.created_at >= now - SEND_WITHIN,
+        SignupRequest.outcome.in_(_EMAILED_OUTCOMES),
+        SignupRequest.emailed_at.is_(None),
+        SignupRequest.email_error.is_(None),
+        or_(SignupRequest.claimed_until.is_(None), SignupRequest.claimed_until < now),
+    )
+
+
+def claim_signup_request(settings: Settings, preferred: int | None = None) -> int | None:
+    """Take one request whose email is still to send (`preferred` first), for CLAIM_SECONDS;
+    None when there is none. Two senders never take the same request."""
+    now = datetime.now(timezone.utc)
+    with db.session_scope(settings) as session:
+        candidates = [preferred] if preferred is not None else []
+        candidates += session.scalars(
+            select(SignupRequest.id).where(_still_to_send(now))
+            .order_by(SignupRequest.id).limit(10)
+        ).all()
+        for request_id in candidates:
+            taken = session.execute(
+                update(SignupRequest)
+                .where(SignupRequest.id == request_id, _still_to_send(now))
+                .values(claimed_until=now + timedelta(seconds=CLAIM_SECONDS))
+            )
+            if taken.rowcount == 1:  # type: ignore[attr-defined]
+                return request_id
+    return None
+
+
+def send_pending_signup_emails(settings: Settings, limit: int = 1000) -> int:
+    """Send the emails of requests whose sender stopped before it could (a restart, a crash,
+    a backlog at shutdown); the beat runs it every minute. Returns how many were handled."""
+    handled = 0
+    while handled < limit and (request_id := claim_signup_request(settings)) is not None:
+        send_signup_email(settings, request_id)
+        handled += 1
+    return handled
+
+
+class EmailSender:
+    """Threads of the web process that send the emails sign-up requests earn.
+
+    The queue is the `signup_requests` table itself: `submit` only wakes a thread, which
+    claims the request (or any other still to send) in the database, sends it, and records
+    that. So a backlog costs no memory, and what a stopped process had not sent is not lost:
+    its claims run out and the next sender, or the beat's `send_signup_emails`, sends it.
+    Threads start on first use in each process (gunicorn forks after loading the app) and
+    stop after a while with nothing to do. At exit the process gives them a few seconds, then
+    hands back the requests it still holds, so the next sender need not wait for the claims
+    to run out.
     """
 
-    def __init__(self, exit_wait_seconds: float = 10.0) -> None:
-        self._lock = threading.Lock()
+    THREADS = 2
+    IDLE_SECONDS = 60.0
+
+    def __init__(self) -> None:
+        self._lock = threading.Condition()
         self._pid = 0
-        self._queue: queue.Queue[tuple[Settings, int]] = queue.Queue()
-        self._exit_wait = exit_wait_seconds
+        self._hints: dict[Settings, deque[int]] = {}
+        self._threads: dict[Settings, int] = {}
+        self._outstanding: set[int] = set()
+        self._held: dict[int, Settings] = {}  # claimed here and not yet handled
 
     def submit(self, settings: Settings, request_id: int) -> None:
         with self._lock:
-            if self._pid != os.getpid():  # first use in this process
-                self._pid = os.getpid()
-                self._queue = queue.Queue()
-                threading.Thread(target=self._work, args=(self._queue,),
-                                 name="signup-emails", daemon=True).start()
-                atexit.register(self.wait, self._exit_wait)
-            self._queue.put((settings, request_id))
+            if self._pid != os.getpid():  # first use in this process: no thread here yet
+                self._pid, self._hints, self._threads = os.getpid(), {}, {}
+                self._outstanding, self._held = set(), {}
+                atexit.register(self.stop, EXIT_WAIT_SECONDS)
+            self._hints.setdefault(settings, deque()).append(request_id)
+            self._outstanding.add(request_id)
+            while self._threads.get(settings, 0) < self.THREADS:
+                self._threads[settings] = self._threads.get(settings, 0) + 1
+                threading.Thread(target=self._work, args=(settings,), name="signup-emails",
+                                 daemon=True).start()
+            self._lock.notify_all()
 
     def wait(self, timeout: float = 10.0) -> bool:
-        """Wait until everything submitted so far was handled; False on timeout."""
-        work = self._queue
-        with work.all_tasks_done:
-            return work.all_tasks_done.wait_for(lambda: work.unfinished_tasks == 0, timeout)
+        """Wait until every request submitted here was handled; False on timeout."""
+        with self._lock:
+            return self._lock.wait_for(lambda: not self._outstanding, timeout)
 
-    @staticmethod
-    def _work(work: queue.Queue[tuple[Settings, int]]) -> None:
-        while True:
-            settings, request_id = work.get()
+    def stop(self, timeout: float) -> None:
+        """At exit: wait a little for what is under way, then hand back what is still held."""
+        self.wait(timeout)
+        with self._lock:
+            held, self._held = self._held, {}
+        by_settings: dict[Settings, list[int]] = {}
+        for request_id, settings in held.items():
+            by_settings.setdefault(settings, []).append(request_id)
+        for settings, ids in by_settings.items():
+            try:
+                with db.session_scope(settings) as session:
+                    session.execute(update(SignupRequest).where(SignupRequest.id.in_(ids))
+                                    .values(claimed_until=None))
+            except Exception:  # noqa: BLE001 - at exit: the claims run out by themselves
+                log.warning("sign-up emails: %d claims left to run out", len(ids))
+
+    def _work(self, settings: Settings) -> None:
+        try:
+            while (hint := self._next_hint(settings)) is not None:
+                self._send_all(settings, hint)
+        finally:
+            with self._lock:
+                self._threads[settings] -= 1
+
+    def _next_hint(self, settings: Settings) -> int | None:
+        """A submitted request id; None once nothing came for IDLE_SECONDS (the thread stops)."""
+        with self._lock:
+            hints = self._hints.setdefault(settings, deque())
+            if not self._lock.wait_for(lambda: bool(hints), self.IDLE_SECONDS):
+                return None
+            return hints.popleft()
+
+    def _send_all(self, settings: Settings, preferred: int | None) -> None:
+        """Send `preferred`, then whatever else is still to send, until nothing is left."""
+        while (request_id := self._claim(settings, preferred)) is not None:
+            with self._lock:
+                self._held[request_id] = settings
             try:
                 send_signup_email(settings, request_id)
             except Exception:  # one bad request must not stop the others
                 log.exception("sign-up request %s: email not handled", request_id)
             finally:
-                work.task_done()
+                self._handled(request_id)
+            if request_id != preferred and preferred is not None:
+                self._handled(preferred)  # another sender had taken it
+            preferred = None
+        if preferred is not None:
+            self._handled(preferred)
+
+    def _handled(self, request_id: int) -> None:
+        with self._lock:
+            self._held.pop(request_id, None)
+            self._outstanding.discard(request_id)
+            self._lock.notify_all()
+
+    @staticmethod
+    def _claim(settings: Settings, preferred: int | None) -> int | None:
+        try:
+            return claim_signup_request(settings, preferred)
+        except Exception:  # the database is away: the beat's sweep retries
+            log.exception("sign-up emails: cannot claim a request")
+            return None
 
 
-_SENDER = BackgroundSender()
+_SENDER = EmailSender()
 
 
 def send_in_background(settings: Settings, request_id: int) -> None:
-    """Hand a recorded sign-up request to this process's background sender."""
+    """Hand a recorded sign-up request to this process's email senders."""
     _SENDER.submit(settings, request_id)
 
 
 def wait_for_background_sends(timeout: float = 10.0) -> bool:
-    """Wait for this process's background sender to finish what it was given (tests, CLI)."""
+    """Wait for this process's email senders to handle what they were given (tests, CLI)."""
     return _SENDER.wait(timeout)

@@ -440,3 +440,54 @@ def test_paper_links_lead_elsewhere_than_the_sources_hosts_only_for_their_reader
     assert followed.status_code == 302 and followed.location == "https://evil.example/landing"
     with db.session_scope(web_settings) as s:
         assert s.scalar(select(func.count()).select_from(PaperFeedback)) == 1  # the reader's
+
+
+# --- a restart or a backlog loses no sign-up email ----------------------------------------
+
+
+def test_what_a_stopped_web_process_had_not_sent_is_sent_by_the_sweep(
+    client: FlaskClient, web_settings: Settings, smtp_server: SMTPServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The sign-up requests are the queue: a process that stopped with a backlog (its
+    threads never got to three requests; a fourth was claimed by a sender that died, a fifth
+    by one still at work) loses nothing, and no email goes twice."""
+    from sqlalchemy import update as sql_update
+
+    from digest.models import SignupRequest
+
+    monkeypatch.setattr(notices, "send_in_background", lambda settings, request_id: None)
+    for n in range(5):
+        assert post_form(client, email=f"reader{n}@example.org") == 200
+    assert smtp_server.messages == []
+    with db.session_scope(web_settings) as s:
+        ids = sorted(s.scalars(select(SignupRequest.id)).all())
+        now = datetime.now(timezone.utc)
+        s.execute(sql_update(SignupRequest).where(SignupRequest.id == ids[3])
+                  .values(claimed_until=now - timedelta(seconds=1)))  # its sender died
+        s.execute(sql_update(SignupRequest).where(SignupRequest.id == ids[4])
+                  .values(claimed_until=now + timedelta(seconds=60)))  # still at work
+    assert notices.send_pending_signup_emails(web_settings) == 4
+    assert sorted(str(m["To"]) for m in smtp_server.messages) == [
+        f"reader{n}@example.org" for n in range(4)]
+    assert notices.send_pending_signup_emails(web_settings) == 0  # nothing twice
+
+
+def test_two_senders_never_take_the_same_request(
+    client: FlaskClient, web_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(notices, "send_in_background", lambda settings, request_id: None)
+    for n in range(2):
+        post_form(client, email=f"reader{n}@example.org")
+    first = notices.claim_signup_request(web_settings)
+    second = notices.claim_signup_request(web_settings, preferred=first)
+    assert first is not None and second is not None and first != second
+    assert notices.claim_signup_request(web_settings) is None
+
+
+def test_the_beat_sends_what_web_processes_left_every_minute() -> None:
+    from workers.app import beat_schedule
+
+    entry = beat_schedule(Settings())["send-signup-emails"]
+    assert entry["task"] == "workers.tasks.send_signup_emails"
+    assert entry["schedule"] == timedelta(minutes=1)

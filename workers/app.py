@@ -51,6 +51,11 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, object]]:
             "schedule": timedelta(minutes=max(settings.beat_interval_minutes, 0.01)),
         },
     }
+    # The web app sends sign-up emails itself; this sends what a restart left behind.
+    schedule["send-signup-emails"] = {
+        "task": "workers.tasks.send_signup_emails",
+        "schedule": timedelta(minutes=1),
+    }
     schedule["prune-old-rows"] = {
         "task": "workers.tasks.prune",
         # Daily, at a fixed hour: the prune goes in short batches and may meet sending.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import date, datetime, timezone
 
-from digest import db, pipeline, retention
+from digest import db, notices, pipeline, retention
 from digest.ingest import ingest
 from digest.settings import Settings
 
@@ -49,6 +49,12 @@ def ingest_sources() -> dict[str, object]:
         "rejected": len(report.rejected),
         "errors": report.errors,
     }
+
+
+@app.task(acks_late=True)
+def send_signup_emails() -> dict[str, object]:
+    """Send the sign-up emails a stopped web process left unsent; safe to run twice."""
+    return {"sent": notices.send_pending_signup_emails(_settings())}
 
 
 @app.task(acks_late=True)

@@ -49,7 +49,7 @@ from urllib.parse import urlsplit
 
 from sqlalchemy import create_engine, text
 
-from digest import db, tokens
+from digest import db, notices, tokens
 from digest.ingest import load_sample_papers
 from digest.models import SubscriberStatus
 from digest.settings import PROJECT_DIR, Settings, setting_names
@@ -149,11 +149,16 @@ def run(options: Options) -> int:
         results = run_locust(options, server.url, targets, workdir)
         cpu = meter.read(watcher)
         server.stop()  # workers write their probe reports as they exit
+        at_stop = sink.received_count()
+        # What the beat's send_signup_emails would do a minute later: the requests are the
+        # queue, so what gunicorn's senders had not reached when it stopped still goes out.
+        swept = notices.send_pending_signup_emails(settings)
         probe = read_probe(workdir / "probe")
         print()
         print(format_table(results, probe))
         print()
-        print(format_notes(options, server, sink.received_count(), probe, watcher, cpu, results))
+        print(format_notes(options, server, at_stop, probe, watcher, cpu, results))
+        print(f"sign-up emails sent by the sweep after gunicorn stopped: {swept:,}")
         outcome = verdict(results, probe, sink.received_count())
         if outcome and (traceback := last_traceback(server.log)):
             print(f"\nthe last traceback in gunicorn's log:\n{traceback}")
