@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench bench-web lint clean
+.PHONY: demo test bench bench-web bench-retention lint clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,13 @@ bench-web: $(STAMP)
 	@$(BIN)/locust --version >/dev/null 2>&1 || \
 		$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test,deploy,bench]'
 	@$(BIN)/python -m bench.web $(BENCH_WEB_ARGS)
+
+## Database size and the day's time after 1, 30 and 365 simulated days, with and without
+## `digest prune` (bench/retention.py). 4,000 subscribers keep it near 15 minutes on two
+## cores; BENCH_RETENTION_ARGS='--subscribers 10000' measures the issue's full size.
+BENCH_RETENTION_ARGS ?= --subscribers 4000 --days 1,30,365
+bench-retention: $(STAMP)
+	@$(BIN)/python -m bench.retention $(BENCH_RETENTION_ARGS)
 
 ## ruff and mypy, pinned so that a new release cannot fail CI overnight (.pre-commit-config.yaml runs the same).
 lint: $(STAMP)
