@@ -260,16 +260,20 @@ def _still_to_send(now: datetime) -> ColumnElement[bool]:
     )
 
 
-def claim_signup_request(settings: Settings, preferred: int | None = None) -> int | None:
-    """Take one request whose email is still to send (`preferred` first), for CLAIM_SECONDS;
-    None when there is none. Two senders never take the same request."""
+def claim_signup_request(
+    settings: Settings, preferred: int | None = None, *, only: bool = False
+) -> int | None:
+    """Take one request whose email is still to send (`preferred` first; with `only`, that
+    one or none), for CLAIM_SECONDS; None when there is none. Two senders never take the
+    same request."""
     now = datetime.now(timezone.utc)
     with db.session_scope(settings) as session:
         candidates = [preferred] if preferred is not None else []
-        candidates += session.scalars(
-            select(SignupRequest.id).where(_still_to_send(now))
-            .order_by(SignupRequest.id).limit(10)
-        ).all()
+        if not only:
+            candidates += session.scalars(
+                select(SignupRequest.id).where(_still_to_send(now))
+                .order_by(SignupRequest.id).limit(10)
+            ).all()
         for request_id in candidates:
             taken = session.execute(
                 update(SignupRequest)
@@ -294,39 +298,42 @@ def send_pending_signup_emails(settings: Settings, limit: int = 1000) -> int:
 class EmailSender:
     """Threads of the web process that send the emails sign-up requests earn.
 
-    The queue is the `signup_requests` table itself: `submit` only wakes a thread, which
-    claims the request (or any other still to send) in the database, sends it, and records
-    that. So a backlog costs no memory, and what a stopped process had not sent is not lost:
-    its claims run out and the next sender, or the beat's `send_signup_emails`, sends it.
-    Threads start on first use in each process (gunicorn forks after loading the app) and
-    stop after a while with nothing to do. At exit the process gives them a few seconds, then
-    hands back the requests it still holds, so the next sender need not wait for the claims
-    to run out.
+    The queue is the `signup_requests` table itself: `submit` wakes a thread, which claims
+    that request in the database, sends its email and records it. So a backlog costs no
+    memory, and what a stopped process had not sent is not lost: its claims run out, and a
+    thread with nothing to do for SWEEP_SECONDS (or the beat's `send_signup_emails`) sends
+    whatever is still to send. Threads start on first use in each process (gunicorn forks
+    after loading the app) and stop after a few quiet sweeps. At exit they take nothing new
+    and finish the email each is sending; anything still held after EXIT_WAIT_SECONDS is
+    handed back, so the next sender need not wait for the claims to run out.
     """
 
     THREADS = 2
-    IDLE_SECONDS = 60.0
+    SWEEP_SECONDS = 30.0
+    QUIET_SWEEPS = 2  # then the thread stops; the next submit starts another
 
     def __init__(self) -> None:
         self._lock = threading.Condition()
         self._pid = 0
+        self._generation = 0  # threads of an older generation stop (fork, tests)
         self._hints: dict[Settings, deque[int]] = {}
         self._threads: dict[Settings, int] = {}
         self._outstanding: set[int] = set()
         self._held: dict[int, Settings] = {}  # claimed here and not yet handled
+        self._stopping = False
 
     def submit(self, settings: Settings, request_id: int) -> None:
         with self._lock:
             if self._pid != os.getpid():  # first use in this process: no thread here yet
-                self._pid, self._hints, self._threads = os.getpid(), {}, {}
-                self._outstanding, self._held = set(), {}
+                self._pid = os.getpid()
+                self._reset()
                 atexit.register(self.stop, EXIT_WAIT_SECONDS)
             self._hints.setdefault(settings, deque()).append(request_id)
             self._outstanding.add(request_id)
             while self._threads.get(settings, 0) < self.THREADS:
                 self._threads[settings] = self._threads.get(settings, 0) + 1
-                threading.Thread(target=self._work, args=(settings,), name="signup-emails",
-                                 daemon=True).start()
+                threading.Thread(target=self._work, args=(settings, self._generation),
+                                 name="signup-emails", daemon=True).start()
             self._lock.notify_all()
 
     def wait(self, timeout: float = 10.0) -> bool:
@@ -334,10 +341,18 @@ class EmailSender:
         with self._lock:
             return self._lock.wait_for(lambda: not self._outstanding, timeout)
 
-    def stop(self, timeout: float) -> None:
-        """At exit: wait a little for what is under way, then hand back what is still held."""
-        self.wait(timeout)
+    def forget_threads(self) -> None:
+        """Let this process's threads stop and start afresh on the next submit (tests: each
+        test's database and mail server are its own)."""
         with self._lock:
+            self._reset()
+            self._lock.notify_all()
+
+    def stop(self, timeout: float) -> None:
+        """At exit: take nothing new, let the emails being sent finish, hand back the rest."""
+        with self._lock:
+            self._stopping = True
+            self._lock.wait_for(lambda: not self._held, timeout)
             held, self._held = self._held, {}
         by_settings: dict[Settings, list[int]] = {}
         for request_id, settings in held.items():
@@ -350,38 +365,59 @@ class EmailSender:
             except Exception:  # noqa: BLE001 - at exit: the claims run out by themselves
                 log.warning("sign-up emails: %d claims left to run out", len(ids))
 
-    def _work(self, settings: Settings) -> None:
-        try:
-            while (hint := self._next_hint(settings)) is not None:
-                self._send_all(settings, hint)
-        finally:
-            with self._lock:
+    def _reset(self) -> None:
+        self._generation += 1
+        self._hints, self._threads, self._outstanding, self._held = {}, {}, set(), {}
+        self._stopping = False
+
+    def _work(self, settings: Settings, generation: int) -> None:
+        quiet = 0
+        while quiet < self.QUIET_SWEEPS:
+            hint = self._next_hint(settings, generation)
+            if hint is False:
+                return  # a newer generation took over: its counts are not ours
+            if isinstance(hint, int):
+                self._send(settings, hint)
+            elif self._sweep(settings) == 0:
+                quiet += 1
+        with self._lock:
+            if generation == self._generation:
                 self._threads[settings] -= 1
 
-    def _next_hint(self, settings: Settings) -> int | None:
-        """A submitted request id; None once nothing came for IDLE_SECONDS (the thread stops)."""
+    def _next_hint(self, settings: Settings, generation: int) -> int | bool | None:
+        """A submitted request id; None after SWEEP_SECONDS of quiet; False to stop now."""
         with self._lock:
             hints = self._hints.setdefault(settings, deque())
-            if not self._lock.wait_for(lambda: bool(hints), self.IDLE_SECONDS):
-                return None
-            return hints.popleft()
+            self._lock.wait_for(lambda: bool(hints) or generation != self._generation,
+                                self.SWEEP_SECONDS)
+            if generation != self._generation:
+                return False
+            return hints.popleft() if hints else None
 
-    def _send_all(self, settings: Settings, preferred: int | None) -> None:
-        """Send `preferred`, then whatever else is still to send, until nothing is left."""
-        while (request_id := self._claim(settings, preferred)) is not None:
-            with self._lock:
-                self._held[request_id] = settings
-            try:
-                send_signup_email(settings, request_id)
-            except Exception:  # one bad request must not stop the others
-                log.exception("sign-up request %s: email not handled", request_id)
-            finally:
-                self._handled(request_id)
-            if request_id != preferred and preferred is not None:
-                self._handled(preferred)  # another sender had taken it
-            preferred = None
-        if preferred is not None:
-            self._handled(preferred)
+    def _send(self, settings: Settings, request_id: int) -> None:
+        """The submitted request's email, unless another sender has taken it."""
+        try:
+            if self._claim(settings, request_id) == request_id:
+                self._send_claimed(settings, request_id)
+        finally:
+            self._handled(request_id)
+
+    def _sweep(self, settings: Settings) -> int:
+        """Send whatever is still to send (left by a stopped process); how many."""
+        count = 0
+        while (request_id := self._claim(settings, None)) is not None:
+            self._send_claimed(settings, request_id)
+            self._handled(request_id)
+            count += 1
+        return count
+
+    def _send_claimed(self, settings: Settings, request_id: int) -> None:
+        with self._lock:
+            self._held[request_id] = settings
+        try:
+            send_signup_email(settings, request_id)
+        except Exception:  # one bad request must not stop the others
+            log.exception("sign-up request %s: email not handled", request_id)
 
     def _handled(self, request_id: int) -> None:
         with self._lock:
@@ -389,10 +425,13 @@ class EmailSender:
             self._outstanding.discard(request_id)
             self._lock.notify_all()
 
-    @staticmethod
-    def _claim(settings: Settings, preferred: int | None) -> int | None:
+    def _claim(self, settings: Settings, preferred: int | None) -> int | None:
+        if self._stopping:
+            return None
         try:
-            return claim_signup_request(settings, preferred)
+            if preferred is not None:
+                return claim_signup_request(settings, preferred, only=True)
+            return claim_signup_request(settings)
         except Exception:  # the database is away: the beat's sweep retries
             log.exception("sign-up emails: cannot claim a request")
             return None
@@ -404,6 +443,11 @@ _SENDER = EmailSender()
 def send_in_background(settings: Settings, request_id: int) -> None:
     """Hand a recorded sign-up request to this process's email senders."""
     _SENDER.submit(settings, request_id)
+
+
+def forget_background_senders() -> None:
+    """Let this process's sender threads stop; the next request starts new ones (tests)."""
+    _SENDER.forget_threads()
 
 
 def wait_for_background_sends(timeout: float = 10.0) -> bool:

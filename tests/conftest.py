@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from digest import db
 from digest.models import Base
+from digest.notices import forget_background_senders
 from digest.send import close_kept_sender
 from digest.settings import Settings
 
@@ -33,9 +34,11 @@ REPO_SHARED_DIR = Path(os.environ.get("DIGEST_SHARED_DIR", INPUTS_DIR))
 
 @pytest.fixture(autouse=True)
 def no_kept_smtp_session() -> Iterator[None]:
-    """A worker's kept SMTP session lives as long as its process: not from test to test."""
+    """A worker's kept SMTP session lives as long as its process: not from test to test;
+    nor do the web's sign-up email threads, whose database and mail server were the test's."""
     yield
     close_kept_sender()
+    forget_background_senders()
 
 def make_settings(tmp_path: Path, **overrides: object) -> Settings:
     base: dict[str, object] = dict(
