@@ -46,10 +46,10 @@ from typing import Any
 from sqlalchemy import text
 
 from digest import db, retention
-from digest.bench import TOPIC_PHRASES, populate, sample_texts, temporary_postgres
 from digest.ingest import title_key
 from digest.pipeline import CLOCK, run_day
 from digest.settings import Settings
+from digest.tools.bench import TOPIC_PHRASES, populate, sample_texts, temporary_postgres
 
 POSTGRES_ADMIN_URL = os.environ.get(
     "BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"

@@ -908,7 +908,7 @@ def bench(ctx: click.Context, subscribers: int, papers: int, workers: int, concu
 
     Example: digest bench --subscribers 10000 --papers 2000 --workers 2
     """
-    from .bench import figures_json, run_bench
+    from .tools.bench import figures_json, run_bench
 
     settings = _settings(ctx)
     if batch_size:
@@ -1153,7 +1153,7 @@ def eval_command(ctx: click.Context, eval_dir: Path | None, seeds_dir: Path | No
 
     Example: digest eval --split dev
     """
-    from . import evaluate
+    from .tools import evaluate
 
     try:
         report = evaluate.run_eval(

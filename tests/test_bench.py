@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import ast
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
-from digest.bench import run_bench
 from digest.cli import main
 from digest.settings import Settings
+from digest.tools.bench import run_bench
 
 pytestmark = pytest.mark.slow
 
@@ -57,3 +58,36 @@ def test_bench_can_run_on_workers_only(tmp_path: Path) -> None:
     stages = [row[0] for row in figures.rows]
     assert stages[0] == "whole day, 1 Celery workers" and "in-process" not in figures.table()
     assert stages[1].startswith("SMTP sink alone: 40 digests")
+
+
+def _imported_modules(path: Path, package: str) -> set[str]:
+    """Every module `path` imports, at the top or in a function, relative names resolved."""
+    modules: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            modules.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = package.split(".")[: len(package.split(".")) - node.level + 1]
+            prefix = ".".join(base) if node.level else ""
+            module = ".".join(filter(None, [prefix, node.module or ""]))
+            modules.add(module)
+            modules.update(f"{module}.{alias.name}" for alias in node.names)
+    return modules
+
+
+def test_the_library_never_imports_the_tools_or_the_workers() -> None:
+    """The shipped library stays free of developer tools and of Celery's `workers`; only the
+    CLI, a door like the workers themselves, may reach into digest.tools."""
+    library = Path(__file__).resolve().parents[1] / "digest"
+    offenders = []
+    for path in sorted(library.rglob("*.py")):
+        relative = path.relative_to(library.parent)
+        if relative.parts[1] in {"tools", "cli", "cli.py", "migrations"}:
+            continue
+        package = ".".join(relative.with_suffix("").parts)
+        if path.name != "__init__.py":
+            package = package.rpartition(".")[0]
+        for module in _imported_modules(path, package):
+            if module == "workers" or module.startswith(("workers.", "digest.tools")):
+                offenders.append(f"{relative}: {module}")
+    assert offenders == []

@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from digest.cli import main
-from digest.evaluate import (
+from digest.tools.evaluate import (
     DEFAULT_EVAL_DIR,
     DEFAULT_SEEDS_DIR,
     load_corpus,
@@ -83,8 +83,8 @@ def test_eval_says_where_the_seeds_should_be(tmp_path: Path) -> None:
 
 def test_feedback_on_the_first_digest_improves_the_second(tmp_path: Path) -> None:
     """A reader who rates the first digest gets better new papers in the second one."""
-    from digest.evaluate import evaluate_feedback
     from digest.score import RankingKnobs
+    from digest.tools.evaluate import evaluate_feedback
 
     corpus, keys = load_corpus()
     result = evaluate_feedback(load_eval_set(), corpus, keys, RankingKnobs(), ["dev"])["dev"]

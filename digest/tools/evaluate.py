@@ -30,10 +30,10 @@ from pathlib import Path
 import numpy as np
 from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS, CountVectorizer, TfidfVectorizer
 
-from . import embeddings
-from .ingest import parse, title_key
-from .score import CandidatePaper, FeedbackSignal, Profile, RankingKnobs, build_day_index
-from .settings import PROJECT_DIR, Settings
+from .. import embeddings
+from ..ingest import parse, title_key
+from ..score import CandidatePaper, FeedbackSignal, Profile, RankingKnobs, build_day_index
+from ..settings import PROJECT_DIR, Settings
 
 DEFAULT_EVAL_DIR = PROJECT_DIR / "eval"
 DEFAULT_SEEDS_DIR = PROJECT_DIR / "inputs" / "seeds"

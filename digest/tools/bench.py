@@ -34,8 +34,8 @@ from typing import Any
 
 from sqlalchemy import create_engine, event, insert, text
 
-from . import db
-from .settings import Settings
+from .. import db
+from ..settings import Settings
 
 TOPIC_PHRASES = [
     "LoRA", "parameter-efficient fine-tuning", "low-rank adaptation", "activation sparsity",
@@ -64,7 +64,7 @@ ZONES = ["UTC", "Europe/Paris", "America/New_York", "Asia/Tokyo", "Asia/Kolkata"
 
 def sample_texts() -> list[tuple[str, str]]:
     """Real (title, abstract) pairs from the bundled sample corpus."""
-    from .ingest import SAMPLE_PAPERS, parse
+    from ..ingest import SAMPLE_PAPERS, parse
 
     result = parse(SAMPLE_PAPERS.read_bytes(), "page", str(SAMPLE_PAPERS))
     return [(r.title, r.abstract) for r in result.records]
@@ -74,7 +74,7 @@ def synthetic_papers(
     m: int, rng: random.Random, now: datetime, offset: int = 0
 ) -> list[dict[str, Any]]:
     """M papers whose text mixes sentences of real abstracts: real vocabulary, distinct vectors."""
-    from .ingest import title_key
+    from ..ingest import title_key
 
     texts = sample_texts()
     sentences = [s.strip() + "." for _, a in texts for s in a.split(". ") if len(s) > 40]
@@ -106,7 +106,7 @@ def synthetic_papers(
 
 def populate(settings: Settings, subscribers: int, papers: int, seed: int = 7) -> None:
     """Fill an empty, migrated database with the synthetic day (bulk inserts)."""
-    from .models import Paper, Subscriber, SubscriberStatus, TopicProfile
+    from ..models import Paper, Subscriber, SubscriberStatus, TopicProfile
 
     rng = random.Random(seed)
     now = datetime.now(timezone.utc)
@@ -288,8 +288,8 @@ def all_profiles(settings: Settings) -> list[Any]:
     """Every subscriber's profile as it would be scored on a first day (nothing sent yet)."""
     from sqlalchemy import select
 
-    from .models import Subscriber, TopicProfile
-    from .score import Profile
+    from ..models import Subscriber, TopicProfile
+    from ..score import Profile
 
     with db.session_scope(settings) as session:
         rows = session.execute(
@@ -330,7 +330,7 @@ def peak_rss_mb(who: int = resource.RUSAGE_SELF) -> float:
 
 def run_in_process(settings: Settings, figures: Figures, progress: Callable[[str], None]) -> int:
     """Run the day in this process (or its forked run processes); returns how many ran it."""
-    from .pipeline import CLOCK, run_day, run_jobs
+    from ..pipeline import CLOCK, run_day, run_jobs
 
     CLOCK.reset()
     day = datetime.now(timezone.utc).date()
@@ -402,8 +402,8 @@ def run_workers(settings: Settings, workers: int, figures: Figures,
     """The same day on K Celery workers (each `concurrency` processes) over Redis."""
     import redis
 
-    from . import ledger
-    from .pipeline import plan_due_batches
+    from .. import ledger
+    from ..pipeline import plan_due_batches
 
     redis.Redis.from_url(settings.celery_broker_url).flushdb()
     logs = Path(settings.data_dir) / "worker-logs"
@@ -488,7 +488,7 @@ def batch_spans(settings: Settings, days: Sequence[date]) -> list[tuple[datetime
     """Each batch's claim of its rows and the recording of its last send (UTC)."""
     from sqlalchemy import func, select
 
-    from .models import Delivery
+    from ..models import Delivery
 
     with db.session_scope(settings) as session:
         spans = session.execute(
@@ -575,8 +575,8 @@ def measure_sink(
     progress: Callable[[str], None],
 ) -> None:
     """What the workers are compared with: the sink fed all N messages by a trivial client."""
-    from .pipeline import compose_message, load_batch, prepared_day
-    from .send import message_bytes
+    from ..mail import message_bytes
+    from ..pipeline import compose_message, load_batch, prepared_day
 
     with db.session_scope(settings) as session:
         day = today()
@@ -600,7 +600,7 @@ def measure_score(settings: Settings, figures: Figures, jobs: int) -> None:
     (in `jobs` processes at once), and our `select` alone under the same conditions."""
     from functools import partial
 
-    from .pipeline import CLOCK, prepare_day
+    from ..pipeline import CLOCK, prepare_day
 
     profiles = all_profiles(settings)
     with db.session_scope(settings) as session:  # a fresh index: nothing cached from the day
@@ -622,7 +622,7 @@ def measure_score(settings: Settings, figures: Figures, jobs: int) -> None:
 def measure_best_cases(settings: Settings, figures: Figures, sink: Sink, n: int,
                        jobs: int = 1) -> None:
     """Per stage: the naive way, ours, and the library's best case, all measured now."""
-    from .pipeline import CLOCK, compose_message, digest_context, load_batch, prepared_day
+    from ..pipeline import CLOCK, compose_message, digest_context, load_batch, prepared_day
 
     with db.session_scope(settings) as session:
         day = datetime.now(timezone.utc).date()
@@ -642,7 +642,7 @@ def measure_best_cases(settings: Settings, figures: Figures, sink: Sink, n: int,
                                                    settings):
         figures.rows.append((title, f"{ours * 1000:9.3f} ms", f"naive {naive * 1000:.3f} ms",
                              f"{best * 1000:.3f} ms", f"{ours / best:.1f}x"))
-    from .send import message_bytes
+    from ..mail import message_bytes
 
     data = message_bytes(settings, messages[0])
     before = sink.received
@@ -667,8 +667,8 @@ def stage_timings(
 
     from jinja2 import Environment
 
-    from .render import card_text, digest_template_context, render_digest
-    from .send import message_bytes
+    from ..mail import message_bytes
+    from ..render import card_text, digest_template_context, render_digest
 
     for ctx in contexts:  # warm the day's caches, as the first batches do
         renderer.render(ctx)
