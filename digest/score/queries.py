@@ -1,0 +1,277 @@
+"""Queries: how much each of the day's papers matches a batch of subscribers' topics.
+
+Each profile's comma-separated phrases and its whole topics text are queries. Subscribers
+share phrases heavily, so a batch scores each distinct query once, and the day's
+`QueryScorer` keeps what it learnt about a query (its TF-IDF row, its phrases' term counts, a
+phrase's similarity to every paper) for the next batches.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import sparse
+from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.utils.sparsefuncs_fast import inplace_csr_row_normalize_l2
+
+from .model import SemanticIndex
+from .text import bigrams, expand_acronyms, split_words
+
+# Distinct query texts whose TF-IDF rows a day's index keeps (subscribers share topics, and
+# the custom analyser is most of `transform`'s cost); past this many it starts again, so a
+# long-lived index stays small (a row is a few dozen numbers).
+MAX_CACHED_QUERIES = 50_000
+# Phrases whose similarity to every paper a day's index keeps, the first ones seen: 2,000
+# rows of 2,000 papers are 16 MB.
+MAX_CACHED_PHRASE_ROWS = 2_000
+SEMANTIC_FLOOR = 0.15
+# How a profile's topics combine: its best-matching phrase, and its whole text as one query
+# (which rewards a paper touching several of the phrases at once).
+BLEND_BEST, BLEND_WHOLE = 0.5, 0.5
+
+QueryRow = tuple[np.ndarray, np.ndarray]  # a normalised TF-IDF row: (term indices, values)
+
+
+@dataclass(frozen=True)
+class PhraseTerms:
+    """A topic phrase's raw term counts in the day's vocabulary (column, count)."""
+
+    columns: list[int]
+    counts: list[float]
+    first: str | None  # its first and last words, for the bigrams across commas
+    last: str | None
+
+
+@dataclass(frozen=True)
+class BatchQueries:
+    """A batch's distinct query texts, and where each profile's queries are among them."""
+
+    texts: list[str]  # every distinct phrase, then every whole topics text not seen yet
+    splits: list[list[str]]  # per text: its phrases
+    # Per profile, the rows of its phrases (profiles x most phrases; a shorter row repeats
+    # its first phrase, a profile without phrases its whole text).
+    phrase_slots: np.ndarray
+    whole: np.ndarray  # per profile: the row of its whole topics text
+
+
+def batch_queries(phrase_lists: list[list[str]], topics: list[str]) -> BatchQueries:
+    """Number a batch's distinct queries: each profile's phrases and its whole topics text."""
+    slot: dict[str, int] = {}  # distinct query -> its row
+    splits: list[list[str]] = []
+    rows: list[list[int]] = []
+    for phrases in phrase_lists:
+        row = []
+        for phrase in phrases:
+            if phrase not in slot:
+                slot[phrase] = len(splits)
+                splits.append([phrase])
+            row.append(slot[phrase])
+        rows.append(row)
+    whole = []
+    for text, phrases in zip(topics, phrase_lists, strict=True):
+        if text not in slot:
+            slot[text] = len(splits)
+            splits.append(phrases)
+        whole.append(slot[text])
+    width = max(1, max((len(phrases) for phrases in phrase_lists), default=0))
+    phrase_slots = np.array(
+        [row + row[:1] * (width - len(row)) if row else [w] * width
+         for row, w in zip(rows, whole, strict=True)], dtype=np.int64,
+    )
+    return BatchQueries(list(slot), splits, phrase_slots, np.array(whole))
+
+
+def blend(similarity: np.ndarray, phrase_slots: np.ndarray, whole: np.ndarray) -> np.ndarray:
+    """Per profile: the best of its phrases' rows of `similarity`, blended with its whole
+    text's row. A row gathered per phrase position, so a batch costs a few array steps."""
+    best = similarity[phrase_slots[:, 0]]
+    for position in range(1, phrase_slots.shape[1]):
+        np.maximum(best, similarity[phrase_slots[:, position]], out=best)
+    best *= BLEND_BEST
+    best += BLEND_WHOLE * similarity[whole]
+    return best
+
+
+class QueryScorer:
+    """The similarity of topic queries to the day's papers, lexical and (optionally) semantic."""
+
+    def __init__(
+        self,
+        vectorizer: TfidfVectorizer,
+        acronyms: dict[str, str],
+        matrix_t: sparse.csr_matrix,
+        semantic: SemanticIndex | None,
+    ) -> None:
+        self.vectorizer = vectorizer
+        self.acronyms = acronyms
+        self.matrix_t = matrix_t  # terms x papers
+        self.semantic = semantic
+        self.term_count, self.paper_count = matrix_t.shape
+        self._query_rows: dict[str, QueryRow] = {}
+        self._phrase_counts: dict[str, PhraseTerms] = {}
+        self._phrase_similarity: dict[str, np.ndarray] = {}  # see lexical_similarity
+
+    def relevance(
+        self, phrase_lists: list[list[str]], counts: np.ndarray, topics: list[str]
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per profile: blended relevance per paper. Also the lexical similarity of each
+        distinct query to each paper, and per profile the rows of its phrases in that
+        (`BatchQueries.phrase_slots`).
+
+        Each distinct query of the batch is scored once (one sparse product, one encoder
+        call with the semantic extra) and each profile gathers its rows.
+        """
+        batch = batch_queries(phrase_lists, topics)
+        relevance = np.zeros((len(phrase_lists), self.paper_count), dtype=np.float32)
+        lexical = self.lexical_similarity(batch.texts, batch.splits)
+        matching = np.flatnonzero(counts)  # profiles with at least one phrase
+        slots, whole_slots = batch.phrase_slots[matching], batch.whole[matching]
+        relevance[matching] = blend(lexical, slots, whole_slots)
+        semantic = self.semantic_similarity(batch.texts)
+        if semantic is not None and self.semantic is not None:
+            sem = blend(semantic, slots, whole_slots)
+            w = self.semantic.weight
+            relevance[matching] = (1.0 - w) * relevance[matching] + w * sem
+        return relevance, lexical, batch.phrase_slots
+
+    def lexical_similarity(self, queries: list[str], splits: list[list[str]]) -> np.ndarray:
+        """Cosine of each query with each paper (queries x papers).
+
+        A single phrase's row is kept for the day (the popular ones come back in every
+        batch, a whole topics text seldom does), so the sparse product is only for the rest.
+        """
+        similarity = np.empty((len(queries), self.paper_count), dtype=np.float32)
+        fresh = []
+        for row, query in enumerate(queries):
+            known = self._phrase_similarity.get(query)
+            if known is None:
+                fresh.append(row)
+            else:
+                similarity[row] = known
+        if fresh:
+            rows = self.query_matrix([queries[i] for i in fresh], [splits[i] for i in fresh])
+            similarity[fresh] = (rows @ self.matrix_t).toarray()
+            room = MAX_CACHED_PHRASE_ROWS - len(self._phrase_similarity)
+            for row in fresh:
+                if room > 0 and len(splits[row]) == 1 and splits[row][0] == queries[row]:
+                    self._phrase_similarity[queries[row]] = similarity[row].copy()
+                    room -= 1
+        return similarity
+
+    def query_matrix(self, queries: list[str], splits: list[list[str]]) -> sparse.csr_matrix:
+        """The queries' acronym-expanded, normalised TF-IDF rows, as `transform` gives them.
+
+        Rows are kept by query text, since subscribers share topics and every batch brings
+        the same ones back; `splits` are the texts' phrases, from which a new text's row is
+        built (`_build_rows`).
+        """
+        rows = [self._query_rows.get(q) for q in queries]
+        missing = [i for i, row in enumerate(rows) if row is None]
+        if missing:
+            self._make_room(len(missing))
+            built = self._build_rows([queries[i] for i in missing], [splits[i] for i in missing])
+            for i, row in zip(missing, built, strict=True):
+                rows[i] = row
+        return self._stack([row for row in rows if row is not None])  # all of them by now
+
+    def _make_room(self, needed: int) -> None:
+        """Start the caches again rather than let a long-lived index grow without bound."""
+        if len(self._query_rows) + needed > MAX_CACHED_QUERIES:
+            self._query_rows.clear()
+            self._phrase_counts.clear()
+
+    def _build_rows(self, queries: list[str], splits: list[list[str]]) -> list[QueryRow]:
+        """New queries' rows, kept for the day. A text is summed from its phrases' term counts
+        (`composed_rows`, each phrase analysed once a day); only a text that is all acronyms,
+        and so gets their spelled-out forms appended, goes to `transform`."""
+        expanded = [expand_acronyms(query, self.acronyms) for query in queries]
+        plain = [k for k, query in enumerate(queries) if expanded[k] == query]
+        acronyms = [k for k, query in enumerate(queries) if expanded[k] != query]
+        built: list[QueryRow] = [(np.zeros(0), np.zeros(0))] * len(queries)
+        fresh = []
+        if plain:
+            fresh.append((plain, self.composed_rows([splits[k] for k in plain])))
+        if acronyms:
+            fresh.append((acronyms, self.vectorizer.transform([expanded[k] for k in acronyms])))
+        for positions, matrix in fresh:
+            for j, k in enumerate(positions):
+                lo, hi = matrix.indptr[j], matrix.indptr[j + 1]
+                built[k] = self._query_rows[queries[k]] = (
+                    matrix.indices[lo:hi], matrix.data[lo:hi]
+                )
+        return built
+
+    def _stack(self, rows: list[QueryRow]) -> sparse.csr_matrix:
+        """Kept rows as one CSR matrix, without copying them one by one into a builder."""
+        indptr = np.zeros(len(rows) + 1, dtype=np.int64)
+        np.cumsum([len(indices) for indices, _ in rows], out=indptr[1:])
+        return sparse.csr_matrix(
+            (np.concatenate([values for _, values in rows]),
+             np.concatenate([indices for indices, _ in rows]), indptr),
+            shape=(len(rows), self.term_count),
+        )
+
+    def composed_rows(self, texts: list[list[str]]) -> sparse.csr_matrix:
+        """TF-IDF rows of topic texts (given as their phrases), summed from the phrases'
+        counts: what `transform` gives, to the bit.
+
+        A text's terms are its phrases' terms plus the bigrams that run across a comma
+        ("lora, diffusion" holds "lora diffusion"), so its counts are the phrases' counts
+        plus those; then the vectorizer's own steps: 1 + log(count), times idf, L2 norm.
+        """
+        vocabulary = self.vectorizer.vocabulary_
+        rows: list[int] = []
+        cols: list[int] = []
+        counts: list[float] = []
+        for k, phrases in enumerate(texts):
+            previous = None  # the last word so far, to pair with the next phrase's first
+            for phrase in phrases:
+                terms = self._phrase_counts.get(phrase) or self.phrase_terms(phrase)
+                cols += terms.columns
+                counts += terms.counts
+                rows += [k] * len(terms.columns)
+                if terms.first is None:
+                    continue
+                if previous is not None:
+                    col = vocabulary.get(f"{previous} {terms.first}")
+                    if col is not None:
+                        rows.append(k)
+                        cols.append(col)
+                        counts.append(1.0)
+                previous = terms.last
+        matrix = sparse.coo_matrix(
+            (np.array(counts, dtype=np.float32), (rows, cols)),
+            shape=(len(texts), self.term_count),
+        ).tocsr()  # sums the counts of a term two phrases share
+        matrix.sort_indices()
+        np.log(matrix.data, out=matrix.data)
+        matrix.data += 1.0
+        matrix.data *= self.vectorizer.idf_[matrix.indices]
+        inplace_csr_row_normalize_l2(matrix)  # `normalize` without its checks, 10x faster
+        return matrix
+
+    def phrase_terms(self, phrase: str) -> PhraseTerms:
+        """A phrase's term counts in today's vocabulary, and its first and last word."""
+        words, extra = split_words(phrase)
+        found: dict[int, float] = {}
+        for term in words + extra + bigrams(words):
+            col = self.vectorizer.vocabulary_.get(term)
+            if col is not None:
+                found[col] = found.get(col, 0.0) + 1.0
+        terms = PhraseTerms(
+            list(found), list(found.values()),
+            words[0] if words else None, words[-1] if words else None,
+        )
+        self._phrase_counts[phrase] = terms
+        return terms
+
+    def semantic_similarity(self, queries: list[str]) -> np.ndarray | None:
+        """Embedding cosine per query (acronyms expanded) and paper, the unrelated floor at 0."""
+        if self.semantic is None:
+            return None
+        expanded = [expand_acronyms(q, self.acronyms) for q in queries]
+        cosine = self.semantic.encoder.encode(expanded) @ self.semantic.vectors.T
+        # MiniLM puts unrelated texts near 0.1 and on-topic ones at 0.4-0.7; move the floor
+        # to 0 so an off-topic paper gains nothing and the scale is comparable to TF-IDF's.
+        return np.clip((cosine - SEMANTIC_FLOOR) / (1.0 - SEMANTIC_FLOOR), 0.0, 1.0)

@@ -1,0 +1,149 @@
+"""Text analysis: how a paper's or a subscriber's words become TF-IDF terms.
+
+Words with their inner hyphens, a light plural fold, stop words out, word bigrams; the
+acronyms a corpus defines ("mixture of experts (MoE)") and their expansion in topics typed as
+acronyms alone; and `paper_text`, the one text a paper is matched by (lexically and, with the
+title once, by sentence embeddings).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from itertools import pairwise
+
+import numpy as np
+from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS, TfidfVectorizer
+
+# A word, with its inner hyphens: "LoRA", "fMRI", "GPT-4", "low-rank", "3D".
+WORD_PATTERN = re.compile(r"\w+(?:[-\u2010\u2011]\w+)*")
+# "mixture of experts (MoE)", "sparse autoencoders (SAEs)": an acronym defined in parentheses.
+ACRONYM_DEFINITION = re.compile(r"\(\s*([A-Za-z][A-Za-z0-9]{1,9})\s*[);,]")
+TOPIC_SEPARATORS = re.compile(r"[,;\n]+")
+
+
+def paper_text(title: str, abstract: str, title_repeats: int = 2) -> str:
+    """The text a paper is matched by.
+
+    TF-IDF reads the title twice (the default): it says what the paper is about more densely
+    than the abstract. Sentence embeddings read it once (`title_repeats=1`), and their store
+    keys hash that text, so it must not change for them.
+    """
+    return ". ".join([title] * title_repeats + [abstract])
+
+
+def split_topics(topics: str) -> list[str]:
+    """Split free text into topic phrases on commas, semicolons and new lines."""
+    return [phrase for p in TOPIC_SEPARATORS.split(topics) if (phrase := p.strip())]
+
+
+def _stem(word: str) -> str:
+    """A light plural fold ("transformers" -> "transformer", "LLMs" -> "llm"), nothing more."""
+    if len(word) <= 3 or not word.isalpha():
+        return word
+    if word.endswith("ies") and len(word) > 4:
+        return word[:-3] + "y"
+    if word.endswith("s") and not word.endswith(("ss", "us", "is")):
+        return word[:-1]
+    return word
+
+
+def analyze(text: str) -> list[str]:
+    """Terms of a text: lower-case words, plural-folded, stop words out, and word bigrams.
+
+    A hyphenated word counts as its parts and as the parts joined, so "low-rank" matches
+    "low rank" and "lowrank", and "fine-tuning" matches "finetuning"; "GPT-4" stays "gpt4"
+    as a term of its own as well as the bigram "gpt 4".
+    """
+    words, extra = split_words(text)
+    return words + extra + bigrams(words)
+
+
+def split_words(text: str) -> tuple[list[str], list[str]]:
+    """A text's words (stemmed, no stop words) and its hyphenated words joined up."""
+    words: list[str] = []
+    extra: list[str] = []
+    for match in WORD_PATTERN.finditer(text.lower()):
+        parts = re.split(r"[-\u2010\u2011]", match.group())
+        if len(parts) > 1:
+            extra.append(_stem("".join(parts)))
+        words += [_stem(p) for p in parts if p not in ENGLISH_STOP_WORDS]
+    return words, extra
+
+
+def bigrams(words: list[str]) -> list[str]:
+    return [f"{a} {b}" for a, b in pairwise(words)]
+
+
+def make_vectorizer(corpus_size: int = 1000) -> TfidfVectorizer:
+    """TF-IDF over `analyze` terms; very common terms are dropped only in a real corpus."""
+    return TfidfVectorizer(
+        analyzer=analyze,
+        sublinear_tf=True,
+        min_df=1,
+        max_df=0.6 if corpus_size >= 50 else 1.0,
+        dtype=np.float32,
+    )
+
+
+def learn_acronyms(texts: Sequence[str]) -> dict[str, str]:
+    """Acronym -> its most frequent spelled-out form in the corpus, lower-case.
+
+    Finds "long form (ACRONYM)" with Schwartz & Hearst's algorithm (2003): the acronym's
+    letters must appear in order in the words before the parenthesis, the first one starting
+    a word. So "MoE" typed alone can match papers that only say "mixture of experts".
+    """
+    seen: dict[str, dict[str, int]] = {}
+    for text in texts:
+        for match in ACRONYM_DEFINITION.finditer(text):
+            short = match.group(1)
+            if short.endswith("s") and sum(c.isupper() for c in short[:-1]) >= 2:
+                short = short[:-1]  # "SAEs" defines "SAE"
+            if sum(c.isupper() for c in short) < 2 or not any(c.isalpha() for c in short):
+                continue
+            before = re.split(r"[.;:()\[\]]", text[: match.start()])[-1].split()
+            window = " ".join(before[-min(len(short) + 5, 2 * len(short)) :])
+            long_form = _long_form(short, window)
+            if long_form and len(re.split(r"[\s\-]+", long_form)) > 1:
+                counts = seen.setdefault(short.lower(), {})
+                counts[long_form.lower()] = counts.get(long_form.lower(), 0) + 1
+    return {short: max(forms, key=lambda f: (forms[f], -len(f))) for short, forms in seen.items()}
+
+
+def _long_form(short: str, text: str) -> str | None:
+    """Schwartz & Hearst: the shortest tail of `text` whose letters spell `short` in order."""
+    s, t = len(short) - 1, len(text) - 1
+    while s >= 0:
+        char = short[s].lower()
+        if not char.isalnum():
+            s -= 1
+            continue
+        while t >= 0 and (
+            text[t].lower() != char or (s == 0 and t > 0 and text[t - 1].isalnum())
+        ):
+            t -= 1
+        if t < 0:
+            return None
+        t -= 1
+        s -= 1
+    return text[text.rfind(" ", 0, t + 1) + 1 :].strip() or None
+
+
+def expand_acronyms(phrase: str, acronyms: dict[str, str]) -> str:
+    """An acronym-only phrase ("MoE", "ViT") with its spelled-out forms appended.
+
+    Only phrases made of nothing but acronyms are expanded: in "linear RNNs" the other words
+    already say what is meant, and adding "recurrent neural networks" would dilute them.
+    """
+    words = WORD_PATTERN.findall(phrase)
+    if not words or any(sum(c.isupper() for c in word) < 2 for word in words):
+        return phrase
+    additions = []
+    for word in words:
+        key = word.lower()
+        if key not in acronyms and key.endswith("s"):
+            key = key[:-1]
+        if key in acronyms:
+            additions.append(acronyms[key])
+    return " ".join([phrase, *additions])
+
