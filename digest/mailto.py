@@ -31,9 +31,9 @@ from functools import lru_cache, partial
 from typing import Any, BinaryIO, TypeVar
 
 from . import db
+from .lifecycle import unsubscribe
 from .models import Subscriber, SubscriberStatus
 from .settings import Settings
-from .subscribers import unsubscribe
 from .tokens import LinkOwner
 
 SOURCE = "mailto"  # the history's source of an unsubscribe by email

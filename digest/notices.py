@@ -35,17 +35,13 @@ from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
 from . import db
+from .lifecycle import Signup, process_signup_request, record_signup_email
 from .mailto import mailto_address
 from .models import SignupOutcome, SignupRequest, Subscriber
 from .render import one_line, render_email, safe_url, shorten, topic_list
 from .send import OutgoingEmail, open_sender
 from .settings import Settings
-from .subscribers import (
-    Signup,
-    process_signup_request,
-    record_signup_email,
-    subscriber_by_id,
-)
+from .subscribers import subscriber_by_id
 from .tokens import MAX_AGE_SECONDS, Purpose, link
 
 log = logging.getLogger(__name__)

@@ -29,6 +29,7 @@ from .models import (
     Suppression,
     SuppressionReason,
 )
+from .subscribers import SubscriberError, find_subscriber, normalize_email, record_event
 
 # What a suppression does to the subscriber with that address.
 STATUS_FOR_REASON = {
@@ -64,8 +65,6 @@ def address_key(address: str) -> str:
 def suppression_key(address: str) -> str:
     """The list's key for a new entry: a valid address, normalised as every door normalises
     a subscriber's (so it matches theirs), then lower-cased; SuppressionError otherwise."""
-    from .subscribers import SubscriberError, normalize_email
-
     try:
         return address_key(normalize_email(address))
     except SubscriberError as exc:
@@ -80,8 +79,6 @@ def find_suppression(session: Session, address: str) -> Suppression | None:
 
 def is_suppressed(session: Session, address: str) -> bool:
     """True if nothing may be sent to `address` (on the list, or its subscriber bounced)."""
-    from .subscribers import find_subscriber
-
     if find_suppression(session, address) is not None:
         return True
     subscriber = find_subscriber(session, address)
@@ -100,8 +97,6 @@ def suppress_address(
 
     SuppressionError, and nothing changes, when `address` is not an email address.
     """
-    from .subscribers import find_subscriber, record_event
-
     now = now or datetime.now(timezone.utc)
     key = suppression_key(address)
     insert = db.dialect_insert(session)
@@ -137,8 +132,6 @@ def unsuppress_address(
 ) -> SuppressionChange:
     """Take `address` off the list. Its subscriber stays not mailed (UNSUBSCRIBED) until they
     subscribe and confirm again: lifting a suppression never re-enables mail by itself."""
-    from .subscribers import find_subscriber, record_event
-
     now = now or datetime.now(timezone.utc)
     key = address_key(address)
     removed = (

@@ -45,7 +45,7 @@ from sqlalchemy import text
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from . import db, feedback, metrics, subscribers, tokens, webhooks
+from . import db, feedback, lifecycle, metrics, subscribe_form, subscribers, tokens, webhooks
 from .health import link_warning
 from .models import FeedbackKind, Subscriber, SubscriberStatus
 from .ratelimit import RateLimited
@@ -152,7 +152,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     def subscribe() -> Any:
         _check_csrf()
         try:
-            signup = subscribers.signup(settings, request.form, client=_client())
+            signup = subscribe_form.signup(settings, request.form, client=_client())
         except InvalidForm as exc:
             return _subscribe_form(settings, request.form, exc.errors), 400
         except RateLimited as exc:
@@ -174,19 +174,19 @@ def create_app(settings: Settings | None = None) -> Flask:
     def confirm_page(token: str) -> Any:
         claim = _claim(settings, Purpose.CONFIRM, token)
         with db.session_scope(settings) as s:
-            signup = subscribers.request_of(s, claim)
+            signup = lifecycle.request_of(s, claim)
             subscriber = subscribers.subscriber_by_id(s, signup.subscriber_id or 0)
             if subscriber.status is SubscriberStatus.ACTIVE:
                 return _confirmed(subscriber, already=True)
             return render_template("confirm.html", email=signup.email,
-                                   choices=subscribers.preferences_of(signup))
+                                   choices=lifecycle.preferences_of(signup))
 
     @app.post("/confirm/<token>")
     def confirm(token: str) -> Any:
         _check_csrf()
         claim = _claim(settings, Purpose.CONFIRM, token)
         with db.session_scope(settings) as s:
-            done = subscribers.confirm_request(s, claim)
+            done = lifecycle.confirm_request(s, claim)
             return _confirmed(done.subscriber, already=done.already)
 
     # --- preferences ----------------------------------------------------------------------
@@ -238,7 +238,7 @@ def create_app(settings: Settings | None = None) -> Flask:
             raise
         with db.session_scope(settings) as s:
             try:
-                subscriber = subscribers.unsubscribe(
+                subscriber = lifecycle.unsubscribe(
                     s, subscribers.linked_subscriber(s, claim).id,
                     source="web:one-click" if one_click else "web",
                 )
@@ -255,7 +255,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         _check_csrf()
         claim = _claim(settings, Purpose.UNSUBSCRIBE, token)
         with db.session_scope(settings) as s:
-            subscriber = subscribers.resubscribe(s, subscribers.linked_subscriber(s, claim).id)
+            subscriber = lifecycle.resubscribe(s, subscribers.linked_subscriber(s, claim).id)
             return render_template(
                 "resubscribed.html", subscriber=subscriber,
                 preferences_url=_preferences_path(settings, subscriber),
@@ -355,7 +355,7 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     @app.errorhandler(SubscriberError)
     def subscriber_error(exc: SubscriberError) -> Any:
-        unknown = (subscribers.UnknownSubscriber, subscribers.UnknownSignup)
+        unknown = (subscribers.UnknownSubscriber, lifecycle.UnknownSignup)
         status = 404 if isinstance(exc, unknown) else 409
         return _message("That did not work", str(exc), status=status,
                         action=("Go to the subscribe page", "/"))
@@ -501,7 +501,7 @@ def _confirmed(subscriber: Subscriber, already: bool) -> str:
 
 
 def _unsubscribed(subscriber: Subscriber, token: str) -> str:
-    can_return = subscribers.can_resubscribe(subscriber)
+    can_return = lifecycle.can_resubscribe(subscriber)
     return render_template("unsubscribed.html", subscriber=subscriber, token=token,
                            can_return=can_return)
 

@@ -510,7 +510,8 @@ def _first_time(
 def apply_event(session: Session, provider: str, event: MailEvent, at: datetime) -> bool:
     """Act on one event; False when it asks for nothing (a soft bounce, an open...) or names
     no valid address: no door lets such an address in, so there is nothing to protect."""
-    from .subscribers import find_subscriber, unsubscribe
+    from .lifecycle import unsubscribe
+    from .subscribers import find_subscriber
     from .suppressions import SuppressionError, suppress_address, suppression_key
 
     try:

@@ -9,27 +9,28 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from sqlalchemy.orm import Session
 
-from digest.models import SignupRequest, SubscriberStatus
-from digest.subscribers import (
-    InvalidForm,
-    Preferences,
-    SignupOutcome,
-    SubscriberError,
-    add_subscriber,
+from digest.lifecycle import (
+    UnknownSignup,
     confirm_request,
-    export_csv,
-    find_subscriber,
-    import_csv,
-    normalize_email,
-    read_preferences,
     record_signup_email,
     request_subscription,
     resubscribe,
+    unsubscribe,
+)
+from digest.models import SignupOutcome, SignupRequest, SubscriberStatus
+from digest.subscribers import (
+    InvalidForm,
+    Preferences,
+    SubscriberError,
+    add_subscriber,
+    find_subscriber,
+    normalize_email,
+    read_preferences,
     set_topics,
     subscriber_history,
-    unsubscribe,
     update_preferences,
 )
+from digest.subscribers_csv import export_csv, import_csv
 from digest.tokens import Claim
 
 
@@ -171,8 +172,6 @@ def test_a_failed_email_does_not_hold_back_the_next_request(session: Session) ->
 
 
 def test_a_confirmation_link_needs_its_own_request_key(session: Session) -> None:
-    from digest.subscribers import UnknownSignup
-
     signup = request_subscription(session, "ada@example.org", PREFS, now=NOON)
     claim = claim_of(session, signup.request_id)
     for forged in (claim._replace(key="x" * 22), claim._replace(key=None),

@@ -17,15 +17,17 @@ from sqlalchemy.orm import Session
 
 from digest.models import Subscriber, SubscriberStatus
 from digest.subscribers import (
-    FORMULA_STARTS,
     InvalidForm,
     SubscriberError,
     add_subscriber,
+    read_preferences,
+    set_topics,
+)
+from digest.subscribers_csv import (
+    FORMULA_STARTS,
     export_csv,
     from_spreadsheet_cell,
     import_csv,
-    read_preferences,
-    set_topics,
     spreadsheet_cell,
 )
 

@@ -10,8 +10,9 @@ from click.testing import CliRunner, Result
 from sqlalchemy.orm import Session
 
 from digest.cli import main
-from digest.models import SubscriberStatus, SuppressionReason
-from digest.subscribers import Preferences, SignupOutcome, request_subscription
+from digest.lifecycle import request_subscription
+from digest.models import SignupOutcome, SubscriberStatus, SuppressionReason
+from digest.subscribers import Preferences
 from digest.suppressions import (
     SuppressionError,
     is_suppressed,

@@ -22,11 +22,12 @@ from sqlalchemy import select
 
 from digest import db, notices, tokens
 from digest.ingest import load_sample_papers
+from digest.lifecycle import request_subscription
 from digest.models import EventKind, Subscriber, SubscriberEvent, SubscriberStatus
 from digest.notices import LinkRef
 from digest.pipeline import run_day
 from digest.settings import Settings
-from digest.subscribers import Preferences, find_subscriber, request_subscription
+from digest.subscribers import Preferences, find_subscriber
 from digest.tokens import Purpose
 from digest.web import create_app
 
