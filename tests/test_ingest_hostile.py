@@ -19,9 +19,17 @@ from click.testing import CliRunner
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-import digest.ingest as ingest_module
+import digest.ingest.formats as ingest_formats
+import digest.ingest.records as ingest_records
 from digest.cli import main
-from digest.ingest import IngestError, detect_format, ingest, parse, upsert_papers
+from digest.ingest import (
+    SAMPLE_PAPERS,
+    IngestError,
+    detect_format,
+    ingest,
+    parse,
+    upsert_papers,
+)
 from digest.models import Paper
 from digest.settings import Settings
 
@@ -280,12 +288,12 @@ def test_fuzzed_real_documents_fail_only_with_a_reason_and_what_parses_stores(
 def test_an_unforeseen_parser_failure_fails_its_source_alone(
     session: Session, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    real = ingest_module.READERS["arxiv"]
+    real = ingest_formats.READERS["arxiv"]
 
-    def broken(text: str, origin: str) -> list[ingest_module.Entry]:
+    def broken(text: str, origin: str) -> list[ingest_records.Entry]:
         raise KeyError("something no one foresaw")
 
-    monkeypatch.setitem(ingest_module.READERS, "arxiv", broken)
+    monkeypatch.setitem(ingest_formats.READERS, "arxiv", broken)
     feed = tmp_path / "feed.xml"
     feed.write_bytes(atom(atom_entry(1)))
 
@@ -296,7 +304,7 @@ def test_an_unforeseen_parser_failure_fails_its_source_alone(
         "in paper-digest: please report it with the source."
     ]
     assert report.sources[1].inserted == 3
-    monkeypatch.setitem(ingest_module.READERS, "arxiv", real)
+    monkeypatch.setitem(ingest_formats.READERS, "arxiv", real)
 
 
 # --- 3. field sizes -----------------------------------------------------------------------------
@@ -313,9 +321,9 @@ def test_overlong_fields_are_cut_stored_and_reported(session: Session, tmp_path:
     report = ingest(session, [path])
 
     big = paper(session, "2607.00001")
-    assert len(big.title) == ingest_module.MAX_TITLE_CHARS and big.title.endswith("…")
+    assert len(big.title) == ingest_records.MAX_TITLE_CHARS and big.title.endswith("…")
     assert big.title.startswith("Attention Attention")
-    assert len(big.abstract) == ingest_module.MAX_ABSTRACT_CHARS
+    assert len(big.abstract) == ingest_records.MAX_ABSTRACT_CHARS
     assert len(big.authors) == 100 and big.authors[:2] == ["Author 0", "Author 1"]
     assert [str(n) for n in report.sources[0].notes] == [
         "big.json entry 1: title cut from 5,242,879 to 500 characters",
@@ -356,15 +364,15 @@ def test_a_link_that_is_not_a_sane_http_url_is_not_stored(link: str) -> None:
 
 
 def test_every_stored_url_is_checked_whatever_the_reader(monkeypatch: pytest.MonkeyPatch) -> None:
-    real = ingest_module.READERS["daily-papers"]
+    real = ingest_formats.READERS["daily-papers"]
 
-    def with_bad_urls(text: str, origin: str) -> list[ingest_module.Entry]:
+    def with_bad_urls(text: str, origin: str) -> list[ingest_records.Entry]:
         found = real(text, origin)
         where, record = found[0]
         assert not isinstance(record, str)
         return [(where, replace(record, url="javascript:alert(1)", pdf_url="https://x/" * 300))]
 
-    monkeypatch.setitem(ingest_module.READERS, "daily-papers", with_bad_urls)
+    monkeypatch.setitem(ingest_formats.READERS, "daily-papers", with_bad_urls)
 
     result = parse(json.dumps([entry(1)]).encode(), origin="api")
 
@@ -441,8 +449,8 @@ def test_every_control_format_and_surrogate_character_is_stripped() -> None:
     ]
     text = "a" + "".join(invisible) + "b"
 
-    assert ingest_module._clean(text) == "ab"
-    assert ingest_module._one_line("x\u200cy\u200dz") == "x\u200cy\u200dz"
+    assert ingest_records.clean_text(text) == "ab"
+    assert ingest_records.one_line("x\u200cy\u200dz") == "x\u200cy\u200dz"
 
 
 # --- files: only a known format with recognisable structure ------------------------------------
@@ -499,7 +507,7 @@ def test_a_page_with_its_header_keeps_good_entries_among_odd_lines() -> None:
 
 
 def test_seed_pages_and_the_sample_still_parse_in_full(shared_dir: Path) -> None:
-    pages = [*sorted((shared_dir / "seeds").glob("*.txt")), ingest_module.SAMPLE_PAPERS]
+    pages = [*sorted((shared_dir / "seeds").glob("*.txt")), SAMPLE_PAPERS]
 
     results = [parse(p.read_bytes(), origin=p.name) for p in pages]
 
