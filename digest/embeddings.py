@@ -80,7 +80,7 @@ class MiniLMEncoder:
 
 @lru_cache(maxsize=1)
 def load_encoder() -> MiniLMEncoder:
-    """The model, loaded once per process (about a second, 90 MB)."""
+    """The model, loaded once per process: loading it is slow and it holds 90 MB."""
     return MiniLMEncoder()
 
 

@@ -20,6 +20,7 @@ from digest.subscribers import (
     InvalidForm,
     SubscriberError,
     add_subscriber,
+    find_subscriber,
     read_preferences,
     set_topics,
 )
@@ -183,3 +184,43 @@ def test_a_file_that_is_not_csv_fails_whole(session: Session) -> None:
 def test_extra_cells_on_a_line_are_ignored(session: Session) -> None:
     report = import_csv(session, io.StringIO("email,topics\nada@example.org,LoRA,extra,more\n"))
     assert report.imported == ["ada@example.org"] and report.errors == []
+
+
+CSV = """email,topics,time_zone,send_hour,status
+ada@example.org,"LoRA, RLHF",Europe/Paris,8,active
+not-an-email,LoRA,UTC,7,active
+ADA@example.org,duplicate in another case,UTC,7,active
+grace@example.org,,UTC,7,active
+alan@example.org,RL,Nowhere/City,7,active
+barbara@example.org,diffusion,UTC,seven,active
+emmy@example.org,graphs,UTC,6,pending
+"""
+
+
+def test_csv_import_reports_each_bad_line_and_keeps_the_good_ones(session: Session) -> None:
+    report = import_csv(session, io.StringIO(CSV))
+    assert report.imported == ["ada@example.org", "emmy@example.org"]
+    lines = [e.split(":")[0] for e in report.errors]
+    assert lines == ["line 3", "line 4", "line 5", "line 6", "line 7"]
+    assert "already subscribed" in report.errors[1]
+    assert find_subscriber(session, "emmy@example.org").status is SubscriberStatus.PENDING
+    assert find_subscriber(session, "ada@example.org").time_zone == "Europe/Paris"
+
+
+def test_csv_without_header_is_refused(session: Session) -> None:
+    with pytest.raises(SubscriberError, match="header"):
+        import_csv(session, io.StringIO("ada@example.org,LoRA\n"))
+
+
+def test_export_round_trips_through_import(session: Session) -> None:
+    add_subscriber(session, "ada@example.org", "LoRA, RLHF", exclude="medical",
+                   time_zone="Asia/Tokyo", send_hour=6, papers_per_digest=4)
+    out = io.StringIO()
+    assert export_csv(session, out) == 1
+    session.delete(find_subscriber(session, "ada@example.org"))
+    session.flush()
+    report = import_csv(session, io.StringIO(out.getvalue()))
+    assert report.errors == []
+    again = find_subscriber(session, "ada@example.org")
+    assert (again.profile.topics, again.profile.exclude, again.time_zone, again.send_hour,
+            again.papers_per_digest) == ("LoRA, RLHF", "medical", "Asia/Tokyo", 6, 4)

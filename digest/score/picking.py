@@ -78,7 +78,7 @@ class Picker:
         eligible take `pool`'s loop.
         """
         # score = relevance * (1 + boost * trending), negated for the ascending partition,
-        # and 0 where not eligible (a multiply: np.where or a masked copy cost 10x as much).
+        # and 0 where not eligible (a multiply: np.where or a masked copy allocate a new array).
         eligible = relevance >= self.knobs.min_relevance
         eligible &= allowed
         negative = relevance * self.negative_boost[None, :]

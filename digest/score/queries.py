@@ -248,7 +248,7 @@ class QueryScorer:
         np.log(matrix.data, out=matrix.data)
         matrix.data += 1.0
         matrix.data *= self.vectorizer.idf_[matrix.indices]
-        inplace_csr_row_normalize_l2(matrix)  # `normalize` without its checks, 10x faster
+        inplace_csr_row_normalize_l2(matrix)  # `normalize` without its input checks
         return matrix
 
     def phrase_terms(self, phrase: str) -> PhraseTerms:

@@ -16,7 +16,7 @@ from .model import CandidatePaper, Pick, Profile, Selection
 from .signals import trending_reason
 
 # Pick from a (paper_id, score, relevance, trending, reasons) tuple, all in C: the named
-# tuple's own __new__ is a Python function, a third of a pick's cost.
+# tuple's own __new__ is a Python function, paid once per pick.
 _new_pick = partial(tuple.__new__, Pick)
 
 # A pick's "matches:" line names up to this many phrases, those above this similarity.
