@@ -2,45 +2,31 @@
 
 from __future__ import annotations
 
+import functools
 import re
 import sys
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import date, datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import click
-from sqlalchemy import func, or_, select
 
 from . import db
-from .models import Delivery, Paper, SubscriberStatus
+from .models import SubscriberStatus
 from .settings import Settings, SettingsError
 
 if TYPE_CHECKING:
     from .feedback import LearnedProfile
 
-DEMO_SUBSCRIBERS: list[dict[str, Any]] = [
-    {"email": "ada@example.org", "topics": "LoRA, low-rank adaptation, parameter-efficient "
-     "fine-tuning", "papers_per_digest": 5},
-    {"email": "grace@example.org", "topics": "diffusion models, image generation, "
-     "text-to-image", "papers_per_digest": 5},
-    {"email": "alan@example.org", "topics": "reinforcement learning, reward models, RLHF",
-     "papers_per_digest": 5},
-    {"email": "katherine@example.org", "topics": "vision transformers, object detection, "
-     "segmentation", "exclude": "medical", "papers_per_digest": 5},
-    {"email": "emmy@example.org", "topics": "graph neural networks, molecules",
-     "papers_per_digest": 3},
-    {"email": "barbara@example.org", "topics": "medieval poetry",
-     "trending_fallback": True, "papers_per_digest": 3},
-    {"email": "edsger@example.org", "topics": "sourdough baking"},
-]
-
-
+P = ParamSpec("P")
+R = TypeVar("R")
 def _settings(ctx: click.Context) -> Settings:
     return ctx.ensure_object(dict)["settings"]  # type: ignore[no-any-return]
 
 
-def _ensure_schema(settings: Settings) -> None:
+def ensure_schema(settings: Settings) -> None:
     """The embedded SQLite default migrates itself; a server database is migrated on purpose."""
     from alembic.script import ScriptDirectory
 
@@ -60,6 +46,23 @@ def _ensure_schema(settings: Settings) -> None:
     raise click.ClickException(
         f"The database is at revision {current or 'none'}, not {head}. Run `digest db upgrade`."
     )
+
+
+def needs_database(command: Callable[P, R]) -> Callable[P, R]:
+    """Bring the schema up to date (or say why not) before a command that uses the database.
+
+    A decorator per command rather than the group's callback, so that `--help`, `health`,
+    `bench` and the `db` commands run without a usable database. Commands that check their
+    input first (`ingest`, `in-doubt resend` and `mark-sent`), or that turn a database failure
+    into an exit status of their own (`unsubscribe-mail`), call `ensure_schema` themselves.
+    """
+
+    @functools.wraps(command)
+    def with_schema(*args: P.args, **kwargs: P.kwargs) -> R:
+        ensure_schema(_settings(click.get_current_context()))
+        return command(*args, **kwargs)
+
+    return with_schema
 
 
 def _safe_url(settings: Settings) -> str:
@@ -228,7 +231,7 @@ def ingest(ctx: click.Context, sources: tuple[str, ...], fmt: str | None, sample
     settings = _settings(ctx)
     if not sources and not sample:
         raise click.UsageError("Give at least one file or URL, or --sample.")
-    _ensure_schema(settings)
+    ensure_schema(settings)
     with db.session_scope(settings) as session:
         reports = []
         if sample:
@@ -254,6 +257,7 @@ def ingest(ctx: click.Context, sources: tuple[str, ...], fmt: str | None, sample
               help="Digest date (default: today, UTC).")
 @click.option("--dry-run", is_flag=True, help="Score and render, but claim and send nothing.")
 @click.pass_context
+@needs_database
 def run(ctx: click.Context, day: date | None, dry_run: bool) -> None:
     """Send each active subscriber their digest for the day (once; a rerun sends nothing).
 
@@ -262,7 +266,6 @@ def run(ctx: click.Context, day: date | None, dry_run: bool) -> None:
     Example: digest run --date 2026-11-23 --dry-run
     """
     settings = _settings(ctx)
-    _ensure_schema(settings)
     report = _run_with_progress(settings, day or _today(), dry_run)
     click.echo(report.summary())
     if report.outbox_index:
@@ -295,6 +298,7 @@ def _run_with_progress(settings: Settings, day: date, dry_run: bool) -> Any:
 @click.option("--date", "day", type=DAY, metavar="YYYY-MM-DD",
               help="Digest date (default: today, UTC).")
 @click.pass_context
+@needs_database
 def status(ctx: click.Context, day: date | None) -> None:
     """How a day's digests stand: due, sent, pending, retrying, failed, bounced, in doubt.
 
@@ -303,7 +307,6 @@ def status(ctx: click.Context, day: date | None) -> None:
     from .pipeline import day_status
 
     settings = _settings(ctx)
-    _ensure_schema(settings)
     result = day_status(settings, day or _today())
     click.echo(f"Digests for {result.day.isoformat()}")
     for line in result.lines():
@@ -330,6 +333,7 @@ def in_doubt_group() -> None:
 @in_doubt_group.command("list")
 @click.option("--date", "day", type=DAY, metavar="YYYY-MM-DD", help="Only this digest date.")
 @click.pass_context
+@needs_database
 def in_doubt_list(ctx: click.Context, day: date | None) -> None:
     """List deliveries in doubt (all days unless --date).
 
@@ -338,7 +342,6 @@ def in_doubt_list(ctx: click.Context, day: date | None) -> None:
     from .journal import in_doubt
 
     settings = _settings(ctx)
-    _ensure_schema(settings)
     with db.session_scope(settings) as session:
         rows = in_doubt(session, day)
     for row in rows:
@@ -348,6 +351,7 @@ def in_doubt_list(ctx: click.Context, day: date | None) -> None:
 
 @in_doubt_group.command("recover")
 @click.pass_context
+@needs_database
 def in_doubt_recover(ctx: click.Context) -> None:
     """Settle what stopped attempts left, from this host's send journals and the file outbox
     (`digest run` and the beat's tick do this too before they plan).
@@ -357,7 +361,6 @@ def in_doubt_recover(ctx: click.Context) -> None:
     from .journal import resolve_abandoned
 
     settings = _settings(ctx)
-    _ensure_schema(settings)
     with db.session_scope(settings) as session:
         recovery = resolve_abandoned(session, settings, datetime.now(timezone.utc))
     click.echo(recovery.summary())
@@ -370,7 +373,7 @@ def _settle(ctx: click.Context, day: date | None, emails: tuple[str, ...],
     if not emails and not every:
         raise click.UsageError("Name the addresses to settle, or pass --all.")
     settings = _settings(ctx)
-    _ensure_schema(settings)
+    ensure_schema(settings)
     wanted = {e.strip().lower() for e in emails}
     with db.session_scope(settings) as session:
         rows = in_doubt(session, day)
@@ -446,6 +449,7 @@ def health(ctx: click.Context, as_json: bool) -> None:
 @main.command()
 @click.option("--dry-run", is_flag=True, help="Count what would be deleted; delete nothing.")
 @click.pass_context
+@needs_database
 def prune(ctx: click.Context, dry_run: bool) -> None:
     """Delete what the retention settings (RETENTION_*) no longer keep, in short batches,
     and print per table how many rows went and what is kept (beat does this daily).
@@ -455,7 +459,6 @@ def prune(ctx: click.Context, dry_run: bool) -> None:
     from .retention import prune as prune_rows
 
     settings = _settings(ctx)
-    _ensure_schema(settings)
     for line in prune_rows(settings, dry_run=dry_run).lines():
         click.echo(line)
 
@@ -469,6 +472,7 @@ def prune(ctx: click.Context, dry_run: bool) -> None:
     help="Directory for the files (default: DATA_DIR/previews).",
 )
 @click.pass_context
+@needs_database
 def preview(ctx: click.Context, email: str, day: date | None, out_dir: Path | None) -> None:
     """Write the digest EMAIL would get as HTML and text files; sends and records nothing.
 
@@ -478,7 +482,6 @@ def preview(ctx: click.Context, email: str, day: date | None, out_dir: Path | No
     from .subscribers import SubscriberError
 
     settings = _settings(ctx)
-    _ensure_schema(settings)
     day = day or _today()
     try:
         rendered = preview_digest(settings, email, day)
@@ -505,6 +508,7 @@ def preview(ctx: click.Context, email: str, day: date | None, out_dir: Path | No
 
 @main.command()
 @click.pass_context
+@needs_database
 def demo(ctx: click.Context) -> None:
     """Run a day on the embedded default: sample papers, sample subscribers, file outbox.
 
@@ -513,20 +517,13 @@ def demo(ctx: click.Context) -> None:
 
     Example: digest demo
     """
-    from .ingest import load_sample_papers
-    from .subscribers import add_subscriber, find_subscriber
+    from .demo import demo_settings, seed_demo
 
-    settings = replace(_settings(ctx), mail_backend="file")
+    settings = demo_settings(_settings(ctx))
     click.echo(f"Database: {_safe_url(settings)}")
-    _ensure_schema(settings)
     with db.session_scope(settings) as session:
-        click.echo(load_sample_papers(session).summary())
-        added = 0
-        for spec in DEMO_SUBSCRIBERS:
-            if find_subscriber(session, spec["email"]) is None:
-                add_subscriber(session, **spec)
-                added += 1
-        click.echo(f"Sample subscribers: {len(DEMO_SUBSCRIBERS)} ({added} new).")
+        for line in seed_demo(session).lines():
+            click.echo(line)
     report = _run_with_progress(settings, datetime.now(timezone.utc).date(), False)
     click.echo(report.summary())
     _print_sent(settings, report.day)
@@ -535,19 +532,15 @@ def demo(ctx: click.Context) -> None:
 
 
 def _print_sent(settings: Settings, day: date) -> None:
-    from .models import Subscriber
+    from .lookups import day_digests
 
     with db.session_scope(settings) as session:
-        rows = session.execute(
-            select(Subscriber.email, Delivery.paper_count, Delivery.status)
-            .join(Delivery, Delivery.subscriber_id == Subscriber.id)
-            .where(Delivery.digest_date == day)
-            .order_by(Subscriber.email)
-        ).all()
-    if rows:
+        digests = day_digests(session, day)
+    if digests:
         click.echo(f"\nDigests for {day}:")
-    for email, count, status in rows:
-        click.echo(f"  {email:<28} {count:>2} paper{'' if count == 1 else 's'}  {status.value}")
+    for d in digests:
+        click.echo(f"  {d.email:<28} {d.paper_count:>2} paper{'' if d.paper_count == 1 else 's'}"
+                   f"  {d.status.value}")
 
 
 @main.command()
@@ -555,6 +548,7 @@ def _print_sent(settings: Settings, day: date) -> None:
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
 @click.option("--debug", is_flag=True, help="Reload on code changes (development only).")
 @click.pass_context
+@needs_database
 def serve(ctx: click.Context, host: str, port: int, debug: bool) -> None:
     """Run the web app for development (production: gunicorn, see deploy/).
 
@@ -563,7 +557,6 @@ def serve(ctx: click.Context, host: str, port: int, debug: bool) -> None:
     from .web import create_app
 
     settings = _settings(ctx)
-    _ensure_schema(settings)
     try:
         create_app(settings).run(host=host, port=port, debug=debug)
     except OSError as exc:  # a host that does not resolve, a port taken or not ours
@@ -607,6 +600,7 @@ def _subscriber_errors(func_: Any) -> Any:
 @click.option("--pending", is_flag=True, help="Add as pending (awaiting confirmation).")
 @click.pass_context
 @_subscriber_errors
+@needs_database
 def subscribers_add(
     ctx: click.Context, email: str, topics: str, exclude: str, time_zone: str | None,
     send_hour: int | None, papers_per_digest: int | None, trending_fallback: bool, pending: bool,
@@ -619,7 +613,6 @@ def subscribers_add(
     from .subscribers import add_subscriber, record_event
 
     settings = _settings(ctx)
-    _ensure_schema(settings)
     with db.session_scope(settings) as session:
         sub = add_subscriber(
             session, email, topics, exclude=exclude,
@@ -638,6 +631,7 @@ def subscribers_add(
 @subscribers_group.command("list")
 @click.option("--status", type=click.Choice([s.value for s in SubscriberStatus]), default=None)
 @click.pass_context
+@needs_database
 def subscribers_list(ctx: click.Context, status: str | None) -> None:
     """List subscribers with their status and topics.
 
@@ -646,7 +640,6 @@ def subscribers_list(ctx: click.Context, status: str | None) -> None:
     from .subscribers import list_subscribers
 
     settings = _settings(ctx)
-    _ensure_schema(settings)
     with db.session_scope(settings) as session:
         subs = list(list_subscribers(session, SubscriberStatus(status) if status else None))
         for sub in subs:
@@ -659,16 +652,17 @@ def subscribers_list(ctx: click.Context, status: str | None) -> None:
 @click.argument("email")
 @click.pass_context
 @_subscriber_errors
+@needs_database
 def subscribers_show(ctx: click.Context, email: str) -> None:
     """Show one subscriber's settings, topics, recent deliveries and history.
 
     Example: digest subscribers show ada@example.org
     """
     from .feedback import learned_profile
+    from .lookups import latest_deliveries
     from .subscribers import get_subscriber, subscriber_history
 
     settings = _settings(ctx)
-    _ensure_schema(settings)
     with db.session_scope(settings) as session:
         sub = get_subscriber(session, email)
         click.echo(f"Email:        {sub.email}")
@@ -682,10 +676,7 @@ def subscribers_show(ctx: click.Context, email: str) -> None:
         click.echo(f"Created:      {sub.created_at:%Y-%m-%d %H:%M} UTC")
         if sub.confirmed_at:
             click.echo(f"Confirmed:    {sub.confirmed_at:%Y-%m-%d %H:%M} UTC")
-        deliveries = session.scalars(
-            select(Delivery).where(Delivery.subscriber_id == sub.id)
-            .order_by(Delivery.digest_date.desc()).limit(10)
-        ).all()
+        deliveries = latest_deliveries(session, sub.id, limit=10)
         click.echo(f"Deliveries:   {len(deliveries)} shown (latest first)")
         for d in deliveries:
             click.echo(f"  {d.digest_date}  {d.status.value:<9} {d.paper_count} papers  "
@@ -730,6 +721,7 @@ def _echo_learned(learned: LearnedProfile) -> None:
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @click.pass_context
 @_subscriber_errors
+@needs_database
 def subscribers_remove(ctx: click.Context, email: str, yes: bool) -> None:
     """Delete a subscriber and their delivery history.
 
@@ -738,7 +730,6 @@ def subscribers_remove(ctx: click.Context, email: str, yes: bool) -> None:
     from .subscribers import get_subscriber, remove_subscriber
 
     settings = _settings(ctx)
-    _ensure_schema(settings)
     with db.session_scope(settings) as session:
         get_subscriber(session, email)
         if not yes:
@@ -753,6 +744,7 @@ def subscribers_remove(ctx: click.Context, email: str, yes: bool) -> None:
 @click.option("--exclude", default=None, help="Replace the words to keep out.")
 @click.pass_context
 @_subscriber_errors
+@needs_database
 def subscribers_set_topics(
     ctx: click.Context, email: str, topics: str, exclude: str | None
 ) -> None:
@@ -763,7 +755,6 @@ def subscribers_set_topics(
     from .subscribers import set_topics
 
     settings = _settings(ctx)
-    _ensure_schema(settings)
     with db.session_scope(settings) as session:
         sub = set_topics(session, email, topics, exclude)
         click.echo(f"{sub.email}: topics now {sub.profile.topics!r}.")
@@ -774,6 +765,7 @@ def subscribers_set_topics(
 @click.option("--pending", is_flag=True, help="Import as pending instead of active.")
 @click.pass_context
 @_subscriber_errors
+@needs_database
 def subscribers_import(ctx: click.Context, csv_file: Any, pending: bool) -> None:
     """Import subscribers from CSV with a header row (email,topics[,exclude,time_zone,...]).
 
@@ -784,7 +776,6 @@ def subscribers_import(ctx: click.Context, csv_file: Any, pending: bool) -> None
     from .subscribers_csv import import_csv
 
     settings = _settings(ctx)
-    _ensure_schema(settings)
     status = SubscriberStatus.PENDING if pending else SubscriberStatus.ACTIVE
     with db.session_scope(settings) as session:
         report = import_csv(session, csv_file, status)
@@ -798,6 +789,7 @@ def subscribers_import(ctx: click.Context, csv_file: Any, pending: bool) -> None
 @subscribers_group.command("export")
 @click.argument("csv_file", type=click.File("w", encoding="utf-8"), default="-")
 @click.pass_context
+@needs_database
 def subscribers_export(ctx: click.Context, csv_file: Any) -> None:
     """Export every subscriber as CSV (to a file, or standard output).
 
@@ -806,7 +798,6 @@ def subscribers_export(ctx: click.Context, csv_file: Any) -> None:
     from .subscribers_csv import export_csv
 
     settings = _settings(ctx)
-    _ensure_schema(settings)
     with db.session_scope(settings) as session:
         count = export_csv(session, csv_file)
     if csv_file.name != "<stdout>":
@@ -826,40 +817,35 @@ def papers_group() -> None:
               help="How many, newest first.")
 @click.option("--search", default=None, help="Only titles containing this text.")
 @click.pass_context
+@needs_database
 def papers_list(ctx: click.Context, limit: int, search: str | None) -> None:
     """List papers, most recently seen first.
 
     Example: digest papers list --search LoRA
     """
-    settings = _settings(ctx)
-    _ensure_schema(settings)
-    with db.session_scope(settings) as session:
-        query = select(Paper).order_by(Paper.first_seen_at.desc(), Paper.id.desc()).limit(limit)
-        if search:
-            query = query.where(func.lower(Paper.title).contains(search.lower()))
-        papers = session.scalars(query).all()
-        total = session.scalar(select(func.count()).select_from(Paper))
-        for p in papers:
+    from .lookups import list_papers
+
+    with db.session_scope(_settings(ctx)) as session:
+        page = list_papers(session, limit, search)
+        for p in page.papers:
             votes = f"{p.upvotes:>4}▲" if p.upvotes is not None else "     "
             click.echo(f"{p.id:>6}  {p.source_id:<24} {votes}  {p.title[:70]}")
-        click.echo(f"{len(papers)} shown of {total} paper(s).")
+        click.echo(f"{len(page.papers)} shown of {page.total} paper(s).")
 
 
 @papers_group.command("show")
 @click.argument("paper")
 @click.pass_context
+@needs_database
 def papers_show(ctx: click.Context, paper: str) -> None:
     """Show one paper by database id or source id (e.g. an arXiv id).
 
     Example: digest papers show 2607.07673
     """
-    settings = _settings(ctx)
-    _ensure_schema(settings)
-    with db.session_scope(settings) as session:
-        conditions = [Paper.source_id == paper]
-        if paper.isascii() and paper.isdigit() and len(paper) <= 18:  # a database id fits 64 bits
-            conditions.append(Paper.id == int(paper))
-        found = session.scalars(select(Paper).where(or_(*conditions))).first()
+    from .lookups import find_paper
+
+    with db.session_scope(_settings(ctx)) as session:
+        found = find_paper(session, paper)
         if found is None:
             raise click.ClickException(f"No paper with id or source id {paper!r}.")
         click.echo(f"Title:     {found.title}")
@@ -933,6 +919,7 @@ def suppressions_group() -> None:
 
 @suppressions_group.command("list")
 @click.pass_context
+@needs_database
 def suppressions_list(ctx: click.Context) -> None:
     """List suppressed addresses, oldest first, with why and who added them.
 
@@ -941,7 +928,6 @@ def suppressions_list(ctx: click.Context) -> None:
     from .suppressions import list_suppressions
 
     settings = _settings(ctx)
-    _ensure_schema(settings)
     with db.session_scope(settings) as session:
         rows = list_suppressions(session)
         for row in rows:
@@ -958,6 +944,7 @@ def suppressions_list(ctx: click.Context) -> None:
 @click.option("--note", default="", help="Why, for the history.")
 @click.option("--dry-run", is_flag=True, help="Say what would change; change nothing.")
 @click.pass_context
+@needs_database
 def suppressions_add(
     ctx: click.Context, address: str, reason: str, note: str, dry_run: bool
 ) -> None:
@@ -969,7 +956,6 @@ def suppressions_add(
     from .suppressions import find_suppression, suppress_address
 
     settings = _settings(ctx)
-    _ensure_schema(settings)
     with db.session_scope(settings) as session:
         if dry_run:
             found = find_suppression(session, address)
@@ -984,6 +970,7 @@ def suppressions_add(
 @suppressions_group.command("remove")
 @click.argument("address")
 @click.pass_context
+@needs_database
 def suppressions_remove(ctx: click.Context, address: str) -> None:
     """Lift a suppression. The subscriber stays unsubscribed until they subscribe and confirm.
 
@@ -992,7 +979,6 @@ def suppressions_remove(ctx: click.Context, address: str) -> None:
     from .suppressions import unsuppress_address
 
     settings = _settings(ctx)
-    _ensure_schema(settings)
     with db.session_scope(settings) as session:
         change = unsuppress_address(session, address, "cli")
     if not change.created:
@@ -1043,7 +1029,7 @@ def unsubscribe_mail(ctx: click.Context, recipient: str | None, from_imap: bool)
     summary = ""
     try:
         message = b"" if from_imap else read_message(sys.stdin.buffer)
-        _ensure_schema(settings)
+        ensure_schema(settings)
         if from_imap:
             report = poll_mailbox(settings)
             results, summary = report.results, report.summary()
@@ -1111,6 +1097,7 @@ def dns_check(
               help="Rank that day's candidates.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list of {title, score, why}.")
 @click.pass_context
+@needs_database
 def recommend(ctx: click.Context, topics: str, limit: int, day: date | None,
               as_json: bool) -> None:
     """Rank the papers in the database for ad-hoc topics, as a digest would.
@@ -1124,7 +1111,6 @@ def recommend(ctx: click.Context, topics: str, limit: int, day: date | None,
     from .recommend import recommend as recommend_papers
 
     settings = _settings(ctx)
-    _ensure_schema(settings)
     papers = recommend_papers(settings, topics, limit, day or _today(), max_limit=100)
     if as_json:
         click.echo(json.dumps(papers, indent=2, ensure_ascii=False))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
 import click
@@ -9,6 +10,9 @@ import pytest
 from click.testing import CliRunner, Result
 
 from digest.cli import main
+from digest.lookups import day_digests, find_paper, latest_deliveries, list_papers
+
+from .factories import make_delivery, make_paper, make_subscriber
 
 
 @pytest.fixture
@@ -284,3 +288,74 @@ def test_a_preview_that_cannot_be_written_says_so(cli, tmp_path: Path) -> None:
     result = cli("preview", "ada@example.org", "--out", str(tmp_path / "a-file" / "previews"))
     assert result.exit_code == 1
     assert "Cannot write the preview" in result.output and "--out" in result.output
+
+
+# A server on loopback where nothing listens: the connection is refused at once.
+UNREACHABLE_DATABASE = "postgresql+psycopg://digest@127.0.0.1:1/digest"
+
+
+@pytest.fixture
+def cli_without_database(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Invoke `digest` with a DATABASE_URL that cannot be opened."""
+    monkeypatch.chdir(tmp_path)
+    env = {"DATA_DIR": str(tmp_path / "data"), "DATABASE_URL": UNREACHABLE_DATABASE,
+           "MAIL_BACKEND": "file", "PUBLIC_BASE_URL": "https://digest.test",
+           "SECRET_KEY": "cli-test-secret"}
+
+    def invoke(*args: str) -> Result:
+        return CliRunner().invoke(main, list(args), env=env, catch_exceptions=False)
+
+    return invoke
+
+
+@pytest.mark.parametrize("path", all_commands(main), ids=" ".join)
+def test_help_needs_no_database(cli_without_database, path: tuple[str, ...]) -> None:
+    assert cli_without_database(*path, "--help").exit_code == 0
+
+
+@pytest.mark.parametrize(
+    "command",
+    [("status",), ("run", "--dry-run"), ("demo",), ("prune", "--dry-run"), ("papers", "list"),
+     ("papers", "show", "1"), ("subscribers", "list"), ("subscribers", "show", "ada@example.org"),
+     ("suppressions", "list"), ("in-doubt", "list"), ("in-doubt", "resend", "--all"),
+     ("ingest", "--sample"), ("recommend", "--topics", "LoRA")],
+    ids=" ".join,
+)
+def test_a_database_that_cannot_be_opened_is_one_clear_error(
+    cli_without_database, command: tuple[str, ...]
+) -> None:
+    result = cli_without_database(*command)
+    assert result.exit_code == 1
+    assert "Cannot open the database at postgresql+psycopg://digest@127.0.0.1:1/digest" in (
+        result.output)
+    assert "Check DATABASE_URL" in result.output
+
+
+def test_input_is_checked_before_the_database_is_opened(cli_without_database) -> None:
+    for command in (("ingest",), ("in-doubt", "resend")):
+        result = cli_without_database(*command)
+        assert result.exit_code == 2 and "Cannot open" not in result.output, command
+
+
+def test_lookups_find_a_paper_by_either_id_and_list_the_newest_first(session) -> None:
+    now = datetime.now(timezone.utc)
+    old = make_paper(session, title="Old LoRA paper", first_seen_at=now - timedelta(days=2))
+    new = make_paper(session, title="New diffusion paper", first_seen_at=now)
+    assert find_paper(session, old.source_id) == old
+    assert find_paper(session, str(new.id)) == new
+    assert find_paper(session, "9" * 19) is None  # too long for an id: only a source id
+    page = list_papers(session, limit=1)
+    assert [p.title for p in page.papers] == ["New diffusion paper"] and page.total == 2
+    assert [p.title for p in list_papers(session, 5, search="lora").papers] == ["Old LoRA paper"]
+
+
+def test_lookups_list_a_subscribers_latest_deliveries_and_a_days_digests(session) -> None:
+    ada = make_subscriber(session, "ada@example.org")
+    bob = make_subscriber(session, "bob@example.org")
+    day = date(2026, 11, 23)
+    for offset in range(12):
+        make_delivery(session, ada, day - timedelta(days=offset))
+    make_delivery(session, bob, day)
+    latest = latest_deliveries(session, ada.id, limit=10)
+    assert len(latest) == 10 and latest[0].digest_date == day
+    assert [d.email for d in day_digests(session, day)] == ["ada@example.org", "bob@example.org"]
