@@ -40,13 +40,27 @@ class Check:
         return {**asdict(self), "level": self.level.value}
 
 
-def check_database(settings: Settings) -> Check:
+def database_error(settings: Settings) -> str | None:
+    """Why the database does not answer, or None when it does. A load balancer (`/healthz`)
+    asks only this: an unmigrated schema is the operator's to fix, not a reason to stop traffic."""
     try:
         with db.engine_for(settings.database_url).connect() as conn:
             conn.execute(text("SELECT 1"))
-        revision = db.current_revision(settings)
     except Exception as exc:  # noqa: BLE001 - every failure is "down", with its reason
-        return Check("database", Level.FAIL, f"cannot connect: {exc}. Check DATABASE_URL.")
+        return str(exc)
+    return None
+
+
+def check_database(settings: Settings) -> Check:
+    error = database_error(settings)
+    revision = None
+    if error is None:
+        try:
+            revision = db.current_revision(settings)
+        except Exception as exc:  # noqa: BLE001 - every failure is "down", with its reason
+            error = str(exc)
+    if error is not None:
+        return Check("database", Level.FAIL, f"cannot connect: {error}. Check DATABASE_URL.")
     if revision is None:
         return Check("database", Level.FAIL, "reachable but empty: run `digest db upgrade`.")
     return Check("database", Level.OK, f"schema revision {revision}")
