@@ -55,8 +55,11 @@ class BatchQueries:
     whole: np.ndarray  # per profile: the row of its whole topics text
 
 
-def batch_queries(phrase_lists: list[list[str]], topics: list[str]) -> BatchQueries:
-    """Number a batch's distinct queries: each profile's phrases and its whole topics text."""
+def batch_queries(
+    phrase_lists: list[list[str]], counts: np.ndarray, topics: list[str]
+) -> BatchQueries:
+    """Number a batch's distinct queries: each profile's phrases and its whole topics text
+    (`counts`: how many phrases each profile has)."""
     slot: dict[str, int] = {}  # distinct query -> its row
     splits: list[list[str]] = []
     rows: list[list[int]] = []
@@ -74,7 +77,7 @@ def batch_queries(phrase_lists: list[list[str]], topics: list[str]) -> BatchQuer
             slot[text] = len(splits)
             splits.append(phrases)
         whole.append(slot[text])
-    width = max(1, max((len(phrases) for phrases in phrase_lists), default=0))
+    width = max(1, int(counts.max(initial=0)))
     phrase_slots = np.array(
         [row + row[:1] * (width - len(row)) if row else [w] * width
          for row, w in zip(rows, whole, strict=True)], dtype=np.int64,
@@ -122,7 +125,7 @@ class QueryScorer:
         Each distinct query of the batch is scored once (one sparse product, one encoder
         call with the semantic extra) and each profile gathers its rows.
         """
-        batch = batch_queries(phrase_lists, topics)
+        batch = batch_queries(phrase_lists, counts, topics)
         relevance = np.zeros((len(phrase_lists), self.paper_count), dtype=np.float32)
         lexical = self.lexical_similarity(batch.texts, batch.splits)
         matching = np.flatnonzero(counts)  # profiles with at least one phrase
