@@ -242,6 +242,19 @@ def test_paper_embeddings_are_computed_once_and_stored(tmp_path) -> None:
     assert np.array_equal(first, again[:2]) and again.shape == (3, 4)
 
 
+def test_one_paper_text_the_title_twice_for_tf_idf_once_for_embeddings() -> None:
+    # The embedding store's keys hash the text the model read: "title. abstract", as they
+    # always have, or every stored vector would be encoded again.
+    import hashlib
+
+    from digest.embeddings import paper_key
+
+    lora = PAPERS[0]
+    assert lora.text == f"{lora.title}. {lora.title}. {lora.abstract}"
+    embedded = f"{lora.title}. {lora.abstract}".encode()
+    assert paper_key(lora) == f"{lora.id}:{hashlib.sha1(embedded).hexdigest()[:16]}"
+
+
 HOSTILE_TOPICS = ["", " , ;\n ", "the of and", "\U0001f642", "LoRA, LoRA, lora", "MoE",
                   "(.*)+$", "x" * 300, "LoRA,\nactivation sparsity"]
 
