@@ -693,7 +693,7 @@ def subscribers_show(ctx: click.Context, email: str) -> None:
 
 def _echo_learned(learned: LearnedProfile) -> None:
     """What the profile learned from clicks and "more / less like this", for `show`."""
-    from .render import plural
+    from .render.filters import plural
 
     if learned.empty:
         click.echo("Learned:      nothing yet (no clicks or votes on their digests)")

@@ -30,7 +30,7 @@ from sqlalchemy.orm import Session
 
 from . import db, tokens
 from .models import DeliveryItem, FeedbackKind, Paper, PaperFeedback, Subscriber, TopicProfile
-from .render import safe_url
+from .render.filters import safe_url
 from .score import FeedbackSignal, make_vectorizer, paper_text
 from .settings import Settings
 from .subscribers import UnknownSubscriber, linked_subscriber

@@ -46,15 +46,9 @@ from .models import (
     Subscriber,
     SubscriberStatus,
 )
-from .render import (
-    DayRenderer,
-    DigestContext,
-    DigestItem,
-    PaperCard,
-    RenderedEmail,
-    bounded_card,
-    render_digest,
-)
+from .render.content import DigestContext, DigestItem, PaperCard, bounded_card
+from .render.day import DayRenderer
+from .render.plain import RenderedEmail, render_digest
 from .score import (
     CandidatePaper,
     DayIndex,

@@ -21,7 +21,8 @@ from . import db
 from .embeddings import day_semantic_index
 from .models import Paper
 from .pipeline import candidate_paper, paper_card, prepared_day
-from .render import PaperCard, safe_url, shorten
+from .render.content import PaperCard
+from .render.filters import safe_url, shorten
 from .score import DayIndex, Profile, RankingKnobs, build_day_index
 from .settings import Settings
 

@@ -8,20 +8,15 @@ from typing import Any
 
 import pytest
 
-from digest import notices, render
-from digest.render import (
-    DigestContext,
-    DigestItem,
-    PaperCard,
+from digest import notices
+from digest.render import plain
+from digest.render.content import DigestContext, DigestItem, PaperCard
+from digest.render.filters import author_line, one_line, printable, safe_url, shorten
+from digest.render.plain import (
     RenderedEmail,
-    author_line,
     email_template_names,
-    one_line,
-    printable,
     render_digest,
     render_email,
-    safe_url,
-    shorten,
 )
 
 DAY = date(2026, 11, 23)
@@ -79,7 +74,7 @@ def make_context(items: tuple[DigestItem, ...] | None = None, **overrides: Any) 
 def sample_context(name: str) -> dict[str, Any]:
     """A template context for each email type; a new folder needs an entry here."""
     contexts = {
-        "digest": render.digest_template_context(make_context()),
+        "digest": plain.digest_template_context(make_context()),
         "confirm": notices.confirm_template_context(
             "ada@example.org", "LoRA, activation sparsity", "https://digest.test/confirm/tok1",
             "https://digest.test/unsubscribe/tok2", "https://digest.test/", 48,
@@ -193,7 +188,7 @@ def test_render_email_refuses_names_that_are_not_email_folders(name: str) -> Non
 
 
 def test_environment_is_built_once() -> None:
-    assert render.email_environment() is render.email_environment()
+    assert plain.email_environment() is plain.email_environment()
 
 
 # --- The digest as a subscriber sees it ------------------------------------------------------

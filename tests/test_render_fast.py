@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import random
+import shutil
 from datetime import date, datetime, timezone
+from pathlib import Path
 
 import pytest
+from jinja2 import Environment, FileSystemLoader
 
-from digest.render import DayRenderer, DigestContext, DigestItem, PaperCard, render_digest
+from digest.render import day, plain
+from digest.render.content import DigestContext, DigestItem, PaperCard
+from digest.render.day import DayRenderer
+from digest.render.plain import TEMPLATES_DIR, render_digest
+from digest.render.slots import UnfilledVariableError, body_variables, check_body_variables
 
 DAY = date(2026, 11, 23)
 SITE = "https://digest.test"
@@ -80,7 +87,7 @@ def test_fast_path_refuses_a_digest_without_a_working_unsubscribe_link() -> None
 def test_wrap_is_textwraps_fill_without_breaking_words() -> None:
     import textwrap
 
-    from digest.render import one_line, wrap
+    from digest.render.filters import one_line, wrap
 
     rng = random.Random(3)
     vocabulary = ["a", "LoRA", "low-rank", "https://arxiv.org/abs/2611.00001v2", "β-OPSD",
@@ -103,7 +110,7 @@ def test_subject_and_preview_lines_fill_each_readers_topics_into_the_days_frame(
     base = context(rng, cards)
     items = tuple(DigestItem(card=c, reasons=("matches: LoRA",), score=1.0) for c in cards[:3])
     for topics in ["LoRA", "a \x00 b", "  spaced\t out  ", "x" * 200, "", "\x01", "Σ, β; γ\nδ",
-                   "{{ topics }}", renderer.slot["tshort"][:-1]]:
+                   "{{ topics }}", renderer.slot["topics_short"][:-1]]:
         for fallback in (False, True):
             ctx = DigestContext(**{**base.__dict__, "topics": topics, "items": items,
                                    "trending_fallback": fallback})
@@ -111,3 +118,58 @@ def test_subject_and_preview_lines_fill_each_readers_topics_into_the_days_frame(
             assert fast.subject == plain.subject, topics
             assert fast.html == plain.html, topics  # the preview line is in the page
     assert len(renderer._lines) <= 2 * 2 * 2  # subject and preview, topics or not, fallback
+
+
+def templates_with(tmp_path: Path, template: str, addition: str) -> Environment:
+    """The email environment over a copy of templates/ with `addition` put into `template`."""
+    copy = tmp_path / "templates"
+    shutil.copytree(TEMPLATES_DIR, copy)
+    path = copy / template
+    source = path.read_text()
+    # Inside the macro of a card template; after everything else in a body.
+    marker = "{% endmacro %}" if "{% endmacro %}" in source else None
+    path.write_text(source.replace(marker, addition + marker) if marker else source + addition)
+    return plain.email_environment().overlay(loader=FileSystemLoader(copy))
+
+
+def test_the_digest_templates_read_only_variables_the_day_renderer_fills() -> None:
+    env = plain.email_environment()
+    check_body_variables(env)
+    assert set(body_variables(env)) == {
+        "email/digest/body.mjml", "email/digest/body.txt", "email/_base.mjml",
+        "email/digest/_card.mjml",
+    }
+
+
+@pytest.mark.parametrize("template", [
+    "email/digest/body.mjml", "email/digest/body.txt", "email/_base.mjml",
+    "email/digest/_card.mjml",
+])
+def test_a_template_variable_the_day_renderer_cannot_fill_stops_it_at_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, template: str
+) -> None:
+    env = templates_with(tmp_path, template, "{{ reader_name }}")
+    with pytest.raises(UnfilledVariableError, match=f"templates/{template} reads reader_name"):
+        check_body_variables(env)
+    monkeypatch.setattr(day, "email_environment", lambda: env)
+    with pytest.raises(UnfilledVariableError, match="reader_name"):
+        DayRenderer(DAY, SITE)
+
+
+def test_a_template_included_by_a_name_chosen_at_render_time_cannot_be_checked(
+    tmp_path: Path,
+) -> None:
+    env = templates_with(tmp_path, "email/digest/body.txt", "{% include extra_part %}")
+    with pytest.raises(UnfilledVariableError, match="chosen at render time"):
+        check_body_variables(env)
+
+
+def test_variant_names_what_chooses_a_skeleton() -> None:
+    rng = random.Random(5)
+    ctx = context(rng, [card(i, rng) for i in range(20)])
+    ctx = DigestContext(**{**ctx.__dict__, "items": (), "topics": "LoRA", "feedback_url": ""})
+    renderer = DayRenderer(DAY, SITE)
+    renderer.render(ctx)
+    assert list(renderer._skeletons) == [day.Variant(
+        empty=True, trending_fallback=ctx.trending_fallback, has_topics=True, has_feedback=False,
+    )]

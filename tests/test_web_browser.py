@@ -256,7 +256,7 @@ def test_the_html_part_as_sent_in_7_bits_looks_exactly_like_the_page(
     of quoting the page: a browser must draw the two identically, on a phone and a desktop."""
     from email import message_from_bytes, policy
 
-    from digest.render import render_digest, render_email
+    from digest.render.plain import render_digest, render_email
     from digest.send import OutgoingEmail, message_bytes
 
     from .conftest import make_settings

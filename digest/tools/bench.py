@@ -668,7 +668,7 @@ def stage_timings(
     from jinja2 import Environment
 
     from ..mail import message_bytes
-    from ..render import card_text, digest_template_context, render_digest
+    from ..render.plain import card_text, digest_template_context, render_digest
 
     for ctx in contexts:  # warm the day's caches, as the first batches do
         renderer.render(ctx)
@@ -698,12 +698,11 @@ def stage_timings(
         ctx, context = c
         skeleton, units = renderer.compiled(ctx, context)
         cards = "".join(
-            template(unit).render(rank=rank, why=item.why, fb=context["feedback_href"])
+            template(unit).render(rank=rank, why=item.why, feedback_href=context["feedback_href"])
             for rank, (unit, item) in enumerate(zip(units, ctx.items, strict=True), start=1))
-        values = {"preview": context["preview"], "topics": context["topics"],
-                  "count": context["count_phrase"], "isare": context["is_are"],
-                  "recipient": context["recipient"], "pref": context["preferences_href"],
-                  "unsub": context["unsubscribe_href"]}
+        values = {name: context[name] for name in (
+            "preview", "topics", "count_phrase", "is_are", "recipient", "preferences_href",
+            "unsubscribe_href")}
         return template(skeleton.head).render(values) + cards + template(
             skeleton.tail).render(values)
 

@@ -41,7 +41,8 @@ from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from ..health import link_warning
-from ..render import BRAND, topic_list
+from ..render.filters import topic_list
+from ..render.plain import BRAND
 from ..settings import PROJECT_DIR, Settings
 from . import hooks, links, ops, responses, subscribe
 from .context import SETTINGS_KEY

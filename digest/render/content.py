@@ -1,0 +1,97 @@
+"""What a digest shows: the plain data the pipeline hands to rendering, and its bounds.
+
+`PaperCard` is built once per paper per day; `DigestItem` and `DigestContext` once per
+subscriber. Both render paths (`plain.render_digest` and `day.DayRenderer`) read only these.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from datetime import date, datetime
+
+from .filters import ABSTRACT_CHARS, AUTHORS_SHOWN, one_line, plural, shorten
+
+# A card never carries more than this, whatever a source stored: a digest's size is bounded
+# by its paper count, not by the longest title someone published.
+TITLE_CHARS = 300
+AUTHOR_CHARS = 100
+URL_CHARS = 2048
+
+
+@dataclass(frozen=True)
+class PaperCard:
+    """What a digest shows of one paper; built once per paper per day."""
+
+    paper_id: int
+    title: str
+    authors: tuple[str, ...]
+    abstract: str  # full abstract; the template shortens it
+    url: str | None
+    pdf_url: str | None
+    published_at: datetime | None
+    upvotes: int | None = None
+    comments: int | None = None
+    source: str = ""
+
+
+@dataclass(frozen=True)
+class DigestItem:
+    """One paper in one subscriber's digest, with why it was chosen."""
+
+    card: PaperCard
+    reasons: tuple[str, ...]  # ("matches: lora, low-rank adaptation", "trending: 212 upvotes")
+    score: float
+    # The reasons as the email's one "Why:" line, read by the HTML card, the text card and
+    # the why-line cache. Made with the item: a cached_property takes a lock on first read
+    # (Python 3.11), ten times a digest.
+    why: str = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "why", " · ".join(map(one_line, self.reasons)))
+
+
+@dataclass(frozen=True)
+class DigestContext:
+    """Everything one subscriber's digest for one day shows."""
+
+    day: date
+    recipient: str  # the subscriber's address
+    topics: str  # their free-text topics as they typed them
+    items: tuple[DigestItem, ...]
+    preferences_url: str
+    unsubscribe_url: str
+    site_url: str
+    trending_fallback: bool = False  # nothing matched the topics; these are trending papers
+    # The reader's signed link base for paper links and "more / less like this"; "": plain links.
+    feedback_url: str = ""
+
+
+def bounded_card(card: PaperCard) -> PaperCard:
+    """`card` cut to what a digest may carry: title, authors (as many as the author line
+    can show, each name bounded), the part of the abstract a card can show, sane links."""
+    def link(url: str | None) -> str | None:
+        return url if url is None or len(url) <= URL_CHARS else None
+
+    authors = tuple(
+        shorten(name, AUTHOR_CHARS) for name in card.authors[: AUTHORS_SHOWN + 1]
+    )
+    if (len(card.title) <= TITLE_CHARS and authors == card.authors
+            and len(card.abstract) <= 4 * ABSTRACT_CHARS
+            and link(card.url) == card.url and link(card.pdf_url) == card.pdf_url):
+        return card
+    return replace(
+        card, title=shorten(card.title, TITLE_CHARS), authors=authors,
+        abstract=card.abstract[: 4 * ABSTRACT_CHARS], url=link(card.url),
+        pdf_url=link(card.pdf_url),
+    )
+
+
+def engagement(card: PaperCard) -> str:
+    """Like "212 upvotes · 14 comments", leaving out what the source did not say."""
+    bits = []
+    if card.upvotes is not None:
+        bits.append(plural(card.upvotes, "upvote"))
+    if card.comments is not None:
+        bits.append(plural(card.comments, "comment"))
+    return " · ".join(bits)
+

@@ -1,0 +1,317 @@
+"""Render many digests of one day fast: the skeleton compiled once per day, filled per subscriber.
+
+`DayRenderer` gives byte for byte what `plain.render_digest` gives (tests/test_render_fast.py
+proves it on many random and hostile digests); `slots` says which template variable each
+placeholder stands for, and the renderer refuses to start when a template reads one it does not
+know.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import date
+from functools import cache
+from typing import Any, NamedTuple
+
+from jinja2 import meta
+from markupsafe import escape
+from mjml import mjml2html
+
+from .content import DigestContext, PaperCard
+from .filters import TEXT_WIDTH, one_line, printable, wrap
+from .plain import (
+    RenderedEmail,
+    check_own_links,
+    digest_template_context,
+    email_environment,
+    render_digest,
+    render_line,
+    tidy_text,
+    why_block,
+)
+from .slots import PER_SUBSCRIBER, SLOT_NAMES, check_body_variables, fill, segments
+
+# The per-subscriber values, in the order the renderer fills them.
+_SUBSCRIBER_VALUES = tuple(sorted(PER_SUBSCRIBER))
+
+
+class Variant(NamedTuple):
+    """What decides which compiled skeleton a digest uses: one of each per day at most."""
+
+    empty: bool  # no papers
+    trending_fallback: bool
+    has_topics: bool
+    has_feedback: bool
+
+
+@dataclass(frozen=True)
+class _TextFrame:
+    """The plain-text part around the cards, compiled with slots. Its wrapped paragraphs that
+    hold a subscriber's values (topics, address) are kept unwrapped, as slotted text with the
+    `wrap` arguments, and wrapped per subscriber once filled."""
+
+    segments: tuple[str, ...]  # literal, slot, literal, ... (slots: values, "cards", paragraphs)
+    paragraphs: dict[str, tuple[tuple[str, ...], tuple[int, int, str | None]]]
+
+
+@dataclass(frozen=True)
+class _Skeleton:
+    """A compiled digest without cards, split where cards go, with slots to fill."""
+
+    head: tuple[str, ...]  # literal, slot, literal, slot, ... (even: literal, odd: slot name)
+    tail: tuple[str, ...]
+    offset: int  # where cards start in the compiled HTML
+    bare: str  # the compiled skeleton with its slots, no cards
+
+
+def _html(value: str) -> str:
+    """A value as Jinja's autoescape prints it (finalize, then escape)."""
+    return str(escape(printable(value)))
+
+
+def _common_prefix(a: str, b: str) -> int:
+    n = min(len(a), len(b))
+    lo, hi = 0, n  # binary search on equal prefixes: C-speed comparisons, not a char loop
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if a[:mid] == b[:mid]:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+class DayRenderer:
+    """Render many digests of one day fast, identical to `render_digest`.
+
+    Per day (lazily, once each): the MJML skeleton of each digest variant is compiled with
+    placeholders for the subscriber's values, and each paper's card is compiled once and cut
+    out of a one-card digest. Per subscriber only the placeholders are filled (escaped exactly
+    as Jinja's autoescape does) and the cards are joined. If a compiled card does not fit the
+    skeleton as expected, that digest falls back to `render_digest`, so correctness never
+    depends on the shortcut. A template variable the renderer cannot fill per subscriber
+    stops it at construction (`slots.check_body_variables`).
+    """
+
+    def __init__(self, day: date, site_url: str) -> None:
+        check_body_variables(email_environment())
+        self.day = day
+        self.site_url = site_url
+        # Random per renderer, so no title or address from outside can contain a marker.
+        self._marker_prefix = f"pd{secrets.token_hex(6)}"
+        self.slot = {name: self._marker_prefix + name for name in SLOT_NAMES}
+        self._skeletons: dict[Variant, _Skeleton] = {}
+        self._cards: dict[tuple[int, bool, Variant], tuple[str, ...] | None] = {}
+        self._text_frames: dict[Variant, _TextFrame] = {}
+        self._text_cards: dict[tuple[int, int, bool, bool], tuple[str, str]] = {}
+        self._why: dict[tuple[str, int], str] = {}
+        self._lines: dict[tuple[object, ...], tuple[str, ...]] = {}
+        self.fallbacks = 0
+
+    def render(self, ctx: DigestContext) -> RenderedEmail:
+        """`render_digest(ctx)`, from the day's compiled parts."""
+        check_own_links(ctx)
+        context = digest_template_context(ctx, with_cards=False, line=self.line)
+        html = self.html(ctx, context)
+        if html is None:
+            self.fallbacks += 1
+            return render_digest(ctx)
+        return RenderedEmail(subject=self.line("subject", context), html=html,
+                             text=self.text(ctx, context))
+
+    def line(self, name: str, context: Mapping[str, Any]) -> str:
+        """`render_line`, from a frame rendered once per day for each value of the variables
+        the template reads, but for the subscriber's own topics: a slot, filled here."""
+        has_topics = bool(context["topics_short"])
+        try:
+            key = (name, has_topics, *(context.get(v) for v in _line_variables(name)))
+            frame = self._lines.get(key)
+        except TypeError:  # a variable that cannot be a key: no shortcut
+            return render_line(name, context)
+        if frame is None:
+            marker = self.slot["topics_short"]
+            text = render_line(name, {**context, "topics_short": marker if has_topics else ""})
+            frame = self._lines[key] = segments(text, {"topics_short": marker})
+        if len(frame) == 1:
+            return frame[0]
+        # As the template prints it (finalize), then collapsed as `render_line` does.
+        return one_line(fill(frame, {"topics_short": str(printable(context["topics_short"]))}))
+
+    def html(self, ctx: DigestContext, context: dict[str, Any]) -> str | None:
+        """The HTML part from the day's compiled skeleton and cards; None if a card won't fit."""
+        compiled = self.compiled(ctx, context)
+        if compiled is None:
+            return None
+        skeleton, units = compiled
+        values = {name: _html(context[name]) for name in _SUBSCRIBER_VALUES}
+        feedback = values["feedback_href"]
+        cards = [
+            fill(unit, {"rank": str(rank), "why": _html(item.why), "feedback_href": feedback})
+            for rank, (unit, item) in enumerate(zip(units, ctx.items, strict=True), start=1)
+        ]
+        return fill(skeleton.head, values) + "".join(cards) + fill(skeleton.tail, values)
+
+    def compiled(
+        self, ctx: DigestContext, context: dict[str, Any]
+    ) -> tuple[_Skeleton, list[tuple[str, ...]]] | None:
+        """The day's compiled skeleton for this digest's variant and each of its cards (with
+        their slots), compiling what is not yet; None if a card does not fit the skeleton."""
+        variant = self._variant(ctx, context)
+        skeleton = self._skeleton(variant)
+        units = []
+        for item in ctx.items:
+            unit = self._card(item.card, bool(item.why), variant)
+            if unit is None:
+                return None
+            units.append(unit)
+        return skeleton, units
+
+    def text(self, ctx: DigestContext, context: dict[str, Any]) -> str:
+        """The plain-text part: the frame and each paper's text were rendered, wrapped and
+        tidied once per day; per subscriber the frame's values and wrapped paragraphs are
+        filled in and the cards joined, with the reader's feedback links put in last."""
+        frame = self._text_frame(self._variant(ctx, context))
+        raw = {name: context[name] for name in _SUBSCRIBER_VALUES}
+        values = {name: str(printable(value)) for name, value in raw.items()}
+        for name, (parts, (width, indent, first)) in frame.paragraphs.items():
+            # As in the template: the text is joined raw, wrapped, then printed.
+            values[name] = str(printable(wrap(fill(parts, raw), width, indent, first)))
+        values["cards"] = "\n\n".join(
+            self._card_text(item.card, rank, item.why, ctx.feedback_url)
+            for rank, item in enumerate(ctx.items, 1)
+        ) + "\n" if ctx.items else ""  # a blank line before what follows, as tidying leaves
+        text = fill(frame.segments, values)
+        if not ctx.feedback_url:
+            return text
+        return text.replace(self.slot["feedback_href"], str(printable(ctx.feedback_url)))
+
+    @staticmethod
+    def _variant(ctx: DigestContext, context: Mapping[str, Any]) -> Variant:
+        return Variant(empty=not ctx.items, trending_fallback=ctx.trending_fallback,
+                       has_topics=bool(context["topics"]),
+                       has_feedback=bool(context["feedback_href"]))
+
+    # -- per day, once each ------------------------------------------------------------------
+
+    def _slot_context(self, variant: Variant) -> dict[str, Any]:
+        """The body templates' context for a variant: every variable `slots` accounts for,
+        the per-subscriber ones as their slots; nothing of any one subscriber."""
+        slot = self.slot
+        return {
+            **{name: slot[name] for name in _SUBSCRIBER_VALUES},
+            "topics": slot["topics"] if variant.has_topics else "",
+            "feedback_href": slot["feedback_href"] if variant.has_feedback else "",
+            "count": 0 if variant.empty else 2,
+            "trending_fallback": variant.trending_fallback,
+            "day": self.day,
+            "site_url": self.site_url,
+            "items": (),
+            "rank_slot": slot["rank"],
+            "cards_text": "" if variant.empty else slot["cards"],
+        }
+
+    def _text_frame(self, variant: Variant) -> _TextFrame:
+        """body.txt rendered with slots; `wrap` on text holding a slot is deferred (recorded,
+        a paragraph slot left in its place), since where its lines break depends on the values."""
+        frame = self._text_frames.get(variant)
+        if frame is not None:
+            return frame
+        paragraphs: dict[str, tuple[tuple[str, ...], tuple[int, int, str | None]]] = {}
+        slots = dict(self.slot)
+        markers = tuple(self.slot.values())
+
+        def deferred_wrap(text: object, width: int = TEXT_WIDTH, indent: int = 0,
+                          first: str | None = None) -> str:
+            text = str(text)
+            if not any(marker in text for marker in markers):
+                return wrap(text, width, indent, first)
+            name = f"paragraph{len(paragraphs)}"
+            slots[name] = self._marker_prefix + name
+            paragraphs[name] = (segments(text, self.slot), (width, indent, first))
+            return slots[name]
+
+        env = email_environment().overlay()
+        env.filters["wrap"] = deferred_wrap
+        body = env.get_template("email/digest/body.txt").render(self._slot_context(variant))
+        frame = _TextFrame(segments(tidy_text(body), slots), paragraphs)
+        self._text_frames[variant] = frame
+        return frame
+
+    def _compile(self, context: Mapping[str, Any]) -> str:
+        mjml = email_environment().get_template("email/digest/body.mjml").render(context)
+        return str(mjml2html(mjml, disable_comments=True))
+
+    def _skeleton(self, variant: Variant) -> _Skeleton:
+        if variant not in self._skeletons:
+            slots = self._slot_context(variant)
+            bare = self._compile(slots)
+            probe = PaperCard(0, "probe", ("A",), "probe", "https://probe.invalid", None, None)
+            one = self._compile({**slots, "items": (_SlotItem(probe, self.slot["why"]),)})
+            offset = _common_prefix(bare, one)
+            self._skeletons[variant] = _Skeleton(
+                head=segments(bare[:offset], self.slot),
+                tail=segments(bare[offset:], self.slot),
+                offset=offset,
+                bare=bare,
+            )
+        return self._skeletons[variant]
+
+    def _card(self, card: PaperCard, has_why: bool, variant: Variant) -> tuple[str, ...] | None:
+        key = (card.paper_id, has_why, variant)
+        if key not in self._cards:
+            skeleton = self._skeleton(variant)
+            why = self.slot["why"] if has_why else ""
+            items = (_SlotItem(card, why),)
+            one = self._compile({**self._slot_context(variant), "items": items})
+            head, tail = skeleton.bare[: skeleton.offset], skeleton.bare[skeleton.offset :]
+            fits = one.startswith(head) and one.endswith(tail) and len(one) > len(skeleton.bare)
+            self._cards[key] = (
+                segments(one[len(head) : len(one) - len(tail)], self.slot) if fits else None
+            )
+        return self._cards[key]
+
+    def _card_text(self, card: PaperCard, rank: int, why: str, feedback_url: str) -> str:
+        """The card's text, wrapped once per day; per subscriber only its number and why lines
+        go in (the feedback slot stays, for `text` to fill once for the whole part)."""
+        digits = len(str(rank))
+        key = (card.paper_id, digits, bool(why), bool(feedback_url))
+        parts = self._text_cards.get(key)
+        if parts is None:
+            number = "9" * digits + ". "  # the same width as the real number
+            module = email_environment().get_template("email/digest/_card.txt").module
+            macro = module.paper_card  # type: ignore[attr-defined]
+            block = tidy_text(str(macro(card, number, self.slot["why"] if why else "",
+                                        self.slot["feedback_href"] if feedback_url else "")))
+            if not block.startswith(number):
+                raise RuntimeError("templates/email/digest/_card.txt must start with the number")
+            before, _, after = block[digits:].rstrip("\n").partition(self.slot["why"])
+            parts = self._text_cards[key] = (before, after)
+        if not why:
+            return str(rank) + parts[0]
+        indent = digits + 2
+        lines = self._why.get((why, indent)) or self._why.setdefault(
+            (why, indent), str(printable(why_block(why, indent)))
+        )
+        return str(rank) + parts[0] + lines + parts[1]
+
+
+@cache
+def _line_variables(name: str) -> tuple[str, ...]:
+    """The variables templates/email/digest/<name>.txt reads, but the subscriber's topics: a
+    compiled line is keyed by all of them, so a template that starts reading another
+    per-subscriber value is still rendered right (only less often from its frame)."""
+    env = email_environment()
+    assert env.loader is not None
+    source = env.loader.get_source(env, f"email/digest/{name}.txt")[0]
+    return tuple(sorted(meta.find_undeclared_variables(env.parse(source)) - {"topics_short"}))
+
+
+@dataclass(frozen=True)
+class _SlotItem:
+    """A card whose why line is a slot (what the templates read of an item)."""
+
+    card: PaperCard
+    why: str
+

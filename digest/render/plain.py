@@ -1,0 +1,196 @@
+"""Render emails the plain way: Jinja2 templates under templates/email/<name>/, MJML to HTML.
+
+Every email type is a folder holding `subject.txt`, `body.txt` and `body.mjml` (which extends the
+shared `_base.mjml`), rendered from one context by `render_email(name, context)`. The digest is
+one such type; `render_digest` turns the pipeline's `DigestContext` into its template context.
+`day.DayRenderer` gives the same digest faster and must stay byte-identical to this path.
+
+Everything a feed or a subscriber typed is untrusted: the `.mjml` templates are autoescaped, URLs
+pass through `safe_url` (http and https only), and the subject is collapsed to one line.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
+from mjml import mjml2html
+
+from .content import DigestContext, PaperCard, engagement
+from .filters import (
+    author_line,
+    long_date,
+    one_line,
+    plural,
+    printable,
+    safe_url,
+    short_date,
+    shorten,
+    topic_list,
+    wrap,
+)
+
+# The repository's templates/ beside the package (Path(digest.__file__)...; __file__ is the same
+# folder and also works when an editable install exposes `digest` as a namespace package).
+TEMPLATES_DIR = Path(__file__).resolve().parent.parent.parent / "templates"
+EMAIL_DIR = TEMPLATES_DIR / "email"
+BRAND = "Paper Digest"
+SUBJECT_TOPICS_CHARS = 50
+
+_TEMPLATE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+
+
+@dataclass(frozen=True)
+class RenderedEmail:
+    """One email's three parts, ready for the sender."""
+
+    subject: str
+    html: str
+    text: str
+
+
+@cache
+def email_environment() -> Environment:
+    """The one Jinja2 environment for all emails, built on first use and kept."""
+    env = Environment(
+        loader=FileSystemLoader(TEMPLATES_DIR),
+        autoescape=select_autoescape(
+            enabled_extensions=("html", "htm", "xml", "mjml"), default_for_string=False
+        ),
+        undefined=StrictUndefined,  # a missing variable fails the render, not the reader
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        auto_reload=False,  # templates ship with the code; don't stat them per email
+        finalize=printable,  # control characters break MJML and mean nothing to a reader
+    )
+    env.filters.update(
+        one_line=one_line,
+        shorten=shorten,
+        author_line=author_line,
+        topic_list=topic_list,
+        safe_url=safe_url,
+        long_date=long_date,
+        short_date=short_date,
+        wrap=wrap,
+        plural=plural,
+        engagement=engagement,
+    )
+    env.globals["brand"] = BRAND
+    return env
+
+
+def email_template_names() -> list[str]:
+    """Every email type: each folder under templates/email/ (`_`-prefixed ones are shared parts)."""
+    return sorted(p.name for p in EMAIL_DIR.iterdir() if p.is_dir() and not p.name.startswith("_"))
+
+
+def render_email(name: str, context: Mapping[str, Any]) -> RenderedEmail:
+    """Render templates/email/<name>/{subject.txt, body.txt, body.mjml} from one context."""
+    if not _TEMPLATE_NAME.match(name):
+        raise ValueError(f"not an email template name: {name!r}")
+    env = email_environment()
+    folder = f"email/{name}"
+    # A header must never carry CR/LF, whatever a subscriber or a feed put in the context.
+    subject = one_line(env.get_template(f"{folder}/subject.txt").render(context))
+    text = tidy_text(env.get_template(f"{folder}/body.txt").render(context))
+    mjml = env.get_template(f"{folder}/body.mjml").render(context)
+    html = mjml2html(mjml, disable_comments=True)
+    return RenderedEmail(subject=subject, html=html, text=text)
+
+
+_TRAILING_SPACE = re.compile(r"[^\S\n]+$", re.MULTILINE)
+_BLANK_LINES = re.compile(r"\n{3,}")
+
+
+def tidy_text(text: str) -> str:
+    """No trailing spaces, at most one blank line in a row, one final newline."""
+    text = _TRAILING_SPACE.sub("", text.replace("\r\n", "\n").replace("\r", "\n"))
+    return _BLANK_LINES.sub("\n\n", text.strip("\n")) + "\n"
+
+
+# --- The digest ------------------------------------------------------------------------------
+
+
+def render_digest(ctx: DigestContext) -> RenderedEmail:
+    """One subscriber's digest for one day, rendered the plain way (Jinja → MJML → HTML).
+
+    `day.DayRenderer` gives the same email faster when many are rendered on one day.
+    """
+    check_own_links(ctx)
+    return render_email("digest", digest_template_context(ctx))
+
+
+def check_own_links(ctx: DigestContext) -> None:
+    """Raise ValueError if one of our own links in `ctx` is not an http(s) URL."""
+    for label, url in (
+        ("preferences_url", ctx.preferences_url),
+        ("unsubscribe_url", ctx.unsubscribe_url),
+        ("site_url", ctx.site_url),
+        *([("feedback_url", ctx.feedback_url)] if ctx.feedback_url else []),
+    ):
+        # Our own links: a digest without a working unsubscribe link must not go out.
+        if not safe_url(url):
+            raise ValueError(f"{label} must be an http(s) URL, got {url!r}")
+
+
+def render_line(name: str, context: Mapping[str, Any]) -> str:
+    """templates/email/digest/<name>.txt (the subject, the preview) as one line."""
+    return one_line(email_environment().get_template(f"email/digest/{name}.txt").render(context))
+
+
+def digest_template_context(
+    ctx: DigestContext,
+    with_cards: bool = True,
+    line: Callable[[str, Mapping[str, Any]], str] = render_line,
+) -> dict[str, Any]:
+    """The variables templates/email/digest/* use (the fast path builds `cards_text` itself,
+    and renders the preview line with its own `line`)."""
+    topics = topic_list(ctx.topics)
+    count = len(ctx.items)
+    kind = "trending paper" if ctx.trending_fallback else "new paper"
+    context: dict[str, Any] = {
+        "day": ctx.day,
+        "recipient": one_line(ctx.recipient),
+        "topics": topics,
+        "topics_short": shorten(topics, SUBJECT_TOPICS_CHARS),
+        "items": ctx.items,
+        "count": count,
+        "count_phrase": plural(count, kind),
+        "is_are": "is" if count == 1 else "are",
+        "first_title": ctx.items[0].card.title if ctx.items else "",
+        "trending_fallback": ctx.trending_fallback,
+        "preferences_url": ctx.preferences_url,
+        "unsubscribe_url": ctx.unsubscribe_url,
+        "preferences_href": safe_url(ctx.preferences_url),
+        "unsubscribe_href": safe_url(ctx.unsubscribe_url),
+        "site_url": ctx.site_url,
+        "feedback_href": safe_url(ctx.feedback_url),
+        "rank_slot": "",  # the fast path compiles cards with a placeholder here
+    }
+    context["preview"] = line("preview", context)
+    if with_cards:
+        context["cards_text"] = "".join(
+            card_text(item.card, rank, item.why, ctx.feedback_url)
+            for rank, item in enumerate(ctx.items, start=1)
+        )
+    return context
+
+
+def why_block(why: str, indent: int) -> str:
+    """The wrapped "Why: ..." lines of the plain-text card."""
+    return wrap("Why: " + why, indent=indent) if why else ""
+
+
+def card_text(card: PaperCard, rank: int, why: str, feedback_url: str = "") -> str:
+    """One paper in the plain-text part, through templates/email/digest/_card.txt."""
+    number = f"{rank}. "
+    module = email_environment().get_template("email/digest/_card.txt").module
+    macro = module.paper_card  # type: ignore[attr-defined]
+    return str(macro(card, number, why_block(why, len(number)), feedback_url)) + "\n"
+
