@@ -127,7 +127,7 @@ def wrap(text: str, width: int = TEXT_WIDTH, indent: int = 0, first: str | None 
     (a hanging "1. " before a title).
     """
     # What textwrap.fill does with break_long_words and break_on_hyphens off, on text whose
-    # whitespace is already collapsed: greedy filling at spaces, several times faster.
+    # whitespace is already collapsed: greedy filling at spaces, without textwrap's machinery.
     words = str(text).split()
     if not words:
         return ""
