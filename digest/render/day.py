@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date
 from functools import cache
 from typing import Any, NamedTuple
@@ -54,6 +54,13 @@ class _TextFrame:
 
     segments: tuple[str, ...]  # literal, slot, literal, ... (slots: values, "cards", paragraphs)
     paragraphs: dict[str, tuple[tuple[str, ...], tuple[int, int, str | None]]]
+    values: tuple[str, ...] = field(init=False)  # the subscriber's values the segments show
+    wrapped: tuple[str, ...] = field(init=False)  # the subscriber's values the paragraphs hold
+
+    def __post_init__(self) -> None:
+        in_paragraphs = tuple(name for parts, _ in self.paragraphs.values() for name in parts[1::2])
+        object.__setattr__(self, "values", _slot_names(self.segments[1::2], _SUBSCRIBER_VALUES))
+        object.__setattr__(self, "wrapped", _slot_names(in_paragraphs, _SUBSCRIBER_VALUES))
 
 
 @dataclass(frozen=True)
@@ -64,6 +71,16 @@ class _Skeleton:
     tail: tuple[str, ...]
     offset: int  # where cards start in the compiled HTML
     bare: str  # the compiled skeleton with its slots, no cards
+    values: tuple[str, ...] = field(init=False)  # the subscriber's values head and tail show
+
+    def __post_init__(self) -> None:
+        slots = self.head[1::2] + self.tail[1::2]
+        object.__setattr__(self, "values", _slot_names(slots, _SUBSCRIBER_VALUES))
+
+
+def _slot_names(slots: tuple[str, ...], names: tuple[str, ...]) -> tuple[str, ...]:
+    """Which of `names` are among `slots` (a part's slot names): only those are filled."""
+    return tuple(name for name in names if name in slots)
 
 
 def _html(value: str) -> str:
@@ -145,8 +162,8 @@ class DayRenderer:
         if compiled is None:
             return None
         skeleton, units = compiled
-        values = {name: _html(context[name]) for name in _SUBSCRIBER_VALUES}
-        feedback = values["feedback_href"]
+        values = {name: _html(context[name]) for name in skeleton.values}
+        feedback = _html(context["feedback_href"])
         cards = [
             fill(unit, {"rank": str(rank), "why": _html(item.why), "feedback_href": feedback})
             for rank, (unit, item) in enumerate(zip(units, ctx.items, strict=True), start=1)
@@ -173,8 +190,8 @@ class DayRenderer:
         tidied once per day; per subscriber the frame's values and wrapped paragraphs are
         filled in and the cards joined, with the reader's feedback links put in last."""
         frame = self._text_frame(self._variant(ctx, context))
-        raw = {name: context[name] for name in _SUBSCRIBER_VALUES}
-        values = {name: str(printable(value)) for name, value in raw.items()}
+        raw = {name: context[name] for name in frame.wrapped}
+        values = {name: str(printable(context[name])) for name in frame.values}
         for name, (parts, (width, indent, first)) in frame.paragraphs.items():
             # As in the template: the text is joined raw, wrapped, then printed.
             values[name] = str(printable(wrap(fill(parts, raw), width, indent, first)))
