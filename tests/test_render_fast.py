@@ -173,3 +173,16 @@ def test_variant_names_what_chooses_a_skeleton() -> None:
     assert list(renderer._skeletons) == [day.Variant(
         empty=True, trending_fallback=ctx.trending_fallback, has_topics=True, has_feedback=False,
     )]
+
+
+@pytest.mark.parametrize("misread", ["{{ count }}", "{% if count == 1 %}one{% endif %}",
+                                     "{{ count | plural('paper') }}"])
+def test_the_body_may_read_count_only_as_zero_or_not(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, misread: str
+) -> None:
+    env = templates_with(tmp_path, "email/digest/body.txt", misread)
+    monkeypatch.setattr(day, "email_environment", lambda: env)
+    rng = random.Random(9)
+    ctx = context(rng, [card(i, rng) for i in range(20)])
+    with pytest.raises(UnfilledVariableError, match="count_phrase"):
+        DayRenderer(DAY, SITE).render(ctx)

@@ -31,7 +31,14 @@ from .plain import (
     tidy_text,
     why_block,
 )
-from .slots import PER_SUBSCRIBER, SLOT_NAMES, check_body_variables, fill, segments
+from .slots import (
+    PER_SUBSCRIBER,
+    SLOT_NAMES,
+    UnfilledVariableError,
+    check_body_variables,
+    fill,
+    segments,
+)
 
 # The per-subscriber values, in the order the renderer fills them.
 _SUBSCRIBER_VALUES = tuple(sorted(PER_SUBSCRIBER))
@@ -81,6 +88,41 @@ class _Skeleton:
 def _slot_names(slots: tuple[str, ...], names: tuple[str, ...]) -> tuple[str, ...]:
     """Which of `names` are among `slots` (a part's slot names): only those are filled."""
     return tuple(name for name in names if name in slots)
+
+
+class _PaperCount:
+    """`count` while a skeleton compiles: the body may only ask whether it is zero (the count a
+    reader sees is `count_phrase`, a slot). Any other use would compile one subscriber's count
+    into every digest, so it fails the compile instead."""
+
+    def __init__(self, zero: bool) -> None:
+        self._zero = zero
+
+    def __eq__(self, other: object) -> bool:
+        if other != 0:
+            raise _count_misread()
+        return self._zero
+
+    def __ne__(self, other: object) -> bool:
+        return not self == other
+
+    def __bool__(self) -> bool:
+        return not self._zero
+
+    def __str__(self) -> str:
+        raise _count_misread()
+
+    def __format__(self, spec: str) -> str:
+        raise _count_misread()
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+def _count_misread() -> UnfilledVariableError:
+    return UnfilledVariableError(
+        "the digest body reads `count` other than as zero or not, which the day renderer "
+        "cannot fill per subscriber: print `count_phrase`, or compare `count == 0`"
+    )
 
 
 def _html(value: str) -> str:
@@ -162,7 +204,9 @@ class DayRenderer:
         if compiled is None:
             return None
         skeleton, units = compiled
-        values = {name: _html(context[name]) for name in skeleton.values}
+        values = {}
+        for name in skeleton.values:
+            values[name] = _html(context[name])
         feedback = _html(context["feedback_href"])
         cards = [
             fill(unit, {"rank": str(rank), "why": _html(item.why), "feedback_href": feedback})
@@ -190,8 +234,12 @@ class DayRenderer:
         tidied once per day; per subscriber the frame's values and wrapped paragraphs are
         filled in and the cards joined, with the reader's feedback links put in last."""
         frame = self._text_frame(self._variant(ctx, context))
-        raw = {name: context[name] for name in frame.wrapped}
-        values = {name: str(printable(context[name])) for name in frame.values}
+        raw = {}
+        for name in frame.wrapped:
+            raw[name] = context[name]
+        values = {}
+        for name in frame.values:
+            values[name] = str(printable(context[name]))
         for name, (parts, (width, indent, first)) in frame.paragraphs.items():
             # As in the template: the text is joined raw, wrapped, then printed.
             values[name] = str(printable(wrap(fill(parts, raw), width, indent, first)))
@@ -206,9 +254,10 @@ class DayRenderer:
 
     @staticmethod
     def _variant(ctx: DigestContext, context: Mapping[str, Any]) -> Variant:
-        return Variant(empty=not ctx.items, trending_fallback=ctx.trending_fallback,
-                       has_topics=bool(context["topics"]),
-                       has_feedback=bool(context["feedback_href"]))
+        # Built as its tuple: this runs twice a digest, and NamedTuple's keyword constructor
+        # is a Python function that costs more than the tuple.
+        return tuple.__new__(Variant, (not ctx.items, ctx.trending_fallback,
+                                       bool(context["topics"]), bool(context["feedback_href"])))
 
     # -- per day, once each ------------------------------------------------------------------
 
@@ -220,7 +269,7 @@ class DayRenderer:
             **{name: slot[name] for name in _SUBSCRIBER_VALUES},
             "topics": slot["topics"] if variant.has_topics else "",
             "feedback_href": slot["feedback_href"] if variant.has_feedback else "",
-            "count": 0 if variant.empty else 2,
+            "count": _PaperCount(variant.empty),
             "trending_fallback": variant.trending_fallback,
             "day": self.day,
             "site_url": self.site_url,
