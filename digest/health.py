@@ -8,8 +8,8 @@ or a mailbox provider will notice: plain-http links beside SMTP mail) or `fail`.
 
 from __future__ import annotations
 
+import contextlib
 import smtplib
-import ssl
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from enum import Enum
@@ -17,6 +17,7 @@ from enum import Enum
 from sqlalchemy import text
 
 from . import db
+from .mail.smtp import SMTPUnreachable, open_smtp
 from .settings import PROJECT_DIR, Settings, SettingsError
 
 
@@ -84,19 +85,19 @@ def check_smtp(settings: Settings) -> Check:
     if settings.mail_backend != "smtp":
         return Check("smtp", Level.OK, f"not used (MAIL_BACKEND={settings.mail_backend})")
     where = f"{settings.smtp_host}:{settings.smtp_port}"
+    # The senders' own connect: the same TLS context and login, and the same advice.
     try:
-        smtp_class = smtplib.SMTP_SSL if settings.smtp_security == "tls" else smtplib.SMTP
-        with smtp_class(settings.smtp_host, settings.smtp_port,
-                        timeout=min(settings.smtp_timeout, 10)) as client:
-            client.ehlo()
-            if settings.smtp_security == "starttls":
-                client.starttls(context=ssl.create_default_context())
-                client.ehlo()
-            if settings.smtp_username:
-                client.login(settings.smtp_username, settings.smtp_password)
-            client.noop()
-    except Exception as exc:  # noqa: BLE001
-        return Check("smtp", Level.FAIL, f"cannot use {where}: {exc}. Check the SMTP_* settings.")
+        client = open_smtp(settings, timeout=min(settings.smtp_timeout, 10))
+    except SMTPUnreachable as exc:
+        return Check("smtp", Level.FAIL, str(exc))
+    try:
+        client.noop()
+    except (smtplib.SMTPException, OSError) as exc:
+        return Check("smtp", Level.FAIL, f"{where} dropped the session: {exc}. "
+                     "Check the SMTP_* settings and the server's logs.")
+    finally:
+        with contextlib.suppress(smtplib.SMTPException, OSError):
+            client.quit()
     return Check("smtp", Level.OK, f"{where} ({settings.smtp_security})")
 
 

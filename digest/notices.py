@@ -36,11 +36,11 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from . import db
 from .lifecycle import Signup, process_signup_request, record_signup_email
+from .mail import OutgoingEmail, open_sender
 from .mailto import mailto_address
 from .models import SignupOutcome, SignupRequest, Subscriber
 from .render.filters import one_line, safe_url, shorten, topic_list
 from .render.plain import render_email
-from .send import OutgoingEmail, open_sender
 from .settings import Settings
 from .subscribers import subscriber_by_id
 from .tokens import MAX_AGE_SECONDS, Purpose, link

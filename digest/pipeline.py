@@ -37,6 +37,18 @@ from sqlalchemy.sql.elements import ColumnElement
 from . import db, feedback, ledger, metrics
 from .embeddings import day_semantic_index
 from .journal import Journal, resolve_abandoned
+from .mail import (
+    OutboxRows,
+    OutgoingEmail,
+    Sender,
+    SendOutcome,
+    SendResult,
+    batch_sender,
+    message_id_for,
+    open_sender,
+    outbox_rows,
+    write_outbox_index,
+)
 from .mailto import mailto_address
 from .models import (
     Delivery,
@@ -58,17 +70,6 @@ from .score import (
     Selection,
     build_day_index,
     paper_text,
-)
-from .send import (
-    OutgoingEmail,
-    Sender,
-    SendOutcome,
-    SendResult,
-    batch_sender,
-    message_id_for,
-    open_sender,
-    outbox_rows,
-    write_outbox_index,
 )
 from .settings import Settings
 from .tokens import Purpose, links
@@ -213,7 +214,7 @@ def run_batches(
     batches: Iterable[Sequence[int]],
     dry_run: bool = False,
     progress: Callable[[int], None] | None = None,
-) -> tuple[DayReport, dict[str, list[object]]]:
+) -> tuple[DayReport, OutboxRows]:
     """Send (or, dry, preview) the batches over one mail session; the report, and the
     outbox index rows of what the file backend wrote (the caller writes the index once)."""
     report = DayReport(day=prepared.day, dry_run=dry_run)
@@ -248,7 +249,7 @@ def run_in_processes(
     batches: Sequence[Sequence[int]],
     jobs: int,
     progress: Callable[[int], None] | None = None,
-) -> tuple[DayReport, dict[str, list[object]], list[str]]:
+) -> tuple[DayReport, OutboxRows, list[str]]:
     """Send the planned batches from `jobs` forked processes, each over its own database
     connection and mail session; the day was prepared once, here, and is inherited.
     Returns what `run_batches` does, and the errors of processes that failed.
@@ -281,10 +282,10 @@ def run_in_processes(
 def _gather(
     children: Sequence[tuple[Any, Connection]], day: date,
     progress: Callable[[int], None] | None,
-) -> tuple[DayReport, dict[str, list[object]], list[str]]:
+) -> tuple[DayReport, OutboxRows, list[str]]:
     """Read the children's progress and results until each has finished or died."""
     report = DayReport(day=day)
-    rows: dict[str, list[object]] = {}
+    rows: OutboxRows = {}
     errors: list[str] = []
     waiting: dict[Connection, Any] = {conn: child for child, conn in children}
     while waiting:

@@ -17,9 +17,9 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.orm import Session
 
 from digest import db
+from digest.mail import close_kept_sender
 from digest.models import Base
 from digest.notices import forget_background_senders
-from digest.send import close_kept_sender
 from digest.settings import Settings
 
 from .smtp_server import SMTPServer

@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from digest.cli import main
 from digest.deliverability import DeliverabilityError, dkim_public_key, dns_records
-from digest.send import dkim_sign
+from digest.mail.dkim import dkim_sign
 
 from .conftest import make_settings
 

@@ -20,6 +20,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from digest.cli import EX_TEMPFAIL, main
+from digest.mail.mime import fast_message_bytes
 from digest.mailto import (
     MAX_BASE_LOCAL_PART,
     MAX_MESSAGE_BYTES,
@@ -30,7 +31,6 @@ from digest.mailto import (
 from digest.models import EventKind, Subscriber, SubscriberEvent, SubscriberStatus
 from digest.notices import LinkRef, Notice, compose_notice
 from digest.pipeline import run_day
-from digest.send import fast_message_bytes
 from digest.settings import UNSUBSCRIBE_LOCAL_PART_MAX, Settings, SettingsError
 
 from .conftest import make_settings

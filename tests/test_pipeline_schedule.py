@@ -13,9 +13,9 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from digest import db
+from digest.mail.console import ConsoleSender
 from digest.models import Delivery, DeliveryStatus, Subscriber
 from digest.pipeline import plan_due, prepared_day, process_batch, send_planned_batch
-from digest.send import ConsoleSender
 from digest.settings import Settings
 
 from .factories import make_paper, make_subscriber

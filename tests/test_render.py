@@ -471,7 +471,7 @@ def test_one_line_printable_and_clean_subject_keep_their_rules_on_any_text() -> 
     import random
     import re
 
-    from digest.send import _UNSAFE_IN_HEADER, clean_subject
+    from digest.mail.message import _UNSAFE_IN_HEADER, clean_subject
 
     alphabet = ["a", "B", "7", " ", "  ", "\t", "\n", "\r", "\x00", "\x1f", "\x7f", "\x85",
                 "\x9f", "\u00a0", "\u2028", "\u3000", "é", "·", "…", "<", "&"]

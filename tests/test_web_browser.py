@@ -252,12 +252,12 @@ def test_subscribe_confirm_preferences_digest_unsubscribe_in_a_browser(
 def test_the_html_part_as_sent_in_7_bits_looks_exactly_like_the_page(
     browser: Any, tmp_path: Path
 ) -> None:
-    """send._html_part breaks lines between tags and writes non-ASCII as references instead
+    """mail.mime._html_part breaks lines between tags and writes non-ASCII as references instead
     of quoting the page: a browser must draw the two identically, on a phone and a desktop."""
     from email import message_from_bytes, policy
 
+    from digest.mail import OutgoingEmail, message_bytes
     from digest.render.plain import render_digest, render_email
-    from digest.send import OutgoingEmail, message_bytes
 
     from .conftest import make_settings
     from .test_render import make_card, make_context, make_item, sample_context

@@ -15,13 +15,15 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from digest import db
 from digest.deliverability import dkim_public_key
+from digest.mail.dkim import dkim_sign
+from digest.mail.message import OutgoingEmail
+from digest.mail.mime import message_bytes
 from digest.pipeline import run_day
-from digest.send import OutgoingEmail, dkim_sign, message_bytes
 from digest.settings import Settings
 
-from .conftest import lexical_only, make_settings
-from .factories import make_paper, make_subscriber
-from .smtp_server import SMTPServer
+from ..conftest import lexical_only, make_settings
+from ..factories import make_paper, make_subscriber
+from ..smtp_server import SMTPServer
 
 DAY = date(2026, 11, 23)
 SELECTOR = "pd2026"

@@ -1,20 +1,10 @@
-"""Retries with backoff and one send rate shared through Redis, against real servers.
-
-SMTP is the aiosmtpd server on loopback; Redis is the one on 127.0.0.1:6379 (database 14, one
-key per test, deleted afterwards; TEST_REDIS_URL points elsewhere) plus, for the restart, a
-private redis-server started and killed by the test.
-"""
+"""Choosing and composing backends: open_sender and its wrappers (retries with backoff,
+the shared rate), the console backend, and a worker's session kept from batch to batch."""
 
 from __future__ import annotations
 
-import logging
-import os
-import socket
-import subprocess
-import sys
-import threading
+import io
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -22,25 +12,25 @@ from pathlib import Path
 import pytest
 import redis
 
-from digest.send import (
-    ConsoleSender,
-    FileSender,
+from digest.mail.backend import Sender, SendOutcome
+from digest.mail.console import ConsoleSender
+from digest.mail.outbox import FileSender
+from digest.mail.senders import (
     ParallelSender,
-    RateLimitedSender,
-    RedisRateLimiter,
     RetryingSender,
-    Sender,
-    SendOutcome,
-    SMTPSender,
+    batch_sender,
+    close_kept_sender,
     open_sender,
 )
-from digest.settings import PROJECT_DIR, Settings
+from digest.mail.smtp import SMTPSender
+from digest.mail.throttle import RateLimitedSender, RedisRateLimiter
+from digest.settings import Settings
 
-from .conftest import make_settings
-from .smtp_server import SMTPServer
-from .test_send import make_email
+from ..conftest import make_settings
+from ..smtp_server import SMTPServer
+from .conftest import REDIS_URL
+from .emails import make_email
 
-REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/14")
 TRY_LATER = "451 4.3.0 Try again later"
 
 
@@ -55,6 +45,121 @@ def retrying(settings: Settings, sleeps: Sleeps, attempts: int = 4, **kwargs: ob
     options: dict[str, object] = dict(base_delay=0.5, max_delay=8.0, random=lambda: 1.0)
     options.update(kwargs)
     return RetryingSender(SMTPSender(settings), attempts, sleep=sleeps, **options)  # type: ignore[arg-type]
+
+
+
+
+# --- Console and the choice of backend ----------------------------------------------------
+
+
+def test_console_sender_prints_a_summary(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, mail_backend="console")
+    out = io.StringIO()
+    with open_sender(settings, stream=out) as sender:
+        result = sender.send(make_email(settings))
+
+    printed = out.getvalue()
+    assert result.sent
+    assert "reader1@example.org" in printed
+    assert "Subject: Your papers for 23 Nov: β-OPSD and 1 more" in printed
+    assert "Hello Jörg," in printed
+
+
+@pytest.mark.parametrize(
+    ("backend", "cls"), [("smtp", SMTPSender), ("file", FileSender), ("console", ConsoleSender)]
+)
+def test_open_sender_follows_mail_backend(tmp_path: Path, backend: str, cls: type) -> None:
+    # No retry wrapper: this test is about the backend itself (see test_send_resilience.py).
+    sender = open_sender(make_settings(tmp_path, mail_backend=backend, smtp_retry_attempts=1,
+                                       smtp_connections=1))
+    assert isinstance(sender, cls)
+    sender.close()
+
+
+# --- A worker's session, kept from batch to batch ----------------------------------------
+
+
+@pytest.fixture
+def kept_settings(tmp_path: Path, smtp_server: SMTPServer) -> Iterator[Settings]:
+    yield make_settings(tmp_path, mail_backend="smtp", smtp_host="127.0.0.1",
+                        smtp_port=smtp_server.port, smtp_connections=2)
+    close_kept_sender()
+
+
+def send_batch_of(settings: Settings, numbers: range) -> list[SendOutcome]:
+    with batch_sender(settings) as sender:
+        return [r.outcome for r in sender.send_many([make_email(settings, n) for n in numbers])]
+
+
+def test_a_workers_next_batch_reuses_its_smtp_connections(
+    kept_settings: Settings, smtp_server: SMTPServer
+) -> None:
+    for start in range(0, 50, 10):
+        assert send_batch_of(kept_settings, range(start + 1, start + 11)) == [SendOutcome.SENT] * 10
+
+    assert len(smtp_server.received) == 50
+    assert 1 <= smtp_server.connections <= 2  # the first batch's, never reopened
+
+
+def test_after_a_temporary_failure_the_next_batch_starts_afresh(
+    kept_settings: Settings, smtp_server: SMTPServer
+) -> None:
+    settings = replace(kept_settings, smtp_retry_attempts=1)  # the failure reaches us
+    assert send_batch_of(settings, range(1, 3)) == [SendOutcome.SENT] * 2
+    opened = smtp_server.connections
+    smtp_server.fail_next.append("451 4.3.0 Try again later")
+
+    assert SendOutcome.TEMPORARY in send_batch_of(settings, range(3, 5))
+    assert send_batch_of(settings, range(5, 7)) == [SendOutcome.SENT] * 2
+    assert smtp_server.connections > opened
+
+
+def test_an_idle_kept_session_is_closed_and_a_new_one_opened(
+    kept_settings: Settings, smtp_server: SMTPServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert send_batch_of(kept_settings, range(1, 2)) == [SendOutcome.SENT]
+    monkeypatch.setattr("digest.mail.senders.KEEP_IDLE_SECONDS", 0.0)
+
+    assert send_batch_of(kept_settings, range(2, 3)) == [SendOutcome.SENT]
+    assert smtp_server.connections == 2
+
+
+def test_a_server_that_dropped_a_kept_connection_costs_no_message(
+    kept_settings: Settings, smtp_server: SMTPServer
+) -> None:
+    settings = replace(kept_settings, smtp_connections=1)
+    assert send_batch_of(settings, range(1, 2)) == [SendOutcome.SENT]
+    smtp_server.mail_replies.append("421 4.4.2 Idle timeout, closing")
+
+    assert send_batch_of(settings, range(2, 4)) == [SendOutcome.SENT] * 2
+    assert [r.rcpt_tos for r in smtp_server.received] == [
+        [f"reader{n}@example.org"] for n in (1, 2, 3)]
+
+
+def test_a_forked_child_never_uses_its_parents_connections(
+    kept_settings: Settings, smtp_server: SMTPServer
+) -> None:
+    import multiprocessing
+
+    assert send_batch_of(kept_settings, range(1, 2)) == [SendOutcome.SENT]
+    context = multiprocessing.get_context("fork")
+    child = context.Process(target=send_batch_of, args=(kept_settings, range(2, 3)))
+    child.start()
+    child.join(30)
+
+    assert child.exitcode == 0
+    assert send_batch_of(kept_settings, range(3, 4)) == [SendOutcome.SENT]
+    assert sorted(r.rcpt_tos[0] for r in smtp_server.received) == [
+        f"reader{n}@example.org" for n in (1, 2, 3)]
+    assert smtp_server.connections == 2  # the parent's, kept; the child's own
+
+
+def test_other_backends_are_opened_and_closed_per_batch(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, mail_backend="file")
+    send_batch_of(settings, range(1, 3))
+
+    assert (settings.outbox_dir / "index.html").exists()  # written on close, as ever
+    assert len(list(settings.outbox_dir.glob("*/*.eml"))) == 2
 
 
 # --- Retries ------------------------------------------------------------------------------
@@ -156,180 +261,6 @@ def test_refused_sender_is_retried_only_if_the_refusal_is_temporary(
     assert slowed.sent and slowed.detail.endswith("(2 attempts)") and len(sleeps) == 1
     assert [r.rcpt_tos for r in smtp_server.received] == [["reader2@example.org"]]
 
-
-# --- The shared send rate -----------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def redis_client() -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(REDIS_URL)
-    try:
-        client.ping()
-    except redis.RedisError as exc:
-        pytest.fail(f"Redis is required for these tests but {REDIS_URL} is unreachable: {exc}")
-    yield client
-    client.close()
-
-
-@pytest.fixture
-def rate_key(redis_client: redis.Redis) -> Iterator[str]:
-    key = f"paper-digest-test:send-rate:{uuid.uuid4().hex}"
-    yield key
-    redis_client.delete(key)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-_OTHER_WORKER = """
-import sys, time
-from digest.send import RedisRateLimiter
-
-limiter = RedisRateLimiter(sys.argv[1], 20, key=sys.argv[2])
-print("ready", flush=True)
-sys.stdin.readline()
-started = time.monotonic()
-for _ in range(20):
-    limiter.acquire()
-print(time.monotonic() - started, flush=True)
-"""
-
-
-def test_the_send_rate_is_shared_by_threads_and_processes(rate_key: str) -> None:
-    worker = subprocess.Popen(
-        [sys.executable, "-c", _OTHER_WORKER, REDIS_URL, rate_key],
-        cwd=PROJECT_DIR,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert worker.stdout is not None and worker.stdin is not None
-        assert worker.stdout.readline().strip() == "ready"
-        limiter = RedisRateLimiter(REDIS_URL, 20, key=rate_key)
-
-        def twenty_sends() -> None:
-            for _ in range(20):
-                limiter.acquire()
-
-        threads = [threading.Thread(target=twenty_sends) for _ in range(2)]
-        started = time.monotonic()
-        worker.stdin.write("go\n")
-        worker.stdin.flush()
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(timeout=10)
-        other_elapsed = float(worker.stdout.readline())
-        elapsed = time.monotonic() - started
-        assert worker.wait(timeout=10) == 0
-    finally:
-        worker.kill()
-        worker.wait()
-    limiter.close()
-
-    # 60 sends at 20 per second: 59 intervals of 50 ms, whoever sends them. Counted per
-    # worker, this process's 40 would take 2 s and the other's 20 one second, side by side.
-    assert 2.4 < elapsed < 4.0, elapsed
-    assert other_elapsed > 1.5, other_elapsed  # its sends were spread among ours
-
-
-def test_unreachable_redis_falls_back_to_a_local_limit(
-    rate_key: str, caplog: pytest.LogCaptureFixture
-) -> None:
-    port = free_port()  # nothing listens there
-    limiter = RedisRateLimiter(f"redis://127.0.0.1:{port}/14", 20, key=rate_key)
-    caplog.set_level(logging.WARNING, logger="digest.send")
-
-    started = time.monotonic()
-    for _ in range(21):
-        limiter.acquire()
-    elapsed = time.monotonic() - started
-
-    assert 0.9 < elapsed < 1.6, elapsed  # still 20 per second, not unthrottled
-    assert not limiter.using_redis
-    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert len(warnings) == 1  # once, not once per send
-    assert f"cannot use Redis at 127.0.0.1:{port} db 14" in warnings[0]
-    assert "limiting this process to 20 sends per second" in warnings[0]
-
-
-class PrivateRedis:
-    """A redis-server of the test's own, on a spare port, that the test may kill."""
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
-             "--save", "", "--appendonly", "no", "--daemonize", "no", "--dir", str(self.folder)],
-            stdout=subprocess.DEVNULL,
-        )
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
-        deadline = time.monotonic() + 5
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                if time.monotonic() > deadline or self.process.poll() is not None:
-                    raise
-                time.sleep(0.02)
-            finally:
-                client.close()
-
-    def kill(self) -> None:
-        if self.process is not None:
-            self.process.kill()
-            self.process.wait()
-            self.process = None
-
-    def client(self) -> redis.Redis:
-        return redis.Redis(port=self.port)
-
-
-@pytest.fixture
-def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
-    server = PrivateRedis(tmp_path)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.kill()
-
-
-def test_the_limiter_survives_a_redis_restart(
-    private_redis: PrivateRedis, caplog: pytest.LogCaptureFixture
-) -> None:
-    limiter = RedisRateLimiter(private_redis.url, 50, key="send-rate", recheck_seconds=0)
-    for _ in range(3):
-        limiter.acquire()
-    assert limiter.using_redis and private_redis.client().exists("send-rate")
-
-    private_redis.kill()
-    limiter.acquire()  # no Redis: the batch goes on under the local limit
-    assert not limiter.using_redis
-    assert "cannot use Redis" in caplog.text
-
-    private_redis.start()  # empty: no key, no script
-    assert not private_redis.client().script_exists(limiter._script.sha)[0]
-    started = time.monotonic()
-    for _ in range(11):
-        limiter.acquire()
-    elapsed = time.monotonic() - started
-
-    assert limiter.using_redis
-    assert private_redis.client().script_exists(limiter._script.sha)[0]  # loaded again
-    assert private_redis.client().exists("send-rate")
-    assert 0.15 < elapsed < 1.0, elapsed  # 10 intervals of 20 ms at least
-    limiter.close()
 
 
 # --- Composition --------------------------------------------------------------------------

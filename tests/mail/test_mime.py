@@ -11,16 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from digest.send import (
-    OutgoingEmail,
-    build_message,
-    clean_subject,
-    fast_message_bytes,
-    message_bytes,
-)
+from digest.mail.message import OutgoingEmail, build_message, clean_subject
+from digest.mail.mime import fast_message_bytes, message_bytes
 from digest.settings import Settings
 
-from .conftest import make_settings
+from ..conftest import make_settings
 
 SUBJECTS = [
     "Paper Digest for 23 Nov 2026: 10 new papers on LoRA, activation sparsity",
