@@ -46,8 +46,9 @@ from typing import Any
 from sqlalchemy import text
 
 from digest import db, retention
+from digest.clock import CLOCK
 from digest.ingest import title_key
-from digest.pipeline import CLOCK, run_day
+from digest.pipeline import run_day
 from digest.settings import Settings
 from digest.tools.bench import TOPIC_PHRASES, populate, sample_texts, temporary_postgres
 

@@ -304,7 +304,7 @@ def status(ctx: click.Context, day: date | None) -> None:
 
     Example: digest status --date 2026-11-23
     """
-    from .pipeline import day_status
+    from .status import day_status
 
     settings = _settings(ctx)
     result = day_status(settings, day or _today())

@@ -179,7 +179,7 @@ def semantic_index(
 
 
 def day_semantic_index(settings: Any, papers: Sequence[Any]) -> SemanticIndex | None:
-    """For `pipeline.prepare_day`: the day's papers (ORM rows or CandidatePapers), or None."""
+    """For `prepare.prepare_day`: the day's papers (ORM rows or CandidatePapers), or None."""
     candidates = [
         p if isinstance(p, CandidatePaper) else CandidatePaper(
             id=p.id, title=p.title, abstract=p.abstract, source=p.source,

@@ -54,52 +54,37 @@ def stale_condition(now: datetime) -> ColumnElement[bool]:
 def plan(
     session: Session,
     due: Sequence[tuple[int, date]],
-    message_ids: dict[tuple[int, date], str],
-    now: datetime,
-    lease_seconds: int,
-    retry_now: bool = False,
-) -> list[tuple[int, date]]:
-    """Write planned rows for due (subscriber, day) pairs; return the pairs this call planned.
-
-    New pairs are inserted; stale rows are re-planned (with `retry_now`, RETRYING rows too,
-    without waiting for their backoff: an admin's manual run). Pairs another planner got first
-    are not returned, so two beats never enqueue the same subscriber twice.
-    """
-    if not due:
-        return []
-    planned: set[tuple[int, date]] = set()
-    for start in range(0, len(due), PLAN_CHUNK):
-        chunk = due[start : start + PLAN_CHUNK]
-        planned |= _plan_chunk(session, chunk, message_ids, now, lease_seconds, retry_now)
-    if len(planned) >= ANALYZE_AFTER_PLANNING:
-        refresh_statistics(session)
-    session.commit()
-    return [pair for pair in due if pair in planned]
-
-
-
-def plan_in_chunks(
-    session: Session,
-    due: Sequence[tuple[int, date]],
     message_id: Callable[[int, date], str],
     now: datetime,
     lease_seconds: int,
+    retry_now: bool = False,
 ) -> Iterator[list[tuple[int, date]]]:
-    """`plan`, committed and handed out chunk by chunk: a big day's first batches can go out
-    while the rest is planned. A big day's statistics are refreshed after its first chunk
-    (the batches that start then need them as much as any) and again at the end."""
-    big = len(due) >= ANALYZE_AFTER_PLANNING
+    """Write planned rows for due (subscriber, day) pairs, PLAN_CHUNK at a time; hand out the
+    pairs each chunk planned as soon as it is committed, so a big day's first batches can go
+    out while the rest is planned.
+
+    New pairs are inserted; stale rows are re-planned (with `retry_now`, RETRYING rows too,
+    without waiting for their backoff: an admin's manual run). Pairs another planner got first
+    are not handed out, so two beats never enqueue the same subscriber twice.
+
+    Once ANALYZE_AFTER_PLANNING rows are planned the statistics are refreshed (the batches that
+    start then need them as much as any), and again at the end if more were planned since.
+    """
+    planned_rows = analyzed_at = 0
     for start in range(0, len(due), PLAN_CHUNK):
         chunk = due[start : start + PLAN_CHUNK]
         ids = {(sid, day): message_id(sid, day) for sid, day in chunk}
-        planned = _plan_chunk(session, chunk, ids, now, lease_seconds, retry_now=False)
-        if big and start == 0:
+        planned = _plan_chunk(session, chunk, ids, now, lease_seconds, retry_now)
+        planned_rows += len(planned)
+        if not analyzed_at and planned_rows >= ANALYZE_AFTER_PLANNING:
             refresh_statistics(session)
+            analyzed_at = planned_rows
         session.commit()
         yield [pair for pair in chunk if pair in planned]
-    if big and len(due) > PLAN_CHUNK:
+    if analyzed_at and planned_rows > analyzed_at:
         refresh_statistics(session)
         session.commit()
+
 
 ANALYZE_AFTER_PLANNING = 1000
 
@@ -109,10 +94,10 @@ def refresh_statistics(session: Session) -> None:
 
     Every batch statement finds its rows by subscriber and date (unique), but also names the
     date and status, which another index covers. Without statistics SQLite picks that one and
-    scans the whole day's rows per statement, so a 100,000-subscriber day grew quadratically.
-    One ANALYZE (approximate on SQLite, sampled on PostgreSQL) per planning fixes the choice.
-    The subscribers and their profiles too: after a big import, PostgreSQL without statistics
-    read the whole status index for each batch's subscribers (0.2-0.4 s a batch at 100k).
+    scans the whole day's rows per statement, so a day's cost grows with the square of its
+    size. One ANALYZE (approximate on SQLite, sampled on PostgreSQL) per planning fixes the
+    choice. The subscribers and their profiles too: after a big import, PostgreSQL without
+    statistics reads the whole status index for each batch's subscribers.
     """
     if session.get_bind().dialect.name == "sqlite":
         session.execute(text("PRAGMA analysis_limit=1000"))
@@ -173,10 +158,9 @@ def _insert_planned(
     """A chunk's new rows as one JSON parameter of one INSERT ... SELECT, as `attach_items`
     does on PostgreSQL; returns the pairs inserted (not those another planner has).
 
-    With RETURNING, SQLAlchemy sends an executemany as thousand-row VALUES statements, and
-    processed each row's nine parameters in Python (and psycopg parsed each statement's
-    nine thousand placeholders again): 8 s to plan a 100,000-subscriber day on PostgreSQL
-    while every worker waited for its first batch, 1.9 s on SQLite before the day forked.
+    With RETURNING, SQLAlchemy sends an executemany as thousand-row VALUES statements and
+    processes each row's nine parameters in Python (and psycopg parses each statement's nine
+    thousand placeholders again), while every worker waits for its first batch.
     """
     table = Delivery.__table__
     dialect = session.get_bind().dialect
@@ -251,8 +235,8 @@ def attach_items(session: Session, items: Sequence[dict[str, object]]) -> None:
         _attach_items_postgresql(session, items)
         return
     # SQLite: the rows as tuples, straight to its C driver's executemany. Through a compiled
-    # INSERT, SQLAlchemy processed each row's parameters in Python: half of what storing a
-    # batch's thousand rows cost. The columns are plain integers, a float and text.
+    # INSERT, SQLAlchemy would process each row's parameters in Python, as much work as the
+    # storing. The columns are plain integers, a float and text.
     session.connection().exec_driver_sql(
         _INSERT_ITEMS_SQLITE, [tuple(item[name] for name in _ITEM_COLUMNS) for item in items]
     )
@@ -269,10 +253,10 @@ _INSERT_ITEMS_SQLITE = (
 def _attach_items_postgresql(session: Session, items: Sequence[dict[str, object]]) -> None:
     """The batch's thousand rows as one JSON parameter of one INSERT ... SELECT.
 
-    A thousand-row VALUES list has six thousand parameters, and psycopg parsed that long
-    statement again for every batch (a quarter of a worker's time); six array parameters
-    cost 6% of a worker in psycopg's list dumping. One JSON text is dumped by the C json
-    module and read by PostgreSQL's. The column types come from the model.
+    A thousand-row VALUES list has six thousand parameters, and psycopg parses that long
+    statement again for every batch; six array parameters cost psycopg's list dumping instead.
+    One JSON text is dumped by the C json module and read by PostgreSQL's. The column types
+    come from the model.
     """
     table = DeliveryItem.__table__
     dialect = session.get_bind().dialect
@@ -380,8 +364,8 @@ def day_counts(session: Session, day: date, now: datetime | None = None) -> Coun
 def _statement(session: Session, name: str) -> Any:
     """A batch statement of the ledger, built once per backend with its values as parameters.
 
-    Run a few times per batch, a statement built afresh cost SQLAlchemy 0.3-0.5 ms to build
-    and key for its cache, twenty times what SQLite took to run it.
+    Run a few times per batch, a statement built afresh costs SQLAlchemy more to build and
+    key for its cache than SQLite takes to run it.
     """
     return _statements(session.get_bind().dialect.name)[name]
 
@@ -430,7 +414,7 @@ def _execute(session: Session, statement: Any, parameters: Any = None) -> Any:
 
     The statements name their rows by key and return what the caller needs. Through the
     ORM's session execution (keeping loaded objects in step with a bulk UPDATE, the bulk
-    INSERT machinery over a thousand dicts) they cost three times what the database spent.
+    INSERT machinery over a thousand dicts) they cost more than the database's own work.
     """
     return session.connection().execute(statement, parameters)
 

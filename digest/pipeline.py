@@ -1,41 +1,34 @@
-"""The day's story, top-down: plan → prepare once → for each batch: claim, score, render, send.
+"""The day's story, top-down: plan → prepare once → for each batch: claim, score, render,
+send, record.
 
-`run_day` runs a whole day in this process (`digest run`, `digest demo`). The scheduled path
-splits the same steps across Celery: `plan_due` (beat) finds subscribers whose local send hour
-has come and plans their deliveries; `send_planned_batch` (a worker task) sends one batch.
-Both go through `process_batch`, so there is one implementation of a batch.
+`run_day` runs a whole day in this process, or in forked processes sharing its batches
+(`pool.py`): `digest run`, `digest demo`. The scheduled path splits the same steps across
+Celery: the beat's tick calls `plan_due_batches`, which finds subscribers whose local send hour
+has come, plans their deliveries and hands out their batches; a worker's `send_planned_batch`
+sends one. Both go through `process_batch`, so there is one implementation of a batch.
 
 Per-day work (the paper index, the trending signal, each paper's card) is done once per
-process and day by `prepared_day`; per-subscriber work runs in batches whose database round
-trips do not grow with the batch. The ledger (`ledger.py`) makes every step safe to repeat.
+process and day (`prepare.py`); per-subscriber work runs in batches whose database round
+trips do not grow with the batch (`profiles.py` loads them). The ledger (`ledger.py`) makes
+every step safe to repeat; `status.py` reports on a run and on a day.
 """
 
 from __future__ import annotations
 
-import gc
 import logging
-import multiprocessing
-import os
-import traceback
 import uuid
-from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass, field
-from datetime import date, datetime, time, timedelta, timezone
+from dataclasses import dataclass
+from datetime import date, datetime, timezone
 from functools import partial
-from multiprocessing.connection import Connection, wait
-from pathlib import Path
-from time import perf_counter
-from typing import Any, TypeVar, cast
+from typing import TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy import exists, func, select, update
 from sqlalchemy.orm import Session
-from sqlalchemy.sql.elements import ColumnElement
 
-from . import db, feedback, ledger, metrics
-from .embeddings import day_semantic_index
+from . import db, ledger, metrics
+from .clock import CLOCK
 from .journal import Journal, resolve_abandoned
 from .mail import (
     OutboxRows,
@@ -52,111 +45,27 @@ from .mail import (
 from .mailto import mailto_address
 from .models import (
     Delivery,
-    DeliveryItem,
     DeliveryStatus,
-    Paper,
     Subscriber,
     SubscriberStatus,
+    SuppressionReason,
 )
-from .render.content import DigestContext, DigestItem, PaperCard, bounded_card
-from .render.day import DayRenderer
+from .pool import run_in_processes, run_jobs
+from .prepare import PreparedDay, prepare_day, prepared_day
+from .profiles import load_batch, profile_of
+from .render.content import DigestContext, DigestItem
 from .render.plain import RenderedEmail, render_digest
-from .score import (
-    CandidatePaper,
-    DayIndex,
-    FeedbackSignal,
-    Profile,
-    RankingKnobs,
-    Selection,
-    build_day_index,
-    paper_text,
-)
+from .score import Selection
 from .settings import Settings
+from .status import SKIP_ALREADY_SENT, SKIP_ELSEWHERE, SKIP_NO_MATCH, DayReport, mailable
+from .suppressions import SuppressionError, suppress_address
 from .tokens import Purpose, links
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-@dataclass
-class StageClock:
-    """Seconds spent per pipeline stage in this process, for `digest bench` and profiling."""
-
-    seconds: defaultdict[str, float] = field(default_factory=lambda: defaultdict(float))
-    items: Counter[str] = field(default_factory=Counter)
-
-    @contextmanager
-    def __call__(self, stage: str, items: int = 1) -> Iterator[None]:
-        start = perf_counter()
-        try:
-            yield
-        finally:
-            self.seconds[stage] += perf_counter() - start
-            self.items[stage] += items
-
-    def reset(self) -> None:
-        self.seconds.clear()
-        self.items.clear()
-
-
-CLOCK = StageClock()
-
-SKIP_NO_MATCH = "no new paper matched their topics"
-SKIP_ALREADY_SENT = "already has today's digest"
-SKIP_ELSEWHERE = "being handled by another run"
-
-
-@dataclass
-class DayReport:
-    """What a run did, for the CLI's summary, the task result and the tests."""
-
-    day: date
-    due: int = 0
-    candidates: int = 0
-    sent: list[str] = field(default_factory=list)
-    skipped: Counter[str] = field(default_factory=Counter)
-    failed: list[tuple[str, str]] = field(default_factory=list)  # (email, reason)
-    dry_run: bool = False
-    outbox_index: Path | None = None
-
-    def merge(self, other: DayReport) -> None:
-        self.sent += other.sent
-        self.skipped.update(other.skipped)
-        self.failed += other.failed
-
-    def summary(self) -> str:
-        verb = "would send" if self.dry_run else "sent"
-        lines = [
-            f"Digest for {self.day.isoformat()}: {self.due} due, {len(self.sent)} {verb}, "
-            f"{sum(self.skipped.values())} skipped, {len(self.failed)} failed "
-            f"({self.candidates} candidate papers)."
-        ]
-        lines += [f"  skipped {n}: {reason}" for reason, n in self.skipped.most_common() if n]
-        lines += [f"  failed {email}: {reason}" for email, reason in self.failed]
-        return "\n".join(lines)
-
-    def as_dict(self) -> dict[str, object]:
-        """JSON-safe, for Celery task results."""
-        return {
-            "day": self.day.isoformat(),
-            "sent": len(self.sent),
-            "skipped": dict(self.skipped),
-            "failed": [list(f) for f in self.failed],
-        }
-
-
-@dataclass
-class PreparedDay:
-    """Everything that is the same for every subscriber on a day."""
-
-    day: date
-    now: datetime
-    index: DayIndex
-    cards: dict[int, PaperCard]
-    renderer: DayRenderer  # compiles the skeleton and each card once, fills them per subscriber
-
-
-# --- the whole day in one process ------------------------------------------------------
+# --- the whole day in one run ----------------------------------------------------------
 
 
 def run_day(
@@ -171,7 +80,7 @@ def run_day(
     report = DayReport(day=day, dry_run=dry_run)
     now = datetime.now(timezone.utc)
     with db.session_scope(settings) as session, CLOCK("plan"):
-        due = list(session.scalars(select(Subscriber.id).where(_active()).order_by(Subscriber.id)))
+        due = list(session.scalars(select(Subscriber.id).where(mailable()).order_by(Subscriber.id)))
         report.due = len(due)
         if dry_run:
             planned = _not_yet_handled(session, day, due, now)
@@ -191,7 +100,9 @@ def run_day(
         errors: list[str] = []
         if jobs > 1:
             session.commit()  # the children see the plan; this session waits for them
-            share, rows, errors = run_in_processes(settings, prepared, batches, jobs, progress)
+            share, rows, errors = run_in_processes(
+                settings, day, partial(_send_share, settings, prepared), batches, jobs, progress
+            )
         else:
             share, rows = run_batches(session, settings, prepared, batches, dry_run, progress)
         report.merge(share)
@@ -229,126 +140,15 @@ def run_batches(
     return report, outbox_rows(sender)
 
 
-# --- the same day on every core ------------------------------------------------------------
-
-MIN_BATCHES_PER_JOB = 5  # below this, forking a process costs more than it saves
-
-
-def run_jobs(settings: Settings, batches: int) -> int:
-    """How many processes share the day's batches: RUN_JOBS, or one per core if it is 0;
-    fewer on a small day, and one (this process) for the newcomer's demo."""
-    if multiprocessing.current_process().daemon:
-        return 1  # a daemonic process (a Celery pool worker) may not fork children
-    wanted = settings.run_jobs or os.cpu_count() or 1
-    return max(1, min(wanted, batches // MIN_BATCHES_PER_JOB))
-
-
-def run_in_processes(
-    settings: Settings,
-    prepared: PreparedDay,
-    batches: Sequence[Sequence[int]],
-    jobs: int,
-    progress: Callable[[int], None] | None = None,
-) -> tuple[DayReport, OutboxRows, list[str]]:
-    """Send the planned batches from `jobs` forked processes, each over its own database
-    connection and mail session; the day was prepared once, here, and is inherited.
-    Returns what `run_batches` does, and the errors of processes that failed.
-
-    The ledger makes this safe as it makes the Celery workers safe: each batch is claimed
-    before it is sent. A process that dies leaves its unsent rows claimed until their lease
-    ends, for the next run to take up.
-    """
-    context = multiprocessing.get_context("fork")
-    gc.freeze()  # the inherited day stays shared: no collection in a child touches its pages
-    taken = context.Value("q", 0)  # the next batch to take: whoever is free takes it
-    children: list[tuple[Any, Connection]] = []
-    try:
-        for k in range(jobs):
-            ours, theirs = context.Pipe(duplex=False)
-            child = context.Process(
-                target=_run_share, args=(settings, prepared, batches, taken, theirs),
-                name=f"digest-run-{k + 1}", daemon=True,
-            )
-            child.start()
-            theirs.close()
-            children.append((child, ours))
-        return _gather(children, prepared.day, progress)
-    finally:
-        for child, _ in children:
-            child.join()
-        gc.unfreeze()
-
-
-def _gather(
-    children: Sequence[tuple[Any, Connection]], day: date,
-    progress: Callable[[int], None] | None,
-) -> tuple[DayReport, OutboxRows, list[str]]:
-    """Read the children's progress and results until each has finished or died."""
-    report = DayReport(day=day)
-    rows: OutboxRows = {}
-    errors: list[str] = []
-    waiting: dict[Connection, Any] = {conn: child for child, conn in children}
-    while waiting:
-        for ready in wait(list(waiting)):
-            conn = cast(Connection, ready)
-            try:
-                message: tuple[Any, ...] = conn.recv()
-            except EOFError:
-                child = waiting.pop(conn)
-                child.join()
-                errors.append(f"{child.name} stopped (exit code {child.exitcode}) before "
-                              "reporting")
-                continue
-            kind, payload = message[0], message[1:]
-            if kind == "progress" and progress:
-                progress(payload[0])
-            elif kind == "done":
-                share, share_rows, seconds, items = payload
-                report.merge(share)
-                rows.update(share_rows)
-                CLOCK.seconds.update(seconds)
-                CLOCK.items.update(items)
-                waiting.pop(conn)
-            elif kind == "error":
-                errors.append(payload[0])
-                waiting.pop(conn)
-    return report, rows, errors
-
-
-def _run_share(
-    settings: Settings, prepared: PreparedDay, batches: Sequence[Sequence[int]], taken: Any,
-    conn: Connection,
-) -> None:
-    """A forked child of `run_in_processes`: batches taken one by one from the shared counter
-    until none is left (no process idles while another has a backlog), reported back."""
-    db.engine_for(settings.database_url).dispose(close=False)  # the parent's connections
-    CLOCK.reset()
-    try:
-        with db.session_scope(settings) as session:
-            report, rows = run_batches(session, settings, prepared, _take(batches, taken),
-                                       progress=lambda n: conn.send(("progress", n)))
-        conn.send(("done", report, rows, dict(CLOCK.seconds), dict(CLOCK.items)))
-    except BaseException:  # noqa: BLE001 - the parent reports it; this process ends here
-        conn.send(("error", traceback.format_exc()))
-    finally:
-        conn.close()
-
-
-def _take(batches: Sequence[Sequence[int]], taken: Any) -> Iterator[Sequence[int]]:
-    while True:
-        with taken.get_lock():
-            index = taken.value
-            taken.value += 1
-        if index >= len(batches):
-            return
-        yield batches[index]
+def _send_share(
+    settings: Settings, prepared: PreparedDay, session: Session,
+    batches: Iterator[Sequence[int]], progress: Callable[[int], None],
+) -> tuple[DayReport, OutboxRows]:
+    """A run process's share of the day's batches (`pool.run_in_processes`)."""
+    return run_batches(session, settings, prepared, batches, progress=progress)
 
 
 # --- plan: who is due, and when ---------------------------------------------------------
-
-
-def _active() -> ColumnElement[bool]:
-    return (Subscriber.status == SubscriberStatus.ACTIVE) & Subscriber.paused.is_(False)
 
 
 def due_subscribers(session: Session, now: datetime) -> list[tuple[int, date]]:
@@ -359,7 +159,7 @@ def due_subscribers(session: Session, now: datetime) -> list[tuple[int, date]]:
     that local day; one who already has a delivery row for their local date is not due again
     (unless that row was abandoned: planned or claimed, and its lease ran out).
     """
-    zones = session.scalars(select(Subscriber.time_zone).where(_active()).distinct()).all()
+    zones = session.scalars(select(Subscriber.time_zone).where(mailable()).distinct()).all()
     due: list[tuple[int, date]] = []
     for zone in sorted(zones):
         local = now.astimezone(_zone(zone))
@@ -371,7 +171,7 @@ def due_subscribers(session: Session, now: datetime) -> list[tuple[int, date]]:
         ids = session.scalars(
             select(Subscriber.id)
             .where(
-                _active(),
+                mailable(),
                 Subscriber.time_zone == zone,
                 Subscriber.send_hour <= local.hour,
                 ~handled,
@@ -398,38 +198,38 @@ def plan_pairs(
     retry_now: bool = False,
 ) -> list[tuple[int, date]]:
     """Write planned delivery rows; returns the pairs this call planned (not another planner)."""
-    message_ids = {
-        (sid, day): message_id_for(settings, "digest", sid, day) for sid, day in pairs
-    }
-    planned = ledger.plan(
-        session, pairs, message_ids, now, settings.claim_lease_seconds, retry_now=retry_now
-    )
-    metrics.count_planned(planned)
-    return planned
-
-
-def plan_due(settings: Settings, now: datetime) -> list[tuple[date, list[int]]]:
-    """Beat's step: report abandoned sends, plan who is due now, and cut them into batches."""
-    return list(plan_due_batches(settings, now))
+    return [pair for chunk in _plan(session, settings, pairs, now, retry_now) for pair in chunk]
 
 
 def plan_due_batches(settings: Settings, now: datetime) -> Iterator[tuple[date, list[int]]]:
-    """`plan_due`, each batch handed out as soon as its part of the plan is committed, so
-    the tick enqueues a 100,000-subscriber day's first batches while it plans the rest."""
+    """The beat's step: report abandoned sends, plan who is due now, and cut them into
+    batches, each handed out as soon as its part of the plan is committed, so the tick
+    enqueues a big day's first batches while it plans the rest."""
     with db.session_scope(settings) as session:
         resolve_abandoned(session, settings, now)  # logs what it settled
-        due = due_subscribers(session, now)
-        message_id = partial(message_id_for, settings, "digest")
-        for planned in ledger.plan_in_chunks(
-            session, due, message_id, now, settings.claim_lease_seconds
-        ):
-            metrics.count_planned(planned)
+        for planned in _plan(session, settings, due_subscribers(session, now), now):
             by_day: dict[date, list[int]] = {}
             for sid, day in planned:
                 by_day.setdefault(day, []).append(sid)
             for day, ids in sorted(by_day.items()):
                 for batch in chunked(ids, settings.batch_size):
                     yield day, list(batch)
+
+
+def _plan(
+    session: Session,
+    settings: Settings,
+    pairs: Sequence[tuple[int, date]],
+    now: datetime,
+    retry_now: bool = False,
+) -> Iterator[list[tuple[int, date]]]:
+    """The ledger's plan, chunk by committed chunk, counted for the metrics."""
+    message_id = partial(message_id_for, settings, "digest")
+    for planned in ledger.plan(
+        session, pairs, message_id, now, settings.claim_lease_seconds, retry_now=retry_now
+    ):
+        metrics.count_planned(planned)
+        yield planned
 
 
 def _not_yet_handled(session: Session, day: date, ids: Sequence[int], now: datetime) -> list[int]:
@@ -459,168 +259,6 @@ def _count_already_handled(
             report.skipped[SKIP_ELSEWHERE] += count
         else:
             report.skipped[f"already {status.value.replace('_', ' ')} today"] += count
-
-
-@dataclass(frozen=True)
-class DayStatus:
-    """How a day's digests stand, for `digest status` and operators."""
-
-    day: date
-    active: int
-    counts: Counter[str]
-    bounced: int
-
-    @property
-    def not_planned(self) -> int:
-        return max(self.active - sum(self.counts.values()), 0)
-
-    def lines(self) -> list[str]:
-        c = self.counts
-        rows = [
-            ("due (active subscribers)", self.active),
-            ("sent", c["sent"]),
-            ("pending (planned or claimed, not yet sent)", c["planned"] + c["claimed"]),
-            ("sending now", c["sending"]),
-            ("retrying after a temporary failure", c["retrying"]),
-            ("stale (worker gone, will be planned again)", c["stale"]),
-            ("failed (refused by the mail server)", c["failed"]),
-            ("   of which bounced addresses", self.bounced),
-            ("in doubt (may have been sent; not resent)", c["in_doubt"]),
-            ("skipped (nothing matched)", c["skipped"]),
-            ("not planned yet (send hour not reached)", self.not_planned),
-        ]
-        return [f"{label:<46} {count:>8}" for label, count in rows]
-
-
-def day_status(settings: Settings, day: date) -> DayStatus:
-    with db.session_scope(settings) as session:
-        counts = ledger.day_counts(session, day)
-        active = session.scalar(select(func.count()).select_from(Subscriber).where(_active()))
-        bounced = session.scalar(
-            select(func.count())
-            .select_from(Delivery)
-            .join(Subscriber, Subscriber.id == Delivery.subscriber_id)
-            .where(
-                Delivery.digest_date == day,
-                Delivery.status == DeliveryStatus.FAILED,
-                Subscriber.status == SubscriberStatus.BOUNCED,
-            )
-        )
-        # Subscribers who left since being sent still count as due that day.
-        active = int(active or 0) + int(
-            session.scalar(
-                select(func.count())
-                .select_from(Delivery)
-                .join(Subscriber, Subscriber.id == Delivery.subscriber_id)
-                .where(Delivery.digest_date == day, ~_active())  # type: ignore[operator]
-            )
-            or 0
-        )
-    return DayStatus(day=day, active=active, counts=counts, bounced=int(bounced or 0))
-
-
-# --- prepare: the day's shared work, once ----------------------------------------------
-
-
-def day_bounds(day: date, lookback_days: int) -> tuple[datetime, datetime]:
-    """Papers first seen in (start, end] are the day's candidates."""
-    end = datetime.combine(day + timedelta(days=1), time.min, tzinfo=timezone.utc)
-    return end - timedelta(days=lookback_days), end
-
-
-def prepare_day(session: Session, settings: Settings, day: date) -> PreparedDay:
-    """Load the day's candidate papers and do the work every subscriber shares, once."""
-    start, end = day_bounds(day, settings.lookback_days)
-    now = min(datetime.now(timezone.utc), end)
-    papers = list(
-        session.scalars(
-            select(Paper)
-            .where(Paper.first_seen_at > start, Paper.first_seen_at <= end)
-            .order_by(Paper.id)
-        )
-    )
-    archive = list(
-        session.execute(
-            select(Paper.title, Paper.abstract)
-            .where(Paper.first_seen_at <= start)
-            .order_by(Paper.id.desc())
-            .limit(20_000)
-        )
-    )
-    index = build_day_index(
-        [candidate_paper(p) for p in papers],
-        [paper_text(t, a) for t, a in reversed(archive)],
-        now,
-        RankingKnobs.from_settings(settings),
-        semantic=day_semantic_index(settings, papers),
-    )
-    return PreparedDay(
-        day=day, now=now, index=index, cards={p.id: paper_card(p) for p in papers},
-        renderer=DayRenderer(day, settings.public_base_url),
-    )
-
-
-def candidate_paper(paper: Paper) -> CandidatePaper:
-    return CandidatePaper(
-        id=paper.id,
-        title=paper.title,
-        abstract=paper.abstract,
-        source=paper.source,
-        first_seen_at=paper.first_seen_at,
-        published_at=paper.published_at,
-        upvotes=paper.upvotes,
-        comments=paper.comments,
-        stars=paper.stars,
-    )
-
-
-def paper_card(paper: Paper) -> PaperCard:
-    return bounded_card(PaperCard(
-        paper_id=paper.id,
-        title=paper.title,
-        authors=tuple(paper.authors or ()),
-        abstract=paper.abstract,
-        url=paper.url,
-        pdf_url=paper.pdf_url,
-        published_at=paper.published_at,
-        upvotes=paper.upvotes,
-        comments=paper.comments,
-        source=paper.source,
-    ))
-
-
-_PREPARED: dict[tuple[str, date], tuple[tuple[object, ...], PreparedDay]] = {}
-# At one moment the world's local dates span up to three (UTC-12 to UTC+14), and a tick's
-# batches of those days reach a worker interleaved: keeping one day made it rebuild at
-# every switch (1-2 s each, both workers at once). Three is the most a tick needs.
-DAYS_KEPT = 3
-
-
-def prepared_day(session: Session, settings: Settings, day: date) -> PreparedDay:
-    """The day's PreparedDay, built once per process and reused by every batch it runs.
-
-    It is rebuilt only when the day's candidate papers change (a fingerprint query); the
-    DAYS_KEPT most recently used days are kept, so batches of different local days can
-    interleave.
-    """
-    start, end = day_bounds(day, settings.lookback_days)
-    fingerprint = tuple(
-        session.execute(
-            select(func.count(), func.max(Paper.id), func.max(Paper.updated_at)).where(
-                Paper.first_seen_at > start, Paper.first_seen_at <= end
-            )
-        ).one()
-    )
-    key = (settings.database_url, day)
-    cached = _PREPARED.pop(key, None)  # put back last: the most recently used
-    if cached is None or cached[0] != fingerprint:
-        cached = None  # the stale one goes before its successor is built
-        while len(_PREPARED) >= DAYS_KEPT:
-            del _PREPARED[next(iter(_PREPARED))]
-        with CLOCK("prepare"):
-            cached = (fingerprint, prepare_day(session, settings, day))
-    _PREPARED[key] = cached
-    return cached[1]
 
 
 # --- one batch: claim, score, render, send, record --------------------------------------
@@ -820,9 +458,9 @@ def record_outcomes(
                     session, day, token, status, [i for i in ids if errors[i] == detail], now,
                     error=detail, retry_after_seconds=RETRY_AFTER_SECONDS,
                 )
-    bounced = by_status.get(DeliveryStatus.FAILED, [])
-    if bounced:
-        suppress(session, bounced, SubscriberStatus.BOUNCED)
+    refused = set(by_status.get(DeliveryStatus.FAILED, ()))
+    suppress_bounces(session, [(c.subscriber_id, c.email, errors[c.subscriber_id])
+                               for c in window if c.subscriber_id in refused], now)
     session.commit()
     metrics.count_outcomes(by_status)
 
@@ -830,11 +468,21 @@ def record_outcomes(
 RETRY_AFTER_SECONDS = 300
 
 
-def suppress(session: Session, subscriber_ids: Sequence[int], status: SubscriberStatus) -> None:
-    """Stop mailing these addresses (a hard bounce, a complaint)."""
-    session.execute(
-        update(Subscriber).where(Subscriber.id.in_(subscriber_ids)).values(status=status)
-    )
+def suppress_bounces(
+    session: Session, refused: Sequence[tuple[int, str, str]], now: datetime
+) -> None:
+    """Put each (subscriber, address, reply) the mail server refused for good on the
+    suppression list, as a provider's bounce webhook does: the same suppression row, status
+    and history event, whichever told us first."""
+    for subscriber_id, email, detail in refused:
+        try:
+            suppress_address(session, email, SuppressionReason.BOUNCED, BOUNCE_SOURCE, detail, now)
+        except SuppressionError:  # a stored address the list cannot key: stop it all the same
+            session.execute(update(Subscriber).where(Subscriber.id == subscriber_id)
+                            .values(status=SubscriberStatus.BOUNCED))
+
+
+BOUNCE_SOURCE = "smtp"
 
 
 def preview_batch(
@@ -847,84 +495,6 @@ def preview_batch(
     report.skipped[SKIP_NO_MATCH] += len(nothing)
     report.failed += [(email, reason) for _, email, reason in unsendable]
     return report
-
-
-def load_batch(
-    session: Session, day: date, subscriber_ids: Sequence[int]
-) -> tuple[list[Subscriber], list[Profile]]:
-    """A batch's subscribers, profiles, history and feedback in a constant number of queries."""
-    subscribers = list(
-        session.scalars(
-            select(Subscriber)
-            .where(db.among(session, Subscriber.id, subscriber_ids),
-                   Subscriber.status == SubscriberStatus.ACTIVE)
-            .order_by(Subscriber.id)
-        ).unique()
-    )
-    ids = [s.id for s in subscribers]
-    last_digest = {
-        subscriber_id: last_digest_cutoff(last_date, claimed_at)
-        for subscriber_id, last_date, claimed_at in session.execute(
-            select(
-                Delivery.subscriber_id,
-                func.max(Delivery.digest_date),
-                func.max(Delivery.claimed_at),
-            )
-            .where(
-                db.among(session, Delivery.subscriber_id, ids),
-                Delivery.digest_date < day,
-                Delivery.status == DeliveryStatus.SENT,
-            )
-            .group_by(Delivery.subscriber_id)
-        )
-    }
-    sent: dict[int, set[int]] = {}
-    for subscriber_id, paper_id in session.execute(
-        select(DeliveryItem.subscriber_id, DeliveryItem.paper_id).where(
-            db.among(session, DeliveryItem.subscriber_id, ids)
-        )
-    ):
-        sent.setdefault(subscriber_id, set()).add(paper_id)
-    learned = feedback.signals_for(session, ids)
-    profiles = [
-        profile_of(s, since=last_digest.get(s.id), sent=frozenset(sent.get(s.id, ())),
-                   learned=learned.get(s.id, ()))
-        for s in subscribers
-    ]
-    return subscribers, profiles
-
-
-def last_digest_cutoff(digest_date: date, claimed_at: datetime | None) -> datetime:
-    """The newest first-seen time the previous digest could have carried.
-
-    Its own day's window ends at midnight after it, and it could not see papers that arrived
-    after it was composed. Wall-clock time alone would be wrong for a catch-up run of a past
-    date (`digest run --date`): that digest never saw the papers of the days after it.
-    """
-    window_end = day_bounds(digest_date, 1)[1]
-    claimed = _aware(claimed_at)
-    return min(window_end, claimed) if claimed else window_end
-
-
-def profile_of(
-    subscriber: Subscriber,
-    since: datetime | None = None,
-    sent: frozenset[int] = frozenset(),
-    learned: tuple[FeedbackSignal, ...] = (),
-) -> Profile:
-    """What scoring needs of a subscriber: topics, exclusions, size, what they already have,
-    and what their feedback taught."""
-    topics = subscriber.profile
-    return Profile(
-        subscriber_id=subscriber.id,
-        topics=topics.topics if topics else "",
-        exclude=topics.exclude if topics else "",
-        trending_fallback=bool(topics and topics.trending_fallback),
-        limit=subscriber.papers_per_digest,
-        since=since,
-        sent_paper_ids=sent,
-        feedback=learned,
-    )
 
 
 EMAIL_LINKS = (Purpose.PREFERENCES, Purpose.UNSUBSCRIBE, Purpose.FEEDBACK)
@@ -989,9 +559,3 @@ def chunked(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
     size = max(1, size)
     for start in range(0, len(items), size):
         yield items[start : start + size]
-
-
-def _aware(value: datetime | None) -> datetime | None:
-    if value is None:
-        return None
-    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)

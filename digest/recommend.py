@@ -18,9 +18,10 @@ from typing import Any
 from sqlalchemy import func, select
 
 from . import db
+from .cards import candidate_paper, paper_card
 from .embeddings import day_semantic_index
 from .models import Paper
-from .pipeline import candidate_paper, paper_card, prepared_day
+from .prepare import prepared_day
 from .render.content import PaperCard
 from .render.filters import safe_url, shorten
 from .score import DayIndex, Profile, RankingKnobs, build_day_index

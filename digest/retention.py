@@ -60,7 +60,7 @@ from .models import (
 )
 from .settings import Settings
 
-# `pipeline.prepare_day` fits the day's TF-IDF on the newest 20,000 papers before its window.
+# `prepare.prepare_day` fits the day's TF-IDF on the newest 20,000 papers before its window.
 ARCHIVE_PAPERS = 20_000
 OPT_IN_KINDS = (EventKind.CONFIRMED, EventKind.RESUBSCRIBED)
 EMBEDDINGS = "embeddings"

@@ -31,8 +31,9 @@ from digest.journal import (
     resolve_abandoned,
 )
 from digest.models import Delivery, DeliveryStatus, Subscriber
-from digest.pipeline import day_status, plan_due, run_day
+from digest.pipeline import plan_due_batches, run_day
 from digest.settings import Settings
+from digest.status import day_status
 
 from .factories import make_subscriber
 from .smtp_server import SMTPServer
@@ -54,7 +55,7 @@ def dead_attempt(session: Session, settings: Settings, emails: list[str]) -> tup
     for email in emails:
         make_subscriber(session, email=email, topics="LoRA")
     session.commit()
-    [(day, ids)] = plan_due(settings, datetime(2026, 11, 23, 7, tzinfo=timezone.utc))
+    [(day, ids)] = plan_due_batches(settings, datetime(2026, 11, 23, 7, tzinfo=timezone.utc))
     token = uuid.uuid4().hex
     ledger.claim(session, day, ids, token, NOW, 600)
     ledger.start_sending(session, day, token, ids, NOW, 600)

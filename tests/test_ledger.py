@@ -4,17 +4,49 @@ from __future__ import annotations
 
 from datetime import date, datetime, timezone
 
-from sqlalchemy import insert, select, text
+import pytest
+from sqlalchemy import func, insert, select, text
 from sqlalchemy.orm import Session
 
 from digest import db, ledger
-from digest.models import DeliveryItem, Subscriber
+from digest.models import Delivery, DeliveryItem, Subscriber
 from digest.settings import Settings
 
 from .factories import make_delivery, make_paper, make_subscriber
 
 DAY = date(2026, 11, 23)
 NOW = datetime(2026, 11, 23, 7, tzinfo=timezone.utc)
+
+
+def message_id(subscriber_id: int, day: date) -> str:
+    return f"<{subscriber_id}.{day}@x>"
+
+
+def plan_all(session: Session, pairs: list[tuple[int, date]]) -> list[tuple[int, date]]:
+    return [pair for chunk in ledger.plan(session, pairs, message_id, NOW, 600) for pair in chunk]
+
+
+def test_statistics_are_refreshed_once_a_plan_is_big_and_again_at_its_end(
+    sqlite_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One rule for the tick and for `digest run`: the first batches of a big day find
+    statistics, and so do the last; a small plan leaves them as they are."""
+    monkeypatch.setattr(ledger, "PLAN_CHUNK", 10)
+    monkeypatch.setattr(ledger, "ANALYZE_AFTER_PLANNING", 10)
+    refreshed_after: list[int] = []
+    with db.session_scope(sqlite_settings) as s:
+        monkeypatch.setattr(ledger, "refresh_statistics", lambda _: refreshed_after.append(
+            s.scalar(select(func.count()).select_from(Delivery))))
+        s.execute(insert(Subscriber), [{"email": f"r{i}@example.org", "status": "active",
+                                        "time_zone": "UTC", "send_hour": 7,
+                                        "papers_per_digest": 5, "paused": False}
+                                       for i in range(30)])
+        assert len(plan_all(s, [(sid, DAY) for sid in range(1, 6)])) == 5
+        assert refreshed_after == []
+        assert len(plan_all(s, [(sid, DAY) for sid in range(1, 31)])) == 25
+        # Rows after each refresh: 5 of the first chunk's were planned before, so the plan
+        # reached ten with its second chunk.
+        assert refreshed_after == [20, 30]
 
 
 def test_a_big_planned_day_keeps_batch_statements_on_the_subscriber_index(
@@ -27,7 +59,7 @@ def test_a_big_planned_day_keeps_batch_statements_on_the_subscriber_index(
                                         "time_zone": "UTC", "send_hour": 7,
                                         "papers_per_digest": 5, "paused": False} for i in range(n)])
         pairs = [(sid, DAY) for sid in range(1, n + 1)]
-        planned = ledger.plan(s, pairs, {p: f"<{p[0]}@x>" for p in pairs}, NOW, 600)
+        planned = plan_all(s, pairs)
         assert len(planned) == n
         plan = s.execute(text(
             "EXPLAIN QUERY PLAN UPDATE deliveries SET status = 'sending' "
@@ -61,7 +93,7 @@ def test_taking_over_an_abandoned_claim_drops_only_its_papers(session: Session) 
     first, second = (make_subscriber(session, email=f"{n}@example.org") for n in ("a", "b"))
     paper = make_paper(session, title="A paper")
     pairs = [(first.id, DAY), (second.id, DAY)]
-    ledger.plan(session, pairs, {p: f"<{p[0]}@x>" for p in pairs}, NOW, 600)
+    plan_all(session, pairs)
     [dead] = ledger.claim(session, DAY, [first.id], "dead", NOW, 60)
     ledger.attach_items(session, [{"delivery_id": dead.delivery_id, "subscriber_id": first.id,
                                    "paper_id": paper.id, "rank": 1, "score": 1.0, "why": ""}])

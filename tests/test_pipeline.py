@@ -11,11 +11,23 @@ import pytest
 from sqlalchemy import event, select
 from sqlalchemy.orm import Session
 
-from digest import db, pipeline
-from digest.models import Delivery, DeliveryItem, DeliveryStatus, Subscriber, SubscriberStatus
-from digest.pipeline import SKIP_ALREADY_SENT, SKIP_NO_MATCH, run_day, run_jobs
+from digest import db, pipeline, prepare
+from digest.models import (
+    Delivery,
+    DeliveryItem,
+    DeliveryStatus,
+    Subscriber,
+    SubscriberStatus,
+    Suppression,
+    SuppressionReason,
+)
+from digest.pipeline import run_day
+from digest.pool import run_jobs
 from digest.settings import Settings
+from digest.status import SKIP_ALREADY_SENT, SKIP_NO_MATCH
+from digest.subscribers import subscriber_history
 from digest.tokens import Purpose, read_token
+from digest.webhooks import EventType, MailEvent, apply_event
 
 from .factories import make_paper, make_subscriber
 from .smtp_server import SMTPServer
@@ -201,6 +213,35 @@ def test_a_refused_address_is_suppressed_and_the_rest_still_go(
         is DeliveryStatus.FAILED
 
 
+def test_a_refusal_by_smtp_leaves_the_records_a_bounce_webhook_leaves(
+    session: Session, smtp_settings: Settings, smtp_server: SMTPServer
+) -> None:
+    """Whoever tells us an address bounced, the mail server or the provider's webhook, the
+    address is on the suppression list, its subscriber BOUNCED, and their history says so."""
+    seed_papers(session)
+    refused = make_subscriber(session, email="refused@example.org", topics="LoRA")
+    reported = make_subscriber(session, email="reported@example.org", topics="LoRA")
+    session.commit()
+    smtp_server.reject_recipients.add("refused@example.org")
+    run_day(smtp_settings, DAY)
+    event = MailEvent("e1", EventType.BOUNCE, "reported@example.org", detail="550 5.1.1 gone")
+    apply_event(session, "postmark", event, MORNING)
+    session.commit()
+    session.expire_all()
+
+    def records(subscriber: Subscriber) -> tuple[object, ...]:
+        row = session.scalars(
+            select(Suppression).where(Suppression.address == subscriber.email)).one()
+        events = [(e.what, bool(e.detail)) for e in subscriber_history(session, subscriber)
+                  if e.what != "delivery"]
+        return row.reason, bool(row.detail), subscriber.status, events
+
+    assert records(refused) == records(reported) == (
+        SuppressionReason.BOUNCED, True, SubscriberStatus.BOUNCED, [("bounced", True)])
+    source = select(Suppression.source).where(Suppression.address == refused.email)
+    assert session.scalar(source) == "smtp"
+
+
 def test_a_temporary_failure_releases_the_claim_so_a_rerun_delivers(
     session: Session, smtp_settings: Settings, smtp_server: SMTPServer
 ) -> None:
@@ -246,20 +287,20 @@ def test_a_worker_keeps_each_local_day_prepared_while_their_batches_interleave(
     seed_papers(session)
     session.commit()
     yesterday, tomorrow = DAY - timedelta(days=1), DAY + timedelta(days=1)
-    first = {d: pipeline.prepared_day(session, settings, d) for d in (yesterday, DAY, tomorrow)}
+    first = {d: prepare.prepared_day(session, settings, d) for d in (yesterday, DAY, tomorrow)}
     for d in (DAY, yesterday, tomorrow, DAY, tomorrow, yesterday):  # as a tick's batches come
-        assert pipeline.prepared_day(session, settings, d) is first[d]
+        assert prepare.prepared_day(session, settings, d) is first[d]
 
     make_paper(session, title="A late paper on LoRA", first_seen_at=MORNING)
     session.commit()
-    fresh = pipeline.prepared_day(session, settings, DAY)
+    fresh = prepare.prepared_day(session, settings, DAY)
     assert fresh is not first[DAY]
     assert "A late paper on LoRA" in {c.title for c in fresh.cards.values()}
 
     # A fourth day pushes out the least recently used: tomorrow (yesterday came after it).
-    pipeline.prepared_day(session, settings, DAY + timedelta(days=2))
-    assert pipeline.prepared_day(session, settings, yesterday) is first[yesterday]
-    assert pipeline.prepared_day(session, settings, tomorrow) is not first[tomorrow]
+    prepare.prepared_day(session, settings, DAY + timedelta(days=2))
+    assert prepare.prepared_day(session, settings, yesterday) is first[yesterday]
+    assert prepare.prepared_day(session, settings, tomorrow) is not first[tomorrow]
 
 
 def test_database_round_trips_per_batch_do_not_grow_with_subscribers(

@@ -15,7 +15,8 @@ from sqlalchemy.orm import Session
 from digest import db
 from digest.mail.console import ConsoleSender
 from digest.models import Delivery, DeliveryStatus, Subscriber
-from digest.pipeline import plan_due, prepared_day, process_batch, send_planned_batch
+from digest.pipeline import plan_due_batches, process_batch, send_planned_batch
+from digest.prepare import prepared_day
 from digest.settings import Settings
 
 from .factories import make_paper, make_subscriber
@@ -29,7 +30,7 @@ def run_ticks(settings: Settings, moments: list[datetime]) -> list[tuple[datetim
     """Simulate beat: plan at each moment and send what was planned; return (tick, sub, day)."""
     sent = []
     for now in moments:
-        for day, ids in plan_due(settings, now):
+        for day, ids in list(plan_due_batches(settings, now)):
             with db.session_scope(settings) as session:
                 prepared = prepared_day(session, settings, day)
                 sender = ConsoleSender(settings, io.StringIO())
@@ -121,7 +122,8 @@ def test_two_beats_plan_each_subscriber_once(session: Session, tz_settings: Sett
         subscribe(session, "UTC", 7)
     session.commit()
     now = datetime(2026, 11, 23, 7, tzinfo=timezone.utc)
-    first, second = plan_due(tz_settings, now), plan_due(tz_settings, now)
+    first = list(plan_due_batches(tz_settings, now))
+    second = list(plan_due_batches(tz_settings, now))
     assert sum(len(ids) for _, ids in first) == 5 and second == []
 
 
@@ -130,7 +132,7 @@ def test_a_duplicate_batch_task_sends_nothing(session: Session, tz_settings: Set
     for _ in range(3):
         subscribe(session, "UTC", 7)
     session.commit()
-    [(day, ids)] = plan_due(tz_settings, datetime(2026, 11, 23, 7, tzinfo=timezone.utc))
+    [(day, ids)] = plan_due_batches(tz_settings, datetime(2026, 11, 23, 7, tzinfo=timezone.utc))
     console = replace(tz_settings, mail_backend="console")
     first = send_planned_batch(console, day, ids)
     again = send_planned_batch(console, day, ids)
@@ -144,7 +146,7 @@ def test_an_abandoned_claim_is_taken_over_and_an_abandoned_send_is_in_doubt(
     a, b = subscribe(session, "UTC", 7), subscribe(session, "UTC", 7)
     session.commit()
     now = datetime(2026, 11, 23, 7, tzinfo=timezone.utc)
-    [_] = plan_due(tz_settings, now)
+    [_] = plan_due_batches(tz_settings, now)
     # A worker claimed both, marked `a` SENDING, then died (its lease is in the past).
     past = now - timedelta(hours=1)
     session.execute(update(Delivery).where(Delivery.subscriber_id == a).values(
@@ -154,7 +156,7 @@ def test_an_abandoned_claim_is_taken_over_and_an_abandoned_send_is_in_doubt(
     session.commit()
     # Over SMTP with no journal of the dead attempt on this host, nothing can tell.
     smtp = replace(tz_settings, mail_backend="smtp")
-    [(_, replanned)] = plan_due(smtp, now + timedelta(minutes=15))
+    [(_, replanned)] = plan_due_batches(smtp, now + timedelta(minutes=15))
     assert replanned == [b]
     session.expire_all()
     statuses = dict(session.execute(select(Subscriber.id, Delivery.status).join(
@@ -166,7 +168,6 @@ def test_a_big_plan_hands_out_its_first_batches_committed_before_the_rest_is_pla
     session: Session, tz_settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from digest import ledger
-    from digest.pipeline import plan_due_batches
 
     monkeypatch.setattr(ledger, "PLAN_CHUNK", 10)
     monkeypatch.setattr(ledger, "ANALYZE_AFTER_PLANNING", 10)  # refreshed as a big day is
@@ -187,4 +188,4 @@ def test_a_big_plan_hands_out_its_first_batches_committed_before_the_rest_is_pla
     assert [b for _, b in rest] == [ids[4:8], ids[8:10], ids[10:14], ids[14:18], ids[18:20],
                                     ids[20:24], ids[24:25]]
     assert {d for d, _ in rest} == {day} == {date(2026, 11, 23)}
-    assert plan_due(settings, now) == []  # planned once
+    assert list(plan_due_batches(settings, now)) == []  # planned once

@@ -25,8 +25,8 @@ from sqlalchemy import select, text
 
 from digest import db, ledger
 from digest.models import Base, Delivery, DeliveryStatus, Subscriber, SubscriberStatus
-from digest.pipeline import day_status
 from digest.settings import Settings
+from digest.status import day_status
 from workers.app import make_app
 
 from .conftest import make_settings
@@ -274,10 +274,10 @@ def test_a_worker_killed_mid_batch_is_finished_by_a_fresh_one(
 
 
 def test_a_task_delivered_twice_sends_once(cluster: Cluster, smtp_server: SMTPServer) -> None:
-    from digest.pipeline import plan_due
+    from digest.pipeline import plan_due_batches
 
     day, emails = seed(cluster.settings, 40)
-    batches = plan_due(cluster.settings, datetime.now(timezone.utc))
+    batches = list(plan_due_batches(cluster.settings, datetime.now(timezone.utc)))
     cluster.worker("w1")
     for d, ids in batches + batches:  # every batch task arrives twice
         cluster.send_batch_task(d, ids)

@@ -330,7 +330,9 @@ def peak_rss_mb(who: int = resource.RUSAGE_SELF) -> float:
 
 def run_in_process(settings: Settings, figures: Figures, progress: Callable[[str], None]) -> int:
     """Run the day in this process (or its forked run processes); returns how many ran it."""
-    from ..pipeline import CLOCK, run_day, run_jobs
+    from ..clock import CLOCK
+    from ..pipeline import run_day
+    from ..pool import run_jobs
 
     CLOCK.reset()
     day = datetime.now(timezone.utc).date()
@@ -576,7 +578,9 @@ def measure_sink(
 ) -> None:
     """What the workers are compared with: the sink fed all N messages by a trivial client."""
     from ..mail import message_bytes
-    from ..pipeline import compose_message, load_batch, prepared_day
+    from ..pipeline import compose_message
+    from ..prepare import prepared_day
+    from ..profiles import load_batch
 
     with db.session_scope(settings) as session:
         day = today()
@@ -600,7 +604,8 @@ def measure_score(settings: Settings, figures: Figures, jobs: int) -> None:
     (in `jobs` processes at once), and our `select` alone under the same conditions."""
     from functools import partial
 
-    from ..pipeline import CLOCK, prepare_day
+    from ..clock import CLOCK
+    from ..prepare import prepare_day
 
     profiles = all_profiles(settings)
     with db.session_scope(settings) as session:  # a fresh index: nothing cached from the day
@@ -622,7 +627,10 @@ def measure_score(settings: Settings, figures: Figures, jobs: int) -> None:
 def measure_best_cases(settings: Settings, figures: Figures, sink: Sink, n: int,
                        jobs: int = 1) -> None:
     """Per stage: the naive way, ours, and the library's best case, all measured now."""
-    from ..pipeline import CLOCK, compose_message, digest_context, load_batch, prepared_day
+    from ..clock import CLOCK
+    from ..pipeline import compose_message, digest_context
+    from ..prepare import prepared_day
+    from ..profiles import load_batch
 
     with db.session_scope(settings) as session:
         day = datetime.now(timezone.utc).date()

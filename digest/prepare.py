@@ -1,0 +1,108 @@
+"""Prepare: the day's work every subscriber shares, done once per process and day.
+
+`prepare_day` loads the day's candidate papers and builds their index, cards and renderer;
+`prepared_day` keeps the result for the batches this process runs, and builds it again only
+when the day's papers change.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date, datetime, time, timedelta, timezone
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from .cards import candidate_paper, paper_card
+from .clock import CLOCK
+from .embeddings import day_semantic_index
+from .models import Paper
+from .render.content import PaperCard
+from .render.day import DayRenderer
+from .score import DayIndex, RankingKnobs, build_day_index, paper_text
+from .settings import Settings
+
+ARCHIVE_PAPERS = 20_000  # the newest papers before the window, for the day's TF-IDF
+
+
+@dataclass
+class PreparedDay:
+    """Everything that is the same for every subscriber on a day."""
+
+    day: date
+    now: datetime
+    index: DayIndex
+    cards: dict[int, PaperCard]
+    renderer: DayRenderer  # compiles the skeleton and each card once, fills them per subscriber
+
+
+def day_bounds(day: date, lookback_days: int) -> tuple[datetime, datetime]:
+    """Papers first seen in (start, end] are the day's candidates."""
+    end = datetime.combine(day + timedelta(days=1), time.min, tzinfo=timezone.utc)
+    return end - timedelta(days=lookback_days), end
+
+
+def prepare_day(session: Session, settings: Settings, day: date) -> PreparedDay:
+    """Load the day's candidate papers and do the work every subscriber shares, once."""
+    start, end = day_bounds(day, settings.lookback_days)
+    now = min(datetime.now(timezone.utc), end)
+    papers = list(
+        session.scalars(
+            select(Paper)
+            .where(Paper.first_seen_at > start, Paper.first_seen_at <= end)
+            .order_by(Paper.id)
+        )
+    )
+    archive = list(
+        session.execute(
+            select(Paper.title, Paper.abstract)
+            .where(Paper.first_seen_at <= start)
+            .order_by(Paper.id.desc())
+            .limit(ARCHIVE_PAPERS)
+        )
+    )
+    index = build_day_index(
+        [candidate_paper(p) for p in papers],
+        [paper_text(t, a) for t, a in reversed(archive)],
+        now,
+        RankingKnobs.from_settings(settings),
+        semantic=day_semantic_index(settings, papers),
+    )
+    return PreparedDay(
+        day=day, now=now, index=index, cards={p.id: paper_card(p) for p in papers},
+        renderer=DayRenderer(day, settings.public_base_url),
+    )
+
+
+_PREPARED: dict[tuple[str, date], tuple[tuple[object, ...], PreparedDay]] = {}
+# At one moment the world's local dates span up to three (UTC-12 to UTC+14), and a tick's
+# batches of those days reach a worker interleaved: keeping one day would rebuild it at every
+# switch. Three is the most a tick needs.
+DAYS_KEPT = 3
+
+
+def prepared_day(session: Session, settings: Settings, day: date) -> PreparedDay:
+    """The day's PreparedDay, built once per process and reused by every batch it runs.
+
+    It is rebuilt only when the day's candidate papers change (a fingerprint query); the
+    DAYS_KEPT most recently used days are kept, so batches of different local days can
+    interleave.
+    """
+    start, end = day_bounds(day, settings.lookback_days)
+    fingerprint = tuple(
+        session.execute(
+            select(func.count(), func.max(Paper.id), func.max(Paper.updated_at)).where(
+                Paper.first_seen_at > start, Paper.first_seen_at <= end
+            )
+        ).one()
+    )
+    key = (settings.database_url, day)
+    cached = _PREPARED.pop(key, None)  # put back last: the most recently used
+    if cached is None or cached[0] != fingerprint:
+        cached = None  # the stale one goes before its successor is built
+        while len(_PREPARED) >= DAYS_KEPT:
+            del _PREPARED[next(iter(_PREPARED))]
+        with CLOCK("prepare"):
+            cached = (fingerprint, prepare_day(session, settings, day))
+    _PREPARED[key] = cached
+    return cached[1]
