@@ -42,7 +42,8 @@ EVENT_FOR_REASON = {
     SuppressionReason.COMPLAINED: EventKind.COMPLAINED,
     SuppressionReason.MANUAL: EventKind.SUPPRESSED,
 }
-# Statuses that mean "suppressed" even without a row (the pipeline marks SMTP 5xx bounces).
+# Statuses that mean "suppressed" even without a row: an SMTP bounce of an older release, or of
+# an address the list cannot key, set only the status.
 SUPPRESSED_STATUSES = frozenset({SubscriberStatus.BOUNCED, SubscriberStatus.COMPLAINED})
 
 
