@@ -31,6 +31,7 @@ import json
 import math
 import os
 import random
+import resource
 import shutil
 import sqlite3
 import sys
@@ -364,6 +365,7 @@ class Measure:
     pruned: bool
     size: int
     day_seconds: float
+    cpu_seconds: float  # of this process and its run processes: steadier on a busy machine
     stages: dict[str, float] = field(default_factory=dict)  # the day's process-seconds
     note: str = ""
 
@@ -373,20 +375,30 @@ class Measure:
         return ", ".join(f"{stage} {seconds:.0f} s" for stage, seconds in top)
 
 
-def the_real_day(settings: Settings, sim: Simulation, n: int) -> tuple[float, dict[str, float]]:
+def the_real_day(
+    settings: Settings, sim: Simulation, n: int
+) -> tuple[float, float, dict[str, float]]:
     """Run day n for every subscriber as `digest run` would, on top of the history; its
-    seconds, and the process-seconds of each stage (`pipeline.CLOCK`)."""
+    seconds, its CPU seconds here (PostgreSQL's own are not counted), and the process-seconds
+    of each stage (`clock.CLOCK`)."""
     sim.write_papers(n)  # the day's new papers, which it ranks
     sim.writer.commit()
     if isinstance(sim.writer, PostgresWriter):
         sim.writer.analyze()
     CLOCK.reset()
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), cpu_seconds()
     run_day(settings, sim.date_of(n))
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, cpu_seconds() - cpu
     shutil.rmtree(settings.outbox_dir, ignore_errors=True)
     sim.writer.refresh_ids()
-    return seconds, dict(CLOCK.seconds)
+    return seconds, cpu, dict(CLOCK.seconds)
+
+
+def cpu_seconds() -> float:
+    """User and system time of this process and of its children that have ended."""
+    own, children = (resource.getrusage(who)
+                     for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def measure_unpruned(
@@ -400,10 +412,10 @@ def measure_unpruned(
         sim.write_day(n)
         if n in checkpoints:
             size = sim.writer.size()
-            seconds, stages = the_real_day(settings, sim, n + 1)
-            measure = Measure(sim.writer.backend, n, False, size, seconds, stages)
-            say(f"  {sim.writer.backend} day {n}: {size / 1e6:,.0f} MB, the day {seconds:.1f} s "
-                f"({measure.where()})")
+            seconds, cpu, stages = the_real_day(settings, sim, n + 1)
+            measure = Measure(sim.writer.backend, n, False, size, seconds, cpu, stages)
+            say(f"  {sim.writer.backend} day {n}: {size / 1e6:,.0f} MB, the day {seconds:.1f} s, "
+                f"CPU {cpu:.1f} s ({measure.where()})")
             yield measure
 
 
@@ -424,12 +436,12 @@ def measure_pruned(
             deleted += sum(retention.prune(settings, now=sim.start_of(day + 1)).deleted.values())
             prune_seconds.append(time.perf_counter() - start)
     size = sim.writer.size()
-    seconds, stages = the_real_day(settings, sim, n + 1)
+    seconds, cpu, stages = the_real_day(settings, sim, n + 1)
     per_day = sum(prune_seconds) / len(prune_seconds)
-    measure = Measure(sim.writer.backend, n, True, size, seconds, stages,
+    measure = Measure(sim.writer.backend, n, True, size, seconds, cpu, stages,
                       f"daily prune: {per_day:.1f} s, {deleted // PRUNED_WEEK:,} rows a day")
     say(f"  {sim.writer.backend} day {n}, pruned daily: {size / 1e6:,.0f} MB, the day "
-        f"{seconds:.1f} s ({measure.where()}); {measure.note}")
+        f"{seconds:.1f} s, CPU {cpu:.1f} s ({measure.where()}); {measure.note}")
     return measure
 
 
@@ -509,7 +521,7 @@ def run(backends: Sequence[str], volumes: Volumes, checkpoints: Sequence[int],
 
 def table(measures: Sequence[Measure], checkpoints: Sequence[int]) -> str:
     """A Markdown table: per backend and checkpoint, size and the day without and with pruning,
-    each against day 1 of the same backend."""
+    each against day 1 of the same backend (the day's ratio in CPU seconds)."""
     lines = [
         "| database | days | size, no pruning | the day, no pruning "
         "| size, pruned daily | the day, pruned daily |",
@@ -522,8 +534,8 @@ def table(measures: Sequence[Measure], checkpoints: Sequence[int]) -> str:
         for n in checkpoints:
             k, p = kept[n], pruned.get(n, kept[n])
             lines.append(
-                f"| {backend} | {n} | {_mb(k.size, first.size)} | {_s(k.day_seconds, first)} "
-                f"| {_mb(p.size, first.size)} | {_s(p.day_seconds, first)} |"
+                f"| {backend} | {n} | {_mb(k.size, first.size)} | {_s(k, first)} "
+                f"| {_mb(p.size, first.size)} | {_s(p, first)} |"
             )
     notes = [
         f"{m.backend}, {m.days} days{', pruned' if m.pruned else ''}: the day's process-seconds "
@@ -537,8 +549,9 @@ def _mb(size: int, first: int) -> str:
     return f"{size / 1e6:,.0f} MB (x{size / first:.1f})"
 
 
-def _s(seconds: float, first: Measure) -> str:
-    return f"{seconds:.1f} s (x{seconds / first.day_seconds:.2f})"
+def _s(measure: Measure, first: Measure) -> str:
+    return (f"{measure.day_seconds:.0f} s, CPU {measure.cpu_seconds:.0f} s "
+            f"(x{measure.cpu_seconds / first.cpu_seconds:.1f})")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

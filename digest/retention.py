@@ -58,10 +58,9 @@ from .models import (
     TopicProfile,
     WebhookEvent,
 )
+from .prepare import ARCHIVE_PAPERS  # the papers before its window the day's ranking fits on
 from .settings import Settings
 
-# `prepare.prepare_day` fits the day's TF-IDF on the newest 20,000 papers before its window.
-ARCHIVE_PAPERS = 20_000
 OPT_IN_KINDS = (EventKind.CONFIRMED, EventKind.RESUBSCRIBED)
 EMBEDDINGS = "embeddings"
 

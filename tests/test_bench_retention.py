@@ -18,7 +18,7 @@ def test_the_retention_bench_measures_each_checkpoint_with_and_without_pruning()
     assert kept == [("sqlite", 1), ("sqlite", 35), ("postgresql", 1), ("postgresql", 35)]
     assert [(m.backend, m.days) for m in pruned] == [("sqlite", 35), ("postgresql", 35)]
     for m in measures:
-        assert m.size > 0 and m.day_seconds > 0
+        assert m.size > 0 and m.day_seconds > 0 and m.cpu_seconds > 0
     for m in pruned:  # the last week's prunes deleted the webhook events older than 30 days
         rows = int(m.note.rsplit(", ", 1)[1].split()[0].replace(",", ""))
         assert rows > 0, m.note
