@@ -42,7 +42,7 @@ from .models import SignupOutcome, SignupRequest, Subscriber
 from .render.filters import one_line, safe_url, shorten, topic_list
 from .render.plain import render_email
 from .settings import Settings
-from .subscribers import subscriber_by_id
+from .subscribers import DuplicateAddress, subscriber_by_id
 from .tokens import MAX_AGE_SECONDS, Purpose, link
 
 log = logging.getLogger(__name__)
@@ -219,16 +219,21 @@ def send_signup_email(settings: Settings, request_id: int) -> Signup:
     return signup
 
 
+# A process decides one request at a time (a few milliseconds each), so that two requests
+# for one new address never both see it absent; sending stays parallel.
+_DECIDING = threading.Lock()
+
+
 def _process(settings: Settings, request_id: int) -> tuple[Signup, Notice | None]:
     resend_after = timedelta(minutes=settings.confirm_resend_minutes)
     for attempt in (1, 2):
         try:
-            with db.session_scope(settings) as session:
+            with _DECIDING, db.session_scope(settings) as session:
                 signup = process_signup_request(session, request_id, resend_after=resend_after)
                 return signup, notice_for(session, signup)
-        except IntegrityError:
-            # Two requests for a new address processed at once: the other one created the
-            # subscriber, so the second attempt finds it pending.
+        except (IntegrityError, DuplicateAddress):
+            # Two processes decided requests for one new address at once: the other created
+            # the subscriber, so the second attempt finds it pending.
             if attempt == 2:
                 raise
     raise AssertionError("unreachable")

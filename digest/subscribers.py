@@ -38,6 +38,10 @@ class SubscriberError(ValueError):
     """Input that cannot become a subscriber; the message is fit to show the user."""
 
 
+class DuplicateAddress(SubscriberError):
+    """The address already has a subscriber (whatever its case)."""
+
+
 class InvalidForm(SubscriberError):
     """Form fields that cannot be used, each with a message fit to show next to it."""
 
@@ -127,7 +131,7 @@ def add_subscriber(
     """Create a subscriber with a topic profile; SubscriberError on bad input or a duplicate."""
     address = normalize_email(email)
     if find_subscriber(session, address) is not None:
-        raise SubscriberError(f"{address} is already subscribed.")
+        raise DuplicateAddress(f"{address} is already subscribed.")
     topics = clean_topics(topics)
     if not topics:
         raise SubscriberError("Give at least one topic, e.g. 'LoRA, activation sparsity'.")
