@@ -404,10 +404,27 @@ def run_workers(settings: Settings, workers: int, figures: Figures,
     """The same day on K Celery workers (each `concurrency` processes) over Redis."""
     import redis
 
-    from .. import ledger
-    from ..pipeline import plan_due_batches
-
     redis.Redis.from_url(settings.celery_broker_url).flushdb()
+    procs = start_workers(settings, workers, concurrency)
+    try:
+        time.sleep(4)  # workers import the library
+        run = enqueue_day(settings)
+        wait_for_day(settings, sink, run, lambda done: progress(
+            f"  {workers} workers: {done:,}/{run.planned:,} digests"))
+        total = time.perf_counter() - run.start
+        peaks = [process_tree_peak_mb(p.pid) for p in procs]
+    finally:
+        stop_workers(procs)
+    pool = f" x {concurrency} processes" if concurrency > 1 else ""
+    figures.add(f"whole day, {workers} Celery workers{pool}", total,
+                f"{run.planned / total:,.0f} emails/s")
+    note_worker_overheads(settings, figures, run, workers * concurrency, total, peaks)
+    return total
+
+
+def start_workers(settings: Settings, workers: int,
+                  concurrency: int) -> list[subprocess.Popen[bytes]]:
+    """K Celery workers, each in a session of its own so that one signal stops its whole pool."""
     logs = Path(settings.data_dir) / "worker-logs"
     logs.mkdir(parents=True, exist_ok=True)
     procs = []
@@ -419,71 +436,102 @@ def run_workers(settings: Settings, workers: int, figures: Figures,
              "--without-gossip", "--without-mingle", "--without-heartbeat"],
             env=worker_env(settings), stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True))
-    try:
-        time.sleep(4)  # workers import the library
-        from workers.app import make_app
+    return procs
 
-        app = make_app(settings)
-        start, began = time.perf_counter(), datetime.now(timezone.utc)
-        batches: list[tuple[date, list[int]]] = []
-        planning = 0.0
-        for day, ids in plan_due_batches(settings, began):  # as the tick task: enqueued as planned
-            if not batches:
-                planning = time.perf_counter() - start  # until the first batch could go
-            app.send_task("workers.tasks.send_batch", args=[day.isoformat(), ids])
-            batches.append((day, ids))
-        enqueued = time.perf_counter() - start
-        planned = sum(len(ids) for _, ids in batches)
-        days = sorted({d for d, _ in batches})
-        # Watch the sink's counter (shared memory) and ask the ledger only when it stalls or
-        # every 10 s: counting a big day's rows every second cost the database real time.
-        received, asked = sink.received, time.perf_counter()
-        while True:
-            time.sleep(0.25)
-            now, count = time.perf_counter(), sink.received
-            if count != received and now - asked < 10:
-                received = count
-                continue
-            received, asked = count, now
-            with db.session_scope(settings) as session:
-                finished = sum(
-                    sum(ledger.day_counts(session, d)[k] for k in
-                        ("sent", "failed", "in_doubt", "skipped")) for d in days)
-            if finished >= planned:
-                break
-            progress(f"  {workers} workers: {finished:,}/{planned:,} digests")
-        total = time.perf_counter() - start
-        peaks = [process_tree_peak_mb(p.pid) for p in procs]
-    finally:
-        for p in procs:
-            with suppress(ProcessLookupError):
-                os.killpg(p.pid, signal.SIGTERM)
-        for p in procs:
-            p.wait(30)
-    pool = f" x {concurrency} processes" if concurrency > 1 else ""
-    figures.add(f"whole day, {workers} Celery workers{pool}", total,
-                f"{planned / total:,.0f} emails/s")
-    spans = batch_spans(settings, days)
-    processes = workers * concurrency
+
+def stop_workers(procs: Sequence[subprocess.Popen[bytes]]) -> None:
+    for p in procs:
+        with suppress(ProcessLookupError):
+            os.killpg(p.pid, signal.SIGTERM)
+    for p in procs:
+        p.wait(30)
+
+
+@dataclass
+class WorkerRun:
+    """The day as handed to the workers: its batches and when planning started and ended."""
+
+    start: float  # perf_counter at the start of planning
+    began: datetime  # the same instant in UTC, to compare with the ledger's times
+    batches: list[tuple[date, list[int]]] = field(default_factory=list)
+    planning: float = 0.0  # seconds until the first batch could go
+    enqueued: float = 0.0  # seconds until the last batch was enqueued
+
+    @property
+    def planned(self) -> int:
+        return sum(len(ids) for _, ids in self.batches)
+
+    @property
+    def days(self) -> list[date]:
+        return sorted({d for d, _ in self.batches})
+
+
+def enqueue_day(settings: Settings) -> WorkerRun:
+    """Plan the day and enqueue each batch as it is planned, as the beat's tick task does."""
+    from workers.app import make_app
+
+    from ..pipeline import plan_due_batches
+
+    app = make_app(settings)
+    run = WorkerRun(time.perf_counter(), datetime.now(timezone.utc))
+    for day, ids in plan_due_batches(settings, run.began):
+        if not run.batches:
+            run.planning = time.perf_counter() - run.start
+        app.send_task("workers.tasks.send_batch", args=[day.isoformat(), ids])
+        run.batches.append((day, ids))
+    run.enqueued = time.perf_counter() - run.start
+    return run
+
+
+def wait_for_day(settings: Settings, sink: Sink, run: WorkerRun,
+                 progress: Callable[[int], None]) -> None:
+    """Until the ledger has settled every planned digest.
+
+    It watches the sink's counter (shared memory) and asks the ledger only when the counter
+    stalls or every 10 s: counting a big day's rows every second costs the database real time.
+    """
+    from .. import ledger
+
+    received, asked = sink.received, time.perf_counter()
+    while True:
+        time.sleep(0.25)
+        now, count = time.perf_counter(), sink.received
+        if count != received and now - asked < 10:
+            received = count
+            continue
+        received, asked = count, now
+        with db.session_scope(settings) as session:
+            finished = sum(
+                sum(ledger.day_counts(session, d)[k] for k in
+                    ("sent", "failed", "in_doubt", "skipped")) for d in run.days)
+        if finished >= run.planned:
+            return
+        progress(finished)
+
+
+def note_worker_overheads(settings: Settings, figures: Figures, run: WorkerRun, processes: int,
+                          total: float, peaks: Sequence[float]) -> None:
+    """Where the workers' time went outside the batches' own work, from the ledger's times."""
+    spans = batch_spans(settings, run.days)
     busy = sum(((end - start).total_seconds() for start, end in spans), 0.0)
-    first = min((start for start, _ in spans), default=began)
-    last = max((end for _, end in spans), default=began)
-    startup = (first - began).total_seconds()
-    tail = total - (last - began).total_seconds()
+    first = min((start for start, _ in spans), default=run.began)
+    last = max((end for _, end in spans), default=run.began)
+    startup = (first - run.began).total_seconds()
+    tail = total - (last - run.began).total_seconds()
+    workers = len(peaks)
     figures.notes.append(
-        f"{workers} workers: {planned:,} digests in {len(batches)} tasks, peak memory per "
+        f"{workers} workers: {run.planned:,} digests in {len(run.batches)} tasks, peak memory per "
         f"worker {', '.join(f'{p:,.0f}' for p in peaks)} MB; outside the batches' own work "
         f"(Celery, the broker, each worker preparing the day once): "
         f"{max(0.0, 1 - busy / (processes * total)):.1%} of the workers' time"
     )
     figures.notes.append(
-        f"  of which: start-up {startup:.1f} s (first batch planned at {planning:.1f} s, all "
-        f"{len(batches)} enqueued at {enqueued:.1f} s, then the first claim), the bench "
+        f"  of which: start-up {startup:.1f} s (first batch planned at {run.planning:.1f} s, all "
+        f"{len(run.batches)} enqueued at {run.enqueued:.1f} s, then the first claim), the bench "
         f"seeing the end {tail:.1f} s, "
         f"between batches {processes * (last - first).total_seconds() - busy:.1f} "
         f"process-seconds ({len(spans)} batches)"
     )
-    return total
 
 
 def batch_spans(settings: Settings, days: Sequence[date]) -> list[tuple[datetime, datetime]]:
