@@ -713,33 +713,39 @@ def measure_best_cases(settings: Settings, figures: Figures, sink: Sink, n: int,
                          f"({sink.received - before:,} from the trivial client)")
 
 
+Timing = tuple[str, float, float, float]  # (stage, naive, ours, best) seconds per email
+
+
 def stage_timings(
     renderer: Any, contexts: Sequence[Any], messages: Sequence[Any], settings: Settings
-) -> list[tuple[str, float, float, float]]:
+) -> list[Timing]:
     """(stage, naive, ours, best) seconds per email for render, text and MIME."""
-    import binascii
-    import textwrap
-    from email.message import EmailMessage
-
-    from jinja2 import Environment
-
-    from ..mail import message_bytes
-    from ..render.plain import card_text, digest_template_context, render_digest
+    from ..render.plain import digest_template_context
 
     for ctx in contexts:  # warm the day's caches, as the first batches do
         renderer.render(ctx)
     cycle = [(ctx, digest_template_context(ctx, with_cards=False)) for ctx in contexts]
+    return [html_timing(renderer, cycle), text_timing(renderer, cycle),
+            mime_timing(messages, settings)]
 
-    def each(fn: Callable[[Any], object], items: Sequence[Any], rounds: int = 5) -> float:
-        start = time.perf_counter()
-        for _ in range(rounds):
-            for item in items:
-                fn(item)
-        return (time.perf_counter() - start) / (rounds * len(items))
 
-    # HTML. Best case: the skeleton and each card compiled once per day (the same compiled
-    # pieces as ours), each made a Jinja template; per email Jinja fills the subscriber's
-    # parts (their cards, ranks, reasons, links, address, topics) into them.
+def seconds_each(fn: Callable[[Any], object], items: Sequence[Any], rounds: int = 5) -> float:
+    """Seconds per item of `fn` over `items`, over `rounds` rounds."""
+    start = time.perf_counter()
+    for _ in range(rounds):
+        for item in items:
+            fn(item)
+    return (time.perf_counter() - start) / (rounds * len(items))
+
+
+def html_timing(renderer: Any, cycle: Sequence[tuple[Any, dict[str, Any]]]) -> Timing:
+    """HTML. Best case: the skeleton and each card compiled once per day (the same compiled
+    pieces as ours), each made a Jinja template; per email Jinja fills the subscriber's parts
+    (their cards, ranks, reasons, links, address, topics) into them."""
+    from jinja2 import Environment
+
+    from ..render.plain import render_digest
+
     jinja = Environment(autoescape=True)
     templates: dict[tuple[str, ...], Any] = {}
 
@@ -764,20 +770,36 @@ def stage_timings(
 
     for c in cycle:  # compile the templates before timing, as the day's caches are
         assert best_html(c) == renderer.html(c[0], dict(c[1])), "best case must be the same email"
-    html_naive = each(lambda c: render_digest(c[0]), cycle, 1)
-    html_ours = each(lambda c: renderer.html(c[0], dict(c[1])), cycle)
-    html_best = each(best_html, cycle)
-    # Text. Best case: each paper's text wrapped once, joined per subscriber.
+    return ("render HTML per email (best: compiled once + Jinja fill)",
+            seconds_each(lambda c: render_digest(c[0]), cycle, 1),
+            seconds_each(lambda c: renderer.html(c[0], dict(c[1])), cycle),
+            seconds_each(best_html, cycle))
+
+
+def text_timing(renderer: Any, cycle: Sequence[tuple[Any, dict[str, Any]]]) -> Timing:
+    """Text. Best case: each paper's text wrapped once, joined per subscriber."""
+    import textwrap
+
+    from ..render.plain import card_text
+
     prewrapped = {item.card.paper_id: textwrap.fill(item.card.abstract, 72)
                   for ctx, _ in cycle for item in ctx.items}
-    text_naive = each(lambda c: "".join(card_text(i.card, r, i.why)
-                                        for r, i in enumerate(c[0].items, 1)), cycle, 1)
-    text_ours = each(lambda c: renderer.text(c[0], dict(c[1])), cycle)
-    text_best = each(lambda c: "\n\n".join(prewrapped[i.card.paper_id] for i in c[0].items),
-                     cycle)
+    return ("plain text per email (best: pre-wrapped join)",
+            seconds_each(lambda c: "".join(card_text(i.card, r, i.why)
+                                           for r, i in enumerate(c[0].items, 1)), cycle, 1),
+            seconds_each(lambda c: renderer.text(c[0], dict(c[1])), cycle),
+            seconds_each(lambda c: "\n\n".join(prewrapped[i.card.paper_id]
+                                                for i in c[0].items), cycle))
 
-    # MIME. Best case: fixed headers, the text quoted-printable and the HTML in 7-bit lines
-    # (as ours sends a page whose head is ASCII), joined as bytes.
+
+def mime_timing(messages: Sequence[Any], settings: Settings) -> Timing:
+    """MIME. Best case: fixed headers, the text quoted-printable and the HTML in 7-bit lines
+    (as ours sends a page whose head is ASCII), joined as bytes."""
+    import binascii
+    from email.message import EmailMessage
+
+    from ..mail import message_bytes
+
     def naive_mime(m: Any) -> bytes:
         msg = EmailMessage()
         msg["Subject"], msg["To"], msg["From"] = m.subject, m.to, settings.mail_from
@@ -791,15 +813,10 @@ def stage_timings(
                          m.html.encode("ascii", "xmlcharrefreplace").replace(b"><", b">\r\n<"),
                          b"\r\n--b--\r\n"))
 
-    mime_naive = each(naive_mime, messages, 1)
-    mime_ours = each(lambda m: message_bytes(settings, m), messages)
-    mime_best = each(best_mime, messages)
-    return [
-        ("render HTML per email (best: compiled once + Jinja fill)", html_naive, html_ours,
-         html_best),
-        ("plain text per email (best: pre-wrapped join)", text_naive, text_ours, text_best),
-        ("build MIME per email (best: direct bytes)", mime_naive, mime_ours, mime_best),
-    ]
+    return ("build MIME per email (best: direct bytes)",
+            seconds_each(naive_mime, messages, 1),
+            seconds_each(lambda m: message_bytes(settings, m), messages),
+            seconds_each(best_mime, messages))
 
 
 def figures_json(figures: Figures) -> str:
