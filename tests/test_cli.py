@@ -175,7 +175,7 @@ def test_a_date_out_of_range_is_refused_before_anything_runs(
 
 
 def test_the_first_and_last_dates_in_range_run(cli) -> None:
-    from digest.cli import FIRST_DAY, LAST_DAY
+    from digest.cli.base import FIRST_DAY, LAST_DAY
 
     cli("ingest", "--sample")
     cli("subscribers", "add", "ada@example.org", "--topics", "LoRA")

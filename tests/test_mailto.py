@@ -19,7 +19,8 @@ from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from digest.cli import EX_TEMPFAIL, main
+from digest.cli import main
+from digest.cli.subscribers import EX_TEMPFAIL
 from digest.mail.mime import fast_message_bytes
 from digest.mailto import (
     MAX_BASE_LOCAL_PART,
