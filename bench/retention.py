@@ -51,7 +51,7 @@ from digest.clock import CLOCK
 from digest.ingest import title_key
 from digest.pipeline import run_day
 from digest.settings import Settings
-from digest.tools.bench import TOPIC_PHRASES, populate, sample_texts, temporary_postgres
+from digest.tools.synthetic import TOPIC_PHRASES, populate, sample_texts, temporary_postgres
 
 POSTGRES_ADMIN_URL = os.environ.get(
     "BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"

@@ -319,7 +319,7 @@ def test_topic_rows_built_from_phrases_equal_the_vectorizers_own() -> None:
     # phrases, acronyms and hostile text included.
     import random
 
-    from digest.tools.bench import TOPIC_PHRASES, sample_texts
+    from digest.tools.synthetic import TOPIC_PHRASES, sample_texts
 
     papers = [paper(i, t, a) for i, (t, a) in enumerate(sample_texts()[:300], start=1)]
     index = build_day_index(papers, [], NOW, RankingKnobs())
@@ -344,7 +344,7 @@ def test_each_pick_says_which_phrases_it_matches_best_first() -> None:
     # subscriber's order.
     import random
 
-    from digest.tools.bench import TOPIC_PHRASES, sample_texts
+    from digest.tools.synthetic import TOPIC_PHRASES, sample_texts
 
     papers = [paper(i, t, a) for i, (t, a) in enumerate(sample_texts()[:300], start=1)]
     index = build_day_index(papers, [], NOW, RankingKnobs())

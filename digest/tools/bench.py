@@ -15,7 +15,6 @@ import gc
 import json
 import multiprocessing
 import os
-import random
 import resource
 import shutil
 import signal
@@ -24,116 +23,19 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field, replace
-from datetime import date, datetime, timedelta, timezone
+from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import create_engine, event, insert, text
+from sqlalchemy import event
 
 from .. import db
 from ..settings import Settings
-
-TOPIC_PHRASES = [
-    "LoRA", "parameter-efficient fine-tuning", "low-rank adaptation", "activation sparsity",
-    "mixture of experts", "diffusion models", "text-to-image generation", "video generation",
-    "vision transformers", "object detection", "semantic segmentation", "3D reconstruction",
-    "neural radiance fields", "reinforcement learning", "RLHF", "reward models",
-    "chain-of-thought reasoning", "mathematical reasoning", "code generation",
-    "retrieval-augmented generation", "RAG", "long context", "efficient attention",
-    "state space models", "quantization", "pruning", "knowledge distillation",
-    "speech recognition", "text-to-speech", "audio generation", "multimodal LLMs",
-    "vision-language models", "visual question answering", "graph neural networks",
-    "molecular property prediction", "protein structure", "time series forecasting",
-    "recommender systems", "federated learning", "differential privacy", "adversarial robustness",
-    "jailbreak attacks", "AI safety", "alignment", "instruction tuning", "in-context learning",
-    "tokenization", "machine translation", "question answering", "summarization",
-    "robotics", "embodied agents", "LLM agents", "tool use", "world models",
-    "self-supervised learning", "contrastive learning", "continual learning",
-    "medical imaging", "image editing",
-]
-ZONES = ["UTC", "Europe/Paris", "America/New_York", "Asia/Tokyo", "Asia/Kolkata",
-         "America/Los_Angeles", "Europe/London", "Australia/Sydney"]
-
-
-# --- synthetic data ---------------------------------------------------------------------
-
-
-def sample_texts() -> list[tuple[str, str]]:
-    """Real (title, abstract) pairs from the bundled sample corpus."""
-    from ..ingest import SAMPLE_PAPERS, parse
-
-    result = parse(SAMPLE_PAPERS.read_bytes(), "page", str(SAMPLE_PAPERS))
-    return [(r.title, r.abstract) for r in result.records]
-
-
-def synthetic_papers(
-    m: int, rng: random.Random, now: datetime, offset: int = 0
-) -> list[dict[str, Any]]:
-    """M papers whose text mixes sentences of real abstracts: real vocabulary, distinct vectors."""
-    from ..ingest import title_key
-
-    texts = sample_texts()
-    sentences = [s.strip() + "." for _, a in texts for s in a.split(". ") if len(s) > 40]
-    rows = []
-    for i in range(offset, offset + m):
-        t1, t2 = rng.choice(texts)[0], rng.choice(texts)[0]
-        head = t1.split(":")[0] if ":" in t1 else " ".join(t1.split()[:4])
-        title = f"{head}: {' '.join(t2.split()[-6:])} ({i})"
-        abstract = " ".join(rng.sample(sentences, 5))
-        upvotes = int(rng.paretovariate(1.2)) - 1 if rng.random() < 0.6 else None
-        rows.append({
-            "source": "daily-papers" if upvotes is not None else "arxiv",
-            "source_id": f"bench.{i:06d}",
-            "title_key": title_key(title),
-            "title": title,
-            "abstract": abstract,
-            "authors": [f"Author {rng.randrange(5000)}" for _ in range(rng.randint(1, 8))],
-            "url": f"https://arxiv.org/abs/bench.{i:06d}",
-            "pdf_url": f"https://arxiv.org/pdf/bench.{i:06d}",
-            "published_at": now - timedelta(hours=rng.uniform(0, 60)),
-            "upvotes": upvotes,
-            "comments": rng.randint(0, 6) if upvotes is not None else None,
-            "stars": None,
-            "first_seen_at": now - timedelta(hours=rng.uniform(0.5, 20)),
-            "updated_at": now,
-        })
-    return rows
-
-
-def populate(settings: Settings, subscribers: int, papers: int, seed: int = 7) -> None:
-    """Fill an empty, migrated database with the synthetic day (bulk inserts)."""
-    from ..models import Paper, Subscriber, SubscriberStatus, TopicProfile
-
-    rng = random.Random(seed)
-    now = datetime.now(timezone.utc)
-    engine = db.engine_for(settings.database_url)
-    with engine.begin() as conn:
-        for start in range(0, papers, 1000):
-            conn.execute(insert(Paper),
-                         synthetic_papers(min(1000, papers - start), rng, now, offset=start))
-        for start in range(0, subscribers, 5000):
-            count = min(5000, subscribers - start)
-            conn.execute(insert(Subscriber), [
-                {"id": start + i + 1, "email": f"reader{start + i:07d}@bench.example.org",
-                 "status": SubscriberStatus.ACTIVE, "time_zone": rng.choice(ZONES),
-                 "send_hour": 0, "papers_per_digest": 10, "created_at": now,
-                 "confirmed_at": now}
-                for i in range(count)
-            ])
-            conn.execute(insert(TopicProfile), [
-                {"subscriber_id": start + i + 1,
-                 "topics": ", ".join(rng.sample(TOPIC_PHRASES, rng.randint(1, 4))),
-                 "exclude": "", "trending_fallback": rng.random() < 0.1, "updated_at": now}
-                for i in range(count)
-            ])
-        if engine.dialect.name == "postgresql":
-            conn.execute(text("SELECT setval('subscribers_id_seq', "
-                              "(SELECT max(id) FROM subscribers))"))
-
+from .best_cases import stage_timings
+from .synthetic import populate, temporary_postgres
 
 # --- an SMTP sink in its own process -----------------------------------------------------
 
@@ -551,22 +453,6 @@ def batch_spans(settings: Settings, days: Sequence[date]) -> list[tuple[datetime
             for s, e in spans if s and e]
 
 
-@contextmanager
-def temporary_postgres(admin_url: str) -> Iterator[str]:
-    name = f"digest_bench_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = admin_url.rsplit("/", 1)[0] + f"/{name}"
-    try:
-        yield url
-    finally:
-        db.engine_for(url).dispose()
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-
 def run_bench(
     base: Settings,
     subscribers: int,
@@ -711,112 +597,6 @@ def measure_best_cases(settings: Settings, figures: Figures, sink: Sink, n: int,
                 f"{rate / max(ours_send, 1e-9):.1f}x")
     figures.notes.append(f"sink received {sink.received:,} messages in all "
                          f"({sink.received - before:,} from the trivial client)")
-
-
-Timing = tuple[str, float, float, float]  # (stage, naive, ours, best) seconds per email
-
-
-def stage_timings(
-    renderer: Any, contexts: Sequence[Any], messages: Sequence[Any], settings: Settings
-) -> list[Timing]:
-    """(stage, naive, ours, best) seconds per email for render, text and MIME."""
-    from ..render.plain import digest_template_context
-
-    for ctx in contexts:  # warm the day's caches, as the first batches do
-        renderer.render(ctx)
-    cycle = [(ctx, digest_template_context(ctx, with_cards=False)) for ctx in contexts]
-    return [html_timing(renderer, cycle), text_timing(renderer, cycle),
-            mime_timing(messages, settings)]
-
-
-def seconds_each(fn: Callable[[Any], object], items: Sequence[Any], rounds: int = 5) -> float:
-    """Seconds per item of `fn` over `items`, over `rounds` rounds."""
-    start = time.perf_counter()
-    for _ in range(rounds):
-        for item in items:
-            fn(item)
-    return (time.perf_counter() - start) / (rounds * len(items))
-
-
-def html_timing(renderer: Any, cycle: Sequence[tuple[Any, dict[str, Any]]]) -> Timing:
-    """HTML. Best case: the skeleton and each card compiled once per day (the same compiled
-    pieces as ours), each made a Jinja template; per email Jinja fills the subscriber's parts
-    (their cards, ranks, reasons, links, address, topics) into them."""
-    from jinja2 import Environment
-
-    from ..render.plain import render_digest
-
-    jinja = Environment(autoescape=True)
-    templates: dict[tuple[str, ...], Any] = {}
-
-    def template(segments: tuple[str, ...]) -> Any:
-        if segments not in templates:
-            templates[segments] = jinja.from_string("".join(
-                "{{ " + part + " }}" if i % 2 else "{% raw %}" + part + "{% endraw %}"
-                for i, part in enumerate(segments)))
-        return templates[segments]
-
-    def best_html(c: tuple[Any, dict[str, Any]]) -> str:
-        ctx, context = c
-        skeleton, units = renderer.compiled(ctx, context)
-        cards = "".join(
-            template(unit).render(rank=rank, why=item.why, feedback_href=context["feedback_href"])
-            for rank, (unit, item) in enumerate(zip(units, ctx.items, strict=True), start=1))
-        values = {name: context[name] for name in (
-            "preview", "topics", "count_phrase", "is_are", "recipient", "preferences_href",
-            "unsubscribe_href")}
-        return template(skeleton.head).render(values) + cards + template(
-            skeleton.tail).render(values)
-
-    for c in cycle:  # compile the templates before timing, as the day's caches are
-        assert best_html(c) == renderer.html(c[0], dict(c[1])), "best case must be the same email"
-    return ("render HTML per email (best: compiled once + Jinja fill)",
-            seconds_each(lambda c: render_digest(c[0]), cycle, 1),
-            seconds_each(lambda c: renderer.html(c[0], dict(c[1])), cycle),
-            seconds_each(best_html, cycle))
-
-
-def text_timing(renderer: Any, cycle: Sequence[tuple[Any, dict[str, Any]]]) -> Timing:
-    """Text. Best case: each paper's text wrapped once, joined per subscriber."""
-    import textwrap
-
-    from ..render.plain import card_text
-
-    prewrapped = {item.card.paper_id: textwrap.fill(item.card.abstract, 72)
-                  for ctx, _ in cycle for item in ctx.items}
-    return ("plain text per email (best: pre-wrapped join)",
-            seconds_each(lambda c: "".join(card_text(i.card, r, i.why)
-                                           for r, i in enumerate(c[0].items, 1)), cycle, 1),
-            seconds_each(lambda c: renderer.text(c[0], dict(c[1])), cycle),
-            seconds_each(lambda c: "\n\n".join(prewrapped[i.card.paper_id]
-                                                for i in c[0].items), cycle))
-
-
-def mime_timing(messages: Sequence[Any], settings: Settings) -> Timing:
-    """MIME. Best case: fixed headers, the text quoted-printable and the HTML in 7-bit lines
-    (as ours sends a page whose head is ASCII), joined as bytes."""
-    import binascii
-    from email.message import EmailMessage
-
-    from ..mail import message_bytes
-
-    def naive_mime(m: Any) -> bytes:
-        msg = EmailMessage()
-        msg["Subject"], msg["To"], msg["From"] = m.subject, m.to, settings.mail_from
-        msg.set_content(m.text)
-        msg.add_alternative(m.html, subtype="html")
-        return msg.as_bytes()
-
-    def best_mime(m: Any) -> bytes:
-        return b"".join((b"From: x\r\nTo: y\r\nSubject: z\r\n\r\n--b\r\n",
-                         binascii.b2a_qp(m.text.encode(), istext=True), b"\r\n--b\r\n",
-                         m.html.encode("ascii", "xmlcharrefreplace").replace(b"><", b">\r\n<"),
-                         b"\r\n--b--\r\n"))
-
-    return ("build MIME per email (best: direct bytes)",
-            seconds_each(naive_mime, messages, 1),
-            seconds_each(lambda m: message_bytes(settings, m), messages),
-            seconds_each(best_mime, messages))
 
 
 def figures_json(figures: Figures) -> str:

@@ -1,0 +1,128 @@
+"""Synthetic days for the benchmarks: subscribers with realistic topic profiles and papers made
+from real abstracts (`digest bench`, bench/retention.py), and a throwaway PostgreSQL database."""
+
+from __future__ import annotations
+
+import random
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from sqlalchemy import create_engine, insert, text
+
+from .. import db
+from ..settings import Settings
+
+TOPIC_PHRASES = [
+    "LoRA", "parameter-efficient fine-tuning", "low-rank adaptation", "activation sparsity",
+    "mixture of experts", "diffusion models", "text-to-image generation", "video generation",
+    "vision transformers", "object detection", "semantic segmentation", "3D reconstruction",
+    "neural radiance fields", "reinforcement learning", "RLHF", "reward models",
+    "chain-of-thought reasoning", "mathematical reasoning", "code generation",
+    "retrieval-augmented generation", "RAG", "long context", "efficient attention",
+    "state space models", "quantization", "pruning", "knowledge distillation",
+    "speech recognition", "text-to-speech", "audio generation", "multimodal LLMs",
+    "vision-language models", "visual question answering", "graph neural networks",
+    "molecular property prediction", "protein structure", "time series forecasting",
+    "recommender systems", "federated learning", "differential privacy", "adversarial robustness",
+    "jailbreak attacks", "AI safety", "alignment", "instruction tuning", "in-context learning",
+    "tokenization", "machine translation", "question answering", "summarization",
+    "robotics", "embodied agents", "LLM agents", "tool use", "world models",
+    "self-supervised learning", "contrastive learning", "continual learning",
+    "medical imaging", "image editing",
+]
+
+
+ZONES = ["UTC", "Europe/Paris", "America/New_York", "Asia/Tokyo", "Asia/Kolkata",
+         "America/Los_Angeles", "Europe/London", "Australia/Sydney"]
+
+
+def sample_texts() -> list[tuple[str, str]]:
+    """Real (title, abstract) pairs from the bundled sample corpus."""
+    from ..ingest import SAMPLE_PAPERS, parse
+
+    result = parse(SAMPLE_PAPERS.read_bytes(), "page", str(SAMPLE_PAPERS))
+    return [(r.title, r.abstract) for r in result.records]
+
+
+def synthetic_papers(
+    m: int, rng: random.Random, now: datetime, offset: int = 0
+) -> list[dict[str, Any]]:
+    """M papers whose text mixes sentences of real abstracts: real vocabulary, distinct vectors."""
+    from ..ingest import title_key
+
+    texts = sample_texts()
+    sentences = [s.strip() + "." for _, a in texts for s in a.split(". ") if len(s) > 40]
+    rows = []
+    for i in range(offset, offset + m):
+        t1, t2 = rng.choice(texts)[0], rng.choice(texts)[0]
+        head = t1.split(":")[0] if ":" in t1 else " ".join(t1.split()[:4])
+        title = f"{head}: {' '.join(t2.split()[-6:])} ({i})"
+        abstract = " ".join(rng.sample(sentences, 5))
+        upvotes = int(rng.paretovariate(1.2)) - 1 if rng.random() < 0.6 else None
+        rows.append({
+            "source": "daily-papers" if upvotes is not None else "arxiv",
+            "source_id": f"bench.{i:06d}",
+            "title_key": title_key(title),
+            "title": title,
+            "abstract": abstract,
+            "authors": [f"Author {rng.randrange(5000)}" for _ in range(rng.randint(1, 8))],
+            "url": f"https://arxiv.org/abs/bench.{i:06d}",
+            "pdf_url": f"https://arxiv.org/pdf/bench.{i:06d}",
+            "published_at": now - timedelta(hours=rng.uniform(0, 60)),
+            "upvotes": upvotes,
+            "comments": rng.randint(0, 6) if upvotes is not None else None,
+            "stars": None,
+            "first_seen_at": now - timedelta(hours=rng.uniform(0.5, 20)),
+            "updated_at": now,
+        })
+    return rows
+
+
+def populate(settings: Settings, subscribers: int, papers: int, seed: int = 7) -> None:
+    """Fill an empty, migrated database with the synthetic day (bulk inserts)."""
+    from ..models import Paper, Subscriber, SubscriberStatus, TopicProfile
+
+    rng = random.Random(seed)
+    now = datetime.now(timezone.utc)
+    engine = db.engine_for(settings.database_url)
+    with engine.begin() as conn:
+        for start in range(0, papers, 1000):
+            conn.execute(insert(Paper),
+                         synthetic_papers(min(1000, papers - start), rng, now, offset=start))
+        for start in range(0, subscribers, 5000):
+            count = min(5000, subscribers - start)
+            conn.execute(insert(Subscriber), [
+                {"id": start + i + 1, "email": f"reader{start + i:07d}@bench.example.org",
+                 "status": SubscriberStatus.ACTIVE, "time_zone": rng.choice(ZONES),
+                 "send_hour": 0, "papers_per_digest": 10, "created_at": now,
+                 "confirmed_at": now}
+                for i in range(count)
+            ])
+            conn.execute(insert(TopicProfile), [
+                {"subscriber_id": start + i + 1,
+                 "topics": ", ".join(rng.sample(TOPIC_PHRASES, rng.randint(1, 4))),
+                 "exclude": "", "trending_fallback": rng.random() < 0.1, "updated_at": now}
+                for i in range(count)
+            ])
+        if engine.dialect.name == "postgresql":
+            conn.execute(text("SELECT setval('subscribers_id_seq', "
+                              "(SELECT max(id) FROM subscribers))"))
+
+
+@contextmanager
+def temporary_postgres(admin_url: str) -> Iterator[str]:
+    name = f"digest_bench_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = admin_url.rsplit("/", 1)[0] + f"/{name}"
+    try:
+        yield url
+    finally:
+        db.engine_for(url).dispose()
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
