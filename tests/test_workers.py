@@ -34,9 +34,6 @@ from .factories import make_paper, make_subscriber
 from .smtp_server import SMTPServer
 
 VENV_BIN = Path(sys.executable).parent
-# Worker tests flush their broker database: each test run takes one of these for itself, so
-# two runs on one machine (a developer's and CI's) never take each other's tasks.
-BROKER_DBS = (8, 9, 10, 11, 12, 14, 15)  # 13: the rate-limit tests' (conftest.TEST_REDIS_URL)
 pytestmark = pytest.mark.slow
 
 
@@ -158,17 +155,11 @@ class Cluster:
 
 @pytest.fixture(scope="session")
 def broker_db() -> Iterator[int]:
-    """A Redis database number no other test run on this machine is using."""
-    client = redis.Redis.from_url("redis://127.0.0.1:6379/0")
-    for number in BROKER_DBS:
-        key = f"paper-digest:test-broker-db:{number}"
-        if client.set(key, os.getpid(), nx=True, ex=3600):
-            yield number
-            client.delete(key)
-            client.close()
-            return
-    pytest.fail(f"every Redis database in {BROKER_DBS} is taken by another test run; wait for "
-                "it to end (or delete the keys paper-digest:test-broker-db:* in database 0)")
+    """A Redis database number no other test or bench run on this machine is using."""
+    from digest.tools.synthetic import temporary_redis_database
+
+    with temporary_redis_database() as url:
+        yield int(url.rsplit("/", 1)[1])
 
 
 @pytest.fixture

@@ -35,7 +35,7 @@ from sqlalchemy import event
 from .. import db
 from ..settings import Settings
 from .best_cases import stage_timings
-from .synthetic import populate, temporary_postgres
+from .synthetic import populate, temporary_postgres, temporary_redis_database
 
 # --- an SMTP sink in its own process -----------------------------------------------------
 
@@ -304,9 +304,6 @@ def process_tree_peak_mb(pid: int) -> float:
 def run_workers(settings: Settings, workers: int, figures: Figures,
                 progress: Callable[[str], None], concurrency: int, sink: Sink) -> float:
     """The same day on K Celery workers (each `concurrency` processes) over Redis."""
-    import redis
-
-    redis.Redis.from_url(settings.celery_broker_url).flushdb()
     procs = start_workers(settings, workers, concurrency)
     try:
         time.sleep(4)  # workers import the library
@@ -486,7 +483,6 @@ def _run(
             smtp_host="127.0.0.1", smtp_port=sink.port, smtp_security="none",
             smtp_username="", send_rate_per_second=0.0, secret_key="bench",
             database_url=f"sqlite:///{workdir / 'bench.sqlite3'}",
-            celery_broker_url="redis://127.0.0.1:6379/12", redis_url="redis://127.0.0.1:6379/12",
         )
         if in_process:
             progress(f"Generating {subscribers:,} subscribers and {papers:,} papers in "
@@ -497,8 +493,10 @@ def _run(
             jobs = run_in_process(settings, figures, progress)
             measure_best_cases(settings, figures, sink, subscribers, jobs)
         if workers:
-            with temporary_postgres(postgres_admin_url) as url:
-                pg = replace(settings, database_url=url, mail_backend="smtp")
+            with temporary_postgres(postgres_admin_url) as url, \
+                    temporary_redis_database() as broker:
+                pg = replace(settings, database_url=url, mail_backend="smtp",
+                             celery_broker_url=broker, redis_url=broker)
                 progress(f"Generating the same day in PostgreSQL for {workers} workers...")
                 db.upgrade(pg)
                 populate(pg, subscribers, papers)

@@ -126,3 +126,39 @@ def temporary_postgres(admin_url: str) -> Iterator[str]:
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+# Redis database numbers a run may take for itself. 0 holds the claims, 11 is bench-web's
+# (--redis-db), 13 the rate-limit tests' (each test counts under a prefix of its own there).
+REDIS_DATABASES = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 12, 14, 15)
+REDIS_CLAIM_SECONDS = 3 * 3600
+
+
+@contextmanager
+def temporary_redis_database(server: str = "redis://127.0.0.1:6379") -> Iterator[str]:
+    """A Redis database no other run on this machine is using, emptied before and after.
+
+    Runs that flush a fixed database take each other's Celery tasks when two run at once (a
+    bench beside a test run): each run claims a number (SET NX in database 0, with a time
+    limit in case it is killed) and gives it back at the end."""
+    import os
+
+    import redis
+
+    claims = redis.Redis.from_url(f"{server}/0")
+    for number in REDIS_DATABASES:
+        key = f"paper-digest:redis-db-claim:{number}"
+        if claims.set(key, os.getpid(), nx=True, ex=REDIS_CLAIM_SECONDS):
+            url = f"{server}/{number}"
+            redis.Redis.from_url(url).flushdb()
+            try:
+                yield url
+            finally:
+                redis.Redis.from_url(url).flushdb()
+                claims.delete(key)
+                claims.close()
+            return
+    raise RuntimeError(
+        f"every Redis database in {REDIS_DATABASES} is taken by another run on this machine; "
+        "wait for it to end (or delete the keys paper-digest:redis-db-claim:* in database 0)"
+    )
