@@ -174,6 +174,18 @@ def test_every_email_template_renders(name: str) -> None:
     assert page.text and "html" in page.tag_names()
 
 
+@pytest.mark.parametrize("name", email_template_names())
+def test_opening_an_email_asks_no_outside_server_for_anything(name: str) -> None:
+    """No web font, stylesheet or image from elsewhere: loading one would tell that server
+    when (and that) the email was opened. The fonts are the readers' own (a system stack)."""
+    import re
+
+    html = render_email(name, sample_context(name)).html
+    fetched = re.findall(r'(?:@import\s+url\(|<link[^>]+href=|src=)["\']?([^"\')\s>]+)', html)
+    assert fetched == [], fetched
+    assert "googleapis" not in html and "@font-face" not in html
+
+
 def test_missing_variable_fails_loudly() -> None:
     context = sample_context("digest")
     del context["unsubscribe_url"]
