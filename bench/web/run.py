@@ -37,7 +37,6 @@ import tempfile
 import threading
 import time
 import urllib.request
-import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -54,6 +53,7 @@ from digest.ingest import load_sample_papers
 from digest.models import SubscriberStatus
 from digest.settings import PROJECT_DIR, Settings, setting_names
 from digest.subscribers import add_subscriber
+from digest.tools.synthetic import ScratchDatabaseError, temporary_postgres
 
 from .payloads import RATE_LIMITED, TIME_ZONES, TOPICS, Targets
 
@@ -221,23 +221,11 @@ def free_port() -> int:
 @contextmanager
 def scratch_database(admin_url: str) -> Iterator[str]:
     """A new, empty PostgreSQL database, dropped at the end (with any connection left to it)."""
-    name = f"digest_benchweb_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
     try:
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-    except Exception as exc:
-        admin.dispose()
-        raise BenchError(f"cannot create a database with {admin_url}: {exc}; start PostgreSQL "
-                         "or pass --postgres-admin-url.") from exc
-    url = admin_url.rsplit("/", 1)[0] + f"/{name}"
-    try:
-        yield url
-    finally:
-        db.engine_for(url).dispose()
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+        with temporary_postgres(admin_url, prefix="digest_benchweb") as url:
+            yield url
+    except ScratchDatabaseError as exc:
+        raise BenchError(str(exc)) from exc
 
 
 def bench_settings(

@@ -112,12 +112,24 @@ def populate(settings: Settings, subscribers: int, papers: int, seed: int = 7) -
                               "(SELECT max(id) FROM subscribers))"))
 
 
+class ScratchDatabaseError(RuntimeError):
+    """PostgreSQL would not create the scratch database; the message says what to do."""
+
+
 @contextmanager
-def temporary_postgres(admin_url: str) -> Iterator[str]:
-    name = f"digest_bench_{uuid.uuid4().hex[:8]}"
+def temporary_postgres(admin_url: str, prefix: str = "digest_bench") -> Iterator[str]:
+    """A new, empty PostgreSQL database, dropped at the end (with any connection left to it)."""
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
     admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    except Exception as exc:
+        admin.dispose()
+        raise ScratchDatabaseError(
+            f"cannot create a database with {admin_url}: {exc}; start PostgreSQL "
+            "or pass --postgres-admin-url."
+        ) from exc
     url = admin_url.rsplit("/", 1)[0] + f"/{name}"
     try:
         yield url
