@@ -127,6 +127,13 @@ class FeedbackKind(str, enum.Enum):
     LESS = "less"  # "less like this"
 
 
+class Cadence(str, enum.Enum):
+    """How often a reader gets a digest: every day, or once a week on their weekday."""
+
+    DAILY = "daily"
+    WEEKLY = "weekly"
+
+
 class SuppressionReason(str, enum.Enum):
     BOUNCED = "bounced"  # a hard bounce: the address does not exist
     COMPLAINED = "complained"  # the recipient marked a message as spam
@@ -166,7 +173,13 @@ class Paper(Base):
     published_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     upvotes: Mapped[int | None] = mapped_column(Integer, nullable=True)
     comments: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    stars: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    stars: Mapped[int | None] = mapped_column(Integer, nullable=True)  # the code's GitHub stars
+    # What the daily-papers API adds; optional, so a paper without them is shown as before.
+    ai_summary: Mapped[str | None] = mapped_column(Text, nullable=True)  # a one-line TL;DR
+    ai_keywords: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
+    github_repo: Mapped[str | None] = mapped_column(Text, nullable=True)
+    thumbnail: Mapped[str | None] = mapped_column(Text, nullable=True)
+    organization: Mapped[str | None] = mapped_column(String(200), nullable=True)
     first_seen_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
@@ -197,6 +210,12 @@ class Subscriber(Base):
     unsubscribed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     # Paused from the preferences page: still subscribed, but sent nothing until resumed.
     paused: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    cadence: Mapped[Cadence] = mapped_column(
+        _enum(Cadence, "cadence", 8), default=Cadence.DAILY, server_default=Cadence.DAILY.value
+    )
+    send_weekday: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # Monday 0
+    # Paper links go through the click-tracking redirect only if the reader turned this on.
+    click_tracking: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
     profile: Mapped[TopicProfile] = relationship(
         back_populates="subscriber", uselist=False, cascade="all, delete-orphan", lazy="joined"
@@ -239,6 +258,14 @@ class SignupRequest(Base):
     time_zone: Mapped[str] = mapped_column(String(64))
     send_hour: Mapped[int] = mapped_column(Integer)
     papers_per_digest: Mapped[int] = mapped_column(Integer)
+    exclude: Mapped[str] = mapped_column(Text, default="", server_default="")
+    trending_fallback: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    cadence: Mapped[Cadence] = mapped_column(
+        _enum(Cadence, "cadence", 8), default=Cadence.DAILY, server_default=Cadence.DAILY.value
+    )
+    send_weekday: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # Monday 0
+    # Paper links go through the click-tracking redirect only if the reader turned this on.
+    click_tracking: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     outcome: Mapped[SignupOutcome] = mapped_column(
         _enum(SignupOutcome, "signup_outcome", 24), default=SignupOutcome.RECEIVED
     )
