@@ -31,7 +31,7 @@ from sqlalchemy.orm import Session
 from . import db, tokens
 from .models import DeliveryItem, FeedbackKind, Paper, PaperFeedback, Subscriber, TopicProfile
 from .render.filters import safe_url
-from .score import FeedbackSignal, make_vectorizer, paper_text
+from .score import FeedbackSignal, make_vectorizer, paper_text, readable_terms
 from .settings import Settings
 from .subscribers import UnknownSubscriber, linked_subscriber
 
@@ -334,8 +334,10 @@ def _learned_terms(
         if not side.any():
             return ()
         centroid = np.asarray(vectors.T @ side).ravel()
-        best = np.argsort(-centroid)[:count]
-        return tuple(str(terms[i]) for i in best if centroid[i] > 0)
+        best = [str(terms[i]) for i in np.argsort(-centroid) if centroid[i] > 0]
+        # Terms are stems ("quantiz"); an admin reads the words the papers use, each once.
+        words = readable_terms(best[: 2 * count], [s.text for s in signals])
+        return tuple(dict.fromkeys(words))[:count]
 
     return top(np.clip(weights, 0, None)), top(np.clip(-weights, 0, None))
 

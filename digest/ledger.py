@@ -1,6 +1,7 @@
 """The delivery ledger: how many processes send each digest exactly once, whatever fails.
 
-A delivery row (unique per subscriber and date) moves through:
+A delivery row (unique per subscriber and date, and per subscriber and period: a day for a
+daily reader, an ISO week for a weekly one) moves through:
 
     planned  CLAIMED, no claim_token, lease_until = plan time + lease
     claimed  CLAIMED, claim_token = the attempt running the batch
@@ -53,15 +54,19 @@ def stale_condition(now: datetime) -> ColumnElement[bool]:
 
 def plan(
     session: Session,
-    due: Sequence[tuple[int, date]],
+    due: Sequence[tuple[int, date, str]],
     message_id: Callable[[int, date], str],
     now: datetime,
     lease_seconds: int,
     retry_now: bool = False,
 ) -> Iterator[list[tuple[int, date]]]:
-    """Write planned rows for due (subscriber, day) pairs, PLAN_CHUNK at a time; hand out the
-    pairs each chunk planned as soon as it is committed, so a big day's first batches can go
-    out while the rest is planned.
+    """Write planned rows for due (subscriber, day, period) rows, PLAN_CHUNK at a time; hand
+    out the (subscriber, day) pairs each chunk planned as soon as it is committed, so a big
+    day's first batches can go out while the rest is planned.
+
+    The database refuses a second row for a subscriber's day or period (`models.
+    delivery_period`): a weekly reader already sent this week's digest, or anyone already
+    sent today's, is not planned again, whatever their cadence is now.
 
     New pairs are inserted; stale rows are re-planned (with `retry_now`, RETRYING rows too,
     without waiting for their backoff: an admin's manual run). Pairs another planner got first
@@ -73,14 +78,14 @@ def plan(
     planned_rows = analyzed_at = 0
     for start in range(0, len(due), PLAN_CHUNK):
         chunk = due[start : start + PLAN_CHUNK]
-        ids = {(sid, day): message_id(sid, day) for sid, day in chunk}
+        ids = {(sid, day): message_id(sid, day) for sid, day, _ in chunk}
         planned = _plan_chunk(session, chunk, ids, now, lease_seconds, retry_now)
         planned_rows += len(planned)
         if not analyzed_at and planned_rows >= ANALYZE_AFTER_PLANNING:
             refresh_statistics(session)
             analyzed_at = planned_rows
         session.commit()
-        yield [pair for pair in chunk if pair in planned]
+        yield [(sid, day) for sid, day, _ in chunk if (sid, day) in planned]
     if analyzed_at and planned_rows > analyzed_at:
         refresh_statistics(session)
         session.commit()
@@ -110,7 +115,7 @@ STATISTICS_TABLES = ("deliveries", "subscribers", "topic_profiles")
 
 def _plan_chunk(
     session: Session,
-    due: Sequence[tuple[int, date]],
+    due: Sequence[tuple[int, date, str]],
     message_ids: dict[tuple[int, date], str],
     now: datetime,
     lease_seconds: int,
@@ -118,7 +123,7 @@ def _plan_chunk(
 ) -> set[tuple[int, date]]:
     lease = now + timedelta(seconds=lease_seconds)
     planned = _insert_planned(session, due, message_ids, now, lease)
-    stale = [pair for pair in due if pair not in planned]
+    stale = [(sid, day) for sid, day, _ in due if (sid, day) not in planned]
     if stale:
         replanned = _execute(
             session,
@@ -150,13 +155,15 @@ def _replannable(now: datetime, retry_now: bool) -> list[ColumnElement[bool]]:
 
 def _insert_planned(
     session: Session,
-    due: Sequence[tuple[int, date]],
+    due: Sequence[tuple[int, date, str]],
     message_ids: dict[tuple[int, date], str],
     now: datetime,
     lease: datetime,
 ) -> set[tuple[int, date]]:
     """A chunk's new rows as one JSON parameter of one INSERT ... SELECT, as `attach_items`
-    does on PostgreSQL; returns the pairs inserted (not those another planner has).
+    does on PostgreSQL; returns the pairs inserted (not those another planner has, nor those
+    whose subscriber has a row for that day or period already: ON CONFLICT names no one
+    constraint, so both unique keys count).
 
     With RETURNING, SQLAlchemy sends an executemany as thousand-row VALUES statements and
     processes each row's nine parameters in Python (and psycopg parses each statement's nine
@@ -166,21 +173,23 @@ def _insert_planned(
     dialect = session.get_bind().dialect
     status_type = table.c.status.type.compile(dialect)
     if dialect.name == "postgresql":
-        rows_sql = ("SELECT row.subscriber_id, row.digest_date, row.message_id "
+        rows_sql = ("SELECT row.subscriber_id, row.digest_date, row.period, row.message_id "
                     "FROM json_to_recordset(CAST(:rows AS json)) "
-                    "AS row(subscriber_id integer, digest_date date, message_id text)")
+                    "AS row(subscriber_id integer, digest_date date, period text, "
+                    "message_id text)")
     else:  # SQLite stores a date as its ISO text; WHERE true parses ON CONFLICT as the upsert
         rows_sql = ("SELECT json_extract(value, '$.subscriber_id') AS subscriber_id, "
                     "json_extract(value, '$.digest_date') AS digest_date, "
+                    "json_extract(value, '$.period') AS period, "
                     "json_extract(value, '$.message_id') AS message_id "
                     "FROM json_each(:rows) WHERE true")
     statement = (
         text(
-            "INSERT INTO deliveries (subscriber_id, digest_date, message_id, status, "
+            "INSERT INTO deliveries (subscriber_id, digest_date, period, message_id, status, "
             "paper_count, trending_fallback, claimed_at, lease_until, attempts) "
-            f"SELECT subscriber_id, digest_date, message_id, CAST(:status AS {status_type}), "
-            f"0, false, :now, :lease, 0 FROM ({rows_sql}) AS planned WHERE true "
-            "ON CONFLICT (subscriber_id, digest_date) DO NOTHING "
+            f"SELECT subscriber_id, digest_date, period, message_id, "
+            f"CAST(:status AS {status_type}), 0, false, :now, :lease, 0 "
+            f"FROM ({rows_sql}) AS planned WHERE true ON CONFLICT DO NOTHING "
             "RETURNING subscriber_id, digest_date"
         )
         .bindparams(
@@ -191,9 +200,9 @@ def _insert_planned(
         .columns(table.c.subscriber_id, table.c.digest_date)
     )
     rows = json.dumps([
-        {"subscriber_id": sid, "digest_date": day.isoformat(),
+        {"subscriber_id": sid, "digest_date": day.isoformat(), "period": period,
          "message_id": message_ids[(sid, day)]}
-        for sid, day in due
+        for sid, day, period in due
     ])
     inserted = _execute(session, statement, {
         "status": DeliveryStatus.CLAIMED, "now": now, "lease": lease, "rows": rows,

@@ -3,7 +3,8 @@ subscription history, sign-up requests, suppression list, provider webhook event
 readers' feedback.
 
 Constraints that keep the data correct live here and in the migrations, not only in code:
-an address is unique whatever its case, a subscriber has at most one delivery per digest date,
+an address is unique whatever its case, a subscriber has at most one delivery per digest date
+and per period (a day, or an ISO week for a weekly reader),
 a paper can be carried to a subscriber only once (`delivery_items` is unique on both), an
 address is suppressed at most once, a provider's event is recorded (and acted on) once, and a
 subscriber's click or vote on a paper counts once. A subscriber's or sign-up request's id is
@@ -16,6 +17,7 @@ from __future__ import annotations
 import enum
 import secrets
 from datetime import date, datetime, timezone
+from typing import Any
 
 from sqlalchemy import (
     JSON,
@@ -132,6 +134,21 @@ class Cadence(str, enum.Enum):
 
     DAILY = "daily"
     WEEKLY = "weekly"
+
+
+def delivery_period(day: date, cadence: Cadence = Cadence.DAILY) -> str:
+    """The period a digest of `day` belongs to, for the ledger's one-digest-per-period rule:
+    the day itself ("2026-12-07") for a daily reader, the ISO week of that local date
+    ("2026-W50") for a weekly one. Both fit in ten characters and never equal each other."""
+    if cadence is Cadence.WEEKLY:
+        year, week, _ = day.isocalendar()
+        return f"{year}-W{week:02d}"
+    return day.isoformat()
+
+
+def _daily_period(context: Any) -> str:
+    """A delivery row written without a period is a daily one (the ledger always names it)."""
+    return delivery_period(context.get_current_parameters()["digest_date"])
 
 
 class SuppressionReason(str, enum.Enum):
@@ -294,11 +311,13 @@ class TopicProfile(Base):
 
 
 class Delivery(Base):
-    """One digest for one subscriber on one date: the ledger that makes retries safe."""
+    """One digest for one subscriber on one date and in one period (a day for a daily reader,
+    an ISO week of their local dates for a weekly one): the ledger that makes retries safe."""
 
     __tablename__ = "deliveries"
     __table_args__ = (
         UniqueConstraint("subscriber_id", "digest_date", name="uq_deliveries_subscriber_date"),
+        Index("uq_deliveries_subscriber_period", "subscriber_id", "period", unique=True),
         Index("ix_deliveries_digest_date_status", "digest_date", "status"),
         Index("ix_deliveries_status_lease", "status", "lease_until"),
     )
@@ -306,6 +325,7 @@ class Delivery(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     subscriber_id: Mapped[int] = mapped_column(ForeignKey("subscribers.id", ondelete="CASCADE"))
     digest_date: Mapped[date] = mapped_column(Date)
+    period: Mapped[str] = mapped_column(String(10), default=_daily_period)  # delivery_period()
     status: Mapped[DeliveryStatus] = mapped_column(
         _enum(DeliveryStatus, "delivery_status"), default=DeliveryStatus.CLAIMED
     )

@@ -24,8 +24,9 @@ from functools import partial
 from typing import TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from sqlalchemy import exists, func, select, update
+from sqlalchemy import and_, exists, func, or_, select, update
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.elements import ColumnElement
 
 from . import db, ledger, metrics
 from .clock import CLOCK
@@ -44,22 +45,24 @@ from .mail import (
 )
 from .mailto import mailto_address
 from .models import (
+    Cadence,
     Delivery,
     DeliveryStatus,
     Subscriber,
     SubscriberStatus,
     SuppressionReason,
+    delivery_period,
 )
 from .pool import run_in_processes, run_jobs
 from .prepare import PreparedDay, prepare_day, prepared_day
 from .profiles import load_batch, profile_of
 from .render.content import DigestContext, DigestItem
 from .render.plain import RenderedEmail, render_digest
-from .score import Selection
+from .score import Profile, Selection
 from .settings import Settings
 from .status import SKIP_ALREADY_SENT, SKIP_ELSEWHERE, SKIP_NO_MATCH, DayReport, mailable
 from .suppressions import SuppressionError, suppress_address
-from .tokens import Purpose, links
+from .tokens import Purpose, archive_link, links
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -76,24 +79,35 @@ def run_day(
     progress: Callable[[int], None] | None = None,
     on_plan: Callable[[int], None] | None = None,
 ) -> DayReport:
-    """Send each active subscriber their digest for `day`, once, whatever their send hour."""
+    """Send each active subscriber their digest for `day` (a weekly reader's only on their
+    weekday), once, whatever their send hour."""
     report = DayReport(day=day, dry_run=dry_run)
     now = datetime.now(timezone.utc)
     with db.session_scope(settings) as session, CLOCK("plan"):
-        due = list(session.scalars(select(Subscriber.id).where(mailable()).order_by(Subscriber.id)))
+        readers = session.execute(
+            select(Subscriber.id, Subscriber.cadence)
+            .where(mailable(), due_on_weekday(day.weekday()))
+            .order_by(Subscriber.id)
+        ).all()
+        due = [sid for sid, _ in readers]
         report.due = len(due)
         if dry_run:
             planned = _not_yet_handled(session, day, due, now)
         else:
             resolve_abandoned(session, settings, now)
-            pairs = plan_pairs(session, settings, [(s, day) for s in due], now, retry_now=True)
+            pairs = plan_pairs(session, settings,
+                               [(sid, day, delivery_period(day, cadence)) for sid, cadence in readers],
+                               now, retry_now=True)
             planned = [sid for sid, _ in pairs]
         _count_already_handled(session, day, set(due) - set(planned), report)
+        weekly_planned = any(cadence is Cadence.WEEKLY for _, cadence in readers)
     with db.session_scope(settings) as session:
         if on_plan:
             on_plan(len(planned))
         with CLOCK("prepare"):
             prepared = prepare_day(session, settings, day)
+            if weekly_planned:  # built before the run processes fork, so they share it
+                prepared_day(session, settings, day, weekly=True)
         report.candidates = len(prepared.index)
         batches = list(chunked(planned, settings.batch_size))
         jobs = 1 if dry_run else run_jobs(settings, len(batches))
@@ -151,35 +165,49 @@ def _send_share(
 # --- plan: who is due, and when ---------------------------------------------------------
 
 
-def due_subscribers(session: Session, now: datetime) -> list[tuple[int, date]]:
-    """(subscriber, their local date) for everyone whose local send hour has come today.
+def due_subscribers(session: Session, now: datetime) -> list[tuple[int, date, str]]:
+    """(subscriber, their local date, its period) for everyone whose local send hour has come
+    today; for a weekly reader, only when today is their weekday.
 
-    Each subscriber's hour is read in their own IANA zone at `now`, so DST shifts move it with
-    local time. A subscriber whose hour passed while the system was down is still due later
-    that local day; one who already has a delivery row for their local date is not due again
-    (unless that row was abandoned: planned or claimed, and its lease ran out).
+    Each subscriber's hour and weekday are read in their own IANA zone at `now`, so DST shifts
+    move them with local time. A subscriber whose hour passed while the system was down is
+    still due later that local day (not the day after, for a weekly reader either). One who
+    already has a delivery row for their local date, or a weekly reader for the ISO week of
+    it, is not due again (unless that row was abandoned: planned or claimed, and its lease
+    ran out). One query per time zone, whatever the cadences.
     """
     zones = session.scalars(select(Subscriber.time_zone).where(mailable()).distinct()).all()
-    due: list[tuple[int, date]] = []
+    due: list[tuple[int, date, str]] = []
     for zone in sorted(zones):
         local = now.astimezone(_zone(zone))
+        today, week = local.date(), delivery_period(local.date(), Cadence.WEEKLY)
         handled = exists().where(
             Delivery.subscriber_id == Subscriber.id,
-            Delivery.digest_date == local.date(),
+            or_(
+                Delivery.digest_date == today,
+                and_(Subscriber.cadence == Cadence.WEEKLY, Delivery.period == week),
+            ),
             ~ledger.stale_condition(now),  # type: ignore[operator]
         )
-        ids = session.scalars(
-            select(Subscriber.id)
+        rows = session.execute(
+            select(Subscriber.id, Subscriber.cadence)
             .where(
                 mailable(),
                 Subscriber.time_zone == zone,
                 Subscriber.send_hour <= local.hour,
+                due_on_weekday(local.weekday()),
                 ~handled,
             )
             .order_by(Subscriber.id)
         ).all()
-        due += [(sid, local.date()) for sid in ids]
+        due += [(sid, today, delivery_period(today, cadence)) for sid, cadence in rows]
     return due
+
+
+def due_on_weekday(weekday: int) -> ColumnElement[bool]:
+    """Readers who get a digest on a day with this weekday: daily ones, and weekly ones whose
+    weekday it is."""
+    return or_(Subscriber.cadence == Cadence.DAILY, Subscriber.send_weekday == weekday)
 
 
 def _zone(name: str) -> ZoneInfo:
@@ -193,11 +221,12 @@ def _zone(name: str) -> ZoneInfo:
 def plan_pairs(
     session: Session,
     settings: Settings,
-    pairs: Sequence[tuple[int, date]],
+    pairs: Sequence[tuple[int, date, str]],
     now: datetime,
     retry_now: bool = False,
 ) -> list[tuple[int, date]]:
-    """Write planned delivery rows; returns the pairs this call planned (not another planner)."""
+    """Write planned delivery rows for (subscriber, day, period); returns the (subscriber, day)
+    pairs this call planned (not another planner's, nor those with a row in that period)."""
     return [pair for chunk in _plan(session, settings, pairs, now, retry_now) for pair in chunk]
 
 
@@ -219,7 +248,7 @@ def plan_due_batches(settings: Settings, now: datetime) -> Iterator[tuple[date, 
 def _plan(
     session: Session,
     settings: Settings,
-    pairs: Sequence[tuple[int, date]],
+    pairs: Sequence[tuple[int, date, str]],
     now: datetime,
     retry_now: bool = False,
 ) -> Iterator[list[tuple[int, date]]]:
@@ -348,18 +377,19 @@ def compose_batch(
     """Score and render a batch: (digests to send, ids with nothing to send, unsendable)."""
     with CLOCK("load", len(subscriber_ids)):
         subscribers, profiles = load_batch(session, prepared.day, subscriber_ids)
+    days = prepared_for(session, settings, prepared, subscribers)
     with CLOCK("score", len(profiles)):
-        selections = prepared.index.select(profiles)
+        selections = select_on(days, profiles)
     composed: list[Composed] = []
     nothing: list[int] = []
     unsendable: list[tuple[int, str, str]] = []
-    for subscriber, selection in zip(subscribers, selections, strict=True):
+    for subscriber, own_day, selection in zip(subscribers, days, selections, strict=True):
         if not selection.picks:
             nothing.append(subscriber.id)
             continue
         try:
             with CLOCK("render"):
-                message = compose_message(settings, prepared, subscriber, selection)
+                message = compose_message(settings, own_day, subscriber, selection)
         except ValueError as exc:  # a stored value no message may carry; the rest go on
             unsendable.append((subscriber.id, subscriber.email, f"not sendable: {exc}"))
             continue
@@ -368,6 +398,32 @@ def compose_batch(
     loaded = {s.id for s in subscribers}
     nothing += [sid for sid in subscriber_ids if sid not in loaded]
     return composed, nothing, unsendable
+
+
+def prepared_for(
+    session: Session, settings: Settings, prepared: PreparedDay, subscribers: Sequence[Subscriber]
+) -> list[PreparedDay]:
+    """Each subscriber's PreparedDay: the day's, or a weekly reader's the week's (built once per
+    process and day, and only for a batch that has a weekly reader: one query more at most)."""
+    if all(s.cadence is not Cadence.WEEKLY for s in subscribers) or prepared.weekly:
+        return [prepared] * len(subscribers)
+    week = prepared_day(session, settings, prepared.day, weekly=True)
+    return [week if s.cadence is Cadence.WEEKLY else prepared for s in subscribers]
+
+
+def select_on(days: Sequence[PreparedDay], profiles: Sequence[Profile]) -> list[Selection]:
+    """Each profile scored on its own PreparedDay's index, one call per index in the batch."""
+    if all(day is days[0] for day in days):
+        return days[0].index.select(profiles) if days else []
+    selections: list[Selection | None] = [None] * len(profiles)
+    groups: dict[int, list[int]] = {}
+    for i, day in enumerate(days):
+        groups.setdefault(id(day), []).append(i)
+    for members in groups.values():
+        picked = days[members[0]].index.select([profiles[i] for i in members])
+        for i, selection in zip(members, picked, strict=True):
+            selections[i] = selection
+    return [s for s in selections if s is not None]
 
 
 def delivery_items(
@@ -516,8 +572,11 @@ def digest_context(
         preferences_url=own[Purpose.PREFERENCES],
         unsubscribe_url=own[Purpose.UNSUBSCRIBE],
         feedback_url=own[Purpose.FEEDBACK],
+        click_tracking=subscriber.click_tracking,
+        archive_url=archive_link(settings, subscriber, prepared.day),
         site_url=settings.public_base_url,
         trending_fallback=selection.trending_fallback,
+        weekly=prepared.weekly,
     )
 
 
@@ -545,7 +604,7 @@ def preview_digest(settings: Settings, email: str, day: date) -> RenderedEmail |
 
     with db.session_scope(settings) as session:
         subscriber = get_subscriber(session, email)
-        prepared = prepare_day(session, settings, day)
+        prepared = prepare_day(session, settings, day, subscriber.cadence is Cadence.WEEKLY)
         _, profiles = load_batch(session, day, [subscriber.id])
         if not profiles:  # not active: preview their topics anyway
             profiles = [profile_of(subscriber)]

@@ -2,7 +2,8 @@
 
 `prepare_day` loads the day's candidate papers and builds their index, cards and renderer;
 `prepared_day` keeps the result for the batches this process runs, and builds it again only
-when the day's papers change.
+when the day's papers change. Weekly readers get a PreparedDay of their own for the same
+day, over the week's candidates (`candidate_days`), built only when a batch has one.
 """
 
 from __future__ import annotations
@@ -34,6 +35,16 @@ class PreparedDay:
     index: DayIndex
     cards: dict[int, PaperCard]
     renderer: DayRenderer  # compiles the skeleton and each card once, fills them per subscriber
+    weekly: bool = False  # the week's candidates, for weekly readers
+
+
+WEEK_DAYS = 7
+
+
+def candidate_days(settings: Settings, weekly: bool) -> int:
+    """How many days of papers a digest chooses from: LOOKBACK_DAYS, and for a weekly digest
+    at least the week (each reader still gets only papers since their last digest)."""
+    return max(settings.lookback_days, WEEK_DAYS) if weekly else settings.lookback_days
 
 
 def day_bounds(day: date, lookback_days: int) -> tuple[datetime, datetime]:
@@ -42,9 +53,12 @@ def day_bounds(day: date, lookback_days: int) -> tuple[datetime, datetime]:
     return end - timedelta(days=lookback_days), end
 
 
-def prepare_day(session: Session, settings: Settings, day: date) -> PreparedDay:
-    """Load the day's candidate papers and do the work every subscriber shares, once."""
-    start, end = day_bounds(day, settings.lookback_days)
+def prepare_day(
+    session: Session, settings: Settings, day: date, weekly: bool = False
+) -> PreparedDay:
+    """Load the day's (or, `weekly`, the week's) candidate papers and do the work every
+    subscriber shares, once."""
+    start, end = day_bounds(day, candidate_days(settings, weekly))
     now = min(datetime.now(timezone.utc), end)
     papers = list(
         session.scalars(
@@ -70,25 +84,27 @@ def prepare_day(session: Session, settings: Settings, day: date) -> PreparedDay:
     )
     return PreparedDay(
         day=day, now=now, index=index, cards={p.id: paper_card(p) for p in papers},
-        renderer=DayRenderer(day, settings.public_base_url),
+        renderer=DayRenderer(day, settings.public_base_url), weekly=weekly,
     )
 
 
-_PREPARED: dict[tuple[str, date], tuple[tuple[object, ...], PreparedDay]] = {}
+_PREPARED: dict[tuple[str, date, bool], tuple[tuple[object, ...], PreparedDay]] = {}
 # At one moment the world's local dates span up to three (UTC-12 to UTC+14), and a tick's
 # batches of those days reach a worker interleaved: keeping one day would rebuild it at every
-# switch. Three is the most a tick needs.
-DAYS_KEPT = 3
+# switch. Three days, each for daily and weekly readers, is the most a tick needs.
+DAYS_KEPT = 6
 
 
-def prepared_day(session: Session, settings: Settings, day: date) -> PreparedDay:
+def prepared_day(
+    session: Session, settings: Settings, day: date, weekly: bool = False
+) -> PreparedDay:
     """The day's PreparedDay, built once per process and reused by every batch it runs.
 
     It is rebuilt only when the day's candidate papers change (a fingerprint query); the
     DAYS_KEPT most recently used days are kept, so batches of different local days can
     interleave.
     """
-    start, end = day_bounds(day, settings.lookback_days)
+    start, end = day_bounds(day, candidate_days(settings, weekly))
     fingerprint = tuple(
         session.execute(
             select(func.count(), func.max(Paper.id), func.max(Paper.updated_at)).where(
@@ -96,13 +112,13 @@ def prepared_day(session: Session, settings: Settings, day: date) -> PreparedDay
             )
         ).one()
     )
-    key = (settings.database_url, day)
+    key = (settings.database_url, day, weekly)
     cached = _PREPARED.pop(key, None)  # put back last: the most recently used
     if cached is None or cached[0] != fingerprint:
         cached = None  # the stale one goes before its successor is built
         while len(_PREPARED) >= DAYS_KEPT:
             del _PREPARED[next(iter(_PREPARED))]
         with CLOCK("prepare"):
-            cached = (fingerprint, prepare_day(session, settings, day))
+            cached = (fingerprint, prepare_day(session, settings, day, weekly))
     _PREPARED[key] = cached
     return cached[1]

@@ -101,6 +101,8 @@ class Settings:
     subscribe_rate_limit_per_hour: int = 10  # subscribe attempts per client address
     subscribe_address_limit_per_day: int = 5  # subscribe attempts per email address
     confirm_resend_minutes: int = 10  # a pending address gets at most one confirmation per window
+    archive_link_days: int = 60  # a digest's "View in browser" page works this long (<= items kept)
+    first_digest: str = "offer"  # after confirming: offer | send | off today's digest at once
 
     # Provider webhooks (bounces, complaints, unsubscribes); empty: that endpoint is off
     webhook_secret: str = field(default="", repr=False)  # generic JSON webhook, HMAC-SHA256
@@ -191,6 +193,7 @@ class Settings:
             raise SettingsError(f"METRICS_PORT={self.metrics_port} is not a port (0 turns it off).")
         _check_retention(self)
         _check_unsubscribe_by_mail(self)
+        _check_reading_links(self)
         return _replace(self, **changes)
 
     @property
@@ -272,6 +275,8 @@ def _check_unsubscribe_by_mail(settings: Settings) -> None:
         raise SettingsError(f"IMAP_PORT={settings.imap_port} is not a port (IMAPS is 993).")
 
 
+FIRST_DIGEST_CHOICES = ("offer", "send", "off")
+
 # Retention floors: below them pruning would break a promise the service makes.
 CATCH_UP_DAYS = 7  # `digest run --date` this many days back still never resends a paper
 PROVIDER_RETRY_DAYS = 3  # providers retry a webhook for up to a day (Mailgun 8 h, SendGrid 24 h)
@@ -319,6 +324,23 @@ def _check_retention(settings: Settings) -> None:
         )
     if settings.retention_batch_size < 1:
         raise SettingsError("RETENTION_BATCH_SIZE must be at least 1 (rows per delete).")
+
+
+def _check_reading_links(settings: Settings) -> None:
+    """A "View in browser" page is built from the digest's delivery items: refuse a promise
+    of links that outlive the rows they show. And FIRST_DIGEST must be one of its choices."""
+    if settings.first_digest not in FIRST_DIGEST_CHOICES:
+        raise SettingsError(f"FIRST_DIGEST={settings.first_digest!r} is not one of "
+                            f"{', '.join(FIRST_DIGEST_CHOICES)}.")
+    days, items = settings.archive_link_days, settings.retention_delivery_items_days
+    if days < 1:
+        raise SettingsError(f"ARCHIVE_LINK_DAYS={days} must be at least 1.")
+    if items and days > items:
+        raise SettingsError(
+            f"ARCHIVE_LINK_DAYS={days} is longer than RETENTION_DELIVERY_ITEMS_DAYS={items}: a "
+            "digest's web page shows its delivery items, which are deleted after that. Lower "
+            "ARCHIVE_LINK_DAYS, or keep the items longer."
+        )
 
 
 _RETENTION_REASONS = {

@@ -16,7 +16,7 @@ from __future__ import annotations
 import hmac
 import re
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import date, datetime
 from enum import Enum
 from functools import lru_cache
 from typing import NamedTuple, Protocol
@@ -33,6 +33,7 @@ class Purpose(str, Enum):
     PREFERENCES = "preferences"
     CONFIRM = "confirm"
     FEEDBACK = "feedback"  # the paper links of a digest: clicks, "more / less like this"
+    ARCHIVE = "archive"  # one digest on the web ("View in browser"): names the reader and date
 
 
 # None: never expires. An unsubscribe link in a year-old email must still work.
@@ -41,6 +42,7 @@ MAX_AGE_SECONDS: dict[Purpose, int | None] = {
     Purpose.PREFERENCES: 90 * 86400,
     Purpose.CONFIRM: 2 * 86400,
     Purpose.FEEDBACK: 365 * 86400,  # an older link still leads to the paper, unrecorded
+    Purpose.ARCHIVE: None,  # ARCHIVE_LINK_DAYS, a setting: `read_archive_claim` checks it
 }
 # Purposes whose links from before link keys (payload: the bare subscriber id) still count.
 # Confirmation links now name a sign-up request, so an old one has nothing to confirm.
@@ -116,10 +118,7 @@ def make_tokens(
     only signed per purpose.
     """
     key = settings.signing_key()
-    owner_id, link_key = getattr(owner, "id", None), getattr(owner, "link_key", None)
-    if type(owner_id) is not int or not isinstance(link_key, str) or not link_key:
-        raise TypeError("a link is made for a row with an id and a link_key (a Subscriber or "
-                        f"a SignupRequest), not {owner!r}")
+    owner_id, link_key = _owner_fields(owner)
     if 0 <= owner_id < 10**9 and _PLAIN_KEY.fullmatch(link_key):
         # What dump_payload makes of it: compact JSON, base64 without padding. itsdangerous
         # compresses only when zlib saves two bytes, which its six bytes of framing forbid
@@ -129,6 +128,11 @@ def make_tokens(
         payload = base64_encode(f'[{owner_id},"{link_key}"]'.encode())
     else:
         payload = _serializer_for(key, purposes[0]).dump_payload([owner_id, link_key])
+    return _signed(key, payload, purposes)
+
+
+def _signed(key: str, payload: bytes, purposes: Sequence[Purpose]) -> dict[Purpose, str]:
+    """`payload` signed for each purpose, as `serializer.dumps` signs it."""
     signer = _signer_for(key, purposes[0])
     # TimestampSigner.sign's own steps, with each purpose's derived key and HMAC state
     # prepared once: itsdangerous derives the key again for every signature.
@@ -139,6 +143,30 @@ def make_tokens(
         mac.update(signed)
         tokens[purpose] = (signed + signer.sep + base64_encode(mac.digest())).decode("utf-8")
     return tokens
+
+
+def make_archive_token(settings: Settings, owner: LinkOwner, day: date) -> str:
+    """The token of one reader's digest of `day` on the web: `[id, link_key, "YYYY-MM-DD"]`,
+    so the link shows that digest of that person and nothing else (no part of its URL is
+    unsigned). Made for every digest sent, as cheaply as the other links (`make_tokens`)."""
+    key = settings.signing_key()
+    owner_id, link_key = _owner_fields(owner)
+    if 0 <= owner_id < 10**9 and _PLAIN_KEY.fullmatch(link_key):
+        # As in make_tokens: compact JSON, base64 without padding (an ISO date needs no escape).
+        payload = base64_encode(f'[{owner_id},"{link_key}","{day.isoformat()}"]'.encode())
+    else:
+        payload = _serializer_for(key, Purpose.ARCHIVE).dump_payload(
+            [owner_id, link_key, day.isoformat()]
+        )
+    return _signed(key, payload, (Purpose.ARCHIVE,))[Purpose.ARCHIVE]
+
+
+def _owner_fields(owner: LinkOwner) -> tuple[int, str]:
+    owner_id, link_key = getattr(owner, "id", None), getattr(owner, "link_key", None)
+    if type(owner_id) is not int or not isinstance(link_key, str) or not link_key:
+        raise TypeError("a link is made for a row with an id and a link_key (a Subscriber or "
+                        f"a SignupRequest), not {owner!r}")
+    return owner_id, link_key
 
 
 _PLAIN_KEY = re.compile(r"[A-Za-z0-9_-]{22}")  # new_link_key's form: JSON needs no escape
@@ -182,6 +210,40 @@ def read_token(settings: Settings, purpose: Purpose, token: str) -> int:
     """The id a genuine token names. Only a claim checked against its row (`read_claim`,
     `Claim.binds`) may act on anyone: this is for tests and reports."""
     return read_claim(settings, purpose, token).id
+
+
+def read_archive_claim(settings: Settings, token: str) -> tuple[Claim, date]:
+    """Whose digest of which date a genuine "View in browser" token names; InvalidToken
+    otherwise, ExpiredToken once it is older than ARCHIVE_LINK_DAYS (and a day, since a
+    reader's local date may start a day before the UTC one the link was signed on).
+
+    The caller must still check the claim against the row it names (`Claim.binds`).
+    """
+    max_age = (settings.archive_link_days + 1) * 86400
+    try:
+        value, signed_at = _serializer(settings, Purpose.ARCHIVE).loads(
+            token, max_age=max_age, return_timestamp=True
+        )
+    except SignatureExpired as exc:
+        raise ExpiredToken("This link has expired.") from exc
+    except BadSignature as exc:
+        raise InvalidToken("This link is not valid.") from exc
+    if (
+        isinstance(value, list) and len(value) == 3 and type(value[0]) is int
+        and isinstance(value[1], str) and isinstance(value[2], str)
+    ):
+        try:
+            day = date.fromisoformat(value[2])
+        except ValueError as exc:
+            raise InvalidToken("This link is not valid.") from exc
+        return Claim(value[0], value[1], signed_at), day
+    raise InvalidToken("This link is not valid.")
+
+
+def archive_link(settings: Settings, owner: LinkOwner, day: date) -> str:
+    """The absolute URL of the owner's digest of `day` on the web."""
+    base = settings.public_base_url.rstrip("/")
+    return f"{base}/{Purpose.ARCHIVE.value}/{make_archive_token(settings, owner, day)}"
 
 
 def link(settings: Settings, purpose: Purpose, owner: LinkOwner) -> str:

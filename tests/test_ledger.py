@@ -9,7 +9,7 @@ from sqlalchemy import func, insert, select, text
 from sqlalchemy.orm import Session
 
 from digest import db, ledger
-from digest.models import Delivery, DeliveryItem, Subscriber
+from digest.models import Cadence, Delivery, DeliveryItem, Subscriber, delivery_period
 from digest.settings import Settings
 
 from .factories import make_delivery, make_paper, make_subscriber
@@ -22,8 +22,11 @@ def message_id(subscriber_id: int, day: date) -> str:
     return f"<{subscriber_id}.{day}@x>"
 
 
-def plan_all(session: Session, pairs: list[tuple[int, date]]) -> list[tuple[int, date]]:
-    return [pair for chunk in ledger.plan(session, pairs, message_id, NOW, 600) for pair in chunk]
+def plan_all(
+    session: Session, pairs: list[tuple[int, date]], period: Cadence = Cadence.DAILY
+) -> list[tuple[int, date]]:
+    due = [(sid, day, delivery_period(day, period)) for sid, day in pairs]
+    return [pair for chunk in ledger.plan(session, due, message_id, NOW, 600) for pair in chunk]
 
 
 def test_statistics_are_refreshed_once_a_plan_is_big_and_again_at_its_end(

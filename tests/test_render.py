@@ -264,6 +264,41 @@ def test_footer_says_why_and_links_preferences_and_unsubscribe(
     assert "https://digest.test/" in dict(page.links)
 
 
+FEEDBACK = "https://digest.test/feedback/tok9"
+ARCHIVE = "https://digest.test/archive/tok7"
+
+
+@pytest.mark.parametrize("tracking", [False, True])
+def test_paper_links_are_direct_unless_the_reader_chose_click_tracking(tracking: bool) -> None:
+    email = render_digest(make_context(feedback_url=FEEDBACK, click_tracking=tracking))
+    page = ParsedHTML(email.html)
+    direct, tracked = "https://huggingface.co/papers/2611.00001", f"{FEEDBACK}/1/open"
+    assert page.hrefs_for("Paper number 1") == [tracked if tracking else direct]
+    assert page.hrefs_for("PDF →")[0] == (
+        f"{FEEDBACK}/1/pdf" if tracking else "https://arxiv.org/pdf/2611.00001")
+    assert f"Paper page: {tracked if tracking else direct}\n" in email.text
+    # "More / less like this" work either way: a vote is the reader's own act.
+    assert page.hrefs_for("More like this")[0] == f"{FEEDBACK}/1/more"
+    assert f"Less like this: {FEEDBACK}/1/less\n" in email.text
+    assert ("/open" in email.html + email.text) is tracking
+    # The footer says what is recorded, and where to change it.
+    said = "notes the papers you open" if tracking else "we note nothing when you open one"
+    assert said in page.text
+    assert said in " ".join(email.text.split())
+    privacy = "Turn click tracking off" if tracking else "Your privacy choices"
+    assert page.hrefs_for(privacy) == ["https://digest.test/preferences/tok123"]
+
+
+def test_view_in_browser_link_near_the_top_and_in_the_text_footer() -> None:
+    email = render_digest(make_context(archive_url=ARCHIVE))
+    page = ParsedHTML(email.html)
+    assert page.hrefs_for("View in browser") == [ARCHIVE]
+    assert page.text.index("View in browser") < page.text.index("Why:")  # in the header
+    assert f"View in browser: {ARCHIVE}\n" in email.text
+    without = render_digest(make_context())
+    assert "View in browser" not in without.html + without.text
+
+
 def test_text_part_has_the_same_papers_links_and_footer(digest_email: RenderedEmail) -> None:
     text = digest_email.text
     assert "Monday, 23 November 2026" in text

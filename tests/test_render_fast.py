@@ -60,6 +60,8 @@ def context(rng: random.Random, cards: list[PaperCard]) -> DigestContext:
         site_url=SITE,
         trending_fallback=rng.random() < 0.25,
         feedback_url=rng.choice(["", f"{SITE}/feedback/tok&<{rng.randrange(10**6)}>"]),
+        click_tracking=rng.random() < 0.5,
+        archive_url=rng.choice(["", f"{SITE}/archive/tok&<{rng.randrange(10**6)}>"]),
     )
 
 

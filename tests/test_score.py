@@ -18,6 +18,7 @@ from digest.score import (
     expand_acronyms,
     learn_acronyms,
     paper_text,
+    readable_terms,
     split_topics,
     trending_scores,
 )
@@ -138,8 +139,8 @@ def test_hyphenated_terms_count_as_parts_and_joined_and_case_folds(index) -> Non
     assert {"lora", "low", "rank", "lowrank", "low rank", "4bit"} <= set(vocab)
 
 
-def test_tokenization_folds_plurals_and_matches_across_hyphens() -> None:
-    assert analyze("LLMs fine-tuning")[:4] == ["llm", "fine", "tuning", "finetuning"]
+def test_tokenization_stems_and_matches_across_hyphens() -> None:
+    assert analyze("LLMs fine-tuning")[:5] == ["llm", "fine", "tune", "finetun", "tuning"]
     assert "graph neural network" not in analyze("GNNs")  # bigrams only
     assert "neural network" in analyze("graph neural networks")
     hyphen = paper(1, "Chain-of-thought prompting elicits reasoning")
@@ -148,6 +149,53 @@ def test_tokenization_folds_plurals_and_matches_across_hyphens() -> None:
     index = build_day_index([hyphen, spaced, other], [], NOW, RankingKnobs())
     [sel] = index.select([Profile(1, "chain of thought", limit=3)])
     assert {p.paper_id for p in sel.picks} == {1, 2}
+
+
+@pytest.mark.parametrize("a, b", [
+    ("robustness", "robust"), ("optimization", "optimizer"), ("generalization", "generalize"),
+    ("Transformers", "transformer"), ("LLMs", "LLM"), ("quantized", "quantization"),
+])
+def test_forms_of_one_word_share_a_term(a: str, b: str) -> None:
+    assert set(analyze(a)) & set(analyze(b))
+
+
+@pytest.mark.parametrize("a, b", [("university", "universe"), ("news", "newspaper")])
+def test_words_that_only_look_alike_share_no_term(a: str, b: str) -> None:
+    # Porter's first stemmer makes both of the first pair "univers"; Snowball does not.
+    assert not set(analyze(a)) & set(analyze(b))
+
+
+def test_a_word_itself_counts_beside_its_stem_so_an_exact_match_ranks_first() -> None:
+    # "decoder" and "decode" share a stem; the word itself is a term too.
+    assert set(analyze("decoders")) == {"decod", "decoder"}
+    assert analyze("graphs") == ["graph"]  # no second term where the stem is the word
+    exact = paper(1, "Brain decoding from fMRI", "We decode images from brain recordings.")
+    other = paper(2, "Decoder-only models for fMRI", "A decoder reads brain recordings.")
+    index = build_day_index([exact, other], [], NOW, RankingKnobs(min_relevance=0.01))
+    [sel] = index.select([Profile(1, "decoding fMRI", limit=2)])
+    assert [p.paper_id for p in sel.picks] == [1, 2]
+
+
+def test_a_topic_meets_papers_using_another_form_of_its_words_and_says_it_in_words() -> None:
+    papers = [
+        paper(1, "Certified robust classifiers", "Training that is provably robust to noise."),
+        paper(2, "Why deep networks generalize", "Overparameterized models generalize well."),
+        paper(3, "Adaptive optimizers for transformers", "An optimizer with adaptive steps."),
+        paper(4, "Protein folding with diffusion", "Structures from denoising."),
+    ]
+    index = build_day_index(papers, [], NOW, RankingKnobs(min_relevance=0.01))
+    topics = "robustness, generalization, optimization"
+    [sel] = index.select([Profile(1, topics, limit=4)])
+    assert {p.paper_id for p in sel.picks} == {1, 2, 3}
+    reasons = {p.paper_id: p.reasons[0] for p in sel.picks}
+    assert reasons == {1: "matches: robustness", 2: "matches: generalization",
+                       3: "matches: optimization"}  # the reader's words, never "optim"
+
+
+def test_readable_terms_are_the_words_papers_use_for_a_stem() -> None:
+    texts = ["We optimize with an optimizer.", "Optimization of optimization problems."]
+    assert readable_terms(["optim", "optim problem", "unseen"], texts) == [
+        "optimization", "optimization problems", "unseen"]
 
 
 def test_acronyms_are_learned_from_the_corpus_and_expand_acronym_only_topics() -> None:
@@ -329,7 +377,7 @@ def test_topic_rows_built_from_phrases_equal_the_vectorizers_own() -> None:
     texts = [rng.choice([", ", ";", "\n", " , "]).join(rng.sample(phrases, rng.randint(1, 5)))
              for _ in range(500)]
     texts += ["large language, model", "LoRA, RLHF", "", ",,,"]
-    assert "language model" in index.vectorizer.vocabulary_  # across the comma just above
+    assert "languag model" in index.vectorizer.vocabulary_  # across the comma just above
     built = index.queries.query_matrix(texts, [split_topics(text) for text in texts])
     expected = index.vectorizer.transform(
         [expand_acronyms(text, index.acronyms) for text in texts]

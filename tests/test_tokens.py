@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import random
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import NamedTuple
 
@@ -131,3 +131,38 @@ def test_max_age_per_purpose(settings: Settings, monkeypatch: pytest.MonkeyPatch
             read_claim(settings, purpose, old[purpose])
     assert isinstance(read_claim(settings, Purpose.CONFIRM,
                                  make_token(settings, Purpose.CONFIRM, owner)), Claim)
+
+
+def test_an_archive_token_names_the_reader_and_the_date_and_lives_archive_link_days(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    day = date(2026, 12, 6)
+    owners = [Owner(i, new_link_key()) for i in (0, 42, 10**9, 10**12)] + [Owner(7, 'q"\\')]
+    with monkeypatch.context() as m:
+        m.setattr(time, "time", lambda: 1_800_000_000.25)
+        for owner in owners:
+            token = tokens.make_archive_token(settings, owner, day)
+            assert token == reference(settings, Purpose.ARCHIVE).dumps(
+                [owner.id, owner.link_key, "2026-12-06"])
+    owner = owners[1]
+    token = tokens.make_archive_token(settings, owner, day)
+    claim, read_day = tokens.read_archive_claim(settings, token)
+    assert (claim.id, claim.key, read_day) == (owner.id, owner.link_key, day)
+    assert tokens.archive_link(settings, owner, day).startswith("https://digest.test/archive/")
+    # Another purpose's token, a token without a date, a forged one: not an archive link.
+    for bad in (make_token(settings, Purpose.PREFERENCES, owner),
+                reference(settings, Purpose.ARCHIVE).dumps([owner.id, owner.link_key]),
+                reference(settings, Purpose.ARCHIVE).dumps([owner.id, owner.link_key, "6/12"]),
+                token[:-2] + ("AA" if not token.endswith("AA") else "BB")):
+        with pytest.raises(tokens.InvalidToken):
+            tokens.read_archive_claim(settings, bad)
+    # It lives ARCHIVE_LINK_DAYS, and a day for the reader's time zone; then it has expired.
+    signed = time.time()
+    for days, expired in ((settings.archive_link_days, False),
+                          (settings.archive_link_days + 1.01, True)):
+        monkeypatch.setattr(time, "time", lambda days=days: signed + days * 86400)
+        if expired:
+            with pytest.raises(tokens.ExpiredToken):
+                tokens.read_archive_claim(settings, token)
+        else:
+            assert tokens.read_archive_claim(settings, token)[1] == day

@@ -52,7 +52,7 @@ class DigestItem:
 
 @dataclass(frozen=True)
 class DigestContext:
-    """Everything one subscriber's digest for one day shows."""
+    """Everything one subscriber's digest for one day (or, `weekly`, their week) shows."""
 
     day: date
     recipient: str  # the subscriber's address
@@ -62,7 +62,9 @@ class DigestContext:
     unsubscribe_url: str
     site_url: str
     trending_fallback: bool = False  # nothing matched the topics; these are trending papers
-    # The reader's signed link base for paper links and "more / less like this"; "": plain links.
+    weekly: bool = False  # a weekly reader's digest: the week's papers, a weekly subject
+    # The reader's signed link base for "more / less like this" (and, with click_tracking,
+    # for paper links); "": plain links and no votes.
     feedback_url: str = ""
 
 
@@ -72,6 +74,10 @@ def bounded_card(card: PaperCard) -> PaperCard:
     def link(url: str | None) -> str | None:
         return url if url is None or len(url) <= URL_CHARS else None
 
+    # The reader's choice: paper links go through the click-recording redirect, not direct.
+    click_tracking: bool = False
+    # This digest on the web ("View in browser"), signed for this reader; "": no such link.
+    archive_url: str = ""
     authors = tuple(
         shorten(name, AUTHOR_CHARS) for name in card.authors[: AUTHORS_SHOWN + 1]
     )

@@ -51,6 +51,8 @@ class Variant(NamedTuple):
     trending_fallback: bool
     has_topics: bool
     has_feedback: bool
+    tracking: bool = False  # paper links through the feedback redirect (only with feedback)
+    has_archive: bool = False  # a "View in browser" link
 
 
 @dataclass(frozen=True)
@@ -164,7 +166,7 @@ class DayRenderer:
         self._skeletons: dict[Variant, _Skeleton] = {}
         self._cards: dict[tuple[int, bool, Variant], tuple[str, ...] | None] = {}
         self._text_frames: dict[Variant, _TextFrame] = {}
-        self._text_cards: dict[tuple[int, int, bool, bool], tuple[str, str]] = {}
+        self._text_cards: dict[tuple[int, int, bool, bool, bool], tuple[str, str]] = {}
         self._why: dict[tuple[str, int], str] = {}
         self._lines: dict[tuple[object, ...], tuple[str, ...]] = {}
         self.fallbacks = 0
@@ -244,7 +246,8 @@ class DayRenderer:
             # As in the template: the text is joined raw, wrapped, then printed.
             values[name] = str(printable(wrap(fill(parts, raw), width, indent, first)))
         values["cards"] = "\n\n".join(
-            self._card_text(item.card, rank, item.why, ctx.feedback_url)
+            self._card_text(item.card, rank, item.why, ctx.feedback_url,
+                            ctx.click_tracking and bool(ctx.feedback_url))
             for rank, item in enumerate(ctx.items, 1)
         ) + "\n" if ctx.items else ""  # a blank line before what follows, as tidying leaves
         text = fill(frame.segments, values)
@@ -256,8 +259,11 @@ class DayRenderer:
     def _variant(ctx: DigestContext, context: Mapping[str, Any]) -> Variant:
         # Built as its tuple: this runs twice a digest, and NamedTuple's keyword constructor
         # is a Python function that costs more than the tuple.
+        has_feedback = bool(context["feedback_href"])
         return tuple.__new__(Variant, (not ctx.items, ctx.trending_fallback,
-                                       bool(context["topics"]), bool(context["feedback_href"])))
+                                       bool(context["topics"]), has_feedback,
+                                       ctx.click_tracking and has_feedback,
+                                       bool(context["archive_href"])))
 
     # -- per day, once each ------------------------------------------------------------------
 
@@ -269,8 +275,11 @@ class DayRenderer:
             **{name: slot[name] for name in _SUBSCRIBER_VALUES},
             "topics": slot["topics"] if variant.has_topics else "",
             "feedback_href": slot["feedback_href"] if variant.has_feedback else "",
+            "archive_href": slot["archive_href"] if variant.has_archive else "",
+            "archive_url": slot["archive_url"] if variant.has_archive else "",
             "count": _PaperCount(variant.empty),
             "trending_fallback": variant.trending_fallback,
+            "click_tracking": variant.tracking,
             "day": self.day,
             "site_url": self.site_url,
             "items": (),
@@ -338,18 +347,21 @@ class DayRenderer:
             )
         return self._cards[key]
 
-    def _card_text(self, card: PaperCard, rank: int, why: str, feedback_url: str) -> str:
+    def _card_text(
+        self, card: PaperCard, rank: int, why: str, feedback_url: str, tracking: bool
+    ) -> str:
         """The card's text, wrapped once per day; per subscriber only its number and why lines
         go in (the feedback slot stays, for `text` to fill once for the whole part)."""
         digits = len(str(rank))
-        key = (card.paper_id, digits, bool(why), bool(feedback_url))
+        key = (card.paper_id, digits, bool(why), bool(feedback_url), tracking)
         parts = self._text_cards.get(key)
         if parts is None:
             number = "9" * digits + ". "  # the same width as the real number
             module = email_environment().get_template("email/digest/_card.txt").module
             macro = module.paper_card  # type: ignore[attr-defined]
             block = tidy_text(str(macro(card, number, self.slot["why"] if why else "",
-                                        self.slot["feedback_href"] if feedback_url else "")))
+                                        self.slot["feedback_href"] if feedback_url else "",
+                                        tracking)))
             if not block.startswith(number):
                 raise RuntimeError("templates/email/digest/_card.txt must start with the number")
             before, _, after = block[digits:].rstrip("\n").partition(self.slot["why"])

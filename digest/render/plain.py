@@ -134,6 +134,7 @@ def check_own_links(ctx: DigestContext) -> None:
         ("site_url", ctx.site_url),
         *([("feedback_url", ctx.feedback_url)] if ctx.feedback_url else []),
     ):
+        *([("archive_url", ctx.archive_url)] if ctx.archive_url else []),
         # Our own links: a digest without a working unsubscribe link must not go out.
         if not safe_url(url):
             raise ValueError(f"{label} must be an http(s) URL, got {url!r}")
@@ -172,11 +173,14 @@ def digest_template_context(
         "site_url": ctx.site_url,
         "feedback_href": safe_url(ctx.feedback_url),
         "rank_slot": "",  # the fast path compiles cards with a placeholder here
+        "click_tracking": ctx.click_tracking,
+        "archive_url": ctx.archive_url,
+        "archive_href": safe_url(ctx.archive_url),
     }
     context["preview"] = line("preview", context)
     if with_cards:
         context["cards_text"] = "".join(
-            card_text(item.card, rank, item.why, ctx.feedback_url)
+            card_text(item.card, rank, item.why, ctx.feedback_url, ctx.click_tracking)
             for rank, item in enumerate(ctx.items, start=1)
         )
     return context
@@ -187,10 +191,12 @@ def why_block(why: str, indent: int) -> str:
     return wrap("Why: " + why, indent=indent) if why else ""
 
 
-def card_text(card: PaperCard, rank: int, why: str, feedback_url: str = "") -> str:
+def card_text(
+    card: PaperCard, rank: int, why: str, feedback_url: str = "", tracking: bool = False
+) -> str:
     """One paper in the plain-text part, through templates/email/digest/_card.txt."""
     number = f"{rank}. "
     module = email_environment().get_template("email/digest/_card.txt").module
     macro = module.paper_card  # type: ignore[attr-defined]
-    return str(macro(card, number, why_block(why, len(number)), feedback_url)) + "\n"
+    return str(macro(card, number, why_block(why, len(number)), feedback_url, tracking)) + "\n"
 

@@ -23,12 +23,13 @@ DIGEST_BODIES = ("email/digest/body.mjml", "email/digest/body.txt")
 PER_DAY = frozenset({"day", "site_url"})
 # One skeleton per value (see `day.Variant`). `count` is read only as zero or not: the count a
 # reader sees is `count_phrase`.
-PER_VARIANT = frozenset({"count", "trending_fallback"})
-# Filled per subscriber into the compiled skeleton (`topics` and `feedback_href` also choose
-# the variant, as the templates test whether they are empty).
+PER_VARIANT = frozenset({"count", "trending_fallback", "click_tracking"})
+# Filled per subscriber into the compiled skeleton (`topics`, `feedback_href` and
+# `archive_href` also choose the variant, as the templates test whether they are empty).
 PER_SUBSCRIBER = frozenset({
     "preview", "topics", "count_phrase", "is_are", "recipient", "preferences_href",
-    "unsubscribe_href", "preferences_url", "unsubscribe_url", "feedback_href",
+    "unsubscribe_href", "preferences_url", "unsubscribe_url", "feedback_href", "archive_url",
+    "archive_href",
 })
 # The papers: each card is compiled once per day and the cards are joined per subscriber.
 PER_CARD = frozenset({"items", "rank_slot", "cards_text"})

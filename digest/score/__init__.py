@@ -42,6 +42,7 @@ from .text import (
     learn_acronyms,
     make_vectorizer,
     paper_text,
+    readable_terms,
     split_topics,
 )
 
@@ -62,6 +63,7 @@ __all__ = [
     "learn_acronyms",
     "make_vectorizer",
     "paper_text",
+    "readable_terms",
     "split_topics",
     "trending_reason",
     "trending_scores",

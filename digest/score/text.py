@@ -1,6 +1,6 @@
 """Text analysis: how a paper's or a subscriber's words become TF-IDF terms.
 
-Words with their inner hyphens, a light plural fold, stop words out, word bigrams; the
+Words with their inner hyphens, stemmed (Snowball English), stop words out, word bigrams; the
 acronyms a corpus defines ("mixture of experts (MoE)") and their expansion in topics typed as
 acronyms alone; and `paper_text`, the one text a paper is matched by (lexically and, with the
 title once, by sentence embeddings).
@@ -9,10 +9,14 @@ title once, by sentence embeddings).
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+import threading
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from functools import lru_cache
 from itertools import pairwise
 
 import numpy as np
+import snowballstemmer
 from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS, TfidfVectorizer
 
 # A word, with its inner hyphens: "LoRA", "fMRI", "GPT-4", "low-rank", "3D".
@@ -20,6 +24,11 @@ WORD_PATTERN = re.compile(r"\w+(?:[-\u2010\u2011]\w+)*")
 # "mixture of experts (MoE)", "sparse autoencoders (SAEs)": an acronym defined in parentheses.
 ACRONYM_DEFINITION = re.compile(r"\(\s*([A-Za-z][A-Za-z0-9]{1,9})\s*[);,]")
 TOPIC_SEPARATORS = re.compile(r"[,;\n]+")
+# Distinct words whose stems are kept: a day's archive and topics hold a few hundred thousand.
+STEM_CACHE_SIZE = 1 << 19
+# The pure-Python Snowball stemmer keeps its word in the instance: one word at a time.
+_SNOWBALL = snowballstemmer.stemmer("english")
+_SNOWBALL_LOCK = threading.Lock()
 
 
 def paper_text(title: str, abstract: str, title_repeats: int = 2) -> str:
@@ -37,7 +46,7 @@ def split_topics(topics: str) -> list[str]:
     return [phrase for p in TOPIC_SEPARATORS.split(topics) if (phrase := p.strip())]
 
 
-def _stem(word: str) -> str:
+def _fold(word: str) -> str:
     """A light plural fold ("transformers" -> "transformer", "LLMs" -> "llm"), nothing more."""
     if len(word) <= 3 or not word.isalpha():
         return word
@@ -48,8 +57,56 @@ def _stem(word: str) -> str:
     return word
 
 
+@lru_cache(maxsize=STEM_CACHE_SIZE)
+def _stem(word: str) -> str:
+    """A lower-case word's stem: "robustness" and "robust" meet, so do "optimization" and
+    "optimizer"; "university" and "universe" stay apart (Snowball English, Porter's second
+    stemmer, not his first).
+
+    The plural fold comes first because Snowball leaves a word without a vowel alone and
+    acronyms have none: "LLMs" -> "llm". Words with digits ("gpt4") and of three letters or
+    fewer are kept as they are. Cached per word: the day's archive and the topics of every
+    reader come through here, and a word recurs thousands of times.
+    """
+    folded = _fold(word)
+    if len(folded) <= 3 or not folded.isalpha():
+        return folded
+    with _SNOWBALL_LOCK:
+        return str(_SNOWBALL.stemWord(folded))
+
+
+@lru_cache(maxsize=STEM_CACHE_SIZE)
+def _word_terms(word: str) -> tuple[str, ...]:
+    """A word's terms: its stem, and the word itself (plural-folded) when that differs.
+
+    Snowball also joins words that mean different things ("decoder" and "decode",
+    "general" and "generalization"): the word itself, a rarer term, lets an exact match
+    count more than a match by stem alone.
+    """
+    stem, folded = _stem(word), _fold(word)
+    return (stem,) if stem == folded else (stem, folded)
+
+
+def readable_terms(terms: Iterable[str], texts: Iterable[str]) -> list[str]:
+    """Terms as people write them: each stem as the word of `texts` most often behind it
+    ("optim" -> "optimization"), a bigram word by word; a stem no text holds stays as it is."""
+    wanted = [term.split(" ") for term in terms]
+    stems = {stem for parts in wanted for stem in parts}
+    behind: dict[str, Counter[str]] = {}
+    for text in texts:
+        for match in WORD_PATTERN.finditer(text.lower()):
+            for word in re.split(r"[-\u2010\u2011]", match.group()):
+                if (stem := _stem(word)) in stems:
+                    behind.setdefault(stem, Counter())[word] += 1
+    return [
+        " ".join(behind[stem].most_common(1)[0][0] if stem in behind else stem for stem in parts)
+        for parts in wanted
+    ]
+
+
 def analyze(text: str) -> list[str]:
-    """Terms of a text: lower-case words, plural-folded, stop words out, and word bigrams.
+    """Terms of a text: lower-case words' stems (and the words where they differ), stop
+    words out, and bigrams of the stems.
 
     A hyphenated word counts as its parts and as the parts joined, so "low-rank" matches
     "low rank" and "lowrank", and "fine-tuning" matches "finetuning"; "GPT-4" stays "gpt4"
@@ -60,14 +117,19 @@ def analyze(text: str) -> list[str]:
 
 
 def split_words(text: str) -> tuple[list[str], list[str]]:
-    """A text's words (stemmed, no stop words) and its hyphenated words joined up."""
+    """A text's words (stemmed, no stop words), and the other terms of its words: each
+    word where it differs from its stem, each hyphenated word joined up."""
     words: list[str] = []
     extra: list[str] = []
     for match in WORD_PATTERN.finditer(text.lower()):
         parts = re.split(r"[-\u2010\u2011]", match.group())
         if len(parts) > 1:
             extra.append(_stem("".join(parts)))
-        words += [_stem(p) for p in parts if p not in ENGLISH_STOP_WORDS]
+        for part in parts:
+            if part not in ENGLISH_STOP_WORDS:
+                stem, *exact = _word_terms(part)
+                words.append(stem)
+                extra += exact
     return words, extra
 
 
