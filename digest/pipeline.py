@@ -95,9 +95,8 @@ def run_day(
             planned = _not_yet_handled(session, day, due, now)
         else:
             resolve_abandoned(session, settings, now)
-            pairs = plan_pairs(session, settings,
-                               [(sid, day, delivery_period(day, cadence)) for sid, cadence in readers],
-                               now, retry_now=True)
+            due_rows = [(sid, day, delivery_period(day, cadence)) for sid, cadence in readers]
+            pairs = plan_pairs(session, settings, due_rows, now, retry_now=True)
             planned = [sid for sid, _ in pairs]
         _count_already_handled(session, day, set(due) - set(planned), report)
         weekly_planned = any(cadence is Cadence.WEEKLY for _, cadence in readers)
