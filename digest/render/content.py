@@ -66,6 +66,10 @@ class DigestContext:
     # The reader's signed link base for "more / less like this" (and, with click_tracking,
     # for paper links); "": plain links and no votes.
     feedback_url: str = ""
+    # The reader's choice: paper links go through the click-recording redirect, not direct.
+    click_tracking: bool = False
+    # This digest on the web ("View in browser"), signed for this reader; "": no such link.
+    archive_url: str = ""
 
 
 def bounded_card(card: PaperCard) -> PaperCard:
@@ -74,10 +78,6 @@ def bounded_card(card: PaperCard) -> PaperCard:
     def link(url: str | None) -> str | None:
         return url if url is None or len(url) <= URL_CHARS else None
 
-    # The reader's choice: paper links go through the click-recording redirect, not direct.
-    click_tracking: bool = False
-    # This digest on the web ("View in browser"), signed for this reader; "": no such link.
-    archive_url: str = ""
     authors = tuple(
         shorten(name, AUTHOR_CHARS) for name in card.authors[: AUTHORS_SHOWN + 1]
     )
