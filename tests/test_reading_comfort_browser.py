@@ -25,8 +25,10 @@ from .conftest import make_settings
 from .mail.emails import make_email
 from .test_render import make_context, make_item, sample_context
 from .test_web_browser import browser as chromium
+from .test_web_browser import site as web_site
 
-browser = chromium  # the fixture: Debian's chromium through Playwright
+# The fixtures: Debian's chromium through Playwright, and the web app served on loopback.
+browser, site = chromium, web_site
 
 SCREENSHOTS = Path(
     os.environ.get("SCREENSHOT_DIR") or PROJECT_DIR / "test-artifacts" / "reading-comfort"
@@ -34,8 +36,9 @@ SCREENSHOTS = Path(
 # WCAG 2 AA: 4.5:1 for text; every piece of text in an email must reach it in both schemes.
 MIN_CONTRAST = 4.5
 
-# Every visible element that holds text of its own: its colour, and the colour it sits on
-# (the first ancestor with an opaque background). Hidden parts (the preview line) are left out.
+# Every visible element that holds text of its own: its colour, and the backgrounds it sits on
+# (its own and its ancestors', up to the first opaque one). Hidden parts (the preview line)
+# are left out.
 TEXT_COLOURS_JS = """
 () => {
   const seen = [];
@@ -44,16 +47,18 @@ TEXT_COLOURS_JS = """
     if (!own || !el.getClientRects().length) continue;
     const style = getComputedStyle(el);
     if (style.visibility !== 'visible' || style.display === 'none') continue;
-    let back = null, node = el, opacity = 1;
-    for (; node; node = node.parentElement) {
+    const layers = [];
+    let opacity = 1, opaque = false;
+    for (let node = el; node; node = node.parentElement) {
       const s = getComputedStyle(node);
       opacity *= parseFloat(s.opacity);
-      const clear = /rgba\\(.*, 0\\)$|transparent/.test(s.backgroundColor);
-      if (!back && !clear) back = s.backgroundColor;
+      const back = s.backgroundColor;
+      const alpha = back.startsWith('rgba') ? parseFloat(back.split(',')[3]) : 1;
+      if (!opaque && alpha > 0) { layers.push(back); opaque = alpha === 1; }
     }
     if (opacity === 0 || parseFloat(style.fontSize) <= 1) continue;
-    seen.push({text: el.textContent.trim().slice(0, 40), color: style.color,
-               background: back || getComputedStyle(document.documentElement).backgroundColor});
+    if (!opaque) layers.push(getComputedStyle(document.documentElement).backgroundColor);
+    seen.push({text: el.textContent.trim().slice(0, 40), color: style.color, layers: layers});
   }
   return seen;
 }
@@ -63,6 +68,27 @@ TEXT_COLOURS_JS = """
 def rgb(css: str) -> tuple[float, float, float]:
     numbers = [float(n) for n in re.findall(r"[\d.]+", css)[:3]]
     return numbers[0], numbers[1], numbers[2]
+
+
+def backdrop(layers: list[str]) -> str:
+    """The colour a stack of backgrounds shows (the nearest first, the last one opaque)."""
+    r, g, b = rgb(layers[-1])
+    for layer in reversed(layers[:-1]):
+        alpha = float(re.findall(r"[\d.]+", layer)[3]) if layer.startswith("rgba") else 1.0
+        top = rgb(layer)
+        r, g, b = (alpha * t + (1 - alpha) * c for t, c in zip(top, (r, g, b), strict=True))
+    return f"rgb({r:.0f}, {g:.0f}, {b:.0f})"
+
+
+def hard_to_read(page: Any) -> list[tuple[str, str, str, float]]:
+    """The page's visible texts under WCAG AA contrast against what they sit on."""
+    found = []
+    for seen in page.evaluate(TEXT_COLOURS_JS):
+        back = backdrop(seen["layers"])
+        ratio = contrast(seen["color"], back)
+        if ratio < MIN_CONTRAST:
+            found.append((seen["text"], seen["color"], back, round(ratio, 2)))
+    return found
 
 
 def luminance(css: str) -> float:
@@ -122,18 +148,8 @@ def test_every_email_is_readable_in_a_light_and_a_dark_colour_scheme(
             page.screenshot(
                 path=str(screenshots / f"email-{name}-{scheme}-{width}.png"), full_page=True
             )
-            seen = page.evaluate(TEXT_COLOURS_JS)
-            assert seen, "no text found"
-            poor = [
-                (
-                    s["text"],
-                    s["color"],
-                    s["background"],
-                    round(contrast(s["color"], s["background"]), 2),
-                )
-                for s in seen
-                if contrast(s["color"], s["background"]) < MIN_CONTRAST
-            ]
+            assert page.evaluate(TEXT_COLOURS_JS), "no text found"
+            poor = hard_to_read(page)
             assert poor == [], f"{name} ({scheme}, {width}px): text hard to read: {poor}"
             colours[scheme] = {
                 "page": page.evaluate("getComputedStyle(document.body).backgroundColor"),
@@ -198,3 +214,30 @@ def test_the_outbox_index_reads_well_on_a_phone(
         assert lines[addresses[0]] == lines[addresses[1]] == 1, lines
         assert lines[addresses[2]] <= 3, lines  # 64 characters: letter by letter took dozens
         context.close()
+
+
+def test_the_web_pages_follow_the_readers_colour_scheme(
+    site: tuple[str, Any], browser: Any, screenshots: Path
+) -> None:
+    base, _ = site
+    backgrounds = {}
+    for scheme in ("light", "dark"):
+        for width in (1200, 390):
+            context = browser.new_context(
+                color_scheme=scheme, viewport={"width": width, "height": 900}
+            )
+            page = context.new_page()
+            page.goto(base + "/")
+            page.fill("#email", "not an address")
+            page.fill("#topics", "LoRA, low-rank adaptation")
+            page.wait_for_selector("#preview-list li .title")
+            page.click("button[type=submit]")
+            page.wait_for_selector(".field-error")
+            page.screenshot(
+                path=str(screenshots / f"web-subscribe-{scheme}-{width}.png"), full_page=True
+            )
+            poor = hard_to_read(page)
+            assert poor == [], f"subscribe page ({scheme}, {width}px): hard to read: {poor}"
+            backgrounds[scheme] = page.evaluate("getComputedStyle(document.body).backgroundColor")
+            context.close()
+    assert luminance(backgrounds["dark"]) < 0.05 < luminance(backgrounds["light"])
