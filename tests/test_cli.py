@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -67,6 +68,36 @@ def test_demo_sends_digests_to_the_file_outbox_and_says_where(cli, tmp_path: Pat
     assert again.exit_code == 0
     assert "0 sent" in again.output and "already has today's digest" in again.output
     assert len(list((tmp_path / "data" / "outbox").rglob("*.eml"))) == len(emls)
+
+
+def test_demo_emails_link_to_the_configured_address(tmp_path: Path, monkeypatch) -> None:
+    """Every link of our own in the demo's emails (footer, feedback, List-Unsubscribe) starts
+    with PUBLIC_BASE_URL, here one with a path, and none leads to the default localhost."""
+    from email import message_from_bytes, policy
+
+    monkeypatch.chdir(tmp_path)
+    base = "https://papers.example.net/digest"
+    env = {"DATA_DIR": str(tmp_path / "data"), "DATABASE_URL": "", "PUBLIC_BASE_URL": base,
+           "SECRET_KEY": "cli-test-secret"}
+    result = CliRunner().invoke(main, ["demo"], env=env, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert f"Links in these emails lead to {base}" in result.output
+    emls = list((tmp_path / "data" / "outbox").rglob("*.eml"))
+    assert emls
+    for eml in emls:
+        message = message_from_bytes(eml.read_bytes(), policy=policy.default)
+        bodies = [part.get_content() for part in message.walk()  # type: ignore[attr-defined]
+                  if part.get_content_type() in ("text/plain", "text/html")]
+        html = next(b for b in bodies if b.lstrip().startswith("<!doctype"))
+        footer = html[html.rindex("You receive this"):]
+        links = re.findall(r'href="([^"]+)"', footer)
+        assert {"Change preferences", "Unsubscribe"} <= set(re.findall(r">([^<]+)</a>", footer))
+        assert links and all(link.startswith(base + "/") or link == base for link in links), links
+        urls = re.findall(r"https?://[^\s\"<>]+", "\n".join(bodies))
+        assert not [u for u in urls if "localhost" in u or "127.0.0.1" in u], eml.name
+        own = [u for u in urls if "/unsubscribe/" in u or "/preferences/" in u or "/feedback/" in u]
+        assert own and all(u.startswith(base + "/") for u in own), eml.name
+        assert str(message["List-Unsubscribe"]).startswith(f"<{base}/unsubscribe/")
 
 
 def test_subscriber_lifecycle(cli, tmp_path: Path) -> None:

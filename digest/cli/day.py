@@ -302,6 +302,7 @@ def demo(ctx: click.Context) -> None:
     _print_sent(settings, report.day)
     index = Path(settings.outbox_dir).resolve() / "index.html"
     click.echo(f"\nOpen the outbox in a browser: file://{index}")
+    click.echo(f"Links in these emails lead to {settings.public_base_url} (PUBLIC_BASE_URL).")
 
 
 def _print_sent(settings: Settings, day: date) -> None:
