@@ -21,6 +21,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from .models import (
+    Cadence,
     Delivery,
     EventKind,
     Subscriber,
@@ -243,6 +244,9 @@ def last_event_at(session: Session, subscriber_id: int, kind: EventKind) -> date
 # --- Preferences ---------------------------------------------------------------------
 
 
+WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
+
+
 @dataclass(frozen=True)
 class Preferences:
     """What a subscriber chooses on the subscribe and preferences pages."""
@@ -251,6 +255,11 @@ class Preferences:
     time_zone: str
     send_hour: int
     papers_per_digest: int
+    exclude: str = ""  # words that keep a paper out, comma-separated like the topics
+    trending_fallback: bool = False  # nothing matched: send the day's trending papers
+    cadence: Cadence = Cadence.DAILY
+    send_weekday: int = 0  # a weekly digest's day, Monday 0 (datetime.weekday())
+    click_tracking: bool = False  # paper links go through the counting redirect
 
 
 def read_preferences(
@@ -259,18 +268,10 @@ def read_preferences(
 ) -> Preferences:
     """Preferences from form fields (strings); InvalidForm names each field that is wrong."""
     errors: dict[str, str] = {}
-    topics = ""
-    try:
-        topics = clean_topics(values.get("topics", ""))
-        if not topics:
-            errors["topics"] = "Give at least one topic, e.g. “LoRA, activation sparsity”."
-        elif (found := link_like_text(topics)) is not None:
-            errors["topics"] = (
-                f"Topics cannot contain web or email addresses (“{found[:60]}”): "
-                "write the words alone, e.g. “node js” for node.js."
-            )
-    except SubscriberError as exc:
-        errors["topics"] = str(exc)
+    topics = _words_field(values, "topics", "Topics", errors)
+    if not topics and "topics" not in errors:
+        errors["topics"] = "Give at least one topic, e.g. “LoRA, activation sparsity”."
+    exclude = _words_field(values, "exclude", "Words to exclude", errors)
     time_zone = (values.get("time_zone") or "").strip() or default_time_zone
     try:
         validate_time_zone(time_zone)
@@ -280,9 +281,42 @@ def read_preferences(
                           "Choose an hour from 0 to 23.")
     papers = _form_int(values, "papers_per_digest", default_papers, 1, MAX_PAPERS_PER_DIGEST,
                        errors, f"Choose from 1 to {MAX_PAPERS_PER_DIGEST} papers.")
+    cadence = Cadence.DAILY
+    try:
+        cadence = Cadence((values.get("cadence") or Cadence.DAILY.value).strip())
+    except ValueError:
+        errors["cadence"] = "Choose daily or weekly."
+    weekday = _form_int(values, "send_weekday", 0, 0, 6, errors,
+                        "Choose a day of the week from the list.")
     if errors:
         raise InvalidForm(errors)
-    return Preferences(topics, time_zone, send_hour, papers)
+    return Preferences(topics, time_zone, send_hour, papers, exclude=exclude,
+                       trending_fallback=_form_flag(values, "trending_fallback"),
+                       cadence=cadence, send_weekday=weekday,
+                       click_tracking=_form_flag(values, "click_tracking"))
+
+
+def _words_field(
+    values: Mapping[str, str], name: str, label: str, errors: dict[str, str]
+) -> str:
+    """Topics or words to exclude: cleaned, and refused (in `errors`) if they hold anything
+    a mail client could turn into a link, since both are shown in emails."""
+    try:
+        words = clean_topics(values.get(name, ""))
+    except SubscriberError as exc:
+        errors[name] = str(exc).replace("Topics are", f"{label} are")
+        return ""
+    if (found := link_like_text(words)) is not None:
+        errors[name] = (
+            f"{label} cannot contain web or email addresses (“{found[:60]}”): "
+            "write the words alone, e.g. “node js” for node.js."
+        )
+    return words
+
+
+def _form_flag(values: Mapping[str, str], name: str) -> bool:
+    """A checkbox: present ("on", as browsers send it) or absent."""
+    return (values.get(name) or "").strip().lower() in ("on", "1", "true", "yes")
 
 
 _DOT = r"[.\u3002\uff0e\uff61]"  # mail clients take the ideographic and full-width dots too
@@ -340,7 +374,37 @@ def apply_preferences(subscriber: Subscriber, prefs: Preferences) -> list[str]:
     if subscriber.papers_per_digest != prefs.papers_per_digest:
         changes.append(f"papers: {prefs.papers_per_digest}")
         subscriber.papers_per_digest = prefs.papers_per_digest
+    if subscriber.profile.exclude != prefs.exclude:
+        changes.append(f"exclude: {prefs.exclude[:200] or '-'}")
+        subscriber.profile.exclude = prefs.exclude
+    if subscriber.profile.trending_fallback != prefs.trending_fallback:
+        changes.append(f"trending fallback: {'on' if prefs.trending_fallback else 'off'}")
+        subscriber.profile.trending_fallback = prefs.trending_fallback
+    if (subscriber.cadence, subscriber.send_weekday) != (prefs.cadence, prefs.send_weekday):
+        changes.append(f"cadence: {cadence_text(prefs.cadence, prefs.send_weekday)}")
+        subscriber.cadence, subscriber.send_weekday = prefs.cadence, prefs.send_weekday
+    if subscriber.click_tracking != prefs.click_tracking:
+        changes.append(f"click tracking: {'on' if prefs.click_tracking else 'off'}")
+        subscriber.click_tracking = prefs.click_tracking
     return changes
+
+
+def cadence_text(cadence: Cadence, weekday: int) -> str:
+    """"daily", or "weekly on Monday": how the history and the pages name a cadence."""
+    if cadence is Cadence.WEEKLY:
+        return f"weekly on {WEEKDAYS[weekday % 7]}"
+    return "daily"
+
+
+def preferences_of_subscriber(subscriber: Subscriber) -> Preferences:
+    """A subscriber's saved choices, as the pages show them."""
+    profile = subscriber.profile
+    return Preferences(
+        profile.topics, subscriber.time_zone, subscriber.send_hour,
+        subscriber.papers_per_digest, exclude=profile.exclude,
+        trending_fallback=profile.trending_fallback, cadence=subscriber.cadence,
+        send_weekday=subscriber.send_weekday, click_tracking=subscriber.click_tracking,
+    )
 
 
 def update_preferences(

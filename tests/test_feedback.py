@@ -234,6 +234,7 @@ def test_bad_feedback_links_record_nothing(
 ) -> None:
     ids = first_day(session)
     sub = make_subscriber(session, topics="LoRA", papers_per_digest=3)
+    sub.click_tracking = True  # clicks count only for a reader who chose it
     never_sent = paper(session, "Sourdough Baking at Scale", "Bread.", 0)
     session.commit()
     run_day(replace(fb_settings, mail_backend="file"), DAY)

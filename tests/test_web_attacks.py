@@ -412,6 +412,7 @@ def test_paper_links_lead_elsewhere_than_the_sources_hosts_only_for_their_reader
     open redirect from our address."""
     with db.session_scope(web_settings) as s:
         reader = make_subscriber(s, email="reader@example.org")
+        reader.click_tracking = True  # so that following the link counts (test_web_privacy)
         other = make_subscriber(s, email="other@example.org")
         hostile = make_paper(s, title="A paper with a link to elsewhere")
         hostile.url = "https://evil.example/landing"

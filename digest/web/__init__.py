@@ -12,7 +12,9 @@ one library function (`subscribers`, `webhooks`, `recommend`) and render a page 
 |              | POST /subscribe                          | double opt-in: records; emails later  |
 |              | GET  /preview?topics=...                 | JSON: the papers these topics bring   |
 | links.py     | GET, POST /confirm/<token>               | one button; the POST confirms         |
-|              | GET, POST /preferences/<token>           | topics, hour, time zone, count, pause |
+|              | GET, POST /preferences/<token>           | every choice, pause; what we record   |
+|              | GET  /preferences/<token>/data           | the reader's data as a JSON download  |
+|              | GET, POST /preferences/<token>/delete    | one button; the POST deletes them     |
 |              | GET, POST /unsubscribe/<token>           | one button; the POST unsubscribes     |
 |              | POST /unsubscribe/<token>/resubscribe    | the way back                          |
 |              | GET  /feedback/<token>/<paper>/open      | counts the click, redirects (/pdf)    |
