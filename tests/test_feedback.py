@@ -133,6 +133,7 @@ def test_the_next_digest_learns_from_more_and_less_like_this(
 ) -> None:
     first = first_day(session)
     ada = make_subscriber(session, email="ada@example.org", topics="LoRA", papers_per_digest=3)
+    ada.click_tracking = True  # her paper links go through the click-recording redirect
     make_subscriber(session, email="grace@example.org", topics="LoRA", papers_per_digest=3)
     session.commit()
     assert len(run_day(fb_settings, DAY).sent) == 2

@@ -14,7 +14,7 @@ from typing import Any
 
 from flask import Blueprint, Response, redirect, render_template, request
 
-from .. import db, feedback, lifecycle, personal_data, subscribers, tokens
+from .. import archive, db, feedback, first_digest, lifecycle, personal_data, subscribers, tokens
 from ..models import FeedbackKind, Subscriber, SubscriberStatus
 from ..subscribers import InvalidForm
 from ..tokens import Purpose
@@ -49,7 +49,10 @@ def confirm(token: str) -> Any:
     claim = read_claim(Purpose.CONFIRM, token)
     with db.session_scope(current_settings()) as s:
         done = lifecycle.confirm_request(s, claim)
-        return confirmed(done.subscriber, already=done.already)
+    # FIRST_DIGEST=send: today's digest, planned now that the confirmation is committed.
+    started = first_digest.after_confirming(current_settings(), done.subscriber.id,
+                                            done.already, now())
+    return confirmed(done.subscriber, already=done.already, first_started=started)
 
 
 # --- preferences --------------------------------------------------------------------------
@@ -265,12 +268,25 @@ def preferences_form(
                            unsubscribe_url=f"/unsubscribe/{unsubscribe_token}",
                            data_url=f"{preferences_url}/data",
                            delete_url=f"{preferences_url}/delete",
+                           past_digests=past_digests_of(subscriber),
+                           archive_days=current_settings().archive_link_days,
                            **form_choices())
 
 
-def confirmed(subscriber: Subscriber, already: bool) -> str:
+def confirmed(subscriber: Subscriber, already: bool, first_started: bool = False) -> str:
+    preferences_url = preferences_path(subscriber)
     return render_template("confirmed.html", subscriber=subscriber, already=already,
-                           preferences_url=preferences_path(subscriber))
+                           preferences_url=preferences_url, first_started=first_started,
+                           first_digest=current_settings().first_digest,
+                           first_digest_url=preferences_url.replace("/preferences/",
+                                                                    "/first-digest/", 1))
+
+
+def past_digests_of(subscriber: Subscriber) -> list[archive.PastDigest]:
+    """The reader's digests still on the web, for the preferences page's list."""
+    settings = current_settings()
+    with db.session_scope(settings) as s:
+        return archive.past_digests(s, settings, subscriber, now().date())
 
 
 def unsubscribed(subscriber: Subscriber, token: str) -> str:
