@@ -19,6 +19,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from email_validator import EmailNotValidError, validate_email
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import flag_modified
 
 from .models import (
     Cadence,
@@ -374,12 +375,15 @@ def apply_preferences(subscriber: Subscriber, prefs: Preferences) -> list[str]:
     if subscriber.papers_per_digest != prefs.papers_per_digest:
         changes.append(f"papers: {prefs.papers_per_digest}")
         subscriber.papers_per_digest = prefs.papers_per_digest
-    if subscriber.profile.exclude != prefs.exclude:
-        changes.append(f"exclude: {prefs.exclude[:200] or '-'}")
-        subscriber.profile.exclude = prefs.exclude
-    if subscriber.profile.trending_fallback != prefs.trending_fallback:
-        changes.append(f"trending fallback: {'on' if prefs.trending_fallback else 'off'}")
-        subscriber.profile.trending_fallback = prefs.trending_fallback
+    profile = subscriber.profile
+    if (profile.exclude, profile.trending_fallback) != (prefs.exclude, prefs.trending_fallback):
+        if profile.exclude != prefs.exclude:
+            changes.append(f"exclude: {prefs.exclude[:200] or '-'}")
+        if profile.trending_fallback != prefs.trending_fallback:
+            changes.append(f"trending fallback: {'on' if prefs.trending_fallback else 'off'}")
+        profile.exclude, profile.trending_fallback = prefs.exclude, prefs.trending_fallback
+        if not any(change.startswith("topics:") for change in changes):
+            _keep_learning(profile)
     if (subscriber.cadence, subscriber.send_weekday) != (prefs.cadence, prefs.send_weekday):
         changes.append(f"cadence: {cadence_text(prefs.cadence, prefs.send_weekday)}")
         subscriber.cadence, subscriber.send_weekday = prefs.cadence, prefs.send_weekday
@@ -389,22 +393,20 @@ def apply_preferences(subscriber: Subscriber, prefs: Preferences) -> list[str]:
     return changes
 
 
+def _keep_learning(profile: TopicProfile) -> None:
+    """Leave the profile's `updated_at` as it is: it says when the topics last changed, which
+    feedback learning and pruning start from (feedback.py), and words to exclude or the
+    trending fallback are not new topics. Written back as it was, so the column's onupdate
+    does not renew it."""
+    profile.updated_at = profile.updated_at
+    flag_modified(profile, "updated_at")
+
+
 def cadence_text(cadence: Cadence, weekday: int) -> str:
     """"daily", or "weekly on Monday": how the history and the pages name a cadence."""
     if cadence is Cadence.WEEKLY:
         return f"weekly on {WEEKDAYS[weekday % 7]}"
     return "daily"
-
-
-def preferences_of_subscriber(subscriber: Subscriber) -> Preferences:
-    """A subscriber's saved choices, as the pages show them."""
-    profile = subscriber.profile
-    return Preferences(
-        profile.topics, subscriber.time_zone, subscriber.send_hour,
-        subscriber.papers_per_digest, exclude=profile.exclude,
-        trending_fallback=profile.trending_fallback, cadence=subscriber.cadence,
-        send_weekday=subscriber.send_weekday, click_tracking=subscriber.click_tracking,
-    )
 
 
 def update_preferences(

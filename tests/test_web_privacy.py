@@ -466,3 +466,25 @@ def test_a_reader_who_did_not_choose_click_tracking_is_never_counted(
     client.post(path, data={"csrf_token": csrf(client, path), "topics": "LoRA",
                             "click_tracking": "on"})
     assert client.get(link).status_code == 302 and clicks() == 1
+
+
+def test_words_to_exclude_and_the_fallback_do_not_restart_the_learning(
+    client: FlaskClient, web_settings: Settings
+) -> None:
+    """Feedback counts from the last change of topics (feedback.py, retention.py): other
+    choices of the profile must not move that date."""
+    ada = add(web_settings, "ada@example.org")
+
+    def topics_changed_at() -> datetime:
+        with db.session_scope(web_settings) as s:
+            return s.get(TopicProfile, ada.id).updated_at  # type: ignore[union-attr]
+
+    started = topics_changed_at()
+    path = preferences_path(web_settings, ada)
+    form = {"csrf_token": csrf(client, path), "topics": "LoRA", "exclude": "medical",
+            "trending_fallback": "on"}
+    assert client.post(path, data=form).status_code == 303
+    assert stored_choices(web_settings, "ada@example.org")[:2] == ("medical", True)
+    assert topics_changed_at() == started
+    client.post(path, data={**form, "topics": "diffusion models"})
+    assert topics_changed_at() > started
