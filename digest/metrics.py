@@ -251,7 +251,13 @@ def count_ingest_source(source: SourceReport, now: float | None = None) -> None:
 
 
 def source_host(origin: str) -> str:
-    """A URL's host, or "file": a label with the few values the operator configured."""
+    """A URL's host, a connector's name ("arxiv", "daily-papers"; a feed's host), or "file": a
+    label with the few values the operator configured."""
+    name, _, rest = origin.partition(":")
+    if name in ("rss", "atom"):
+        return source_host(rest)
+    if name in ("arxiv", "arxiv-api", "daily-papers"):
+        return name
     parts = urlsplit(origin)
     if parts.scheme in ("http", "https") and parts.hostname:
         return parts.hostname.lower()

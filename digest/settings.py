@@ -80,8 +80,16 @@ class Settings:
     http_timeout: float = 20.0  # a URL's whole fetch: DNS, connect, redirects, every byte
     ingest_allow_private_networks: bool = False  # let URLs reach loopback and private addresses
 
-    ingest_sources: str = ""  # URLs or paths, space-separated, for the scheduled ingest
+    # What the scheduled ingest reads: source names (arxiv:cs.CL, arxiv-api:cs.LG, daily-papers,
+    # rss:URL), URLs or paths, separated by spaces or commas (digest/ingest/connectors.py)
+    ingest_sources: str = ""
     ingest_interval_minutes: int = 60
+    arxiv_listing_url: str = "https://rss.arxiv.org/rss/{category}"  # arxiv:CAT
+    arxiv_api_url: str = "https://export.arxiv.org/api/query"  # arxiv-api:CAT
+    arxiv_api_delay_seconds: float = 3.0  # between two arXiv requests, as arXiv's terms ask
+    arxiv_api_page_size: int = 200  # results per API request (arXiv allows up to 2,000)
+    arxiv_api_max_results: int = 2000  # at most this many per category and run
+    daily_papers_url: str = "https://huggingface.co/api/daily_papers"  # daily-papers
 
     # Scale-out (Celery workers)
     redis_url: str = "redis://127.0.0.1:6379/0"
@@ -193,6 +201,7 @@ class Settings:
             raise SettingsError(f"METRICS_PORT={self.metrics_port} is not a port (0 turns it off).")
         _check_retention(self)
         _check_unsubscribe_by_mail(self)
+        _check_connectors(self)
         _check_reading_links(self)
         return _replace(self, **changes)
 
@@ -276,6 +285,24 @@ def _check_unsubscribe_by_mail(settings: Settings) -> None:
 
 
 FIRST_DIGEST_CHOICES = ("offer", "send", "off")
+
+def _check_connectors(settings: Settings) -> None:
+    """Refuse connector settings that would break arXiv's terms or every request."""
+    if "{category}" not in settings.arxiv_listing_url:
+        raise SettingsError(
+            f"ARXIV_LISTING_URL={settings.arxiv_listing_url!r} must contain {{category}}, where "
+            "the category goes (https://rss.arxiv.org/rss/{category})."
+        )
+    if settings.arxiv_api_delay_seconds < 0:
+        raise SettingsError("ARXIV_API_DELAY_SECONDS must be 0 or more (arXiv asks for 3).")
+    if not 1 <= settings.arxiv_api_page_size <= 2000:
+        raise SettingsError(
+            f"ARXIV_API_PAGE_SIZE={settings.arxiv_api_page_size} must be from 1 to 2000, the "
+            "most arXiv answers in one request."
+        )
+    if settings.arxiv_api_max_results < 1:
+        raise SettingsError("ARXIV_API_MAX_RESULTS must be at least 1.")
+
 
 # Retention floors: below them pruning would break a promise the service makes.
 CATCH_UP_DAYS = 7  # `digest run --date` this many days back still never resends a paper

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import date, datetime, timezone
 
 from digest import db, notices, pipeline, retention
-from digest.ingest import ingest
+from digest.ingest import ConnectorOptions, ingest, source_list
 from digest.settings import Settings
 
 from .app import app
@@ -40,8 +40,9 @@ def ingest_sources() -> dict[str, object]:
     settings = _settings()
     with db.session_scope(settings) as session:
         report = ingest(
-            session, settings.ingest_sources.split(), None, settings.http_timeout,
+            session, source_list(settings.ingest_sources), None, settings.http_timeout,
             allow_private_networks=settings.ingest_allow_private_networks,
+            connectors=ConnectorOptions.from_settings(settings),
         )
     return {
         "inserted": report.inserted,

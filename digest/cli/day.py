@@ -11,6 +11,7 @@ from typing import Any
 import click
 
 from .. import db
+from ..ingest.formats import FORMATS
 from ..settings import Settings
 from .base import DAY, ensure_schema, main, needs_database, safe_url, settings_of, today
 
@@ -18,24 +19,35 @@ from .base import DAY, ensure_schema, main, needs_database, safe_url, settings_o
 @main.command()
 @click.argument("sources", nargs=-1)
 @click.option(
-    "--format", "fmt", type=click.Choice(["page", "daily-papers", "arxiv"]),
-    help="Input format; detected from the content when omitted.",
+    "--source", "names", multiple=True, metavar="NAME",
+    help="A source by name: arxiv:CAT, arxiv-api:CAT, daily-papers[:YYYY-MM-DD], rss:URL "
+         "(repeatable; as in INGEST_SOURCES).",
+)
+@click.option(
+    "--format", "fmt", type=click.Choice(FORMATS),
+    help="Format of the files and URLs; detected from the content when omitted.",
 )
 @click.option("--sample", is_flag=True, help="Ingest the bundled sample papers.")
 @click.pass_context
-def ingest(ctx: click.Context, sources: tuple[str, ...], fmt: str | None, sample: bool) -> None:
-    """Add papers from files or URLs (papers page text, daily-papers JSON, arXiv Atom).
+def ingest(
+    ctx: click.Context, sources: tuple[str, ...], names: tuple[str, ...], fmt: str | None,
+    sample: bool,
+) -> None:
+    """Add papers from sources by name, files or URLs (papers page text, daily-papers JSON,
+    arXiv Atom, RSS).
 
     \b
-    Example: digest ingest inputs/seeds/*.txt
+    Example: digest ingest --source arxiv:cs.CL --source daily-papers
+             digest ingest inputs/seeds/*.txt
              digest ingest 'https://export.arxiv.org/api/query?search_query=cat:cs.LG'
     """
+    from ..ingest import ConnectorOptions, load_sample_papers
     from ..ingest import ingest as ingest_sources
-    from ..ingest import load_sample_papers
 
     settings = settings_of(ctx)
+    sources = (*names, *sources)
     if not sources and not sample:
-        raise click.UsageError("Give at least one file or URL, or --sample.")
+        raise click.UsageError("Give at least one file or URL, a --source NAME, or --sample.")
     ensure_schema(settings)
     with db.session_scope(settings) as session:
         reports = []
@@ -45,6 +57,7 @@ def ingest(ctx: click.Context, sources: tuple[str, ...], fmt: str | None, sample
             reports.append(ingest_sources(
                 session, list(sources), fmt, settings.http_timeout,
                 allow_private_networks=settings.ingest_allow_private_networks,
+                connectors=ConnectorOptions.from_settings(settings),
             ))
     failed = False
     for report in reports:

@@ -12,12 +12,15 @@ daily-papers site and on arXiv ends up as one row. One source's failure never st
 Text is stored as text: escaping is the renderer's job. Here we only remove control and format
 characters (bidi overrides among them) and tidy whitespace.
 
-The package follows that story: `sources` (read), `formats` (detect and parse, over one
-module per format: `page`, `daily_papers`, `arxiv`), `records` (the record, its checks and
-limits), `upsert` (store) and `job` (`ingest`, the whole job, and its reports). What the rest
+The package follows that story: `sources` (read), `connectors` (the sources a daily service
+reads by name: arXiv's listing and API, the daily-papers API by date, RSS/Atom feeds), `formats`
+(detect and parse, over one module per format: `page`, `daily_papers`, `arxiv`, `feeds`),
+`records` (the record, its checks and limits), `upsert` (store) and `job` (`ingest`, the whole
+job, and its reports). What the rest
 of the code uses is importable from `digest.ingest`.
 """
 
+from .connectors import ConnectorOptions, source_list
 from .formats import FORMATS, detect_format, parse
 from .job import SAMPLE_PAPERS, IngestReport, SourceReport, ingest, load_sample_papers
 from .records import IngestError, Note, PaperRecord, ParseResult, Rejection, title_key
@@ -27,6 +30,7 @@ from .upsert import UpsertCounts, upsert_papers
 __all__ = [
     "FORMATS",
     "SAMPLE_PAPERS",
+    "ConnectorOptions",
     "IngestError",
     "IngestReport",
     "Note",
@@ -40,6 +44,7 @@ __all__ = [
     "load_sample_papers",
     "parse",
     "read_source",
+    "source_list",
     "title_key",
     "upsert_papers",
 ]

@@ -2,15 +2,18 @@
 brings every record within what may be stored.
 
 A format is a module with one reader, `(text, origin) -> [(where, record or reason)]`:
-`page`, `daily_papers` and `arxiv`; READERS names them."""
+`page`, `daily_papers`, `arxiv` and `feeds` (RSS 2.0 and Atom 1.0, arXiv's listings among
+them); READERS names them."""
 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable
 
 from .arxiv import parse_arxiv
 from .daily_papers import parse_daily_papers
+from .feeds import parse_arxiv_listing, parse_feed
 from .page import parse_page
 from .records import (
     Entry,
@@ -26,14 +29,19 @@ from .records import (
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("page", "daily-papers", "arxiv")
+# An RSS 2.0 document's root, after any XML declaration and comments (arXiv's listings are RSS).
+RSS_ROOT = re.compile(r"^(?:<\?[^>]*\?>\s*|<!--.*?-->\s*)*<rss[\s>]", re.S)
+
+FORMATS = ("page", "daily-papers", "arxiv", "arxiv-listing", "feed")
 
 
 def detect_format(data: bytes) -> str:
-    """Name the format of a document: "arxiv" (XML), "daily-papers" (JSON) or "page" (text)."""
-    first = _decode(data).lstrip()[:1]
+    """Name the format of a document: "arxiv" (Atom), "feed" (RSS), "daily-papers" (JSON) or
+    "page" (text)."""
+    text = _decode(data).lstrip()
+    first = text[:1]
     if first == "<":
-        return "arxiv"
+        return "feed" if RSS_ROOT.search(text[:4096]) else "arxiv"
     if first in ("[", "{"):
         return "daily-papers"
     return "page"
@@ -93,4 +101,6 @@ READERS: dict[str, Callable[[str, str], list[Entry]]] = {
     "page": parse_page,
     "daily-papers": parse_daily_papers,
     "arxiv": parse_arxiv,
+    "arxiv-listing": parse_arxiv_listing,
+    "feed": parse_feed,
 }

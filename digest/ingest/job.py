@@ -12,8 +12,9 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from .. import metrics
+from .connectors import ConnectorOptions, Pacer, harvest, is_connector, with_fetch_limits
 from .formats import parse
-from .records import IngestError, Note, Rejection
+from .records import IngestError, Note, ParseResult, Rejection
 from .sources import read_source
 from .upsert import upsert_papers
 
@@ -39,15 +40,18 @@ class SourceReport:
     rejected: list[Rejection] = field(default_factory=list)
     notes: list[Note] = field(default_factory=list)  # records kept with a change (a cut)
     error: str | None = None  # one line: names the source, says what went wrong and what to do
+    skipped: int = 0  # entries a connector passed over on purpose, `skipped_why`
+    skipped_why: str = ""
 
     def line(self) -> str:
         if self.error:
             return f"FAILED {self.error}"
         changed = f", {len(self.notes)} changed" if self.notes else ""
+        skipped = f", {self.skipped} skipped ({self.skipped_why})" if self.skipped else ""
         return (
             f"{self.origin} ({self.format}): {self.records} records, {self.inserted} inserted, "
             f"{self.updated} updated, {self.unchanged} unchanged, {len(self.rejected)} rejected"
-            f"{changed}"
+            f"{changed}{skipped}"
         )
 
     def details(self) -> list[str]:
@@ -122,18 +126,26 @@ def ingest(
     fmt: str | None = None,
     timeout: float = 20.0,
     allow_private_networks: bool = False,
+    connectors: ConnectorOptions | None = None,
 ) -> IngestReport:
     """Read, parse and store each source, committing per source; a broken one is reported.
 
-    `timeout` is each URL's whole deadline; `allow_private_networks` lets URLs reach loopback
-    and private addresses (INGEST_ALLOW_PRIVATE_NETWORKS).
+    A source is a file, a URL, or a connector's name (`arxiv:cs.CL`, `daily-papers`, ...: see
+    `connectors`, configured by `connectors`). `timeout` is each URL's whole deadline;
+    `allow_private_networks` lets URLs reach loopback and private addresses
+    (INGEST_ALLOW_PRIVATE_NETWORKS).
     """
     report = IngestReport()
+    options = with_fetch_limits(connectors, timeout, allow_private_networks)
+    pacer = Pacer(options.arxiv_api_delay_seconds)  # one per run: arXiv's limit is per client
     for origin in sources:
         source = SourceReport(origin=origin)
         report.sources.append(source)
         try:
-            _ingest_source(session, source, fmt, timeout, allow_private_networks)
+            if is_connector(origin):
+                _harvest_source(session, source, options, pacer)
+            else:
+                _ingest_source(session, source, fmt, timeout, allow_private_networks)
         except IngestError as exc:
             source.error = _error_line(str(exc))
         except SQLAlchemyError as exc:
@@ -166,6 +178,20 @@ def _ingest_source(
         parsed = parse(data, fmt, origin=_short_origin(source.origin))
     except IngestError as exc:
         raise IngestError(f"{source.origin}: {exc}") from None
+    _store(session, source, parsed)
+
+
+def _harvest_source(
+    session: Session, source: SourceReport, options: ConnectorOptions, pacer: Pacer
+) -> None:
+    """Read a connector's source whole, then store it like a file's records."""
+    harvested = harvest(source.origin, options, pacer)
+    source.skipped, source.skipped_why = harvested.skipped, harvested.skipped_why
+    _store(session, source, harvested.result)
+
+
+def _store(session: Session, source: SourceReport, parsed: ParseResult) -> None:
+    """Upsert a source's records and commit them, counting what became of each."""
     source.format, source.records = parsed.format, len(parsed.records)
     source.rejected, source.notes = parsed.rejected, parsed.notes
     counts = upsert_papers(session, parsed.records)
