@@ -138,20 +138,24 @@ def follow_link(
         if not destination:
             return None
         reader = _reader(session, settings, token, paper_id)
-        if reader is not None and record_click:
-            record(session, reader, paper_id, FeedbackKind.CLICK, now)
+        # A reader who turned click tracking off is not counted, even from a digest sent
+        # while it was on (its links still lead to the paper).
+        if reader is not None and record_click and reader.click_tracking:
+            record(session, reader.id, paper_id, FeedbackKind.CLICK, now)
         trusted = reader is not None or is_source_host(paper.source, destination)
         return Destination(destination, redirect=trusted)
 
 
-def _reader(session: Session, settings: Settings, token: str, paper_id: int) -> int | None:
+def _reader(
+    session: Session, settings: Settings, token: str, paper_id: int
+) -> Subscriber | None:
     """The subscriber whose genuine link this is, if the paper was sent to them."""
     try:
         claim = tokens.read_claim(settings, tokens.Purpose.FEEDBACK, token)
         subscriber = linked_subscriber(session, claim)
     except (tokens.InvalidToken, UnknownSubscriber):
         return None
-    return subscriber.id if was_sent(session, subscriber.id, paper_id) else None
+    return subscriber if was_sent(session, subscriber.id, paper_id) else None
 
 
 def is_source_host(source: str, url: str) -> bool:

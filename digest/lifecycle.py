@@ -72,6 +72,9 @@ def record_signup_request(
     request = SignupRequest(
         email=address, address=address.lower(), topics=prefs.topics, time_zone=prefs.time_zone,
         send_hour=prefs.send_hour, papers_per_digest=prefs.papers_per_digest,
+        exclude=prefs.exclude, trending_fallback=prefs.trending_fallback,
+        cadence=prefs.cadence, send_weekday=prefs.send_weekday,
+        click_tracking=prefs.click_tracking,
         outcome=SignupOutcome.RECEIVED, source=source[:64],
         created_at=now or datetime.now(timezone.utc),
     )
@@ -117,6 +120,7 @@ def process_signup_request(
             send_hour=request.send_hour, papers_per_digest=request.papers_per_digest,
             status=SubscriberStatus.PENDING, now=now,
         )
+        apply_preferences(subscriber, preferences_of(request))  # a new row: the visitor's own
         record_event(session, subscriber.id, EventKind.SUBSCRIBED, request.source, "", now)
         outcome = SignupOutcome.CONFIRMATION
     elif subscriber.status is SubscriberStatus.ACTIVE:
@@ -197,8 +201,13 @@ def request_of(session: Session, claim: Claim) -> SignupRequest:
 
 
 def preferences_of(request: SignupRequest) -> Preferences:
-    return Preferences(request.topics, request.time_zone, request.send_hour,
-                       request.papers_per_digest)
+    """What the subscribe form asked for: the choices its confirmation link would save."""
+    return Preferences(
+        request.topics, request.time_zone, request.send_hour, request.papers_per_digest,
+        exclude=request.exclude, trending_fallback=request.trending_fallback,
+        cadence=request.cadence, send_weekday=request.send_weekday,
+        click_tracking=request.click_tracking,
+    )
 
 
 @dataclass(frozen=True)

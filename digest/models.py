@@ -22,6 +22,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     Boolean,
+    ColumnElement,
     Date,
     DateTime,
     Enum,
@@ -198,10 +199,25 @@ class Paper(Base):
     thumbnail: Mapped[str | None] = mapped_column(Text, nullable=True)
     organization: Mapped[str | None] = mapped_column(String(200), nullable=True)
     first_seen_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # When the paper counts as new: the day its source listed or published it, set once at
+    # ingest; empty while no source dated it, when first_seen_at stands in (`paper_new_at`).
+    listed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
     def __repr__(self) -> str:
         return f"<Paper {self.id} {self.source_id} {self.title[:40]!r}>"
+
+
+def paper_new_at() -> ColumnElement[datetime]:
+    """When a paper counts as new: its source's date, else when it was first seen.
+
+    A day's candidates are the papers new in its window, so that a first ingest of an archive
+    from 2019 brings none. Queries must spell it exactly so to use `ix_papers_new_at`.
+    """
+    return func.coalesce(Paper.listed_at, Paper.first_seen_at)
+
+
+Index("ix_papers_new_at", paper_new_at())
 
 
 class Subscriber(Base):

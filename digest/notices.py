@@ -35,14 +35,14 @@ from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
 from . import db
-from .lifecycle import Signup, process_signup_request, record_signup_email
+from .lifecycle import Signup, preferences_of, process_signup_request, record_signup_email
 from .mail import OutgoingEmail, open_sender
 from .mailto import mailto_address
-from .models import SignupOutcome, SignupRequest, Subscriber
+from .models import Cadence, SignupOutcome, SignupRequest, Subscriber
 from .render.filters import one_line, safe_url, shorten, topic_list
 from .render.plain import render_email
 from .settings import Settings
-from .subscribers import DuplicateAddress, subscriber_by_id
+from .subscribers import WEEKDAYS, DuplicateAddress, Preferences, subscriber_by_id
 from .tokens import MAX_AGE_SECONDS, Purpose, link
 
 log = logging.getLogger(__name__)
@@ -55,14 +55,21 @@ SHOWN_TOPICS_CHARS = 200  # of a visitor's topics in a confirmation email
 def confirm_template_context(
     recipient: str, topics: str, confirm_url: str, unsubscribe_url: str, site_url: str,
     expires_hours: int, *, time_zone: str = "UTC", send_hour: int = 7,
-    papers_per_digest: int = 10,
+    papers_per_digest: int = 10, exclude: str = "", trending_fallback: bool = False,
+    cadence: Cadence = Cadence.DAILY, send_weekday: int = 0, click_tracking: bool = False,
 ) -> dict[str, Any]:
     """The variables templates/email/confirm/* use: what confirming will save, shown as
     plain text, since a stranger may have typed it."""
     _check_links(confirm_url=confirm_url, unsubscribe_url=unsubscribe_url, site_url=site_url)
+    weekly = Cadence(cadence) is Cadence.WEEKLY
     return {
         "recipient": one_line(recipient),
         "topics": defang(shorten(topic_list(topics), SHOWN_TOPICS_CHARS)),
+        "exclude": defang(shorten(topic_list(exclude), SHOWN_TOPICS_CHARS)) if exclude else "",
+        "trending_fallback": bool(trending_fallback),
+        "weekly": weekly,
+        "weekday": WEEKDAYS[int(send_weekday) % 7],
+        "click_tracking": bool(click_tracking),
         "time_zone": one_line(time_zone).replace("_", " "),
         "send_hour": int(send_hour),
         "papers_per_digest": int(papers_per_digest),
@@ -126,6 +133,7 @@ class Notice:
     time_zone: str
     send_hour: int
     papers_per_digest: int
+    choices: Preferences | None = None  # confirm: everything the request would save
 
 
 def notice_for(session: Session, signup: Signup) -> Notice | None:
@@ -146,6 +154,7 @@ def notice_for(session: Session, signup: Signup) -> Notice | None:
         template=signup.notice, to=to, subscriber=_ref(subscriber), request=_ref(request),
         topics=topics, time_zone=choices.time_zone, send_hour=choices.send_hour,
         papers_per_digest=choices.papers_per_digest,
+        choices=preferences_of(request) if signup.notice == "confirm" else None,
     )
 
 
@@ -163,6 +172,7 @@ def notice_context(settings: Settings, notice: Notice) -> dict[str, Any]:
             notice.to, notice.topics, link(settings, Purpose.CONFIRM, notice.request),
             unsubscribe_url, site_url, max_age // 3600, time_zone=notice.time_zone,
             send_hour=notice.send_hour, papers_per_digest=notice.papers_per_digest,
+            **_confirm_extras(notice.choices),
         )
     if notice.template == "already_subscribed":
         return already_subscribed_template_context(
@@ -170,6 +180,15 @@ def notice_context(settings: Settings, notice: Notice) -> dict[str, Any]:
             unsubscribe_url, site_url,
         )
     raise ValueError(f"not a notice template: {notice.template!r}")
+
+
+def _confirm_extras(choices: Preferences | None) -> dict[str, Any]:
+    """The request's choices beyond topics and schedule, for the confirmation's summary."""
+    if choices is None:
+        return {}
+    return {"exclude": choices.exclude, "trending_fallback": choices.trending_fallback,
+            "cadence": choices.cadence, "send_weekday": choices.send_weekday,
+            "click_tracking": choices.click_tracking}
 
 
 def compose_notice(

@@ -19,8 +19,10 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from email_validator import EmailNotValidError, validate_email
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import flag_modified
 
 from .models import (
+    Cadence,
     Delivery,
     EventKind,
     Subscriber,
@@ -243,6 +245,9 @@ def last_event_at(session: Session, subscriber_id: int, kind: EventKind) -> date
 # --- Preferences ---------------------------------------------------------------------
 
 
+WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
+
+
 @dataclass(frozen=True)
 class Preferences:
     """What a subscriber chooses on the subscribe and preferences pages."""
@@ -251,6 +256,11 @@ class Preferences:
     time_zone: str
     send_hour: int
     papers_per_digest: int
+    exclude: str = ""  # words that keep a paper out, comma-separated like the topics
+    trending_fallback: bool = False  # nothing matched: send the day's trending papers
+    cadence: Cadence = Cadence.DAILY
+    send_weekday: int = 0  # a weekly digest's day, Monday 0 (datetime.weekday())
+    click_tracking: bool = False  # paper links go through the counting redirect
 
 
 def read_preferences(
@@ -259,18 +269,10 @@ def read_preferences(
 ) -> Preferences:
     """Preferences from form fields (strings); InvalidForm names each field that is wrong."""
     errors: dict[str, str] = {}
-    topics = ""
-    try:
-        topics = clean_topics(values.get("topics", ""))
-        if not topics:
-            errors["topics"] = "Give at least one topic, e.g. “LoRA, activation sparsity”."
-        elif (found := link_like_text(topics)) is not None:
-            errors["topics"] = (
-                f"Topics cannot contain web or email addresses (“{found[:60]}”): "
-                "write the words alone, e.g. “node js” for node.js."
-            )
-    except SubscriberError as exc:
-        errors["topics"] = str(exc)
+    topics = _words_field(values, "topics", "Topics", errors)
+    if not topics and "topics" not in errors:
+        errors["topics"] = "Give at least one topic, e.g. “LoRA, activation sparsity”."
+    exclude = _words_field(values, "exclude", "Words to exclude", errors)
     time_zone = (values.get("time_zone") or "").strip() or default_time_zone
     try:
         validate_time_zone(time_zone)
@@ -280,9 +282,42 @@ def read_preferences(
                           "Choose an hour from 0 to 23.")
     papers = _form_int(values, "papers_per_digest", default_papers, 1, MAX_PAPERS_PER_DIGEST,
                        errors, f"Choose from 1 to {MAX_PAPERS_PER_DIGEST} papers.")
+    cadence = Cadence.DAILY
+    try:
+        cadence = Cadence((values.get("cadence") or Cadence.DAILY.value).strip())
+    except ValueError:
+        errors["cadence"] = "Choose daily or weekly."
+    weekday = _form_int(values, "send_weekday", 0, 0, 6, errors,
+                        "Choose a day of the week from the list.")
     if errors:
         raise InvalidForm(errors)
-    return Preferences(topics, time_zone, send_hour, papers)
+    return Preferences(topics, time_zone, send_hour, papers, exclude=exclude,
+                       trending_fallback=_form_flag(values, "trending_fallback"),
+                       cadence=cadence, send_weekday=weekday,
+                       click_tracking=_form_flag(values, "click_tracking"))
+
+
+def _words_field(
+    values: Mapping[str, str], name: str, label: str, errors: dict[str, str]
+) -> str:
+    """Topics or words to exclude: cleaned, and refused (in `errors`) if they hold anything
+    a mail client could turn into a link, since both are shown in emails."""
+    try:
+        words = clean_topics(values.get(name, ""))
+    except SubscriberError as exc:
+        errors[name] = str(exc).replace("Topics are", f"{label} are")
+        return ""
+    if (found := link_like_text(words)) is not None:
+        errors[name] = (
+            f"{label} cannot contain web or email addresses (“{found[:60]}”): "
+            "write the words alone, e.g. “node js” for node.js."
+        )
+    return words
+
+
+def _form_flag(values: Mapping[str, str], name: str) -> bool:
+    """A checkbox: present ("on", as browsers send it) or absent."""
+    return (values.get(name) or "").strip().lower() in ("on", "1", "true", "yes")
 
 
 _DOT = r"[.\u3002\uff0e\uff61]"  # mail clients take the ideographic and full-width dots too
@@ -340,7 +375,38 @@ def apply_preferences(subscriber: Subscriber, prefs: Preferences) -> list[str]:
     if subscriber.papers_per_digest != prefs.papers_per_digest:
         changes.append(f"papers: {prefs.papers_per_digest}")
         subscriber.papers_per_digest = prefs.papers_per_digest
+    profile = subscriber.profile
+    if (profile.exclude, profile.trending_fallback) != (prefs.exclude, prefs.trending_fallback):
+        if profile.exclude != prefs.exclude:
+            changes.append(f"exclude: {prefs.exclude[:200] or '-'}")
+        if profile.trending_fallback != prefs.trending_fallback:
+            changes.append(f"trending fallback: {'on' if prefs.trending_fallback else 'off'}")
+        profile.exclude, profile.trending_fallback = prefs.exclude, prefs.trending_fallback
+        if not any(change.startswith("topics:") for change in changes):
+            _keep_learning(profile)
+    if (subscriber.cadence, subscriber.send_weekday) != (prefs.cadence, prefs.send_weekday):
+        changes.append(f"cadence: {cadence_text(prefs.cadence, prefs.send_weekday)}")
+        subscriber.cadence, subscriber.send_weekday = prefs.cadence, prefs.send_weekday
+    if subscriber.click_tracking != prefs.click_tracking:
+        changes.append(f"click tracking: {'on' if prefs.click_tracking else 'off'}")
+        subscriber.click_tracking = prefs.click_tracking
     return changes
+
+
+def _keep_learning(profile: TopicProfile) -> None:
+    """Leave the profile's `updated_at` as it is: it says when the topics last changed, which
+    feedback learning and pruning start from (feedback.py), and words to exclude or the
+    trending fallback are not new topics. Written back as it was, so the column's onupdate
+    does not renew it."""
+    profile.updated_at = profile.updated_at
+    flag_modified(profile, "updated_at")
+
+
+def cadence_text(cadence: Cadence, weekday: int) -> str:
+    """"daily", or "weekly on Monday": how the history and the pages name a cadence."""
+    if cadence is Cadence.WEEKLY:
+        return f"weekly on {WEEKDAYS[weekday % 7]}"
+    return "daily"
 
 
 def update_preferences(

@@ -133,6 +133,7 @@ def test_the_next_digest_learns_from_more_and_less_like_this(
 ) -> None:
     first = first_day(session)
     ada = make_subscriber(session, email="ada@example.org", topics="LoRA", papers_per_digest=3)
+    ada.click_tracking = True  # her paper links go through the click-recording redirect
     make_subscriber(session, email="grace@example.org", topics="LoRA", papers_per_digest=3)
     session.commit()
     assert len(run_day(fb_settings, DAY).sent) == 2
@@ -234,6 +235,7 @@ def test_bad_feedback_links_record_nothing(
 ) -> None:
     ids = first_day(session)
     sub = make_subscriber(session, topics="LoRA", papers_per_digest=3)
+    sub.click_tracking = True  # clicks count only for a reader who chose it
     never_sent = paper(session, "Sourdough Baking at Scale", "Bread.", 0)
     session.commit()
     run_day(replace(fb_settings, mail_backend="file"), DAY)

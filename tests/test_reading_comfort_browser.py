@@ -151,21 +151,39 @@ def test_every_email_is_readable_in_a_light_and_a_dark_colour_scheme(
             assert page.evaluate(TEXT_COLOURS_JS), "no text found"
             poor = hard_to_read(page)
             assert poor == [], f"{name} ({scheme}, {width}px): text hard to read: {poor}"
-            colours[scheme] = {
-                "page": page.evaluate("getComputedStyle(document.body).backgroundColor"),
-                "card": page.evaluate(
-                    "getComputedStyle(document.querySelector('.dm-card')).backgroundColor"
-                ),
-                "text": page.evaluate(
-                    "getComputedStyle(document.querySelector('.dm-card td > div')).color"
-                ),
-            }
+            colours[scheme] = scheme_colours(page)
+            if scheme == "light" and width == 800:
+                # Outlook.com darkens by itself and marks what it changed (data-ogsc for text,
+                # data-ogsb for backgrounds) inside its reading pane: the dark colours apply.
+                page.evaluate("""document.body.setAttribute('data-ogsc', '');
+                                 document.body.setAttribute('data-ogsb', '')""")
+                colours["outlook.com"] = scheme_colours(page)
+                page.screenshot(
+                    path=str(screenshots / f"email-{name}-outlook.com-dark.png"), full_page=True
+                )
+                assert hard_to_read(page) == [], f"{name} (Outlook.com dark)"
             context.close()
     for part in ("page", "card", "text"):
         assert colours["light"][part] != colours["dark"][part], part
     # Dark means dark: a dark page and card, light text.
     assert luminance(colours["dark"]["card"]) < 0.05 < luminance(colours["light"]["card"])
     assert luminance(colours["dark"]["text"]) > 0.5 > luminance(colours["light"]["text"])
+    for part in ("card", "text", "link"):
+        assert colours["outlook.com"][part] == colours["dark"][part], part
+
+
+def scheme_colours(page: Any) -> dict[str, str]:
+    """The colours of an email's parts: the page, a white section, its text and first link."""
+    return dict(
+        page.evaluate("""() => {
+        const colour = (selector, property) =>
+            getComputedStyle(document.querySelector(selector))[property];
+        return {page: colour('body', 'backgroundColor'),
+                card: colour('.dm-card', 'backgroundColor'),
+                text: colour('.dm-card td > div', 'color'),
+                link: colour('.dm-card a, .footer a', 'color')};
+    }""")
+    )
 
 
 def test_the_outbox_index_reads_well_on_a_phone(

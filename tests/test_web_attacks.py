@@ -120,12 +120,17 @@ def test_a_removed_subscribers_links_do_nothing_for_the_next_one(
     with db.session_scope(web_settings) as s:
         load_sample_papers(s)
         make_subscriber(s, email="ada@example.org", topics="LoRA, low-rank adaptation")
-        make_subscriber(s, email="old@example.org", topics="LoRA, low-rank adaptation")
+        old_reader = make_subscriber(s, email="old@example.org",
+                                     topics="LoRA, low-rank adaptation")
+        old_reader.click_tracking = True  # so that their paper links are the counting ones
     assert len(run_day(web_settings, TODAY).sent) == 2
     [old_digest] = smtp_server.by_recipient()["old@example.org"]
     old = {p: path_in(old_digest, p) for p in ("unsubscribe", "preferences")}
     old_paper = re.search(r'href="https://digest\.test(/feedback/[^"]+/open)"',
                           html_of(old_digest)).group(1)  # type: ignore[union-attr]
+    old_archive = re.search(r'href="https://digest\.test(/archive/[^"]+)"',
+                            html_of(old_digest)).group(1)  # type: ignore[union-attr]
+    assert client.get(old_archive).status_code == 200
     with db.session_scope(web_settings) as s:
         remove_subscriber(s, "old@example.org")
         add_subscriber(s, "new@example.org", "secret topic of the newcomer")
@@ -136,6 +141,7 @@ def test_a_removed_subscribers_links_do_nothing_for_the_next_one(
     assert "new@example.org" not in page.get_data(as_text=True)
     assert "secret topic" not in page.get_data(as_text=True)
     assert client.get(old_paper).status_code in (200, 302)
+    assert client.get(old_archive).status_code == 404  # the old digest, nobody's now
     assert row(web_settings, "new@example.org").status is SubscriberStatus.ACTIVE
     with db.session_scope(web_settings) as s:
         assert s.scalar(select(func.count()).select_from(PaperFeedback)) == 0
@@ -412,6 +418,7 @@ def test_paper_links_lead_elsewhere_than_the_sources_hosts_only_for_their_reader
     open redirect from our address."""
     with db.session_scope(web_settings) as s:
         reader = make_subscriber(s, email="reader@example.org")
+        reader.click_tracking = True  # so that following the link counts (test_web_privacy)
         other = make_subscriber(s, email="other@example.org")
         hostile = make_paper(s, title="A paper with a link to elsewhere")
         hostile.url = "https://evil.example/landing"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from datetime import datetime
 from typing import Any
 
 from .records import (
@@ -82,6 +83,7 @@ def _daily_paper_record(entry: object) -> PaperRecord:
     title = one_line(_json_text(paper, entry, "title"))
     if not has_words(title):
         raise BadRecord(f"paper {arxiv_id} has an empty title")
+    dropped: list[str] = []
     return PaperRecord(
         source="daily-papers",
         source_id=arxiv_id,
@@ -94,6 +96,13 @@ def _daily_paper_record(entry: object) -> PaperRecord:
         upvotes=parse_count(paper.get("upvotes"), "paper.upvotes"),
         comments=parse_count(entry.get("numComments"), "numComments"),
         stars=parse_count(paper.get("githubStars"), "paper.githubStars"),
+        listed_at=_listing_date(paper.get("submittedOnDailyAt"), dropped),
+        ai_summary=_extra_text(paper, entry, "ai_summary", dropped),
+        ai_keywords=_keywords(paper.get("ai_keywords"), dropped),
+        github_repo=_extra_text(paper, entry, "githubRepo", dropped),
+        thumbnail=_extra_text(paper, entry, "thumbnail", dropped),
+        organization=_organization(paper, entry, dropped),
+        dropped=tuple(dropped),
     )
 
 
@@ -107,6 +116,71 @@ def _json_text(paper: dict[str, Any], entry: dict[str, Any], name: str) -> str:
     if not isinstance(value, str):
         raise BadRecord(f"paper.{name} is not a string but {json_kind(value)}")
     return value
+
+
+# The extras below are optional: a malformed one is left out with its reason (a note), and the
+# paper is kept, as it would be without it.
+
+
+def _listing_date(value: object, dropped: list[str]) -> datetime | None:
+    """The day the site featured the paper (`submittedOnDailyAt`): what makes it new there."""
+    try:
+        return parse_utc(value, "paper.submittedOnDailyAt")
+    except BadRecord as exc:
+        dropped.append(f"{exc}; left out, so the paper is dated by its publication")
+        return None
+
+
+def _extra_text(
+    paper: dict[str, Any], entry: dict[str, Any], name: str, dropped: list[str]
+) -> str | None:
+    """paper.<name>, else the entry's, on one line; None when absent, empty or not a string."""
+    value = paper.get(name)
+    if value is None:
+        value = entry.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        dropped.append(f"paper.{name} left out: not a string but {json_kind(value)}")
+        return None
+    return one_line(value) or None
+
+
+def _keywords(value: object, dropped: list[str]) -> tuple[str, ...] | None:
+    """paper.ai_keywords: the strings of a list, each on one line, once each whatever its case."""
+    if value is None:
+        return None
+    if not isinstance(value, list):
+        dropped.append(f"paper.ai_keywords left out: not a list but {json_kind(value)}")
+        return None
+    strings = [one_line(k) for k in value if isinstance(k, str)]
+    if len(strings) < len(value):
+        dropped.append(f"left out {len(value) - len(strings)} of paper.ai_keywords that "
+                       "are not strings")
+    seen: set[str] = set()
+    keywords = []
+    for keyword in strings:
+        if keyword and keyword.casefold() not in seen:
+            seen.add(keyword.casefold())
+            keywords.append(keyword)
+    return tuple(keywords)
+
+
+def _organization(paper: dict[str, Any], entry: dict[str, Any], dropped: list[str]) -> str | None:
+    """The authors' organization's full name (else its short name), from paper.organization or
+    the entry's; the API gives an object {"name", "fullname", "avatar"}."""
+    value = paper.get("organization")
+    if value is None:
+        value = entry.get("organization")
+    if isinstance(value, dict):
+        value = next((value[k] for k in ("fullname", "name") if isinstance(value.get(k), str)
+                      and one_line(value[k])), None)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        dropped.append(f"paper.organization left out: not a name but {json_kind(value)}")
+        return None
+    return one_line(value) or None
 
 
 def _json_authors(value: object) -> tuple[str, ...]:

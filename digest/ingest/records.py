@@ -31,6 +31,12 @@ MAX_ABSTRACT_CHARS = 10_000
 MAX_AUTHOR_CHARS = 200
 MAX_AUTHORS = 100
 MAX_COUNT = 2**31 - 1  # PostgreSQL's INTEGER
+# The daily-papers extras: its TL;DRs are one sentence (under 300 characters), it gives up to
+# about 25 keywords of under 50 characters each, and an organization column holds 200.
+MAX_SUMMARY_CHARS = 1_000
+MAX_KEYWORDS = 30
+MAX_KEYWORD_CHARS = 80
+MAX_ORGANIZATION_CHARS = 200
 EARLIEST_DATE = datetime(1900, 1, 1, tzinfo=UTC)
 # Time zones and clock skew put a fresh paper's date up to a day ahead of ours.
 FUTURE_SLACK = timedelta(days=2)
@@ -57,6 +63,17 @@ class PaperRecord:
     upvotes: int | None = None
     comments: int | None = None
     stars: int | None = None
+    # The day the source listed the paper (daily-papers: the day it was featured), when it says.
+    listed_at: datetime | None = None
+    # What the daily-papers API adds: a one-line TL;DR, keywords, the code, a thumbnail and the
+    # authors' organization. None: the source did not say.
+    ai_summary: str | None = None
+    ai_keywords: tuple[str, ...] | None = None
+    github_repo: str | None = None
+    thumbnail: str | None = None
+    organization: str | None = None
+    # Fields the reader left out and why ("ai_keywords dropped: ..."): reported as notes.
+    dropped: tuple[str, ...] = field(default=(), compare=False)
 
 
 @dataclass(frozen=True)
@@ -231,7 +248,15 @@ def within_limits(record: PaperRecord) -> tuple[PaperRecord, list[str]]:
         authors=_limited_authors(record.authors, changes),
         url=_usable_url(record.url, "url", changes),
         pdf_url=_usable_url(record.pdf_url, "pdf_url", changes),
+        ai_summary=_cut_optional(record.ai_summary, MAX_SUMMARY_CHARS, "ai_summary", changes),
+        ai_keywords=_limited_keywords(record.ai_keywords, changes),
+        github_repo=_usable_url(record.github_repo, "github_repo", changes),
+        thumbnail=_usable_url(record.thumbnail, "thumbnail", changes),
+        organization=_cut_optional(
+            record.organization, MAX_ORGANIZATION_CHARS, "organization", changes
+        ),
     )
+    changes = [*record.dropped, *changes]
     return (limited if changes else record), changes
 
 
@@ -240,6 +265,27 @@ def _cut(text: str, limit: int, name: str, changes: list[str]) -> str:
         return text
     changes.append(f"{name} cut from {len(text):,} to {limit:,} characters")
     return text[: limit - 1].rstrip() + "…"
+
+
+def _cut_optional(text: str | None, limit: int, name: str, changes: list[str]) -> str | None:
+    return None if text is None else _cut(text, limit, name, changes)
+
+
+def _limited_keywords(
+    keywords: tuple[str, ...] | None, changes: list[str]
+) -> tuple[str, ...] | None:
+    """At most MAX_KEYWORDS keywords of at most MAX_KEYWORD_CHARS each: a longer one is a
+    sentence, not a keyword, and is left out rather than cut into one."""
+    if keywords is None:
+        return None
+    short = tuple(k for k in keywords if len(k) <= MAX_KEYWORD_CHARS)
+    if len(short) < len(keywords):
+        changes.append(f"left out {len(keywords) - len(short)} keyword(s) of over "
+                       f"{MAX_KEYWORD_CHARS} characters")
+    if len(short) > MAX_KEYWORDS:
+        changes.append(f"kept the first {MAX_KEYWORDS} of {len(short):,} keywords")
+        short = short[:MAX_KEYWORDS]
+    return short
 
 
 def _limited_authors(authors: tuple[str, ...], changes: list[str]) -> tuple[str, ...]:

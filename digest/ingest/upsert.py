@@ -32,7 +32,9 @@ class UpsertCounts:
 SOURCE_RANK = {"page": 0, "daily-papers": 1, "arxiv": 2}
 DESCRIPTIVE = ("title", "abstract", "authors", "url", "pdf_url", "published_at")
 ENGAGEMENT = ("upvotes", "comments", "stars")
-COMPARED = ("source", "source_id", "title_key", *DESCRIPTIVE, *ENGAGEMENT)
+# Only the daily-papers site gives these, and it revises them (a TL;DR rewritten, code added).
+EXTRAS = ("ai_summary", "ai_keywords", "github_repo", "thumbnail", "organization")
+COMPARED = ("source", "source_id", "title_key", "listed_at", *DESCRIPTIVE, *ENGAGEMENT, *EXTRAS)
 
 
 def upsert_papers(
@@ -42,8 +44,9 @@ def upsert_papers(
 
     One paper is one row: a record matches a row by source id, an arXiv record also claims a
     page row of the same title (giving it the real id and links), and a page record merges into
-    any known paper of the same title. Engagement numbers follow the newest data that has them;
-    `first_seen_at` is never touched. Existing rows are looked up for the whole input at once.
+    any known paper of the same title. Engagement numbers and the daily-papers extras follow the
+    newest data that has them; `first_seen_at` is never touched, and `listed_at` is set once, by
+    the first record that dates the paper. Existing rows are looked up for the whole input at once.
     """
     now = now or datetime.now(UTC)
     records = list(records)
@@ -55,13 +58,13 @@ def upsert_papers(
         row = _matching_row(record, key, by_source_id, by_title_key)
         if row is None:
             row = Paper(source=record.source, source_id=record.source_id, first_seen_at=now)
-            _fill(row, record, key, replace=True)
+            _fill(row, record, key, now, replace=True)
             session.add(row)
             created[id(row)] = row
         else:
             if id(row) not in created:
                 touched.setdefault(id(row), (row, _snapshot(row)))
-            _merge(row, record, key)
+            _merge(row, record, key, now)
         by_source_id[row.source_id] = row
         same_title = by_title_key.setdefault(row.title_key, [])
         if all(p is not row for p in same_title):
@@ -120,17 +123,17 @@ def _matching_row(
     return placeholder if placeholder is not None and placeholder.source == "page" else None
 
 
-def _merge(row: Paper, record: PaperRecord, key: str) -> None:
+def _merge(row: Paper, record: PaperRecord, key: str, now: datetime) -> None:
     """Fold a record into its row: richer or same-source data replaces, poorer fills gaps."""
     rank, row_rank = SOURCE_RANK.get(record.source, 1), SOURCE_RANK.get(row.source, 1)
     if rank > row_rank:
         if row.source == "page":
             row.source_id = record.source_id
         row.source = record.source
-    _fill(row, record, key, replace=rank > row_rank or record.source == row.source)
+    _fill(row, record, key, now, replace=rank > row_rank or record.source == row.source)
 
 
-def _fill(row: Paper, record: PaperRecord, key: str, replace: bool) -> None:
+def _fill(row: Paper, record: PaperRecord, key: str, now: datetime, replace: bool) -> None:
     for name in DESCRIPTIVE:
         value: object = getattr(record, name)
         if name == "authors":
@@ -141,16 +144,38 @@ def _fill(row: Paper, record: PaperRecord, key: str, replace: bool) -> None:
             setattr(row, name, value)
             if name == "title":
                 row.title_key = key
-    for name in ENGAGEMENT:
-        value = getattr(record, name)
-        if value is not None and getattr(row, name) != value:
-            setattr(row, name, value)
+    _follow_newest(row, record)
+    _date(row, record, now)
     if row.title_key is None:
         row.title_key = key
     if row.abstract is None:
         row.abstract = ""
     if row.authors is None:
         row.authors = []
+
+
+def _follow_newest(row: Paper, record: PaperRecord) -> None:
+    """Engagement and the daily-papers extras: what the record says replaces what the row had;
+    what it leaves out (None) keeps it."""
+    for name in (*ENGAGEMENT, *EXTRAS):
+        value = getattr(record, name)
+        if isinstance(value, tuple):
+            value = list(value)
+        if value is not None and getattr(row, name) != value:
+            setattr(row, name, value)
+
+
+def _date(row: Paper, record: PaperRecord, now: datetime) -> None:
+    """Date a paper once: by its source's listing, else its publication (never later than now,
+    so that a paper is new on the day it arrives). Until a source dates it, `listed_at` stays
+    empty and the paper counts as new from when it was first seen (`models.paper_new_at`).
+
+    Set once, as `first_seen_at` is: a paper published long ago does not become new because
+    another source lists it today, and a digest's window never reaches back to it again.
+    """
+    dated = record.listed_at or record.published_at
+    if row.listed_at is None and dated is not None:
+        row.listed_at = min(dated, now)
 
 
 def _snapshot(row: Paper) -> dict[str, object]:

@@ -12,11 +12,15 @@ one library function (`subscribers`, `webhooks`, `recommend`) and render a page 
 |              | POST /subscribe                          | double opt-in: records; emails later  |
 |              | GET  /preview?topics=...                 | JSON: the papers these topics bring   |
 | links.py     | GET, POST /confirm/<token>               | one button; the POST confirms         |
-|              | GET, POST /preferences/<token>           | topics, hour, time zone, count, pause |
+|              | GET, POST /preferences/<token>           | every choice, pause; what we record   |
+|              | GET  /preferences/<token>/data           | the reader's data as a JSON download  |
+|              | GET, POST /preferences/<token>/delete    | one button; the POST deletes them     |
 |              | GET, POST /unsubscribe/<token>           | one button; the POST unsubscribes     |
 |              | POST /unsubscribe/<token>/resubscribe    | the way back                          |
 |              | GET  /feedback/<token>/<paper>/open      | counts the click, redirects (/pdf)    |
 |              | GET, POST /feedback/<token>/<paper>/more | one button; the POST records (/less)  |
+| reading.py   | GET  /archive/<token>                    | a past digest ("View in browser")     |
+|              | POST /first-digest/<token>               | today's digest now, after confirming  |
 | hooks.py     | POST /webhooks/<provider>                | sendgrid, mailgun, postmark, generic  |
 | ops.py       | GET  /healthz                            | 200 when the database answers         |
 |              | GET  /metrics                            | Prometheus; 404 unless METRICS_TOKEN  |
@@ -44,7 +48,7 @@ from ..health import link_warning
 from ..render.filters import topic_list
 from ..render.plain import BRAND
 from ..settings import PROJECT_DIR, Settings
-from . import hooks, links, ops, responses, subscribe
+from . import hooks, links, ops, reading, responses, subscribe
 from .context import SETTINGS_KEY
 from .forms import csrf_token
 
@@ -68,7 +72,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.jinja_env.globals.update(brand=BRAND, csrf_token=csrf_token)
     app.jinja_env.filters.update(topic_list=topic_list)
     responses.register(app)
-    for blueprint in (subscribe.bp, links.bp, hooks.bp, ops.bp):
+    for blueprint in (subscribe.bp, links.bp, reading.bp, hooks.bp, ops.bp):
         app.register_blueprint(blueprint)
     return app
 

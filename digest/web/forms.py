@@ -14,7 +14,8 @@ from zoneinfo import available_timezones
 
 from flask import abort, request, session
 
-from ..subscribers import MAX_PAPERS_PER_DIGEST
+from ..models import Cadence
+from ..subscribers import MAX_PAPERS_PER_DIGEST, WEEKDAYS
 from .context import current_settings
 from .responses import message
 
@@ -49,5 +50,21 @@ def form_choices() -> dict[str, Any]:
         "time_zones": time_zones(),
         "hours": list(range(24)),
         "paper_choices": PAPER_CHOICES,
+        "cadences": [c.value for c in Cadence],
+        "weekdays": list(enumerate(WEEKDAYS)),
         "default_time_zone": current_settings().default_time_zone,
+        "kept_days": kept_days(),
+    }
+
+
+def kept_days() -> dict[str, int]:
+    """How long each kind of row about a reader is kept (0: until they delete it), from the
+    RETENTION_* settings `digest prune` applies: what the privacy text on the pages says."""
+    settings = current_settings()
+    return {
+        "signup_requests": settings.retention_signup_requests_days,
+        "events": settings.retention_subscriber_events_days,
+        "deliveries": settings.retention_deliveries_days,
+        "delivery_items": settings.retention_delivery_items_days,
+        "feedback": settings.retention_feedback_days,
     }

@@ -9,11 +9,12 @@ the person it was made for (`tokens.Claim.binds`).
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from flask import Blueprint, Response, redirect, render_template, request
 
-from .. import db, feedback, lifecycle, subscribers, tokens
+from .. import archive, db, feedback, first_digest, lifecycle, personal_data, subscribers, tokens
 from ..models import FeedbackKind, Subscriber, SubscriberStatus
 from ..subscribers import InvalidForm
 from ..tokens import Purpose
@@ -38,7 +39,8 @@ def confirm_page(token: str) -> Any:
         if subscriber.status is SubscriberStatus.ACTIVE:
             return confirmed(subscriber, already=True)
         return render_template("confirm.html", email=signup.email,
-                               choices=lifecycle.preferences_of(signup))
+                               choices=lifecycle.preferences_of(signup),
+                               weekdays=list(enumerate(subscribers.WEEKDAYS)))
 
 
 @bp.post("/confirm/<token>")
@@ -47,7 +49,10 @@ def confirm(token: str) -> Any:
     claim = read_claim(Purpose.CONFIRM, token)
     with db.session_scope(current_settings()) as s:
         done = lifecycle.confirm_request(s, claim)
-        return confirmed(done.subscriber, already=done.already)
+    # FIRST_DIGEST=send: today's digest, planned now that the confirmation is committed.
+    started = first_digest.after_confirming(current_settings(), done.subscriber.id,
+                                            done.already, now())
+    return confirmed(done.subscriber, already=done.already, first_started=started)
 
 
 # --- preferences --------------------------------------------------------------------------
@@ -75,6 +80,40 @@ def preferences(token: str) -> Any:
         subscribers.update_preferences(s, subscriber.id, prefs,
                                        paused=request.form.get("paused") == "on")
     return redirect(f"/preferences/{token}?saved=1", code=303)
+
+
+# --- your data: download it, or delete it all ----------------------------------------------
+
+
+@bp.get("/preferences/<token>/data")
+def download_data(token: str) -> Any:
+    """Everything stored about the link's reader, as a JSON file (reading changes nothing)."""
+    claim = read_claim(Purpose.PREFERENCES, token)
+    with db.session_scope(current_settings()) as s:
+        subscriber = subscribers.linked_subscriber(s, claim)
+        data = personal_data.export_subscriber(s, subscriber.id, now())
+    body = json.dumps(data, ensure_ascii=False, indent=2) + "\n"
+    return Response(body, content_type="application/json; charset=utf-8", headers={
+        "Content-Disposition": 'attachment; filename="paper-digest-my-data.json"',
+        "X-Content-Type-Options": "nosniff",
+    })
+
+
+@bp.get("/preferences/<token>/delete")
+def delete_page(token: str) -> Any:
+    subscriber = linked_subscriber(Purpose.PREFERENCES, token)
+    return render_template("delete.html", subscriber=subscriber,
+                           preferences_url=f"/preferences/{token}")
+
+
+@bp.post("/preferences/<token>/delete")
+def delete_everything(token: str) -> Any:
+    check_csrf()
+    claim = read_claim(Purpose.PREFERENCES, token)
+    with db.session_scope(current_settings()) as s:
+        subscriber = subscribers.linked_subscriber(s, claim)
+        deletion = personal_data.delete_subscriber(s, subscriber.id, now())
+    return render_template("deleted.html", deletion=deletion)
 
 
 # --- unsubscribe --------------------------------------------------------------------------
@@ -207,9 +246,14 @@ def preferences_path(subscriber: Subscriber) -> str:
 def values_of(subscriber: Subscriber) -> dict[str, str]:
     return {
         "topics": subscriber.profile.topics,
+        "exclude": subscriber.profile.exclude,
+        "trending_fallback": "on" if subscriber.profile.trending_fallback else "",
         "time_zone": subscriber.time_zone,
         "send_hour": str(subscriber.send_hour),
         "papers_per_digest": str(subscriber.papers_per_digest),
+        "cadence": subscriber.cadence.value,
+        "send_weekday": str(subscriber.send_weekday),
+        "click_tracking": "on" if subscriber.click_tracking else "",
         "paused": "on" if subscriber.paused else "",
     }
 
@@ -218,15 +262,31 @@ def preferences_form(
     subscriber: Subscriber, values: Any, errors: dict[str, str], saved: bool = False
 ) -> str:
     unsubscribe_token = tokens.make_token(current_settings(), Purpose.UNSUBSCRIBE, subscriber)
+    preferences_url = preferences_path(subscriber)
     return render_template("preferences.html", subscriber=subscriber, values=dict(values),
                            errors=errors, saved=saved,
                            unsubscribe_url=f"/unsubscribe/{unsubscribe_token}",
+                           data_url=f"{preferences_url}/data",
+                           delete_url=f"{preferences_url}/delete",
+                           past_digests=past_digests_of(subscriber),
+                           archive_days=current_settings().archive_link_days,
                            **form_choices())
 
 
-def confirmed(subscriber: Subscriber, already: bool) -> str:
+def confirmed(subscriber: Subscriber, already: bool, first_started: bool = False) -> str:
+    preferences_url = preferences_path(subscriber)
     return render_template("confirmed.html", subscriber=subscriber, already=already,
-                           preferences_url=preferences_path(subscriber))
+                           preferences_url=preferences_url, first_started=first_started,
+                           first_digest=current_settings().first_digest,
+                           first_digest_url=preferences_url.replace("/preferences/",
+                                                                    "/first-digest/", 1))
+
+
+def past_digests_of(subscriber: Subscriber) -> list[archive.PastDigest]:
+    """The reader's digests still on the web, for the preferences page's list."""
+    settings = current_settings()
+    with db.session_scope(settings) as s:
+        return archive.past_digests(s, settings, subscriber, now().date())
 
 
 def unsubscribed(subscriber: Subscriber, token: str) -> str:
