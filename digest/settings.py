@@ -68,7 +68,8 @@ class Settings:
     default_time_zone: str = "UTC"
     default_papers_per_digest: int = 10
     lookback_days: int = 3
-    min_relevance: float = 0.03
+    min_relevance: float = 0.01  # the floor: below it a paper only shares a stray word
+    relative_relevance: float = 0.1  # and below this share of the reader's best match today
     trending_boost: float = 1.0  # a paper at the top of the trending signal scores up to 2x
     recency_half_life_days: float = 3.0
     semantic_weight: float = 0.3  # share of embedding similarity; used only with [semantic]
@@ -183,10 +184,7 @@ class Settings:
                 f"TRENDING_BOOST={self.trending_boost} would give trending papers no score "
                 "at all; use a number above -1 (0 turns the boost off)."
             )
-        if not 0 <= self.min_relevance < 1:
-            raise SettingsError(
-                f"MIN_RELEVANCE={self.min_relevance} must be from 0 (any match counts) to 1."
-            )
+        _check_relevance_cuts(self)
         if self.postmark_webhook_username and not self.postmark_webhook_password:
             raise SettingsError(
                 "POSTMARK_WEBHOOK_USERNAME is set but POSTMARK_WEBHOOK_PASSWORD is empty; "
@@ -282,6 +280,19 @@ def _check_unsubscribe_by_mail(settings: Settings) -> None:
         )
     if not 0 < settings.imap_port <= 65535:
         raise SettingsError(f"IMAP_PORT={settings.imap_port} is not a port (IMAPS is 993).")
+
+
+def _check_relevance_cuts(settings: Settings) -> None:
+    """MIN_RELEVANCE is a cosine floor, RELATIVE_RELEVANCE a share of the reader's best match."""
+    if not 0 <= settings.min_relevance < 1:
+        raise SettingsError(
+            f"MIN_RELEVANCE={settings.min_relevance} must be from 0 (any match counts) to 1."
+        )
+    if not 0 <= settings.relative_relevance <= 1:
+        raise SettingsError(
+            f"RELATIVE_RELEVANCE={settings.relative_relevance} must be from 0 (only "
+            "MIN_RELEVANCE counts) to 1 (only papers as relevant as the best)."
+        )
 
 
 FIRST_DIGEST_CHOICES = ("offer", "send", "off")

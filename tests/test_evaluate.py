@@ -13,6 +13,8 @@ from digest.cli import main
 from digest.tools.evaluate import (
     DEFAULT_EVAL_DIR,
     DEFAULT_SEEDS_DIR,
+    Sweep,
+    labelled_sets,
     load_corpus,
     load_eval_set,
     ndcg_at_k,
@@ -52,27 +54,60 @@ def test_the_labelled_set_joins_the_corpus() -> None:
     assert len(eval_set.split("dev")) == 13
 
 
-def test_eval_command_prints_every_method_for_the_dev_split(tmp_path: Path) -> None:
+def test_the_real_inputs_labelled_set_joins_its_corpus() -> None:
+    real = labelled_sets()["real"]
+    eval_set = load_eval_set(real.eval_dir)
+    corpus, keys = load_corpus(real.corpus_dir, real.patterns, real.fmt)
+    assert len(corpus) == len(set(keys)) == 253  # two daily-papers items repeat arXiv's
+    judged = {key for grades in eval_set.grades.values() for key in grades}
+    assert judged <= set(keys)
+    assert (len(eval_set.split("dev")), len(eval_set.split("test"))) == (9, 6)
+    assert all(any(g == 2 for g in eval_set.grades[p.id].values()) for p in eval_set.profiles)
+
+
+def _rows(output: str, set_name: str) -> dict[str, list[str]]:
+    """The method rows of one set's table in `digest eval`'s output."""
+    block = output.split(f"set={set_name}:")[1].split("\n\n")[0]
+    return {line.split()[0]: line.split()[1:] for line in block.splitlines()[2:]
+            if line.split() and not line.startswith("  (")}
+
+
+def test_eval_command_prints_both_sets_every_method_and_the_defaults(tmp_path: Path) -> None:
     env = {"DATA_DIR": str(tmp_path / "data"), "DATABASE_URL": ""}
-    result = CliRunner().invoke(main, ["eval"], env=env, catch_exceptions=False)
+    result = CliRunner().invoke(main, ["eval", "--split", "dev"], env=env,
+                                catch_exceptions=False)
     assert result.exit_code == 0, result.output
-    assert "split=dev" in result.output and "split=test" not in result.output
-    for method in ("tfidf", "bm25", "ours-lexical", "embeddings", "hybrid"):
+    assert "dev nDCG@10" in result.output and "test nDCG@10" not in result.output
+    for method in ("tfidf", "bm25", "svm", "ours-lexical", "embeddings", "bm25+embeddings",
+                   "hybrid"):
         assert method in result.output
-    rows = {line.split()[0]: line.split()[1:] for line in result.output.splitlines()
-            if line.split() and line.split()[0] in ("tfidf", "bm25", "ours-lexical")}
-    assert float(rows["ours-lexical"][0]) > max(float(rows["tfidf"][0]), float(rows["bm25"][0]))
+    for set_name in ("seeds", "real"):
+        rows = _rows(result.output, set_name)
+        assert float(rows["ours-lexical"][0]) > float(rows["tfidf"][0])
+    seeds = _rows(result.output, "seeds")
+    assert float(seeds["ours-lexical"][0]) > max(float(seeds["bm25"][0]),
+                                                 float(seeds["svm"][0]))
+    assert "chosen on real/dev" in result.output and "MMR_LAMBDA=" in result.output
 
 
-def test_eval_json_has_the_metrics_per_method(tmp_path: Path) -> None:
+def test_eval_json_has_the_metrics_per_set_split_and_method(tmp_path: Path) -> None:
     env = {"DATA_DIR": str(tmp_path / "data"), "DATABASE_URL": ""}
     result = CliRunner().invoke(
         main, ["eval", "--json", "--method", "tfidf", "--method", "bm25"], env=env,
         catch_exceptions=False,
     )
     figures = json.loads(result.output)
-    assert set(figures["splits"]["dev"]) == {"tfidf", "bm25"}
-    assert 0 < figures["splits"]["dev"]["bm25"]["ndcg@10"] <= 1
+    assert set(figures["sets"]) == {"seeds", "real"} and figures["chosen_on"] == "real/dev"
+    for split in ("dev", "test"):
+        assert set(figures["sets"]["real"]["splits"][split]) == {"tfidf", "bm25"}
+    assert 0 < figures["sets"]["seeds"]["splits"]["dev"]["bm25"]["ndcg@10"] <= 1
+
+
+def test_a_sweep_chooses_the_best_on_the_selection_split_with_the_knobs_tie_rule() -> None:
+    rows = {value: {"real/dev": ndcg, "real/test": 1.0 - ndcg}
+            for value, ndcg in [(0.0, 0.70), (0.3, 0.75), (0.5, 0.75), (0.7, 0.74)]}
+    assert Sweep("semantic_weight", 0.3, rows).best_on_selection() == 0.3  # the smaller
+    assert Sweep("relative_relevance", 0.3, rows).best_on_selection() == 0.5  # the larger cut
 
 
 def test_eval_says_where_the_seeds_should_be(tmp_path: Path) -> None:
@@ -91,7 +126,9 @@ def test_feedback_on_the_first_digest_improves_the_second(tmp_path: Path) -> Non
     assert result["after votes"].ndcg > result["no feedback"].ndcg + 0.05
     assert result["after clicks only"].ndcg > result["no feedback"].ndcg
     env = {"DATA_DIR": str(tmp_path / "data"), "DATABASE_URL": ""}
-    output = CliRunner().invoke(main, ["eval", "--method", "bm25"], env=env).output
+    output = CliRunner().invoke(main, ["eval", "--set", "seeds", "--method", "bm25"],
+                                env=env).output
     assert "Feedback learning" not in output  # only what was asked for
-    output = CliRunner().invoke(main, ["eval", "--method", "feedback"], env=env).output
+    output = CliRunner().invoke(main, ["eval", "--set", "seeds", "--method", "feedback"],
+                                env=env).output
     assert "after votes" in output

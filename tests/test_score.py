@@ -411,3 +411,44 @@ def test_each_pick_says_which_phrases_it_matches_best_first() -> None:
             assert [r for r in pick.reasons if r.startswith("matches:")] == ([line] if line else [])
             matched += bool(line)
     assert matched > 500
+
+
+def _unusual_day() -> tuple[list[CandidatePaper], list[CandidatePaper]]:
+    """Eight papers that each mention "tardigrades" once in a long abstract about something
+    else (weak matches, cosine under 0.03), and a day of unrelated papers."""
+    filler = ("We measure throughput, latency and memory of distributed storage systems under "
+              "many workloads, replication settings, failure injections and network partitions "
+              "across clusters, comparing consistency protocols, caching layers and schedulers. ")
+    weak = [paper(i, f"Storage systems study {i}", f"{filler * 3} A note on tardigrades {i}.")
+            for i in range(1, 9)]
+    others = [paper(100 + i, f"Compiler passes {i}", f"{filler} Register allocation {i}.")
+              for i in range(12)]
+    return weak, others
+
+
+def test_a_reader_with_an_unusual_topic_gets_a_full_digest_of_the_best_there_is() -> None:
+    weak, others = _unusual_day()
+    index = build_day_index([*weak, *others], [], NOW, RankingKnobs())
+    [sel] = index.select([Profile(1, "tardigrades", limit=8)])
+    assert {p.paper_id for p in sel.picks} == {p.id for p in weak}
+    assert max(p.relevance for p in sel.picks) < 0.03  # an absolute 0.03 cut sent none
+    # The cut is relative to the reader's best match: weak matches below a tenth of it go.
+    strong = paper(50, "Tardigrades survive in space", "Tardigrades tardigrades in orbit.")
+    index = build_day_index([strong, *weak, *others], [], NOW, RankingKnobs())
+    [sel] = index.select([Profile(1, "tardigrades", limit=8)])
+    assert [p.paper_id for p in sel.picks] == [50]
+
+
+def test_a_reader_with_no_matching_paper_gets_nothing_or_the_trending_fallback() -> None:
+    weak, others = _unusual_day()
+    index = build_day_index([*weak, *others], [], NOW, RankingKnobs())
+    nothing, fallback = index.select([
+        Profile(1, "medieval poetry", limit=5),
+        Profile(2, "medieval poetry", limit=5, trending_fallback=True),
+    ])
+    assert nothing.picks == () and not nothing.trending_fallback
+    assert fallback.trending_fallback and len(fallback.picks) == 5
+    # Below the MIN_RELEVANCE floor a stray shared word is noise, whatever the best match is.
+    floor = build_day_index([*weak, *others], [], NOW, RankingKnobs(min_relevance=0.05))
+    [sel] = floor.select([Profile(1, "tardigrades", limit=8)])
+    assert sel.picks == ()

@@ -15,7 +15,8 @@ from .base import DAY, main, needs_database, settings_of, today
 MAX_LISTED = 100_000
 
 
-EVAL_METHODS = ("tfidf", "bm25", "ours-lexical", "embeddings", "hybrid", "feedback")
+EVAL_METHODS = ("tfidf", "bm25", "svm", "ours-lexical", "embeddings", "bm25+embeddings",
+                "hybrid", "feedback")
 
 
 def _topics(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
@@ -168,37 +169,51 @@ def recommend(ctx: click.Context, topics: str, limit: int, day: date | None,
 
 
 @main.command("eval")
+@click.option("--set", "set_name", type=click.Choice(["seeds", "real", "all"]), default="all",
+              show_default=True, help="Which labelled set: the seed pages' or the real inputs'.")
 @click.option("--eval-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="The labelled set (profiles.json, judgments.jsonl); default: the repo's eval/.")
+              help="The seeds' labelled set (profiles.json, judgments.jsonl); default: eval/.")
 @click.option("--seeds", "seeds_dir", type=click.Path(file_okay=False, path_type=Path),
               default=None, help="Seed pages (*.txt); default: the repo's inputs/seeds.")
-@click.option("--split", type=click.Choice(["dev", "test", "all"]), default="dev",
-              show_default=True, help="Profiles to score; keep test for the very end.")
+@click.option("--real-eval-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="The real inputs' labelled set; default: eval/real/.")
+@click.option("--real-inputs", "real_inputs_dir", default=None,
+              type=click.Path(file_okay=False, path_type=Path),
+              help="Recorded arXiv (*.xml) and daily-papers (*.json) responses; default: "
+                   "inputs/real-inputs.")
+@click.option("--split", type=click.Choice(["dev", "test", "all"]), default="all",
+              show_default=True, help="Profiles to score; test is held out: never tune on it.")
 @click.option("--method", "methods", multiple=True, type=click.Choice(EVAL_METHODS),
               help="Only these methods (repeatable).")
+@click.option("--sweep", is_flag=True,
+              help="Also try each measured ranking default at other values (slower).")
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
 @click.pass_context
-def eval_command(ctx: click.Context, eval_dir: Path | None, seeds_dir: Path | None, split: str,
-                 methods: tuple[str, ...], as_json: bool) -> None:
-    """Print nDCG@10 and P@10 of each ranking method on the labelled set, side by side.
+def eval_command(ctx: click.Context, set_name: str, eval_dir: Path | None,
+                 seeds_dir: Path | None, real_eval_dir: Path | None,
+                 real_inputs_dir: Path | None, split: str, methods: tuple[str, ...],
+                 sweep: bool, as_json: bool) -> None:
+    """Print nDCG@10 and P@10 of each ranking method on both labelled sets, side by side.
 
-    Example: digest eval --split dev
+    Example: digest eval --set real --split dev
     """
     from ..tools import evaluate
 
+    sets = evaluate.labelled_sets(
+        eval_dir or evaluate.DEFAULT_EVAL_DIR, seeds_dir or evaluate.DEFAULT_SEEDS_DIR,
+        real_eval_dir or evaluate.DEFAULT_REAL_EVAL_DIR,
+        real_inputs_dir or evaluate.DEFAULT_REAL_INPUTS_DIR,
+    )
+    if set_name != "all":
+        sets = {set_name: sets[set_name]}
     try:
-        report = evaluate.run_eval(
-            settings_of(ctx),
-            eval_dir or evaluate.DEFAULT_EVAL_DIR,
-            seeds_dir or evaluate.DEFAULT_SEEDS_DIR,
-            split,
-            methods,
-        )
+        report = evaluate.run_eval(settings_of(ctx), sets, split, methods, sweep)
     except OSError as exc:  # a missing directory or file says which, and what to pass
         raise click.ClickException(str(exc)) from exc
     except (ValueError, KeyError) as exc:  # JSON that does not parse, a field missing
+        where = " or ".join(str(s.eval_dir) for s in sets.values())
         raise click.ClickException(
-            f"The labelled set in {eval_dir or evaluate.DEFAULT_EVAL_DIR} is malformed "
+            f"The labelled set in {where} is malformed "
             f"({type(exc).__name__}: {exc}): profiles.json is a list of {{id, topics, split}}, "
             "judgments.jsonl one {profile, paper, grade} per line."
         ) from exc

@@ -82,7 +82,8 @@ class Selection:
 class RankingKnobs:
     """The ranking's settings (MIN_RELEVANCE, TRENDING_BOOST and the rest), in one value."""
 
-    min_relevance: float = 0.03
+    min_relevance: float = 0.01  # the floor: below it a paper only shares a stray word
+    relative_relevance: float = 0.1  # and below this share of the reader's best match today
     trending_boost: float = 1.0
     recency_half_life_days: float = 3.0
     mmr_lambda: float = 0.85  # 1: pure relevance order; lower: more diverse digests
@@ -94,6 +95,7 @@ class RankingKnobs:
         return cls(
             min_relevance=settings.min_relevance,
             trending_boost=settings.trending_boost,
+            relative_relevance=settings.relative_relevance,
             recency_half_life_days=settings.recency_half_life_days,
             mmr_lambda=settings.mmr_lambda,
             like_weight=settings.feedback_like_weight,

@@ -42,6 +42,22 @@ def top_indices(values: np.ndarray, k: int) -> np.ndarray:
     return part[np.argsort(-values[part], kind="stable")]
 
 
+def relevance_cuts(
+    relevance: np.ndarray, allowed: np.ndarray, knobs: RankingKnobs
+) -> np.ndarray:
+    """Per profile, the least relevance a paper needs to be sent as a match today.
+
+    Relative to that reader's best match of the day (RELATIVE_RELEVANCE x the best relevance
+    among the papers they may receive), so a reader of an unusual topic, whose best match
+    scores low because few words are shared, still gets a full digest of the best there is;
+    and never below MIN_RELEVANCE, the floor under which a paper only shares a stray word
+    (pure noise is never sent, and a reader with nothing above it falls back as before). A
+    paper with no relevance at all is never a match, whatever the knobs say.
+    """
+    best = np.where(allowed, relevance, 0.0).max(axis=1, initial=0.0)
+    return np.maximum(knobs.relative_relevance * best, knobs.min_relevance).astype(relevance.dtype)
+
+
 class Picker:
     """The day's candidates as the picking steps read them, built once a day."""
 
@@ -79,7 +95,7 @@ class Picker:
         """
         # score = relevance * (1 + boost * trending), negated for the ascending partition,
         # and 0 where not eligible (a multiply: np.where or a masked copy allocate a new array).
-        eligible = relevance >= self.knobs.min_relevance
+        eligible = relevance >= relevance_cuts(relevance, allowed, self.knobs)[:, None]
         eligible &= allowed
         negative = relevance * self.negative_boost[None, :]
         negative *= eligible

@@ -15,6 +15,7 @@ from scipy import sparse
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.utils.sparsefuncs_fast import inplace_csr_row_normalize_l2
 
+from .fusion import zscore_fusion
 from .model import SemanticIndex
 from .text import bigrams, expand_acronyms, split_words
 
@@ -134,8 +135,7 @@ class QueryScorer:
         semantic = self.semantic_similarity(batch.texts)
         if semantic is not None and self.semantic is not None:
             sem = blend(semantic, slots, whole_slots)
-            w = self.semantic.weight
-            relevance[matching] = (1.0 - w) * relevance[matching] + w * sem
+            relevance[matching] = zscore_fusion(relevance[matching], sem, self.semantic.weight)
         return relevance, lexical, batch.phrase_slots
 
     def lexical_similarity(self, queries: list[str], splits: list[list[str]]) -> np.ndarray:

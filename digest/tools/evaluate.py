@@ -1,21 +1,30 @@
-"""Evaluate: how well each ranking method orders the seed papers for the labelled profiles.
+"""Evaluate: how well each ranking method orders papers for labelled profiles, on two sets.
 
-The labelled set lives in `eval/` (profiles, graded judgments; see eval/README.md). Every method
-ranks the whole corpus for each profile; we report nDCG@10 (gains 2/1/0, log2 discount, ideal
-from the judgments) and precision@10 (grade >= 1, and grade 2 only), averaged over profiles,
-separately per split. Methods:
+Two labelled sets (profiles, graded judgments; see eval/README.md), each over its own corpus:
+`seeds` (eval/, the 445 papers of inputs/seeds) and `real` (eval/real/, the 253 papers of the
+recorded arXiv and daily-papers responses in inputs/real-inputs). Every method ranks the whole
+corpus for each profile; we report nDCG@10 (gains 2/1/0, log2 discount, ideal from the
+judgments) and precision@10 (grade >= 1, and grade 2 only), averaged over profiles, per set
+and split. Methods:
 
 - `tfidf`: the baseline, plain scikit-learn `TfidfVectorizer()` fitted on the corpus, cosine
   with the whole topics string;
 - `bm25`: Okapi BM25 (k1 1.2, b 0.75, Lucene's idf) over plain lower-case words, whole string;
-- `ours-lexical`: the production `score.DayIndex` ranking with trending off (the seeds have no
-  engagement) and no semantic part: exactly what a subscriber gets without the extra;
+- `svm`: arxiv-sanity's ranking: a linear SVM per query, the query's TF-IDF row (word uni-
+  and bigrams) the one positive against every paper, papers ranked by its decision value;
+- `ours-lexical`: the production `score.DayIndex` ranking with trending off (the sets carry
+  no usable engagement) and no semantic part: what a subscriber gets without the extra;
 - `embeddings`: cosine of the bundled MiniLM sentence embeddings alone (semantic extra);
-- `hybrid`: the production `DayIndex` with the semantic part (semantic extra).
+- `bm25+embeddings`: reciprocal rank fusion (k 60) of those two, the usual hybrid peer;
+- `hybrid`: the production `DayIndex` with the semantic part at SEMANTIC_WEIGHT (extra).
 
 The production methods go through `build_day_index` and `DayIndex.select`, with the digest's
 own cut-offs (minimum relevance, near-duplicates, diversity), so the numbers measure what a
 subscriber receives, not a re-implementation of it.
+
+The ranking's defaults that were chosen by measurement (SEMANTIC_WEIGHT, MMR_LAMBDA,
+RELATIVE_RELEVANCE, MIN_RELEVANCE) were chosen on one split, SELECTION_SPLIT, which nothing
+else was tuned on; `sweep` shows each knob's values on every split (`digest eval --sweep`).
 """
 
 from __future__ import annotations
@@ -26,9 +35,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
+from scipy import sparse
 from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS, CountVectorizer, TfidfVectorizer
+from sklearn.svm import LinearSVC
 
 from .. import embeddings
 from ..ingest import parse, title_key
@@ -37,9 +49,23 @@ from ..settings import PROJECT_DIR, Settings
 
 DEFAULT_EVAL_DIR = PROJECT_DIR / "eval"
 DEFAULT_SEEDS_DIR = PROJECT_DIR / "inputs" / "seeds"
+DEFAULT_REAL_EVAL_DIR = PROJECT_DIR / "eval" / "real"
+DEFAULT_REAL_INPUTS_DIR = PROJECT_DIR / "inputs" / "real-inputs"
 K = 10
 SPLITS = ("dev", "test")
 EVAL_TIME = datetime(2026, 1, 1, tzinfo=timezone.utc)
+# Where the measured defaults were chosen: the real set's dev split, which nothing else was
+# tuned on (the seeds' dev split shaped the tokenization, the acronyms and the blend).
+SELECTION_SPLIT = ("real", "dev")
+# The values each measured knob is tried at by `sweep`.
+SWEEPS: dict[str, tuple[float, ...]] = {
+    "semantic_weight": (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 1.0),
+    "mmr_lambda": (0.7, 0.8, 0.85, 0.9, 0.95, 1.0),
+    "relative_relevance": (0.0, 0.05, 0.1, 0.15, 0.2, 0.3),
+}
+# On a tie at the best on the selection split: the smaller weight (less hangs on the model),
+# the smaller lambda (diversity that costs nothing) and the larger cut (less noise sent).
+PREFER_LARGER_ON_TIES = frozenset({"relative_relevance"})
 
 # A ranker takes the corpus and the profiles' topics and returns, per profile, corpus
 # positions best first (at least K of them when it has that many it would show).
@@ -63,6 +89,31 @@ class EvalSet:
 
 
 @dataclass(frozen=True)
+class LabelledSet:
+    """Where one labelled set and its corpus live, and how the corpus files are read."""
+
+    name: str
+    eval_dir: Path
+    corpus_dir: Path
+    patterns: tuple[str, ...]  # the corpus files, as globs
+    fmt: str | None  # the ingest format, None: detected per file
+
+
+def labelled_sets(
+    eval_dir: Path = DEFAULT_EVAL_DIR,
+    seeds_dir: Path = DEFAULT_SEEDS_DIR,
+    real_eval_dir: Path = DEFAULT_REAL_EVAL_DIR,
+    real_inputs_dir: Path = DEFAULT_REAL_INPUTS_DIR,
+) -> dict[str, LabelledSet]:
+    """The two labelled sets and their corpora (the CLI's --eval-dir, --seeds and the rest)."""
+    return {
+        "seeds": LabelledSet("seeds", Path(eval_dir), Path(seeds_dir), ("*.txt",), "page"),
+        "real": LabelledSet("real", Path(real_eval_dir), Path(real_inputs_dir),
+                            ("*.xml", "*.json"), None),
+    }
+
+
+@dataclass(frozen=True)
 class Metrics:
     ndcg: float
     precision: float  # grade >= 1 counts
@@ -78,63 +129,119 @@ class Metrics:
 
 @dataclass
 class EvalReport:
-    """Mean metrics per split and method, and each profile's, for the table and --json."""
+    """One labelled set: mean metrics per split and method, and each profile's."""
 
     splits: list[str]
     methods: list[str]
+    name: str = "seeds"
     means: dict[str, dict[str, Metrics]] = field(default_factory=dict)  # split -> method -> m
     per_profile: dict[str, dict[str, Metrics]] = field(default_factory=dict)  # method -> id -> m
     skipped: dict[str, str] = field(default_factory=dict)  # method -> why it did not run
     corpus_size: int = 0
+    profile_counts: dict[str, int] = field(default_factory=dict)  # split -> profiles
     feedback: dict[str, dict[str, Metrics]] = field(default_factory=dict)  # split -> reader -> m
 
     def table(self) -> str:
-        lines = [f"Corpus: {self.corpus_size} papers. Metrics averaged over profiles."]
-        for split in self.splits:
-            count = next(iter(self.means[split].values()), None)
-            lines.append("")
-            lines.append(f"split={split}" + ("" if count else " (no profiles)"))
-            lines.append(f"{'method':<14} {'nDCG@10':>8} {'P@10':>6} {'P@10(2)':>8}")
-            for method in self.methods:
-                m = self.means[split].get(method)
-                if m is not None:
-                    lines.append(
-                        f"{method:<14} {m.ndcg:>8.3f} {m.precision:>6.3f} {m.precision_2:>8.3f}"
-                    )
+        counts = ", ".join(f"{self.profile_counts.get(s, 0)} {s}" for s in self.splits)
+        lines = [f"set={self.name}: {self.corpus_size} papers, profiles: {counts}"]
+        header = f"  {'method':<16}" + "".join(
+            f" {split + ' nDCG@10':>13} {'P@10':>6} {'P@10(2)':>7}" for split in self.splits
+        )
+        lines.append(header)
+        for method in self.methods:
+            cells = []
+            for split in self.splits:
+                m = self.means.get(split, {}).get(method)
+                cells.append(f" {m.ndcg:>13.3f} {m.precision:>6.3f} {m.precision_2:>7.3f}"
+                             if m else f" {'-':>13} {'-':>6} {'-':>7}")
+            lines.append(f"  {method:<16}" + "".join(cells))
         for method, why in self.skipped.items():
-            lines.append(f"({method} not run: {why})")
+            lines.append(f"  ({method} not run: {why})")
         if self.feedback:
-            lines += ["", "Feedback learning: the second digest (the first one's papers are "
-                      "excluded and so are their judgments)", "after a simulated reader rated "
-                      "the first digest by its grades (2: more like this, 1: click, 0: less)"]
+            lines += ["  Feedback learning: the second digest after a simulated reader rated the "
+                      "first by its grades", "  (2: more like this, 1: click, 0: less; the first "
+                      "digest's papers and their judgments excluded)"]
             for split, by_reader in self.feedback.items():
-                lines.append(f"split={split}")
                 for reader, m in by_reader.items():
-                    lines.append(f"  {reader:<24} nDCG@10 {m.ndcg:.3f}  P@10 {m.precision:.3f}"
-                                 f"  P@10(2) {m.precision_2:.3f}")
+                    lines.append(f"    {split:<5} {reader:<20} nDCG@10 {m.ndcg:.3f}  "
+                                 f"P@10 {m.precision:.3f}  P@10(2) {m.precision_2:.3f}")
         return "\n".join(lines)
 
-    def as_json(self) -> str:
-        return json.dumps(
-            {
-                "corpus_size": self.corpus_size,
-                "k": K,
-                "splits": {
-                    split: {m: v.as_dict() for m, v in by_method.items()}
-                    for split, by_method in self.means.items()
-                },
-                "per_profile": {
-                    m: {pid: v.as_dict() for pid, v in by_id.items()}
-                    for m, by_id in self.per_profile.items()
-                },
-                "skipped": self.skipped,
-                "feedback": {
-                    split: {reader: m.as_dict() for reader, m in by_reader.items()}
-                    for split, by_reader in self.feedback.items()
-                },
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "corpus_size": self.corpus_size,
+            "k": K,
+            "splits": {
+                split: {m: v.as_dict() for m, v in by_method.items()}
+                for split, by_method in self.means.items()
             },
-            indent=2,
-        )
+            "per_profile": {
+                m: {pid: v.as_dict() for pid, v in by_id.items()}
+                for m, by_id in self.per_profile.items()
+            },
+            "skipped": self.skipped,
+            "feedback": {
+                split: {reader: m.as_dict() for reader, m in by_reader.items()}
+                for split, by_reader in self.feedback.items()
+            },
+        }
+
+    def as_json(self) -> str:
+        return json.dumps(self.as_dict(), indent=2)
+
+
+@dataclass
+class Sweep:
+    """One knob tried at several values, the others at their defaults: nDCG@10 per split."""
+
+    knob: str
+    default: float
+    rows: dict[float, dict[str, float]]  # value -> "set/split" -> mean nDCG@10
+
+    def best_on_selection(self) -> float:
+        """The value chosen: the best mean nDCG@10 on SELECTION_SPLIT, ties as the knob
+        prefers them (PREFER_LARGER_ON_TIES)."""
+        where = "/".join(SELECTION_SPLIT)
+        sign = 1 if self.knob in PREFER_LARGER_ON_TIES else -1
+        return max(self.rows, key=lambda value: (round(self.rows[value][where], 3), sign * value))
+
+
+@dataclass
+class EvalRun:
+    """`digest eval`: a report per labelled set, the defaults in force and where they were
+    chosen, and (asked for) the sweeps that chose them."""
+
+    reports: list[EvalReport]
+    defaults: dict[str, float]
+    sweeps: list[Sweep] = field(default_factory=list)
+
+    def table(self) -> str:
+        parts = [r.table() for r in self.reports]
+        where = "/".join(SELECTION_SPLIT)
+        knobs = ", ".join(f"{k.upper()}={v:g}" for k, v in self.defaults.items())
+        parts.append(f"Defaults: {knobs}\n  ({', '.join(k.upper() for k in SWEEPS)} chosen on "
+                     f"{where}, one at a time with the others at their defaults, every other "
+                     "split held out for them (digest eval --sweep shows the values tried);\n"
+                     "  MIN_RELEVANCE is the noise floor, which nDCG cannot see: eval/README.md)")
+        for sweep in self.sweeps:
+            columns = list(next(iter(sweep.rows.values())))
+            lines = [f"Sweep {sweep.knob.upper()} (nDCG@10; * the default, < best on {where})",
+                     f"  {'value':>6}" + "".join(f" {c:>11}" for c in columns)]
+            best = sweep.best_on_selection() if where in columns else None
+            for value, by_split in sweep.rows.items():
+                mark = ("*" if value == sweep.default else " ") + ("<" if value == best else " ")
+                lines.append(f"  {value:>6g}" + "".join(f" {by_split[c]:>11.3f}" for c in columns)
+                             + f" {mark}")
+            parts.append("\n".join(lines))
+        return "\n\n".join(parts)
+
+    def as_json(self) -> str:
+        return json.dumps({
+            "sets": {r.name: r.as_dict() for r in self.reports},
+            "defaults": self.defaults,
+            "chosen_on": "/".join(SELECTION_SPLIT),
+            "sweeps": {s.knob: {str(v): rows for v, rows in s.rows.items()} for s in self.sweeps},
+        }, indent=2)
 
 
 # --- the labelled set and the corpus ---------------------------------------------------
@@ -153,15 +260,21 @@ def load_eval_set(eval_dir: Path = DEFAULT_EVAL_DIR) -> EvalSet:
     return EvalSet(profiles, grades)
 
 
-def load_corpus(seeds_dir: Path = DEFAULT_SEEDS_DIR) -> tuple[list[CandidatePaper], list[str]]:
-    """The seed papers, parsed as the papers page they are, once per title; and their keys."""
-    files = sorted(Path(seeds_dir).glob("*.txt"))
+def load_corpus(
+    corpus_dir: Path = DEFAULT_SEEDS_DIR, patterns: Sequence[str] = ("*.txt",),
+    fmt: str | None = "page",
+) -> tuple[list[CandidatePaper], list[str]]:
+    """The corpus files' papers, parsed by the project's own ingest, once per title (the
+    first seen, files in name order); and their keys."""
+    files = sorted({path for pattern in patterns for path in Path(corpus_dir).glob(pattern)})
     if not files:
-        raise FileNotFoundError(f"No seed pages (*.txt) in {seeds_dir}; pass --seeds DIR.")
+        wanted = " or ".join(patterns)
+        option = "--seeds" if fmt == "page" else "--real-inputs"
+        raise FileNotFoundError(f"No corpus files ({wanted}) in {corpus_dir}; pass {option} DIR.")
     papers: list[CandidatePaper] = []
     keys: list[str] = []
     for path in files:
-        for record in parse(path.read_bytes(), "page", str(path)).records:
+        for record in parse(path.read_bytes(), fmt, str(path)).records:
             key = title_key(record.title)
             if key in keys:
                 continue
@@ -221,10 +334,11 @@ def rank_tfidf(corpus: Sequence[CandidatePaper], topics: Sequence[str]) -> list[
     return [_top(row) for row in scores]
 
 
-def rank_bm25(
+def bm25_scores(
     corpus: Sequence[CandidatePaper], topics: Sequence[str], k1: float = 1.2, b: float = 0.75
-) -> list[list[int]]:
-    """Okapi BM25 over lower-case words without stop words, with Lucene's always-positive idf.
+) -> np.ndarray:
+    """Okapi BM25 (topics x papers) over lower-case words without stop words, with Lucene's
+    always-positive idf.
 
     Our own few lines rather than the rank-bm25 package: that package's Okapi idf goes negative
     for terms in more than half the documents, and a sparse matrix scores every profile at once.
@@ -241,18 +355,74 @@ def rank_bm25(
     weighted.data = tf.data * (k1 + 1) / (tf.data + norm[rows]) * idf[tf.indices]
     query = counter.transform(topics)
     query.data = np.ones_like(query.data)  # each query term counts once
-    scores = (query @ weighted.T).toarray()
-    return [_top(row) for row in scores]
+    return np.asarray((query @ weighted.T).toarray())
+
+
+def rank_bm25(corpus: Sequence[CandidatePaper], topics: Sequence[str]) -> list[list[int]]:
+    """BM25 of the whole topics string."""
+    return [_top(row) for row in bm25_scores(corpus, topics)]
+
+
+def rank_svm(corpus: Sequence[CandidatePaper], topics: Sequence[str]) -> list[list[int]]:
+    """arxiv-sanity-lite's ranking: per query, a linear SVM with the query's TF-IDF row as the
+    one positive example against every paper, papers ranked by the decision value.
+
+    Its settings (uni- and bigrams, sublinear tf, balanced classes, C 0.01) as arxiv-sanity-lite
+    has them; only papers sharing a term with the query are kept, as the others are no match.
+    """
+    vectorizer = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=1,
+                                 strip_accents="unicode", stop_words="english")
+    docs = vectorizer.fit_transform([f"{p.title}. {p.abstract}" for p in corpus])
+    queries = vectorizer.transform(topics)
+    labels = np.zeros(docs.shape[0] + 1)
+    labels[-1] = 1
+    ranked: list[list[int]] = []
+    for row in range(queries.shape[0]):
+        query = queries[row]
+        if query.nnz == 0:
+            ranked.append([])
+            continue
+        svm = LinearSVC(class_weight="balanced", C=0.01, max_iter=10_000, tol=1e-6)
+        svm.fit(sparse.vstack([docs, query]), labels)
+        scores = svm.decision_function(docs)
+        shares = np.asarray((docs @ query.T).todense()).ravel() > 0
+        ranked.append([int(i) for i in np.argsort(-scores, kind="stable")[:K] if shares[i]])
+    return ranked
+
+
+def embedding_scores(
+    corpus: Sequence[CandidatePaper], topics: Sequence[str], store_dir: Path
+) -> np.ndarray:
+    """Cosine of sentence embeddings (topics x papers): the whole topics text per profile."""
+    encoder = embeddings.load_encoder()
+    vectors = embeddings.EmbeddingStore(store_dir).vectors(corpus, encoder)
+    return np.asarray(encoder.encode(list(topics)) @ vectors.T)
 
 
 def rank_embeddings(
     corpus: Sequence[CandidatePaper], topics: Sequence[str], store_dir: Path
 ) -> list[list[int]]:
     """Cosine of sentence embeddings alone: the whole topics text against each paper."""
-    encoder = embeddings.load_encoder()
-    vectors = embeddings.EmbeddingStore(store_dir).vectors(corpus, encoder)
-    scores = encoder.encode(list(topics)) @ vectors.T
-    return [_top(row) for row in scores]
+    return [_top(row) for row in embedding_scores(corpus, topics, store_dir)]
+
+
+def rank_bm25_embeddings(
+    corpus: Sequence[CandidatePaper], topics: Sequence[str], store_dir: Path, k: int = 60
+) -> list[list[int]]:
+    """Reciprocal rank fusion (Cormack et al., 2009) of BM25 and the embeddings: each paper
+    scores 1 / (k + its rank) in each list; a paper BM25 does not match is only in one."""
+    lexical = bm25_scores(corpus, topics)
+    semantic = embedding_scores(corpus, topics, store_dir)
+    ranked = []
+    for lex_row, sem_row in zip(lexical, semantic, strict=True):
+        fused = np.zeros(len(corpus))
+        for row, matched in ((lex_row, lex_row > 0), (sem_row, np.ones(len(corpus), bool))):
+            order = np.argsort(-row, kind="stable")
+            rank = np.empty(len(corpus))
+            rank[order] = np.arange(1, len(corpus) + 1)
+            fused += np.where(matched, 1.0 / (k + rank), 0.0)
+        ranked.append(_top(fused))
+    return ranked
 
 
 def production_ranker(
@@ -272,24 +442,33 @@ def production_ranker(
     return rank
 
 
-def methods_for(settings: Settings) -> tuple[dict[str, Ranker], dict[str, str]]:
+SEMANTIC_METHODS = ("embeddings", "bm25+embeddings", "hybrid")
+
+
+def methods_for(
+    settings: Settings, set_name: str = "seeds"
+) -> tuple[dict[str, Ranker], dict[str, str]]:
     """The methods this installation can run, and why any other did not."""
     knobs = RankingKnobs.from_settings(settings)
-    store = Path(settings.data_dir) / "embeddings" / "eval"
+    store = Path(settings.data_dir) / "embeddings" / f"eval-{set_name}"
     methods: dict[str, Ranker] = {
         "tfidf": rank_tfidf,
         "bm25": rank_bm25,
+        "svm": rank_svm,
         "ours-lexical": production_ranker(knobs),
     }
     skipped: dict[str, str] = {}
     if embeddings.available():
         methods["embeddings"] = lambda corpus, topics: rank_embeddings(corpus, topics, store)
+        methods["bm25+embeddings"] = (
+            lambda corpus, topics: rank_bm25_embeddings(corpus, topics, store)
+        )
         methods["hybrid"] = production_ranker(
             knobs, semantic_store=store, semantic_weight=settings.semantic_weight
         )
     else:
         why = "install the semantic extra: pip install 'paper-digest[semantic]'"
-        skipped = {"embeddings": why, "hybrid": why}
+        skipped = dict.fromkeys(SEMANTIC_METHODS, why)
     return methods, skipped
 
 
@@ -304,7 +483,8 @@ def evaluate(
     splits: Sequence[str] = ("dev",),
 ) -> EvalReport:
     """Rank the corpus for every profile of `splits` with every method, and score the ranks."""
-    report = EvalReport(splits=list(splits), methods=list(methods), corpus_size=len(corpus))
+    report = EvalReport(splits=list(splits), methods=list(methods), corpus_size=len(corpus),
+                        profile_counts={split: len(eval_set.split(split)) for split in splits})
     profiles = [p for split in splits for p in eval_set.split(split)]
     for name, ranker in methods.items():
         ranked = ranker(corpus, [p.topics for p in profiles])
@@ -383,26 +563,65 @@ def _simulated_feedback(
 
 def run_eval(
     settings: Settings,
-    eval_dir: Path = DEFAULT_EVAL_DIR,
-    seeds_dir: Path = DEFAULT_SEEDS_DIR,
-    split: str = "dev",
+    sets: dict[str, LabelledSet] | None = None,
+    split: str = "all",
     only: Sequence[str] = (),
-) -> EvalReport:
-    """`digest eval`: load the set and the corpus, run every available method, report."""
-    eval_set = load_eval_set(eval_dir)
-    corpus, keys = load_corpus(seeds_dir)
-    methods, skipped = methods_for(settings)
-    if only:
-        methods = {name: ranker for name, ranker in methods.items() if name in only}
-        skipped = {name: why for name, why in skipped.items() if name in only}
+    sweep: bool = False,
+) -> EvalRun:
+    """`digest eval`: for each labelled set, load it and its corpus, run every available
+    method on each split, and report them with the defaults in force (and, asked, the sweeps
+    of the measured knobs)."""
+    sets = sets if sets is not None else labelled_sets()
     splits = list(SPLITS) if split == "all" else [split]
-    report = evaluate(eval_set, corpus, keys, methods, splits)
-    report.skipped = skipped
-    if not only or "feedback" in only:
-        report.feedback = evaluate_feedback(
-            eval_set, corpus, keys, RankingKnobs.from_settings(settings), splits
-        )
-    return report
+    loaded = {name: (load_eval_set(ls.eval_dir), *load_corpus(ls.corpus_dir, ls.patterns, ls.fmt))
+              for name, ls in sets.items()}
+    reports = []
+    for name, (eval_set, corpus, keys) in loaded.items():
+        methods, skipped = methods_for(settings, name)
+        if only:
+            methods = {m: ranker for m, ranker in methods.items() if m in only}
+            skipped = {m: why for m, why in skipped.items() if m in only}
+        report = evaluate(eval_set, corpus, keys, methods, splits)
+        report.name, report.skipped = name, skipped
+        if not only or "feedback" in only:
+            report.feedback = evaluate_feedback(
+                eval_set, corpus, keys, RankingKnobs.from_settings(settings), splits
+            )
+        reports.append(report)
+    defaults = {knob: float(getattr(settings, knob)) for knob in (*SWEEPS, "min_relevance")}
+    run = EvalRun(reports, defaults)
+    if sweep:
+        run.sweeps = sweep_knobs(settings, loaded)
+    return run
+
+
+def sweep_knobs(
+    settings: Settings, loaded: dict[str, tuple[EvalSet, list[CandidatePaper], list[str]]]
+) -> list[Sweep]:
+    """Each measured knob at each of its SWEEPS values, the others at the settings' values:
+    the production ranking's mean nDCG@10 on every set and split (the hybrid ranking with
+    the semantic extra, else the lexical one; SEMANTIC_WEIGHT only with the extra)."""
+    semantic = embeddings.available()
+    sweeps = []
+    for knob, values in SWEEPS.items():
+        if knob == "semantic_weight" and not semantic:
+            continue
+        rows: dict[float, dict[str, float]] = {}
+        for value in values:
+            tried = replace(settings, **cast(dict[str, Any], {knob: value}))
+            rows[value] = {}
+            for name, (eval_set, corpus, keys) in loaded.items():
+                store = Path(settings.data_dir) / "embeddings" / f"eval-{name}"
+                ranker = production_ranker(
+                    RankingKnobs.from_settings(tried),
+                    semantic_store=store if semantic else None,
+                    semantic_weight=tried.semantic_weight,
+                )
+                report = evaluate(eval_set, corpus, keys, {"ours": ranker}, SPLITS)
+                for split in SPLITS:
+                    rows[value][f"{name}/{split}"] = report.means[split]["ours"].ndcg
+        sweeps.append(Sweep(knob, float(getattr(settings, knob)), rows))
+    return sweeps
 
 
 def _mean(metrics: list[Metrics]) -> Metrics:
