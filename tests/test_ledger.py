@@ -109,3 +109,22 @@ def test_taking_over_an_abandoned_claim_drops_only_its_papers(session: Session) 
     [taken] = ledger.claim(session, DAY, [first.id], "next", later, 60)
     assert taken == dead  # the same row, now ours
     assert session.scalars(select(DeliveryItem.subscriber_id)).all() == []
+
+
+def test_the_database_keeps_one_digest_per_subscriber_per_week_and_per_day(
+    session: Session,
+) -> None:
+    """A weekly reader's second row in an ISO week is refused, whichever day it names, as is
+    a second row on one day whatever its cadence; other readers and weeks are not held up."""
+    a, b = make_subscriber(session), make_subscriber(session)
+    session.commit()
+    monday, sunday = date(2026, 11, 23), date(2026, 11, 29)
+    assert plan_all(session, [(a.id, monday)], Cadence.WEEKLY) == [(a.id, monday)]
+    assert plan_all(session, [(a.id, sunday), (b.id, sunday)], Cadence.WEEKLY) == [(b.id, sunday)]
+    assert plan_all(session, [(a.id, monday)]) == []  # daily now, but that day has its digest
+    next_monday = date(2026, 11, 30)
+    assert plan_all(session, [(a.id, next_monday)], Cadence.WEEKLY) == [(a.id, next_monday)]
+    periods = session.execute(select(Delivery.subscriber_id, Delivery.period)
+                              .order_by(Delivery.id)).all()
+    assert [tuple(row) for row in periods] == [
+        (a.id, "2026-W48"), (b.id, "2026-W48"), (a.id, "2026-W49")]

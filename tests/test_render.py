@@ -208,7 +208,7 @@ def test_environment_is_built_once() -> None:
 
 def test_subject_has_date_count_and_topics(digest_email: RenderedEmail) -> None:
     assert digest_email.subject == (
-        "Paper Digest for 23 Nov 2026: 10 new papers on LoRA, activation sparsity"
+        "Paper Digest, 23 Nov: 10 new papers on LoRA, activation sparsity"
     )
 
 
@@ -219,9 +219,38 @@ def test_subject_trims_long_topics_and_counts_one_paper() -> None:
             topics="LoRA, activation sparsity, mixture of experts, speculative decoding, RLHF",
         )
     )
-    assert email.subject.startswith("Paper Digest for 23 Nov 2026: 1 new paper on LoRA")
-    assert email.subject.endswith("…")
-    assert len(email.subject) < 100
+    assert email.subject == "Paper Digest, 23 Nov: 1 new paper on LoRA, activation sparsity…"
+
+
+LONG_TOPICS = ("large language model agents, tool use, reasoning, planning, retrieval-augmented "
+               "generation, mixture of experts")
+
+
+@pytest.mark.parametrize("weekly", [False, True])
+@pytest.mark.parametrize("trending", [False, True])
+@pytest.mark.parametrize("count", [0, 1, 50])
+def test_every_subject_stays_within_seventy_characters_whatever_the_topics(
+    weekly: bool, trending: bool, count: int
+) -> None:
+    """Mail clients show about 70 characters of a subject: long topics are cut to fit, at a
+    word, and the day's count is never what gets cut."""
+    for topics in (LONG_TOPICS, "x" * 300, "LoRA, " * 100, "a\x07b " * 50):
+        ctx = make_context(items=(make_item(),) * count, topics=topics,
+                           trending_fallback=trending, weekly=weekly)
+        subject = render_digest(ctx).subject
+        assert len(subject) <= plain.SUBJECT_CHARS, subject
+        assert subject.startswith("Your week in papers: " if weekly else "Paper Digest, 23 Nov: ")
+        if count:
+            assert f"{count} {'trending' if trending else 'new'} paper" in subject
+            assert subject.endswith("…)" if trending else "…")
+
+
+def test_a_weekly_digest_says_so_in_its_subject_and_preview() -> None:
+    email = render_digest(make_context(weekly=True, topics="LoRA, activation sparsity"))
+    assert email.subject == "Your week in papers: 10 new papers on LoRA, activation sparsity"
+    empty = render_digest(make_context(items=(), weekly=True))
+    assert empty.subject == "Your week in papers: no new papers this week"
+    assert "No new papers on LoRA, activation sparsity this week" in empty.html
 
 
 def test_html_header_and_preheader(digest_email: RenderedEmail) -> None:
@@ -433,7 +462,7 @@ def test_hostile_urls_are_dropped_and_titles_shown_unlinked(hostile_email: Rende
 def test_hostile_subject_and_topics_stay_on_one_line(hostile_email: RenderedEmail) -> None:
     subject = hostile_email.subject
     assert "\r" not in subject and "\n" not in subject
-    assert subject.startswith("Paper Digest for 23 Nov 2026: 4 new papers on LoRA")
+    assert subject.startswith("Paper Digest, 23 Nov: 4 new papers on LoRA")
     text_lines = hostile_email.text.splitlines()
     assert "1. <script>alert(1)</script> Bcc: victim@example.org" in text_lines
     assert not any(line.startswith("Bcc:") for line in text_lines)
@@ -487,14 +516,14 @@ def test_html_is_mobile_friendly(digest_email: RenderedEmail) -> None:
 
 def test_empty_digest_still_renders() -> None:
     email = render_digest(make_context(items=()))
-    assert email.subject == "Paper Digest for 23 Nov 2026: no new papers today"
+    assert email.subject == "Paper Digest, 23 Nov: no new papers today"
     assert "No new papers for your topics today" in ParsedHTML(email.html).text
 
 
 def test_digest_without_topics_reads_naturally() -> None:
     email = render_digest(make_context(topics="  ", trending_fallback=True))
     page = ParsedHTML(email.html)
-    assert email.subject == "Paper Digest for 23 Nov 2026: 10 trending papers"
+    assert email.subject == "Paper Digest, 23 Nov: 10 trending papers"
     assert "No new papers matched your topics today. As you asked" in page.text
     assert "subscribed to Paper Digest at ada@example.org." in page.text
     assert "“" not in email.text and "()" not in email.text

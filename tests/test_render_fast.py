@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 import shutil
 from datetime import date, datetime, timezone
@@ -13,7 +14,7 @@ from jinja2 import Environment, FileSystemLoader
 from digest.render import day, plain
 from digest.render.content import DigestContext, DigestItem, PaperCard
 from digest.render.day import DayRenderer
-from digest.render.plain import TEMPLATES_DIR, render_digest
+from digest.render.plain import SUBJECT_CHARS, TEMPLATES_DIR, render_digest
 from digest.render.slots import UnfilledVariableError, body_variables, check_body_variables
 
 DAY = date(2026, 11, 23)
@@ -113,13 +114,15 @@ def test_subject_and_preview_lines_fill_each_readers_topics_into_the_days_frame(
     items = tuple(DigestItem(card=c, reasons=("matches: LoRA",), score=1.0) for c in cards[:3])
     for topics in ["LoRA", "a \x00 b", "  spaced\t out  ", "x" * 200, "", "\x01", "Σ, β; γ\nδ",
                    "{{ topics }}", renderer.slot["topics_short"][:-1]]:
-        for fallback in (False, True):
+        for fallback, weekly in itertools.product((False, True), (False, True)):
             ctx = DigestContext(**{**base.__dict__, "topics": topics, "items": items,
-                                   "trending_fallback": fallback})
+                                   "trending_fallback": fallback, "weekly": weekly})
             fast, plain = renderer.render(ctx), render_digest(ctx)
             assert fast.subject == plain.subject, topics
+            assert len(fast.subject) <= SUBJECT_CHARS, fast.subject
             assert fast.html == plain.html, topics  # the preview line is in the page
-    assert len(renderer._lines) <= 2 * 2 * 2  # subject and preview, topics or not, fallback
+    # subject and preview, topics or not, fallback or not, weekly or not
+    assert len(renderer._lines) <= 2 * 2 * 2 * 2
 
 
 def templates_with(tmp_path: Path, template: str, addition: str) -> Environment:

@@ -26,6 +26,7 @@ from .plain import (
     check_own_links,
     digest_template_context,
     email_environment,
+    fit_line,
     render_digest,
     render_line,
     tidy_text,
@@ -193,12 +194,18 @@ class DayRenderer:
             return render_line(name, context)
         if frame is None:
             marker = self.slot["topics_short"]
-            text = render_line(name, {**context, "topics_short": marker if has_topics else ""})
+            text = render_line(name, {**context, "topics_short": marker if has_topics else ""},
+                               fitted=False)
             frame = self._lines[key] = segments(text, {"topics_short": marker})
         if len(frame) == 1:
             return frame[0]
-        # As the template prints it (finalize), then collapsed as `render_line` does.
-        return one_line(fill(frame, {"topics_short": str(printable(context["topics_short"]))}))
+
+        def filled(topics: str) -> str:
+            # As the template prints it (finalize), then collapsed as `render_line` does.
+            return one_line(fill(frame, {"topics_short": str(printable(topics))}))
+
+        topics = context["topics_short"]
+        return fit_line(name, filled(topics), topics, filled)
 
     def html(self, ctx: DigestContext, context: dict[str, Any]) -> str | None:
         """The HTML part from the day's compiled skeleton and cards; None if a card won't fit."""

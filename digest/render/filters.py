@@ -120,6 +120,11 @@ def short_date(day: date) -> str:
     return f"{day.day} {_MONTHS[day.month - 1][:3]} {day.year}"
 
 
+def day_month(day: date) -> str:
+    """The date as "23 Nov", for a subject line (the email's Date header has the year)."""
+    return f"{day.day} {_MONTHS[day.month - 1][:3]}"
+
+
 def wrap(text: str, width: int = TEXT_WIDTH, indent: int = 0, first: str | None = None) -> str:
     """Wrap prose for the plain-text part; long words (URLs) are never broken.
 

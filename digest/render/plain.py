@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ from mjml import mjml2html
 from .content import DigestContext, PaperCard, engagement
 from .filters import (
     author_line,
+    day_month,
     long_date,
     one_line,
     plural,
@@ -77,6 +78,7 @@ def email_environment() -> Environment:
         safe_url=safe_url,
         long_date=long_date,
         short_date=short_date,
+        day_month=day_month,
         wrap=wrap,
         plural=plural,
         engagement=engagement,
@@ -123,7 +125,8 @@ def render_digest(ctx: DigestContext) -> RenderedEmail:
     `day.DayRenderer` gives the same email faster when many are rendered on one day.
     """
     check_own_links(ctx)
-    return render_email("digest", digest_template_context(ctx))
+    context = digest_template_context(ctx)
+    return replace(render_email("digest", context), subject=render_line("subject", context))
 
 
 def check_own_links(ctx: DigestContext) -> None:
@@ -133,16 +136,40 @@ def check_own_links(ctx: DigestContext) -> None:
         ("unsubscribe_url", ctx.unsubscribe_url),
         ("site_url", ctx.site_url),
         *([("feedback_url", ctx.feedback_url)] if ctx.feedback_url else []),
-    ):
         *([("archive_url", ctx.archive_url)] if ctx.archive_url else []),
+    ):
         # Our own links: a digest without a working unsubscribe link must not go out.
         if not safe_url(url):
             raise ValueError(f"{label} must be an http(s) URL, got {url!r}")
 
 
-def render_line(name: str, context: Mapping[str, Any]) -> str:
-    """templates/email/digest/<name>.txt (the subject, the preview) as one line."""
-    return one_line(email_environment().get_template(f"email/digest/{name}.txt").render(context))
+def render_line(name: str, context: Mapping[str, Any], fitted: bool = True) -> str:
+    """templates/email/digest/<name>.txt (the subject, the preview) as one line, the subject
+    within SUBJECT_CHARS (`fit_line`; not `fitted`: as the template gives it)."""
+    template = email_environment().get_template(f"email/digest/{name}.txt")
+    text = one_line(template.render(context))
+    if not fitted:
+        return text
+    return fit_line(name, text, context["topics_short"],
+                    lambda topics: one_line(template.render({**context, "topics_short": topics})))
+
+
+# Mail clients' message lists and phones show about this much of a subject; past it the
+# reader's own topics, the part that tells one digest from another, would be cut off.
+SUBJECT_CHARS = 70
+LINE_CHARS = {"subject": SUBJECT_CHARS}
+
+
+def fit_line(name: str, text: str, topics: str, line: Callable[[str], str]) -> str:
+    """`text`, the line `name` rendered with `topics`; if longer than the line's limit
+    (LINE_CHARS), `line(topics)` again with the topics shortened (at a word, with "…") until
+    it fits. Both render paths call this, so they stay byte-identical."""
+    limit = LINE_CHARS.get(name)
+    room = len(topics)
+    while limit is not None and len(text) > limit and room > 1:
+        room = max(1, room - (len(text) - limit) - 1)
+        text = line(shorten(topics, room))
+    return text
 
 
 def digest_template_context(
@@ -166,16 +193,17 @@ def digest_template_context(
         "is_are": "is" if count == 1 else "are",
         "first_title": ctx.items[0].card.title if ctx.items else "",
         "trending_fallback": ctx.trending_fallback,
+        "weekly": ctx.weekly,  # the subject and preview lines say "week", not "today"
         "preferences_url": ctx.preferences_url,
         "unsubscribe_url": ctx.unsubscribe_url,
         "preferences_href": safe_url(ctx.preferences_url),
         "unsubscribe_href": safe_url(ctx.unsubscribe_url),
         "site_url": ctx.site_url,
         "feedback_href": safe_url(ctx.feedback_url),
-        "rank_slot": "",  # the fast path compiles cards with a placeholder here
         "click_tracking": ctx.click_tracking,
         "archive_url": ctx.archive_url,
         "archive_href": safe_url(ctx.archive_url),
+        "rank_slot": "",  # the fast path compiles cards with a placeholder here
     }
     context["preview"] = line("preview", context)
     if with_cards:
