@@ -10,7 +10,8 @@ from click.testing import CliRunner
 
 from digest.cli import main
 from digest.settings import Settings
-from digest.tools.bench import run_bench
+from digest.tools.bench import Figures, run_bench, spread, spread_table
+from digest.tools.synthetic import temporary_redis_database
 
 pytestmark = pytest.mark.slow
 
@@ -35,6 +36,62 @@ def test_bench_command_prints_the_table(tmp_path: Path, monkeypatch: pytest.Monk
                                 env={"DATA_DIR": str(tmp_path)})
     assert result.exit_code == 0, result.output
     assert "whole day in-process (file)" in result.output
+
+
+def test_each_stage_rate_says_what_it_is_per(tmp_path: Path) -> None:
+    figures = run_bench(Settings(data_dir=tmp_path).resolved(), subscribers=60, papers=40,
+                        backend="file", progress=lambda _: None)
+    rates = {stage.strip(): rate for stage, _, rate, _, _ in figures.rows
+             if stage.startswith("  ")}
+    assert "ms per subscriber" in rates["load"] and "ms per subscriber" in rates["score"]
+    assert "ms per email" in rates["render"] and "ms per email" in rates["send"]
+    # The ledger is timed call by call; what matters is its cost per subscriber.
+    assert rates["ledger"].split(" ms per subscriber")[0].replace(".", "").isdigit()
+    assert "ms per call (" in rates["ledger"] and "ms per batch" in rates["ledger"]
+    assert "ms per call" in rates["prepare"] and "ms/item" not in figures.table()
+    assert figures.whole_day is not None and figures.whole_day > 0
+
+
+def test_bench_repeat_prints_each_run_and_the_spread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(
+        main, ["bench", "-n", "40", "-m", "30", "--backend", "file", "--repeat", "2"],
+        env={"DATA_DIR": str(tmp_path)})
+    assert result.exit_code == 0, result.output
+    assert "Run 1 of 2" in result.output and "Run 2 of 2" in result.output
+    assert result.output.count("whole day in-process (file)") == 2
+    spread_line = next(line for line in result.output.splitlines()
+                       if line.strip().startswith("whole day in-process (s):"))
+    assert "min" in spread_line and "median" in spread_line and "max" in spread_line
+
+
+def test_the_spread_is_min_median_max_of_each_headline() -> None:
+    runs = [Figures(10, 5, whole_day=d, workers_ratio=r)
+            for d, r in ((30.0, 1.2), (34.0, None), (31.0, 1.4))]
+    spread_of = spread(runs)
+    assert spread_of["whole day in-process (s)"] == {"min": 30.0, "median": 31.0, "max": 34.0,
+                                                      "runs": 3}
+    assert spread_of["workers' time / the sink alone"] == pytest.approx(
+        {"min": 1.2, "median": 1.3, "max": 1.4, "runs": 2})
+    assert "1.20, 1.40  (min 1.20, median 1.30, max 1.40)" in spread_table(runs)
+    assert spread([Figures(10, 5)]) == {}
+
+
+def test_two_runs_never_share_a_redis_database() -> None:
+    """Two runs at once (a bench beside a test run) each get a database of their own, and
+    one run emptying its database leaves the other's keys alone."""
+    import redis
+
+    with temporary_redis_database() as first, temporary_redis_database() as second:
+        assert first != second
+        redis.Redis.from_url(second).set("bench-test:key", "kept")
+        redis.Redis.from_url(first).flushdb()
+        assert redis.Redis.from_url(second).get("bench-test:key") == b"kept"
+    with temporary_redis_database() as again:  # given back at the end: free to claim again
+        assert again in (first, second)
+        assert redis.Redis.from_url(again).dbsize() == 0
 
 
 def test_bench_shares_the_in_process_day_among_processes(

@@ -107,11 +107,15 @@ def papers_show(ctx: click.Context, paper: str) -> None:
               help="Processes for the in-process day (RUN_JOBS; 0: one per core).")
 @click.option("--in-process/--no-in-process", default=True, show_default=True,
               help="Run the day in this process too (off: only on the --workers).")
+@click.option("--repeat", "--runs", "runs", default=1, show_default=True,
+              type=click.IntRange(1, 100),
+              help="Run the whole bench N times in a row; print each run and the spread "
+                   "(min/median/max) of the whole day and of the workers' ratio.")
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
 @click.pass_context
 def bench(ctx: click.Context, subscribers: int, papers: int, workers: int, concurrency: int,
-          backend: str,
-          batch_size: int | None, jobs: int | None, in_process: bool, as_json: bool) -> None:
+          backend: str, batch_size: int | None, jobs: int | None, in_process: bool, runs: int,
+          as_json: bool) -> None:
     """Run a synthetic day and print time, rate and ratio to the best case per stage.
 
     Uses a throwaway SQLite file (and a throwaway PostgreSQL database with --workers);
@@ -119,7 +123,7 @@ def bench(ctx: click.Context, subscribers: int, papers: int, workers: int, concu
 
     Example: digest bench --subscribers 10000 --papers 2000 --workers 2
     """
-    from ..tools.bench import figures_json, run_bench
+    from ..tools.bench import figures_json, repeat_bench, runs_json, spread_table
 
     settings = settings_of(ctx)
     if batch_size:
@@ -128,10 +132,18 @@ def bench(ctx: click.Context, subscribers: int, papers: int, workers: int, concu
         settings = replace(settings, run_jobs=jobs)
     if not in_process and not workers:
         raise click.UsageError("--no-in-process needs --workers K: there would be nothing to run.")
-    figures = run_bench(settings, subscribers, papers, workers, backend, in_process=in_process,
-                        progress=lambda line: click.echo(line, err=True),
-                        concurrency=concurrency)
-    click.echo(figures_json(figures) if as_json else figures.table())
+    every = repeat_bench(settings, runs, subscribers, papers, workers, backend,
+                         in_process=in_process, progress=lambda line: click.echo(line, err=True),
+                         concurrency=concurrency)
+    if as_json:
+        click.echo(figures_json(every[0]) if runs == 1 else runs_json(every))
+        return
+    for k, figures in enumerate(every, start=1):
+        if runs > 1:
+            click.echo(f"\nRun {k} of {runs}")
+        click.echo(figures.table())
+    if runs > 1:
+        click.echo("\n" + spread_table(every))
 
 
 @main.command()

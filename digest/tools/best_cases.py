@@ -41,6 +41,7 @@ def html_timing(renderer: Any, cycle: Sequence[tuple[Any, dict[str, Any]]]) -> T
     from jinja2 import Environment
 
     from ..render.plain import render_digest
+    from ..render.slots import PER_SUBSCRIBER
 
     jinja = Environment(autoescape=True)
     templates: dict[tuple[str, ...], Any] = {}
@@ -58,9 +59,7 @@ def html_timing(renderer: Any, cycle: Sequence[tuple[Any, dict[str, Any]]]) -> T
         cards = "".join(
             template(unit).render(rank=rank, why=item.why, feedback_href=context["feedback_href"])
             for rank, (unit, item) in enumerate(zip(units, ctx.items, strict=True), start=1))
-        values = {name: context[name] for name in (
-            "preview", "topics", "count_phrase", "is_are", "recipient", "preferences_href",
-            "unsubscribe_href")}
+        values = {name: context[name] for name in PER_SUBSCRIBER}
         return template(skeleton.head).render(values) + cards + template(
             skeleton.tail).render(values)
 
