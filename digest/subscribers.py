@@ -82,6 +82,12 @@ def validate_send_hour(hour: int) -> int:
     return int(hour)
 
 
+def validate_weekday(weekday: int) -> int:
+    if not 0 <= int(weekday) <= 6:
+        raise SubscriberError(f"Weekday {weekday} must be from 0 (Monday) to 6 (Sunday).")
+    return int(weekday)
+
+
 def validate_papers_per_digest(count: int) -> int:
     if not 1 <= int(count) <= MAX_PAPERS_PER_DIGEST:
         raise SubscriberError(f"Papers per digest must be from 1 to {MAX_PAPERS_PER_DIGEST}.")
@@ -129,6 +135,8 @@ def add_subscriber(
     trending_fallback: bool = False,
     status: SubscriberStatus = SubscriberStatus.ACTIVE,
     now: datetime | None = None,
+    cadence: Cadence = Cadence.DAILY,
+    send_weekday: int = 0,
 ) -> Subscriber:
     """Create a subscriber with a topic profile; SubscriberError on bad input or a duplicate."""
     address = normalize_email(email)
@@ -144,6 +152,8 @@ def add_subscriber(
         time_zone=validate_time_zone(time_zone),
         send_hour=validate_send_hour(send_hour),
         papers_per_digest=validate_papers_per_digest(papers_per_digest),
+        cadence=cadence,
+        send_weekday=validate_weekday(send_weekday),
         created_at=now,
         confirmed_at=now if status is SubscriberStatus.ACTIVE else None,
     )

@@ -198,3 +198,22 @@ def test_batches_mixing_daily_and_weekly_readers_cost_a_constant_number_of_queri
     large = statements_for(60, MONDAY + timedelta(days=7))  # 1 mixed batch of 60
     per_batch = (small - large) / 5
     assert large < small and per_batch <= 13, per_batch
+
+
+def test_the_cli_adds_a_weekly_reader_with_a_longer_digest_and_shows_it(
+    settings: Settings,
+) -> None:
+    from click.testing import CliRunner
+
+    from digest.cli import main
+
+    env = {"DATABASE_URL": settings.database_url}
+    runner = CliRunner()
+    added = runner.invoke(main, ["subscribers", "add", "ada@example.org", "--topics", "LoRA",
+                                 "--cadence", "weekly", "--weekday", "Fri"], env=env)
+    assert added.exit_code == 0, added.output
+    shown = runner.invoke(main, ["subscribers", "show", "ada@example.org"], env=env)
+    assert "Cadence:      weekly on fri" in shown.output and "20 papers" in shown.output
+    wrong = runner.invoke(main, ["subscribers", "add", "bo@example.org", "--topics", "LoRA",
+                                 "--weekday", "someday"], env=env)
+    assert wrong.exit_code == 2 and "'someday' is not one of 'mon'" in wrong.output

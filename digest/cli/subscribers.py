@@ -48,6 +48,11 @@ def _subscriber_errors(func_: Any) -> Any:
     return wrapper
 
 
+WEEKDAY_NAMES = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]  # Monday is 0, as in Python
+# A weekly digest covers a week: longer than a daily one unless the reader chose a length.
+WEEKLY_PAPERS_PER_DIGEST = 20
+
+
 @subscribers_group.command("add")
 @click.argument("email")
 @click.option("--topics", required=True, help="Comma-separated topics, e.g. 'LoRA, RLHF'.")
@@ -57,21 +62,31 @@ def _subscriber_errors(func_: Any) -> Any:
 @click.option("--papers", "papers_per_digest", type=int, default=None, help="Papers per digest.")
 @click.option("--trending-fallback", is_flag=True, help="Send trending papers when none match.")
 @click.option("--pending", is_flag=True, help="Add as pending (awaiting confirmation).")
+@click.option("--cadence", type=click.Choice(["daily", "weekly"]), default="daily",
+              show_default=True, help="A digest every day, or once a week on --weekday.")
+@click.option("--weekday", type=click.Choice(WEEKDAY_NAMES, case_sensitive=False),
+              default="mon", show_default=True, help="A weekly digest's day.")
 @click.pass_context
 @_subscriber_errors
 @needs_database
 def subscribers_add(
     ctx: click.Context, email: str, topics: str, exclude: str, time_zone: str | None,
     send_hour: int | None, papers_per_digest: int | None, trending_fallback: bool, pending: bool,
+    cadence: str, weekday: str,
 ) -> None:
-    """Add an active subscriber (an admin action: no confirmation email).
+    """Add an active subscriber (an admin action: no confirmation email). A weekly reader
+    gets WEEKLY_PAPERS_PER_DIGEST papers unless --papers says otherwise.
 
     Example: digest subscribers add ada@example.org --topics "LoRA, activation sparsity"
+    --cadence weekly --weekday fri
     """
-    from ..models import EventKind
+    from ..models import Cadence, EventKind
     from ..subscribers import add_subscriber, record_event
 
     settings = settings_of(ctx)
+    chosen = Cadence(cadence)
+    if papers_per_digest is None and chosen is Cadence.WEEKLY:
+        papers_per_digest = WEEKLY_PAPERS_PER_DIGEST
     with db.session_scope(settings) as session:
         sub = add_subscriber(
             session, email, topics, exclude=exclude,
@@ -81,6 +96,7 @@ def subscribers_add(
                                else papers_per_digest),
             trending_fallback=trending_fallback,
             status=SubscriberStatus.PENDING if pending else SubscriberStatus.ACTIVE,
+            cadence=chosen, send_weekday=WEEKDAY_NAMES.index(weekday.lower()),
         )
         record_event(session, sub.id, EventKind.SUBSCRIBED, "cli",
                      f"added by an admin ({sub.status.value})")
@@ -132,6 +148,8 @@ def subscribers_show(ctx: click.Context, email: str) -> None:
         click.echo(f"Trending when nothing matches: {fallback}")
         click.echo(f"Sends at:     {sub.send_hour:02d}:00 {sub.time_zone}, "
                    f"{sub.papers_per_digest} papers")
+        weekly = f" on {WEEKDAY_NAMES[sub.send_weekday % 7]}" if sub.cadence == "weekly" else ""
+        click.echo(f"Cadence:      {sub.cadence.value}{weekly}")
         click.echo(f"Created:      {sub.created_at:%Y-%m-%d %H:%M} UTC")
         if sub.confirmed_at:
             click.echo(f"Confirmed:    {sub.confirmed_at:%Y-%m-%d %H:%M} UTC")
