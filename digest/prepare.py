@@ -11,13 +11,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta, timezone
 
-from sqlalchemy import func, select
+from sqlalchemy import ColumnElement, and_, func, select
 from sqlalchemy.orm import Session
 
 from .cards import candidate_paper, paper_card
 from .clock import CLOCK
 from .embeddings import day_semantic_index
-from .models import Paper
+from .models import Paper, paper_new_at
 from .render.content import PaperCard
 from .render.day import DayRenderer
 from .score import DayIndex, RankingKnobs, build_day_index, paper_text
@@ -48,9 +48,21 @@ def candidate_days(settings: Settings, weekly: bool) -> int:
 
 
 def day_bounds(day: date, lookback_days: int) -> tuple[datetime, datetime]:
-    """Papers first seen in (start, end] are the day's candidates."""
+    """Papers new in (start, end] are the day's candidates (`candidates_of`)."""
     end = datetime.combine(day + timedelta(days=1), time.min, tzinfo=timezone.utc)
     return end - timedelta(days=lookback_days), end
+
+
+def candidates_of(start: datetime, end: datetime) -> ColumnElement[bool]:
+    """The day's candidates: papers new in (start, end], by the date their source gives (their
+    listing or publication), else by when they were first seen (`models.paper_new_at`), and
+    first seen by the end of the day: a digest dated D carries only papers that had arrived by
+    the end of D, which the readers' `since` and retention rely on.
+
+    A range on the indexed expression (ix_papers_new_at); the first-seen bound filters its rows.
+    """
+    new_at = paper_new_at()
+    return and_(new_at > start, new_at <= end, Paper.first_seen_at <= end)
 
 
 def prepare_day(
@@ -61,11 +73,7 @@ def prepare_day(
     start, end = day_bounds(day, candidate_days(settings, weekly))
     now = min(datetime.now(timezone.utc), end)
     papers = list(
-        session.scalars(
-            select(Paper)
-            .where(Paper.first_seen_at > start, Paper.first_seen_at <= end)
-            .order_by(Paper.id)
-        )
+        session.scalars(select(Paper).where(candidates_of(start, end)).order_by(Paper.id))
     )
     archive = list(
         session.execute(
@@ -83,7 +91,7 @@ def prepare_day(
         semantic=day_semantic_index(settings, papers),
     )
     return PreparedDay(
-        day=day, now=now, index=index, cards={p.id: paper_card(p) for p in papers},
+        day=day, now=now, index=index, cards={p.id: paper_card(p, start) for p in papers},
         renderer=DayRenderer(day, settings.public_base_url), weekly=weekly,
     )
 
@@ -108,7 +116,7 @@ def prepared_day(
     fingerprint = tuple(
         session.execute(
             select(func.count(), func.max(Paper.id), func.max(Paper.updated_at)).where(
-                Paper.first_seen_at > start, Paper.first_seen_at <= end
+                candidates_of(start, end)
             )
         ).one()
     )

@@ -41,6 +41,19 @@ def card(i: int, rng: random.Random) -> PaperCard:
         published_at=rng.choice([None, datetime(2026, 11, 22, tzinfo=timezone.utc)]),
         upvotes=rng.choice([None, 0, 212]),
         comments=rng.choice([None, 3]),
+        # The daily-papers extras, compiled into each card once a day like the rest (drawn
+        # apart, so that the digests drawn after the cards stay what they were).
+        **extras(random.Random(f"extras {i}")),
+    )
+
+
+def extras(rng: random.Random) -> dict[str, object]:
+    return dict(
+        ai_summary=rng.choice([None, None, "LoRA in one line.", rng.choice(HOSTILE)]),
+        github_repo=rng.choice([None, "https://github.com/ada/lora", "javascript:alert(1)"]),
+        stars=rng.choice([None, 0, 7, 1234]),
+        organization=rng.choice([None, "MIT", rng.choice(HOSTILE)]),
+        older_than_window=rng.random() < 0.2,
     )
 
 

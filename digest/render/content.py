@@ -9,13 +9,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime
 
-from .filters import ABSTRACT_CHARS, AUTHORS_SHOWN, one_line, plural, shorten
+from .filters import ABSTRACT_CHARS, AUTHORS_SHOWN, one_line, plural, shorten, star_count
 
 # A card never carries more than this, whatever a source stored: a digest's size is bounded
 # by its paper count, not by the longest title someone published.
 TITLE_CHARS = 300
 AUTHOR_CHARS = 100
 URL_CHARS = 2048
+ORGANIZATION_CHARS = 100
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,13 @@ class PaperCard:
     upvotes: int | None = None
     comments: int | None = None
     source: str = ""
+    # What the daily-papers site adds; a card without them reads as it always did.
+    ai_summary: str | None = None  # a one-line TL;DR, shown in place of the cut abstract
+    github_repo: str | None = None  # the code: a "Code" link with its stars
+    stars: int | None = None
+    organization: str | None = None  # the authors' organization, after their names
+    # Published before the day's window (though listed in it, or undated): the card says when.
+    older_than_window: bool = False
 
 
 @dataclass(frozen=True)
@@ -81,14 +89,19 @@ def bounded_card(card: PaperCard) -> PaperCard:
     authors = tuple(
         shorten(name, AUTHOR_CHARS) for name in card.authors[: AUTHORS_SHOWN + 1]
     )
+    summary = card.ai_summary[: 4 * ABSTRACT_CHARS] if card.ai_summary else None
+    organization = shorten(card.organization, ORGANIZATION_CHARS) if card.organization else None
     if (len(card.title) <= TITLE_CHARS and authors == card.authors
             and len(card.abstract) <= 4 * ABSTRACT_CHARS
-            and link(card.url) == card.url and link(card.pdf_url) == card.pdf_url):
+            and link(card.url) == card.url and link(card.pdf_url) == card.pdf_url
+            and summary == card.ai_summary and organization == card.organization
+            and link(card.github_repo) == card.github_repo):
         return card
     return replace(
         card, title=shorten(card.title, TITLE_CHARS), authors=authors,
         abstract=card.abstract[: 4 * ABSTRACT_CHARS], url=link(card.url),
-        pdf_url=link(card.pdf_url),
+        pdf_url=link(card.pdf_url), ai_summary=summary, organization=organization,
+        github_repo=link(card.github_repo),
     )
 
 
@@ -100,4 +113,9 @@ def engagement(card: PaperCard) -> str:
     if card.comments is not None:
         bits.append(plural(card.comments, "comment"))
     return " · ".join(bits)
+
+
+def code_label(card: PaperCard) -> str:
+    """The code link's text: "Code · 1.2k ★", or "Code" when the stars are unknown or none."""
+    return f"Code · {star_count(card.stars)} ★" if card.stars else "Code"
 

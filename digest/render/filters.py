@@ -149,6 +149,23 @@ def wrap(text: str, width: int = TEXT_WIDTH, indent: int = 0, first: str | None 
     return "\n".join(lines)
 
 
+def star_count(count: int) -> str:
+    """A count as GitHub shows stars: "950", "1.2k", "12.3k", "123k", "1.2M" (rounded down,
+    so 999,999 is "999k", never "1000k")."""
+    if count < 1000:
+        return str(count)
+    if count < 100_000:
+        return _tenths(count // 100) + "k"
+    if count < 1_000_000:
+        return f"{count // 1000}k"
+    return _tenths(count // 100_000) + "M"
+
+
+def _tenths(tenths: int) -> str:
+    whole, tenth = divmod(tenths, 10)
+    return f"{whole}.{tenth}" if tenth else str(whole)
+
+
 def plural(count: int, singular: str, many: str | None = None) -> str:
     """A count with its noun: "1 paper", "10 papers"."""
     return f"{count} {singular if count == 1 else (many or singular + 's')}"

@@ -21,7 +21,7 @@ from typing import Any
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 from mjml import mjml2html
 
-from .content import DigestContext, PaperCard, engagement
+from .content import DigestContext, PaperCard, code_label, engagement
 from .filters import (
     author_line,
     day_month,
@@ -82,6 +82,7 @@ def email_environment() -> Environment:
         wrap=wrap,
         plural=plural,
         engagement=engagement,
+        code_label=code_label,
     )
     env.globals["brand"] = BRAND
     return env

@@ -29,6 +29,7 @@ class CandidatePaper:
     upvotes: int | None = None
     comments: int | None = None
     stars: int | None = None
+    ai_keywords: tuple[str, ...] = ()
 
     @property
     def text(self) -> str:
