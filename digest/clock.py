@@ -29,6 +29,13 @@ class StageClock:
             self.seconds[stage] += perf_counter() - start
             self.items[stage] += items
 
+    def add(self, seconds: dict[str, float], items: dict[str, int]) -> None:
+        """Add another process's figures to these (a forked run process's, say): the stages'
+        process-seconds sum, as their items do."""
+        for stage, spent in seconds.items():
+            self.seconds[stage] += spent
+        self.items.update(items)
+
     def reset(self) -> None:
         self.seconds.clear()
         self.items.clear()

@@ -103,8 +103,7 @@ def _gather(
                 share, share_rows, seconds, items = payload
                 report.merge(share)
                 rows.update(share_rows)
-                CLOCK.seconds.update(seconds)
-                CLOCK.items.update(items)
+                CLOCK.add(seconds, items)
                 waiting.pop(conn)
             elif kind == "error":
                 errors.append(payload[0])
