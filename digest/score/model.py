@@ -87,7 +87,7 @@ class RankingKnobs:
     relative_relevance: float = 0.1  # and below this share of the reader's best match today
     trending_boost: float = 1.0
     recency_half_life_days: float = 3.0
-    mmr_lambda: float = 0.85  # 1: pure relevance order; lower: more diverse digests
+    mmr_lambda: float = 0.95  # 1: pure relevance order; lower: more diverse digests
     like_weight: float = 0.5  # Rocchio beta: toward the papers a reader liked
     dislike_weight: float = 0.5  # Rocchio gamma: away from the ones they did not
 
