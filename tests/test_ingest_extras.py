@@ -239,6 +239,18 @@ def test_a_paper_is_dated_once_and_an_undated_one_by_the_first_source_that_dates
     assert paper.first_seen_at == NOW
 
 
+def test_a_paper_is_never_dated_after_it_was_first_seen(session: Session) -> None:
+    # Seen undated on the 6th, then a source says it was listed on the 9th: new from the 6th,
+    # so that it stays a candidate no longer than LOOKBACK_DAYS after it arrived.
+    (record,), _ = parsed(entry(1, submittedOnDailyAt=None, publishedAt=None))
+    upsert_papers(session, [record], now=NOW)
+    later = replace(record, listed_at=NOW + timedelta(days=3))
+    upsert_papers(session, [later], now=NOW + timedelta(days=3))
+    session.commit()
+
+    assert row(session, "2607.00001").listed_at == NOW
+
+
 def test_a_date_ahead_of_the_clock_counts_from_now(session: Session) -> None:
     (record,), _ = parsed(entry(1))
     ahead = replace(record, listed_at=NOW + timedelta(days=1))

@@ -10,6 +10,7 @@ import pytest
 
 from digest.score import (
     CandidatePaper,
+    DayIndex,
     Profile,
     RankingKnobs,
     SemanticIndex,
@@ -23,6 +24,7 @@ from digest.score import (
     trending_scores,
 )
 from digest.score import queries as score_queries
+from digest.score.text import word_slots
 
 NOW = datetime(2026, 11, 23, 12, tzinfo=timezone.utc)
 
@@ -222,6 +224,55 @@ def test_an_acronym_only_topic_finds_papers_that_spell_it_out() -> None:
     assert {p.paper_id for p in sel.picks} == {1, 2}
 
 
+def test_a_phrase_does_not_match_on_its_common_words_alone() -> None:
+    # "learning" is in seven papers of the day, "graphs" in two: a short paper dense with
+    # "learning" would beat a long one that says "graphs" twice on TF-IDF alone.
+    learning = [paper(10 + i, f"Learning {topic}", f"We study learning of {topic} from data.")
+                for i, topic in enumerate(["to rank", "rates", "curricula", "to search",
+                                           "with noisy labels", "in games"])]
+    others = [paper(20 + i, title, title) for i, title in enumerate([
+        "Protein structure prediction", "Weather forecasting with ensembles",
+        "Compilers for tensor programs", "Speech recognition in noise", "Ocean currents"])]
+    only_common = paper(1, "Learning to learn: meta-learning for fast learning",
+                        "Learning how to learn new tasks with meta-learning; learning faster.")
+    distinctive = paper(2, "Random walks on graphs",
+                        "We bound mixing times of random walks on expander graphs with spectral "
+                        "methods, give tight constants for regular expanders, and relate hitting "
+                        "times to effective resistance.")
+    both = paper(3, "Learning on graphs with message passing", "Graph learning for molecules.")
+    index = build_day_index([only_common, distinctive, both, *learning, *others], [], NOW,
+                            RankingKnobs(min_relevance=0.01))
+    coverage = index.queries.coverage.of(["learning on graphs"])[0]
+    assert coverage[1] == coverage[2] == 1.0 and coverage[0] < 0.6
+    [sel] = index.select([Profile(1, "learning on graphs", limit=9)])
+    ranked = [p.paper_id for p in sel.picks]
+    assert ranked[:2] == [3, 2]  # then the papers that only say "learning"
+
+
+def test_a_phrase_is_covered_however_its_hyphenated_words_are_written() -> None:
+    papers = [paper(1, "Fine-tuning small models", "Fine-tuning on a budget."),
+              paper(2, "Finetuning small models", "Finetuning on a budget."),
+              paper(3, "Fine tuning small models", "Fine tuning on a budget."),
+              paper(4, "Small models", "Tuning of small models on a budget.")]
+    index = build_day_index(papers, [], NOW, RankingKnobs())
+    coverage = index.queries.coverage.of(["fine-tuning", "zebra"])
+    assert coverage[0].tolist() == [1.0, 1.0, 1.0, 0.0]  # "tuning" alone is not fine-tuning
+    assert coverage[1].tolist() == [1.0] * 4  # no word of it is a term today: no verdict
+
+
+def test_coverage_in_batches_equals_the_plain_rule() -> None:
+    from digest.tools.synthetic import TOPIC_PHRASES, sample_texts
+
+    papers = [paper(i, t, a) for i, (t, a) in enumerate(sample_texts()[:300], start=1)]
+    index = build_day_index(papers, [], NOW, RankingKnobs())
+    phrases = [*TOPIC_PHRASES, *HOSTILE_TOPICS, "learning on graphs", "LLM compression",
+               "alignment of VLMs", "fine-tuning of LLMs", "model model model"]
+    held = [set(analyze(p.text)) for p in index.papers]
+    batch = index.queries.coverage.of(phrases)
+    for row, phrase in enumerate(phrases):
+        assert batch[row] == pytest.approx(plain_coverage(index, phrase, held), abs=1e-6)
+
+
 def test_diversity_lets_a_second_subtopic_in_before_more_of_the_first() -> None:
     extras = ["for code models", "for speech recognition", "for protein folding",
               "for robot control"]
@@ -386,6 +437,39 @@ def test_topic_rows_built_from_phrases_equal_the_vectorizers_own() -> None:
     assert np.array_equal(built.indices, expected.indices)
 
 
+def plain_coverage(index: DayIndex, phrase: str, held: list[set[str]]) -> list[float]:
+    """How much of a phrase each paper (the terms it holds) holds, word by word: the IDF of
+    the words it holds over the rarest word's, at most 1 (an acronym also held by its
+    spelled-out form's rarest word, and no rarer than that word)."""
+    vocab, idf = index.vectorizer.vocabulary_, index.vectorizer.idf_
+    weighed = []
+    for slot in word_slots(phrase, index.acronyms):
+        terms = [t for t in slot.terms if t in vocab]
+        weight = max((float(idf[vocab[t]]) for t in slot.stems if t in vocab), default=0.0)
+        weight = weight or max((float(idf[vocab[t]]) for t in terms), default=0.0)
+        spelled = [t for t in slot.spelled if t in vocab]
+        if spelled:
+            rarest = max(spelled, key=lambda t: idf[vocab[t]])
+            terms.append(rarest)
+            weight = min(weight, float(idf[vocab[rarest]])) if weight else idf[vocab[rarest]]
+        if terms:
+            weighed.append((weight, terms))
+    if not weighed:
+        return [1.0] * len(held)
+    rarest_weight = max(w for w, _ in weighed)
+    return [min(1.0, sum(w for w, terms in weighed if not has.isdisjoint(terms)) / rarest_weight)
+            for has in held]
+
+
+def plain_phrase_similarity(index: DayIndex, phrase: str, held: list[set[str]]) -> list[float]:
+    """A phrase's similarity to each paper, the plain way: the cosine of its TF-IDF row (a
+    phrase of acronyms alone expanded) times the paper's coverage of the phrase."""
+    row = index.vectorizer.transform([expand_acronyms(phrase, index.acronyms)])
+    similarity = (row @ index.matrix.T).toarray()[0]
+    coverage = plain_coverage(index, phrase, held)
+    return [float(s) * c for s, c in zip(similarity, coverage, strict=True)]
+
+
 def test_each_pick_says_which_phrases_it_matches_best_first() -> None:
     # The reasons come from batch arrays; check them against the plain rule, computed here
     # pick by pick: up to three phrases with similarity above 0.02, best first, ties in the
@@ -400,12 +484,15 @@ def test_each_pick_says_which_phrases_it_matches_best_first() -> None:
     profiles = [Profile(i, ", ".join(rng.sample(TOPIC_PHRASES, rng.randint(1, 6))), limit=10)
                 for i in range(200)]
     matched = 0
+    plain: dict[str, list[float]] = {}
+    held = [set(analyze(p.text)) for p in index.papers]
     for profile, selection in zip(profiles, index.select(profiles), strict=True):
         phrases = split_topics(profile.topics)
-        rows = index.vectorizer.transform([expand_acronyms(p, index.acronyms) for p in phrases])
+        for phrase in set(phrases) - set(plain):
+            plain[phrase] = plain_phrase_similarity(index, phrase, held)
         for pick in selection.picks:
             col = index.papers.index(next(p for p in papers if p.id == pick.paper_id))
-            similarity = (rows @ index.matrix[col].T).toarray().ravel().tolist()
+            similarity = [plain[phrase][col] for phrase in phrases]
             ranked = sorted((-s, i) for i, s in enumerate(similarity) if s > 0.02)[:3]
             line = "matches: " + ", ".join(phrases[i] for _, i in ranked) if ranked else None
             assert [r for r in pick.reasons if r.startswith("matches:")] == ([line] if line else [])

@@ -166,16 +166,18 @@ def _follow_newest(row: Paper, record: PaperRecord) -> None:
 
 
 def _date(row: Paper, record: PaperRecord, now: datetime) -> None:
-    """Date a paper once: by its source's listing, else its publication (never later than now,
-    so that a paper is new on the day it arrives). Until a source dates it, `listed_at` stays
-    empty and the paper counts as new from when it was first seen (`models.paper_new_at`).
+    """Date a paper once: by its source's listing, else its publication. Until a source dates
+    it, `listed_at` stays empty and the paper counts as new from when it was first seen
+    (`models.paper_new_at`).
 
     Set once, as `first_seen_at` is: a paper published long ago does not become new because
-    another source lists it today, and a digest's window never reaches back to it again.
+    another source lists it today. Never later than its first sighting (nor now), so a paper is
+    new on the day it arrives, and a candidate for at most LOOKBACK_DAYS after it was first
+    seen, which retention's "never twice" floor counts on.
     """
     dated = record.listed_at or record.published_at
     if row.listed_at is None and dated is not None:
-        row.listed_at = min(dated, now)
+        row.listed_at = min(dated, now, row.first_seen_at or now)
 
 
 def _snapshot(row: Paper) -> dict[str, object]:

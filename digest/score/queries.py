@@ -15,6 +15,7 @@ from scipy import sparse
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.utils.sparsefuncs_fast import inplace_csr_row_normalize_l2
 
+from .coverage import PhraseCoverage
 from .fusion import zscore_fusion
 from .model import SemanticIndex
 from .text import bigrams, expand_acronyms, split_words
@@ -115,6 +116,9 @@ class QueryScorer:
         self._query_rows: dict[str, QueryRow] = {}
         self._phrase_counts: dict[str, PhraseTerms] = {}
         self._phrase_similarity: dict[str, np.ndarray] = {}  # see lexical_similarity
+        self.coverage = PhraseCoverage(
+            vectorizer.vocabulary_, vectorizer.idf_, matrix_t, acronyms
+        )
 
     def relevance(
         self, phrase_lists: list[list[str]], counts: np.ndarray, topics: list[str]
@@ -155,12 +159,24 @@ class QueryScorer:
         if fresh:
             rows = self.query_matrix([queries[i] for i in fresh], [splits[i] for i in fresh])
             similarity[fresh] = (rows @ self.matrix_t).toarray()
+            self._covered(similarity, fresh, queries, splits)
             room = MAX_CACHED_PHRASE_ROWS - len(self._phrase_similarity)
             for row in fresh:
                 if room > 0 and len(splits[row]) == 1 and splits[row][0] == queries[row]:
                     self._phrase_similarity[queries[row]] = similarity[row].copy()
                     room -= 1
         return similarity
+
+    def _covered(
+        self, similarity: np.ndarray, fresh: list[int], queries: list[str],
+        splits: list[list[str]],
+    ) -> None:
+        """A phrase's similarity scaled by how much of it each paper holds (`coverage.py`):
+        "learning" alone is little of "learning on graphs". Not a whole topics text's: it
+        names several topics, and a paper on one of them is a match."""
+        phrases = [row for row in fresh if splits[row] == [queries[row]]]
+        if phrases:
+            similarity[phrases] *= self.coverage.of([queries[row] for row in phrases])
 
     def query_matrix(self, queries: list[str], splits: list[list[str]]) -> sparse.csr_matrix:
         """The queries' acronym-expanded, normalised TF-IDF rows, as `transform` gives them.
@@ -185,24 +201,19 @@ class QueryScorer:
             self._phrase_counts.clear()
 
     def _build_rows(self, queries: list[str], splits: list[list[str]]) -> list[QueryRow]:
-        """New queries' rows, kept for the day. A text is summed from its phrases' term counts
-        (`composed_rows`, each phrase analysed once a day); only a text that is all acronyms,
-        and so gets their spelled-out forms appended, goes to `transform`."""
-        expanded = [expand_acronyms(query, self.acronyms) for query in queries]
-        plain = [k for k, query in enumerate(queries) if expanded[k] == query]
-        acronyms = [k for k, query in enumerate(queries) if expanded[k] != query]
-        built: list[QueryRow] = [(np.zeros(0), np.zeros(0))] * len(queries)
-        fresh = []
-        if plain:
-            fresh.append((plain, self.composed_rows([splits[k] for k in plain])))
-        if acronyms:
-            fresh.append((acronyms, self.vectorizer.transform([expanded[k] for k in acronyms])))
-        for positions, matrix in fresh:
-            for j, k in enumerate(positions):
-                lo, hi = matrix.indptr[j], matrix.indptr[j + 1]
-                built[k] = self._query_rows[queries[k]] = (
-                    matrix.indices[lo:hi], matrix.data[lo:hi]
-                )
+        """New queries' rows, kept for the day: each text summed from its phrases' term
+        counts (`composed_rows`, each phrase analysed once a day). A text of nothing but
+        acronyms is read with their spelled-out forms (`expand_acronyms`)."""
+        matrix = self.composed_rows([
+            [expand_acronyms(p, self.acronyms, everywhere=True) for p in phrases]
+            if expand_acronyms(query, self.acronyms) != query else phrases
+            for query, phrases in zip(queries, splits, strict=True)
+        ])
+        built: list[QueryRow] = []
+        for k, query in enumerate(queries):
+            lo, hi = matrix.indptr[k], matrix.indptr[k + 1]
+            built.append((matrix.indices[lo:hi], matrix.data[lo:hi]))
+            self._query_rows[query] = built[-1]
         return built
 
     def _stack(self, rows: list[QueryRow]) -> sparse.csr_matrix:
@@ -217,7 +228,7 @@ class QueryScorer:
 
     def composed_rows(self, texts: list[list[str]]) -> sparse.csr_matrix:
         """TF-IDF rows of topic texts (given as their phrases), summed from the phrases'
-        counts: what `transform` gives, to the bit.
+        counts: what `transform` gives for the text with its acronyms expanded, to the bit.
 
         A text's terms are its phrases' terms plus the bigrams that run across a comma
         ("lora, diffusion" holds "lora diffusion"), so its counts are the phrases' counts

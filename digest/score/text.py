@@ -12,6 +12,7 @@ import re
 import threading
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from functools import lru_cache
 from itertools import pairwise
 
@@ -133,6 +134,31 @@ def split_words(text: str) -> tuple[list[str], list[str]]:
     return words, extra
 
 
+@dataclass(frozen=True)
+class WordSlot:
+    """A word of a topic phrase, as the terms a paper may say it with (any one will do)."""
+
+    stems: tuple[str, ...]  # its parts' stems: "fine-tuning" is "fine", "tune"
+    terms: tuple[str, ...]  # the terms that say it: "graph"; "finetun" or "fine tune"
+    spelled: tuple[str, ...] = ()  # an acronym's spelled-out stems
+
+
+def word_slots(phrase: str, acronyms: dict[str, str]) -> list[WordSlot]:
+    """The words of a phrase that carry meaning (stop words out), one slot each, once."""
+    slots: dict[tuple[str, ...], WordSlot] = {}
+    for match in WORD_PATTERN.finditer(phrase):
+        parts = re.split(r"[-\u2010\u2011]", match.group().lower())
+        stems = tuple(_stem(p) for p in parts if p not in ENGLISH_STOP_WORDS)
+        if not stems or stems in slots:
+            continue
+        # A hyphenated word is said joined up ("finetuning") or as its words ("fine tuning").
+        terms = stems if len(stems) == 1 else (_stem("".join(parts)), *bigrams(list(stems)))
+        long_form = _long_form_of(match.group(), acronyms)
+        spelled = tuple(split_words(long_form)[0]) if long_form else ()
+        slots[stems] = WordSlot(stems, terms, spelled)
+    return list(slots.values())
+
+
 def bigrams(words: list[str]) -> list[str]:
     return [f"{a} {b}" for a, b in pairwise(words)]
 
@@ -191,21 +217,64 @@ def _long_form(short: str, text: str) -> str | None:
     return text[text.rfind(" ", 0, t + 1) + 1 :].strip() or None
 
 
-def expand_acronyms(phrase: str, acronyms: dict[str, str]) -> str:
-    """An acronym-only phrase ("MoE", "ViT") with its spelled-out forms appended.
+def expand_acronyms(text: str, acronyms: dict[str, str], everywhere: bool = False) -> str:
+    """A topics text with its acronyms followed by their spelled-out forms: in a phrase of
+    nothing but acronyms ("MoE" -> "MoE mixture-of-experts"), or with `everywhere` in
+    every phrase ("alignment of VLMs" -> "alignment of VLMs vision-language models").
 
-    Only phrases made of nothing but acronyms are expanded: in "linear RNNs" the other words
-    already say what is meant, and adding "recurrent neural networks" would dilute them.
+    An acronym is a word with two capitals or more; "VLMs" finds a "VLM" the corpus
+    defined. A phrase that already spells an acronym out ("fine-tuning (FT)") gets no
+    second copy. Phrase by phrase, in place: the text expanded is its phrases expanded, so a
+    topics text's row can be summed from its phrases' (`QueryScorer.composed_rows`).
     """
-    words = WORD_PATTERN.findall(phrase)
-    if not words or any(sum(c.isupper() for c in word) < 2 for word in words):
-        return phrase
-    additions = []
-    for word in words:
-        key = word.lower()
-        if key not in acronyms and key.endswith("s"):
-            key = key[:-1]
-        if key in acronyms:
-            additions.append(acronyms[key])
-    return " ".join([phrase, *additions])
+    words = WORD_PATTERN.findall(text)
+    if not acronyms or not words or not (everywhere or all(map(_is_acronym, words))):
+        return text
+    pieces = re.split(f"({TOPIC_SEPARATORS.pattern})", text)
+    return "".join(
+        piece if k % 2 else _expand_phrase(piece, acronyms) for k, piece in enumerate(pieces)
+    )
 
+
+def acronyms_in(phrase: str, acronyms: dict[str, str]) -> list[tuple[str, str]]:
+    """The acronyms of a phrase that the corpus spells out: (its term, the spelled-out
+    form), "alignment of VLMs" -> [("vlm", "vision-language models")]."""
+    found = []
+    for match in WORD_PATTERN.finditer(phrase):
+        long_form = _long_form_of(match.group(), acronyms)
+        if long_form is not None:
+            found.append((_stem(match.group().lower()), long_form))
+    return found
+
+
+def _is_acronym(word: str) -> bool:
+    return sum(c.isupper() for c in word) >= 2
+
+
+def _expand_phrase(phrase: str, acronyms: dict[str, str]) -> str:
+    spelled = _plain(phrase)
+
+    def with_long_form(match: re.Match[str]) -> str:
+        word = match.group()
+        long_form = _long_form_of(word, acronyms)
+        if long_form is None or _plain(long_form) in spelled:
+            return word
+        return f"{word} {long_form}"
+
+    return WORD_PATTERN.sub(with_long_form, phrase)
+
+
+def _long_form_of(word: str, acronyms: dict[str, str]) -> str | None:
+    if not _is_acronym(word):
+        return None
+    key = word.lower()
+    if key not in acronyms and key.endswith("s"):
+        key = key[:-1]
+    long_form = acronyms.get(key)
+    # A separator inside it would split the phrase it is put in.
+    return TOPIC_SEPARATORS.sub(" ", long_form) if long_form else None
+
+
+def _plain(text: str) -> str:
+    """Lower-case words separated by single spaces, to see whether a text holds another."""
+    return " " + " ".join(re.findall(r"[a-z0-9]+", text.lower())) + " "
