@@ -18,7 +18,7 @@ from sklearn.utils.sparsefuncs_fast import inplace_csr_row_normalize_l2
 from .coverage import PhraseCoverage
 from .fusion import zscore_fusion
 from .model import SemanticIndex
-from .text import bigrams, expand_acronyms, split_words
+from .text import acronyms_in, bigrams, expand_acronyms, split_words
 
 # Distinct query texts whose TF-IDF rows a day's index keeps (subscribers share topics, and
 # the custom analyser is most of `transform`'s cost); past this many it starts again, so a
@@ -159,6 +159,7 @@ class QueryScorer:
         if fresh:
             rows = self.query_matrix([queries[i] for i in fresh], [splits[i] for i in fresh])
             similarity[fresh] = (rows @ self.matrix_t).toarray()
+            self._spelled_out(similarity, fresh, queries, splits)
             self._covered(similarity, fresh, queries, splits)
             room = MAX_CACHED_PHRASE_ROWS - len(self._phrase_similarity)
             for row in fresh:
@@ -177,6 +178,67 @@ class QueryScorer:
         phrases = [row for row in fresh if splits[row] == [queries[row]]]
         if phrases:
             similarity[phrases] *= self.coverage.of([queries[row] for row in phrases])
+
+    def _spelled_out(
+        self, similarity: np.ndarray, fresh: list[int], queries: list[str],
+        splits: list[list[str]],
+    ) -> None:
+        """A phrase with acronyms among other words ("alignment of VLMs") matches papers as
+        it does and as they would spell it ("alignment of vision-language models"), the
+        better of the two per paper. A phrase of nothing but acronyms already reads as both
+        (`expand_acronyms`); a whole topics text keeps the words as typed."""
+        rows = {
+            row: self.spelled_out_row(queries[row]) for row in fresh
+            if splits[row] == [queries[row]]
+            and expand_acronyms(queries[row], self.acronyms) == queries[row]
+            and acronyms_in(queries[row], self.acronyms)
+        }
+        if rows:
+            spelled = list(rows)
+            matrix = sparse.vstack(list(rows.values())).tocsr()
+            similarity[spelled] = np.maximum(
+                similarity[spelled], (matrix @ self.matrix_t).toarray()
+            )
+
+    def spelled_out_row(self, phrase: str) -> sparse.csr_matrix:
+        """The phrase's TF-IDF row with each acronym's weight handed to its spelled-out
+        form's terms ("vlm" to "vision", "languag", "vision languag" ...), shared by their
+        own weights: the acronym counts once either way, and a long form's common words
+        ("large language models") cannot outweigh the phrase's other words.
+
+        The weight handed over is the acronym's, at most as rare as its spelled-out form's
+        rarest word: "LLM" is rarer than the idea, which papers mostly spell out.
+        """
+        idf, vocabulary = self.vectorizer.idf_, self.vectorizer.vocabulary_
+        weights = self._tf_idf(self.phrase_terms(phrase))
+        for term, long_form in acronyms_in(phrase, self.acronyms):
+            spelled = self._tf_idf(self.phrase_terms(long_form))
+            if not spelled:
+                continue
+            rarest = self.coverage.rarest(split_words(long_form)[0])[1]
+            column = vocabulary.get(term)
+            if column in weights:
+                share = weights.pop(column) * min(1.0, rarest / float(idf[column]))
+            else:  # no paper today says the acronym
+                share = rarest
+            norm = float(np.sqrt(sum(w * w for w in spelled.values())))
+            for col, w in spelled.items():
+                weights[col] = weights.get(col, 0.0) + share * w / norm
+        row = sparse.csr_matrix(
+            (np.array(list(weights.values()), dtype=np.float32),
+             (np.zeros(len(weights), dtype=np.int64), np.array(list(weights), dtype=np.int64))),
+            shape=(1, self.term_count),
+        )
+        inplace_csr_row_normalize_l2(row)
+        return row
+
+    def _tf_idf(self, terms: PhraseTerms) -> dict[int, float]:
+        """A phrase's TF-IDF weights by column, before the norm (as `composed_rows`)."""
+        idf = self.vectorizer.idf_
+        return {
+            c: (1.0 + float(np.log(n))) * float(idf[c])
+            for c, n in zip(terms.columns, terms.counts, strict=True)
+        }
 
     def query_matrix(self, queries: list[str], splits: list[list[str]]) -> sparse.csr_matrix:
         """The queries' acronym-expanded, normalised TF-IDF rows, as `transform` gives them.
