@@ -28,6 +28,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
+from itertools import islice
 from typing import Any
 
 from sqlalchemy import and_, bindparam, delete, func, or_, select, text, update
@@ -54,7 +55,7 @@ def stale_condition(now: datetime) -> ColumnElement[bool]:
 
 def plan(
     session: Session,
-    due: Sequence[tuple[int, date, str]],
+    due: Iterable[tuple[int, date, str]],
     message_id: Callable[[int, date], str],
     now: datetime,
     lease_seconds: int,
@@ -76,8 +77,8 @@ def plan(
     start then need them as much as any), and again at the end if more were planned since.
     """
     planned_rows = analyzed_at = 0
-    for start in range(0, len(due), PLAN_CHUNK):
-        chunk = due[start : start + PLAN_CHUNK]
+    rows = iter(due)  # a stream (`pipeline.due_subscribers`): read one chunk at a time
+    while chunk := list(islice(rows, PLAN_CHUNK)):
         ids = {(sid, day): message_id(sid, day) for sid, day, _ in chunk}
         planned = _plan_chunk(session, chunk, ids, now, lease_seconds, retry_now)
         planned_rows += len(planned)

@@ -15,12 +15,17 @@ every step safe to repeat; `status.py` reports on a run and on a day.
 
 from __future__ import annotations
 
+import atexit
 import logging
+import os
+import queue
+import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
 from functools import partial
+from time import perf_counter
 from typing import TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -164,7 +169,7 @@ def _send_share(
 # --- plan: who is due, and when ---------------------------------------------------------
 
 
-def due_subscribers(session: Session, now: datetime) -> list[tuple[int, date, str]]:
+def due_subscribers(session: Session, now: datetime) -> Iterator[tuple[int, date, str]]:
     """(subscriber, their local date, its period) for everyone whose local send hour has come
     today; for a weekly reader, only when today is their weekday.
 
@@ -173,34 +178,51 @@ def due_subscribers(session: Session, now: datetime) -> list[tuple[int, date, st
     still due later that local day (not the day after, for a weekly reader either). One who
     already has a delivery row for their local date, or a weekly reader for the ISO week of
     it, is not due again (unless that row was abandoned: planned or claimed, and its lease
-    ran out). One query per time zone, whatever the cadences.
+    ran out).
+
+    Streamed: read in pages of DUE_PAGE by id (keyset, one query per page whatever the zones
+    and cadences), so a day of a million readers is never held whole, and each page is a
+    query of its own: the planner commits between pages, which would end a cursor.
     """
     zones = session.scalars(select(Subscriber.time_zone).where(mailable()).distinct()).all()
-    due: list[tuple[int, date, str]] = []
-    for zone in sorted(zones):
-        local = now.astimezone(_zone(zone))
-        today, week = local.date(), delivery_period(local.date(), Cadence.WEEKLY)
-        handled = exists().where(
-            Delivery.subscriber_id == Subscriber.id,
-            or_(
-                Delivery.digest_date == today,
-                and_(Subscriber.cadence == Cadence.WEEKLY, Delivery.period == week),
-            ),
-            ~ledger.stale_condition(now),  # type: ignore[operator]
-        )
+    if not zones:
+        return
+    local = {zone: now.astimezone(_zone(zone)) for zone in zones}
+    due_now = or_(*(
+        and_(Subscriber.time_zone == zone, Subscriber.send_hour <= at.hour,
+             due_on_weekday(at.weekday()), ~_handled(at.date(), now))
+        for zone, at in sorted(local.items())
+    ))
+    after = 0
+    while True:
         rows = session.execute(
-            select(Subscriber.id, Subscriber.cadence)
-            .where(
-                mailable(),
-                Subscriber.time_zone == zone,
-                Subscriber.send_hour <= local.hour,
-                due_on_weekday(local.weekday()),
-                ~handled,
-            )
+            select(Subscriber.id, Subscriber.cadence, Subscriber.time_zone)
+            .where(mailable(), Subscriber.id > after, due_now)
             .order_by(Subscriber.id)
+            .limit(DUE_PAGE)
         ).all()
-        due += [(sid, today, delivery_period(today, cadence)) for sid, cadence in rows]
-    return due
+        for sid, cadence, zone in rows:
+            today = local[zone].date()
+            yield sid, today, delivery_period(today, cadence)
+        if len(rows) < DUE_PAGE:
+            return
+        after = rows[-1][0]
+
+
+DUE_PAGE = 5000
+
+
+def _handled(today: date, now: datetime) -> ColumnElement[bool]:
+    """A subscriber with a live delivery row for `today`, or a weekly one for its ISO week."""
+    week = delivery_period(today, Cadence.WEEKLY)
+    return exists().where(
+        Delivery.subscriber_id == Subscriber.id,
+        or_(
+            Delivery.digest_date == today,
+            and_(Subscriber.cadence == Cadence.WEEKLY, Delivery.period == week),
+        ),
+        ~ledger.stale_condition(now),  # type: ignore[operator]
+    )
 
 
 def due_on_weekday(weekday: int) -> ColumnElement[bool]:
@@ -247,7 +269,7 @@ def plan_due_batches(settings: Settings, now: datetime) -> Iterator[tuple[date, 
 def _plan(
     session: Session,
     settings: Settings,
-    pairs: Sequence[tuple[int, date, str]],
+    pairs: Iterable[tuple[int, date, str]],
     now: datetime,
     retry_now: bool = False,
 ) -> Iterator[list[tuple[int, date]]]:
@@ -303,11 +325,31 @@ class Composed:
 
 
 def send_planned_batch(settings: Settings, day: date, subscriber_ids: Sequence[int]) -> DayReport:
-    """A worker's step: send one planned batch over one mail connection; safe to run twice."""
+    """A worker's step: claim and compose one planned batch, and send it; safe to run twice.
+
+    Over SMTP the composed batch goes to this process's sending thread (`SENDING`), which
+    sends it over the kept connections while this task returns and the next one claims and
+    composes: the report then holds what was claimed and composed, and the sending thread
+    records each outcome in the ledger. Other backends send here, before returning.
+    """
+    if settings.mail_backend != "smtp":
+        with db.session_scope(settings) as session:
+            prepared = prepared_day(session, settings, day)
+            with batch_sender(settings) as sender:
+                return process_batch(session, settings, prepared, subscriber_ids, sender)
+    started = perf_counter()
     with db.session_scope(settings) as session:
         prepared = prepared_day(session, settings, day)
-        with batch_sender(settings) as sender:  # its SMTP connections serve the next batch too
-            return process_batch(session, settings, prepared, subscriber_ids, sender)
+        token = uuid.uuid4().hex
+        journal = Journal(settings, token)  # before the claim: a dead attempt's claims are freed
+        try:
+            report, windows = claim_and_compose(session, settings, prepared, subscriber_ids,
+                                                token)
+        except BaseException:
+            journal.close(remove=False)
+            raise
+    SENDING.submit(ComposedBatch(settings, day, token, journal, windows, report, started))
+    return report
 
 
 @metrics.BATCH_SECONDS.time()
@@ -322,8 +364,8 @@ def process_batch(
     token = uuid.uuid4().hex
     journal = Journal(settings, token)  # before the claim: a dead attempt's claims are freed
     try:
-        report = _process_batch(session, settings, prepared, subscriber_ids, sender, token,
-                                journal)
+        report, windows = claim_and_compose(session, settings, prepared, subscriber_ids, token)
+        send_windows(session, settings, prepared.day, token, windows, sender, report, journal)
     except BaseException:
         journal.close(remove=False)  # what went out before the failure, for the recovery
         raise
@@ -331,15 +373,15 @@ def process_batch(
     return report
 
 
-def _process_batch(
+def claim_and_compose(
     session: Session,
     settings: Settings,
     prepared: PreparedDay,
     subscriber_ids: Sequence[int],
-    sender: Sender,
     token: str,
-    journal: Journal,
-) -> DayReport:
+) -> tuple[DayReport, list[Sequence[Composed]]]:
+    """Claim the batch for the attempt `token`, score and render it, record what each row
+    carries (committed), and cut the digests to send into windows of LEDGER_WINDOW."""
     day = prepared.day
     report = DayReport(day=day)
     now = datetime.now(timezone.utc)
@@ -365,9 +407,7 @@ def _process_batch(
         ledger.attach_items(session, delivery_items(composed, delivery_ids))
         session.commit()
     metrics.count_digests(skipped=len(skipped), failed=len(unsendable))
-    for window in chunked(composed, settings.ledger_window):
-        send_window(session, settings, day, token, window, sender, report, journal)
-    return report
+    return report, list(chunked(composed, settings.ledger_window))
 
 
 def compose_batch(
@@ -442,6 +482,27 @@ def delivery_items(
     ]
 
 
+def send_windows(
+    session: Session,
+    settings: Settings,
+    day: date,
+    token: str,
+    windows: Sequence[Sequence[Composed]],
+    sender: Sender,
+    report: DayReport,
+    journal: Journal | None = None,
+) -> None:
+    """Send an attempt's windows one after the other, each marked SENDING before it goes out.
+
+    A window's outcomes are committed with the next window's SENDING mark, in one transaction:
+    at every commit at most one window is SENDING, as with a commit for each, and the
+    connections wait for one round trip to the database between windows instead of two.
+    """
+    for k, window in enumerate(windows):
+        send_window(session, settings, day, token, window, sender, report, journal,
+                    commit=k == len(windows) - 1)
+
+
 def send_window(
     session: Session,
     settings: Settings,
@@ -451,8 +512,11 @@ def send_window(
     sender: Sender,
     report: DayReport,
     journal: Journal | None = None,
+    commit: bool = True,
 ) -> None:
-    """Mark a window SENDING, hand it to the mail backend, record each outcome.
+    """Mark a window SENDING (committing with it what the session holds, such as the previous
+    window's outcomes), hand it to the mail backend, record each outcome (committed unless
+    `commit` is False: then the next window's mark commits them).
 
     If the process dies here this window's rows stay SENDING; the attempt's `journal` then
     tells which of them the backend accepted, and only those in flight stay in doubt.
@@ -469,7 +533,7 @@ def send_window(
             strict=True,
         ))
     with CLOCK("ledger"):
-        record_outcomes(session, settings, day, token, window, results, report)
+        record_outcomes(session, settings, day, token, window, results, report, commit)
 
 
 def record_outcomes(
@@ -480,6 +544,7 @@ def record_outcomes(
     window: Sequence[Composed],
     results: dict[int, SendResult],
     report: DayReport,
+    commit: bool = True,
 ) -> None:
     """Close each row of the window with what the mail backend said, in bulk."""
     now = datetime.now(timezone.utc)
@@ -516,11 +581,101 @@ def record_outcomes(
     refused = set(by_status.get(DeliveryStatus.FAILED, ()))
     suppress_bounces(session, [(c.subscriber_id, c.email, errors[c.subscriber_id])
                                for c in window if c.subscriber_id in refused], now)
-    session.commit()
+    if commit:
+        session.commit()
     metrics.count_outcomes(by_status)
 
 
 RETRY_AFTER_SECONDS = 300
+
+
+# --- a worker's sending, overlapped with composing its next batch --------------------------
+
+
+@dataclass(frozen=True)
+class ComposedBatch:
+    """A claimed and composed batch, handed to the sending thread by `send_planned_batch`."""
+
+    settings: Settings
+    day: date
+    token: str
+    journal: Journal  # the attempt's, locked by this process until its outcomes are recorded
+    windows: list[Sequence[Composed]]
+    report: DayReport
+    started: float  # perf_counter at the claim, for the batch duration metric
+
+
+class SendingThread:
+    """One thread per worker process that sends composed batches, one window at a time and in
+    the order they came, while the task's thread claims and composes the next batch.
+
+    Without it a worker's connections wait while it loads, scores and renders each batch and
+    while Celery acknowledges the task and fetches the next. What can be in doubt after a
+    crash does not widen: windows are marked SENDING by this one thread only, one after the
+    other (`send_windows`), so a process has at most one window SENDING at any commit; a
+    batch waiting its turn is only claimed, and a dead process's claims are planned again.
+    `submit` waits while one batch already waits, so composing runs at most one batch ahead.
+    """
+
+    _queue: queue.Queue[ComposedBatch]
+    _thread: threading.Thread | None
+    _lock: threading.Lock
+
+    def __init__(self) -> None:
+        self.forget()
+
+    def submit(self, batch: ComposedBatch) -> None:
+        self._start()
+        self._queue.put(batch)
+
+    def finish(self) -> None:
+        """Wait until every batch handed over is sent and recorded (a worker's shutdown,
+        tests)."""
+        if self._thread is not None:
+            self._queue.join()
+
+    def forget(self) -> None:
+        """In a forked child: the parent's thread and batches are not this process's."""
+        self._queue = queue.Queue(maxsize=1)
+        self._thread = None
+        self._lock = threading.Lock()
+
+    def _start(self) -> None:
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="digest-sending",
+                                                daemon=True)
+                self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            batch = self._queue.get()
+            try:
+                send_composed(batch)
+            except Exception:  # its rows stay SENDING or claimed: the recovery settles them
+                log.exception("sending batch %s failed; the next tick settles its rows from "
+                              "its journal", batch.token)
+            finally:
+                self._queue.task_done()
+
+
+def send_composed(batch: ComposedBatch) -> None:
+    """Send a composed batch's windows over the worker's kept connections and record them."""
+    settings = batch.settings
+    try:
+        with db.session_scope(settings) as session, batch_sender(settings) as sender:
+            send_windows(session, settings, batch.day, batch.token, batch.windows, sender,
+                         batch.report, batch.journal)
+    except BaseException:
+        batch.journal.close(remove=False)  # what went out before the failure, for the recovery
+        raise
+    batch.journal.close()
+    metrics.BATCH_SECONDS.observe(perf_counter() - batch.started)
+
+
+SENDING = SendingThread()
+os.register_at_fork(after_in_child=SENDING.forget)
+atexit.register(SENDING.finish)
 
 
 def suppress_bounces(

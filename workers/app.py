@@ -7,9 +7,15 @@ from datetime import timedelta
 
 from celery import Celery
 from celery.schedules import crontab
-from celery.signals import beat_init, worker_init, worker_process_init
+from celery.signals import (
+    beat_init,
+    worker_init,
+    worker_process_init,
+    worker_process_shutdown,
+    worker_shutdown,
+)
 
-from digest import metrics
+from digest import metrics, pipeline
 from digest.health import link_warning
 from digest.settings import Settings, SettingsError
 
@@ -101,6 +107,15 @@ def serve_metrics(sender: object = None, **_: object) -> None:
 @worker_process_init.connect
 def count_in_this_pool_process(**_: object) -> None:
     metrics.after_fork()
+
+
+@worker_process_shutdown.connect
+@worker_shutdown.connect
+def finish_sending(**_: object) -> None:
+    """A task returns once its batch is composed and handed to the process's sending thread
+    (`pipeline.SendingThread`): before the process exits, that thread sends and records what
+    it was handed, so a warm shutdown leaves nothing SENDING."""
+    pipeline.SENDING.finish()
 
 
 app = make_app()
