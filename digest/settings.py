@@ -67,6 +67,7 @@ class Settings:
     default_send_hour: int = 7
     default_time_zone: str = "UTC"
     default_papers_per_digest: int = 10
+    weekly_papers_per_digest: int = 20  # a new weekly reader's length: a week holds more
     lookback_days: int = 3
     min_relevance: float = 0.01  # the floor: below it a paper only shares a stray word
     relative_relevance: float = 0.1  # and below this share of the reader's best match today
@@ -179,6 +180,7 @@ class Settings:
             changes["celery_broker_url"] = self.redis_url
         if not 0 <= self.default_send_hour <= 23:
             raise SettingsError("DEFAULT_SEND_HOUR must be an hour from 0 to 23.")
+        _check_digest_lengths(self)
         if self.trending_boost <= -1:
             raise SettingsError(
                 f"TRENDING_BOOST={self.trending_boost} would give trending papers no score "
@@ -293,6 +295,20 @@ def _check_relevance_cuts(settings: Settings) -> None:
             f"RELATIVE_RELEVANCE={settings.relative_relevance} must be from 0 (only "
             "MIN_RELEVANCE counts) to 1 (only papers as relevant as the best)."
         )
+
+
+# A reader chooses from 1 to this many papers per digest (every door: see subscribers.py).
+MAX_PAPERS_PER_DIGEST = 50
+
+
+def _check_digest_lengths(settings: Settings) -> None:
+    """A default length a reader could not choose would be refused on every new subscriber."""
+    for name in ("default_papers_per_digest", "weekly_papers_per_digest"):
+        value = getattr(settings, name)
+        if not 1 <= value <= MAX_PAPERS_PER_DIGEST:
+            raise SettingsError(
+                f"{name.upper()}={value} must be from 1 to {MAX_PAPERS_PER_DIGEST} papers."
+            )
 
 
 FIRST_DIGEST_CHOICES = ("offer", "send", "off")

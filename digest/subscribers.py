@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from email_validator import EmailNotValidError, validate_email
@@ -30,10 +31,13 @@ from .models import (
     SubscriberStatus,
     TopicProfile,
 )
+from .settings import MAX_PAPERS_PER_DIGEST
 from .tokens import Claim
 
+if TYPE_CHECKING:
+    from .settings import Settings
+
 MAX_TOPICS_LENGTH = 2000
-MAX_PAPERS_PER_DIGEST = 50
 
 
 class SubscriberError(ValueError):
@@ -275,10 +279,18 @@ class Preferences:
 
 def read_preferences(
     values: Mapping[str, str], default_time_zone: str = "UTC", default_send_hour: int = 7,
-    default_papers: int = 10,
+    default_papers: int = 10, default_weekly_papers: int | None = None,
 ) -> Preferences:
-    """Preferences from form fields (strings); InvalidForm names each field that is wrong."""
+    """Preferences from form fields (strings); InvalidForm names each field that is wrong.
+    With no length chosen, a weekly reader gets `default_weekly_papers` (when given)."""
     errors: dict[str, str] = {}
+    cadence = Cadence.DAILY
+    try:
+        cadence = Cadence((values.get("cadence") or Cadence.DAILY.value).strip())
+    except ValueError:
+        errors["cadence"] = "Choose daily or weekly."
+    if cadence is Cadence.WEEKLY and default_weekly_papers is not None:
+        default_papers = default_weekly_papers
     topics = _words_field(values, "topics", "Topics", errors)
     if not topics and "topics" not in errors:
         errors["topics"] = "Give at least one topic, e.g. “LoRA, activation sparsity”."
@@ -292,11 +304,6 @@ def read_preferences(
                           "Choose an hour from 0 to 23.")
     papers = _form_int(values, "papers_per_digest", default_papers, 1, MAX_PAPERS_PER_DIGEST,
                        errors, f"Choose from 1 to {MAX_PAPERS_PER_DIGEST} papers.")
-    cadence = Cadence.DAILY
-    try:
-        cadence = Cadence((values.get("cadence") or Cadence.DAILY.value).strip())
-    except ValueError:
-        errors["cadence"] = "Choose daily or weekly."
     weekday = _form_int(values, "send_weekday", 0, 0, 6, errors,
                         "Choose a day of the week from the list.")
     if errors:
@@ -417,6 +424,83 @@ def cadence_text(cadence: Cadence, weekday: int) -> str:
     if cadence is Cadence.WEEKLY:
         return f"weekly on {WEEKDAYS[weekday % 7]}"
     return "daily"
+
+
+# How the CLI and the CSV write a weekday: "mon" .. "sun", Monday first (datetime.weekday()).
+WEEKDAY_KEYS = tuple(name[:3].lower() for name in WEEKDAYS)
+
+
+def parse_weekday(text: str) -> int:
+    """A weekday written as "fri" or "Friday" (any case) -> 4. Numbers are refused: cron
+    counts Sunday as 0 and Python Monday, so "0" means either."""
+    key = (text or "").strip().lower()
+    if key[:3] in WEEKDAY_KEYS and WEEKDAYS[WEEKDAY_KEYS.index(key[:3])].lower().startswith(key):
+        return WEEKDAY_KEYS.index(key[:3])
+    raise SubscriberError(
+        f"Weekday {text[:20]!r} is not one of {', '.join(WEEKDAY_KEYS)} (or the full name)."
+    )
+
+
+def parse_cadence(text: str) -> Cadence:
+    """"daily" or "weekly" (any case) as a Cadence; SubscriberError names the choices."""
+    try:
+        return Cadence((text or "").strip().lower())
+    except ValueError:
+        choices = " or ".join(c.value for c in Cadence)
+        raise SubscriberError(f"Cadence {text[:20]!r} is not {choices}.") from None
+
+
+def default_papers(settings: Settings, cadence: Cadence) -> int:
+    """A new reader's papers per digest when they chose none: a week's digest is longer
+    (WEEKLY_PAPERS_PER_DIGEST). Once stored, the length is theirs: switching cadence keeps it."""
+    if cadence is Cadence.WEEKLY:
+        return settings.weekly_papers_per_digest
+    return settings.default_papers_per_digest
+
+
+def current_preferences(subscriber: Subscriber) -> Preferences:
+    """A subscriber's choices as they stand, to change some and save them all again."""
+    profile = subscriber.profile
+    return Preferences(
+        topics=profile.topics, time_zone=subscriber.time_zone, send_hour=subscriber.send_hour,
+        papers_per_digest=subscriber.papers_per_digest, exclude=profile.exclude,
+        trending_fallback=profile.trending_fallback, cadence=subscriber.cadence,
+        send_weekday=subscriber.send_weekday, click_tracking=subscriber.click_tracking,
+    )
+
+
+def change_preferences(
+    session: Session,
+    email: str,
+    *,
+    cadence: Cadence | None = None,
+    send_weekday: int | None = None,
+    papers_per_digest: int | None = None,
+    send_hour: int | None = None,
+    time_zone: str | None = None,
+    click_tracking: bool | None = None,
+    trending_fallback: bool | None = None,
+    source: str = "cli",
+    now: datetime | None = None,
+) -> tuple[Subscriber, list[str]]:
+    """Change some of a subscriber's choices (None: as it is), checked as `add_subscriber`
+    checks them, and saved as the preferences page saves them (one history entry). Returns
+    the subscriber and what changed; SubscriberError before anything changes."""
+    subscriber = get_subscriber(session, email)
+    given: dict[str, Any] = {
+        "cadence": cadence,
+        "send_weekday": None if send_weekday is None else validate_weekday(send_weekday),
+        "papers_per_digest": (None if papers_per_digest is None
+                              else validate_papers_per_digest(papers_per_digest)),
+        "send_hour": None if send_hour is None else validate_send_hour(send_hour),
+        "time_zone": None if time_zone is None else validate_time_zone(time_zone),
+        "click_tracking": click_tracking,
+        "trending_fallback": trending_fallback,
+    }
+    prefs = replace(current_preferences(subscriber),
+                    **{name: value for name, value in given.items() if value is not None})
+    changes = update_preferences(session, subscriber.id, prefs, subscriber.paused, source, now)
+    return subscriber, changes
 
 
 def update_preferences(

@@ -17,10 +17,18 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from .models import (
+    Cadence,
     Subscriber,
     SubscriberStatus,
 )
-from .subscribers import SubscriberError, add_subscriber
+from .settings import Settings
+from .subscribers import (
+    WEEKDAY_KEYS,
+    SubscriberError,
+    add_subscriber,
+    parse_cadence,
+    parse_weekday,
+)
 
 CSV_FIELDS = [
     "email",
@@ -30,7 +38,10 @@ CSV_FIELDS = [
     "time_zone",
     "send_hour",
     "papers_per_digest",
+    "cadence",
+    "weekday",
     "trending_fallback",
+    "click_tracking",
     "created_at",
     "confirmed_at",
 ]
@@ -49,16 +60,24 @@ class ImportReport:
 
 
 def import_csv(
-    session: Session, stream: IO[str], default_status: SubscriberStatus = SubscriberStatus.ACTIVE
+    session: Session,
+    stream: IO[str],
+    default_status: SubscriberStatus = SubscriberStatus.ACTIVE,
+    settings: Settings | None = None,
 ) -> ImportReport:
     """Import subscribers from CSV with a header row (`email,topics` at least).
 
-    Each bad line is reported with its number and reason; every valid line is imported.
+    Each bad line is reported with its number and reason; every valid line is imported. A
+    column left out or a cell left empty takes its default: daily, click tracking and the
+    trending fallback off, and, with `settings`, DEFAULT_PAPERS_PER_DIGEST papers (a weekly
+    reader WEEKLY_PAPERS_PER_DIGEST; without settings, their defaults).
     A file that cannot be read as CSV text (binary, compressed, UTF-16) raises
     SubscriberError: the caller rolls back, and nothing of it is kept. Cells neutralised by
     `spreadsheet_cell` come back as they were, and so do the dates of an export.
     """
     report = ImportReport()
+    lengths = ((settings.default_papers_per_digest, settings.weekly_papers_per_digest)
+               if settings else DEFAULT_LENGTHS)
     reader = csv.DictReader(_text_lines(stream))
     try:
         if not reader.fieldnames or "email" not in [
@@ -70,7 +89,7 @@ def import_csv(
         for row in reader:
             try:
                 with session.begin_nested():
-                    subscriber = _import_row(session, row, default_status)
+                    subscriber = _import_row(session, row, default_status, lengths)
                 report.imported.append(subscriber.email)
             except SubscriberError as exc:
                 report.errors.append(f"line {reader.line_num}: {exc}")
@@ -81,8 +100,15 @@ def import_csv(
     return report
 
 
+# Papers per digest, daily and weekly, when no settings are given: the settings' defaults.
+DEFAULT_LENGTHS = (Settings.default_papers_per_digest, Settings.weekly_papers_per_digest)
+
+
 def _import_row(
-    session: Session, raw: Mapping[str | None, str | None], default_status: SubscriberStatus
+    session: Session,
+    raw: Mapping[str | None, str | None],
+    default_status: SubscriberStatus,
+    lengths: tuple[int, int] = DEFAULT_LENGTHS,
 ) -> Subscriber:
     """One CSV row as a new subscriber; SubscriberError says what is wrong with it."""
     row = {
@@ -93,6 +119,9 @@ def _import_row(
     now = datetime.now(timezone.utc)
     created_at = _csv_datetime(row.get("created_at"), "created_at", now)
     confirmed_at = _csv_datetime(row.get("confirmed_at"), "confirmed_at", now)
+    cadence = parse_cadence(row["cadence"]) if row.get("cadence") else Cadence.DAILY
+    length = lengths[1] if cadence is Cadence.WEEKLY else lengths[0]
+    click_tracking = _bool(row.get("click_tracking"), "click_tracking")
     subscriber = add_subscriber(
         session,
         row.get("email", ""),
@@ -100,11 +129,14 @@ def _import_row(
         exclude=row.get("exclude", ""),
         time_zone=row.get("time_zone") or "UTC",
         send_hour=_int(row.get("send_hour"), 7, "send_hour"),
-        papers_per_digest=_int(row.get("papers_per_digest"), 10, "papers_per_digest"),
-        trending_fallback=_bool(row.get("trending_fallback")),
+        papers_per_digest=_int(row.get("papers_per_digest"), length, "papers_per_digest"),
+        trending_fallback=_bool(row.get("trending_fallback"), "trending_fallback"),
         status=_status(row.get("status"), default_status),
         now=now,
+        cadence=cadence,
+        send_weekday=parse_weekday(row["weekday"]) if row.get("weekday") else 0,
     )
+    subscriber.click_tracking = click_tracking
     # An export's dates come back: when someone subscribed and confirmed is their record.
     subscriber.created_at = created_at or subscriber.created_at
     subscriber.confirmed_at = confirmed_at or subscriber.confirmed_at
@@ -143,7 +175,10 @@ def _csv_row(sub: Subscriber) -> dict[str, object]:
         "time_zone": sub.time_zone,
         "send_hour": sub.send_hour,
         "papers_per_digest": sub.papers_per_digest,
+        "cadence": sub.cadence.value,
+        "weekday": WEEKDAY_KEYS[sub.send_weekday % 7],
         "trending_fallback": int(bool(sub.profile and sub.profile.trending_fallback)),
+        "click_tracking": int(sub.click_tracking),
         "created_at": sub.created_at.isoformat(),
         "confirmed_at": sub.confirmed_at.isoformat() if sub.confirmed_at else "",
     }
@@ -222,8 +257,18 @@ def _csv_datetime(value: str | None, name: str, now: datetime) -> datetime | Non
     return moment
 
 
-def _bool(value: str | None) -> bool:
-    return (value or "").strip().lower() in ("1", "true", "yes", "y", "on")
+TRUE_CELLS = frozenset({"1", "true", "yes", "y", "on"})
+FALSE_CELLS = frozenset({"", "0", "false", "no", "n", "off"})
+
+
+def _bool(value: str | None, name: str) -> bool:
+    """A yes/no cell; anything else is refused rather than read as "no"."""
+    cell = (value or "").strip().lower()
+    if cell in TRUE_CELLS:
+        return True
+    if cell not in FALSE_CELLS:
+        raise SubscriberError(f"{name} {(value or '')[:20]!r} is not 1 or 0 (yes or no).")
+    return False
 
 
 def _status(value: str | None, default: SubscriberStatus) -> SubscriberStatus:

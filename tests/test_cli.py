@@ -390,3 +390,79 @@ def test_lookups_list_a_subscribers_latest_deliveries_and_a_days_digests(session
     latest = latest_deliveries(session, ada.id, limit=10)
     assert len(latest) == 10 and latest[0].digest_date == day
     assert [d.email for d in day_digests(session, day)] == ["ada@example.org", "bob@example.org"]
+
+
+def test_edit_changes_cadence_weekday_length_and_choices_and_keeps_the_rest(cli) -> None:
+    cli("subscribers", "add", "ada@example.org", "--topics", "LoRA", "--hour", "8",
+        "--time-zone", "Europe/Paris", "--papers", "5")
+    edited = cli("subscribers", "edit", "ADA@example.org", "--cadence", "weekly",
+                 "--weekday", "Fri", "--tracking", "--trending-fallback")
+    assert edited.exit_code == 0, edited.output
+    assert "cadence: weekly on Friday" in edited.output
+    assert "click tracking: on" in edited.output and "trending fallback: on" in edited.output
+    shown = cli("subscribers", "show", "ada@example.org").output
+    assert "Cadence:      weekly on fri" in shown
+    # What was not given stays, the length too: switching cadence keeps the reader's choice.
+    assert "08:00 Europe/Paris, 5 papers" in shown
+    assert "Click tracking: on" in shown and "Trending when nothing matches: yes" in shown
+    assert "cadence: weekly on Friday" in shown  # one entry in the history
+    back = cli("subscribers", "edit", "ada@example.org", "--cadence", "daily", "--papers", "12",
+               "--no-tracking")
+    assert "cadence: daily" in back.output and "papers: 12" in back.output
+    shown = cli("subscribers", "show", "ada@example.org").output
+    assert "Cadence:      daily\n" in shown and "12 papers" in shown
+    assert "Click tracking: off" in shown
+    same = cli("subscribers", "edit", "ada@example.org", "--cadence", "daily")
+    assert same.exit_code == 0 and "nothing to change" in same.output
+
+
+def test_a_weekday_for_a_daily_reader_is_kept_and_said_to_wait(cli) -> None:
+    cli("subscribers", "add", "ada@example.org", "--topics", "LoRA")
+    edited = cli("subscribers", "edit", "ada@example.org", "--weekday", "wed")
+    assert edited.exit_code == 0
+    assert "counts once they are weekly; now they are daily" in edited.output
+    weekly = cli("subscribers", "edit", "ada@example.org", "--cadence", "weekly")
+    assert "weekly on Wednesday" in weekly.output
+
+
+@pytest.mark.parametrize(
+    "args, message, code",
+    [
+        (("--cadence", "fortnightly"), "'fortnightly' is not one of 'daily', 'weekly'", 2),
+        (("--weekday", "someday"), "'someday' is not one of 'mon'", 2),
+        (("--papers", "0"), "Papers per digest must be from 1 to 50", 1),
+        (("--papers", "many"), "'many' is not a valid integer", 2),
+        (("--hour", "24"), "Send hour 24 must be from 0 to 23", 1),
+        (("--time-zone", "Mars/Olympus"), "not a known time zone", 1),
+    ],
+)
+def test_edit_refuses_bad_values_and_changes_nothing(cli, args, message: str, code: int) -> None:
+    cli("subscribers", "add", "ada@example.org", "--topics", "LoRA", "--papers", "5")
+    before = cli("subscribers", "show", "ada@example.org").output
+    result = cli("subscribers", "edit", "ada@example.org", "--cadence", "weekly", *args)
+    assert result.exit_code == code and message in result.output, result.output
+    assert "Traceback" not in result.output
+    assert cli("subscribers", "show", "ada@example.org").output == before
+
+
+def test_edit_of_an_unknown_address_says_so(cli) -> None:
+    result = cli("subscribers", "edit", "ghost@example.org", "--cadence", "weekly")
+    assert result.exit_code == 1 and "No subscriber with the address" in result.output
+
+
+def test_a_weekly_reader_added_without_a_length_gets_the_weekly_setting(
+    cli, tmp_path: Path
+) -> None:
+    (tmp_path / ".env").write_text("WEEKLY_PAPERS_PER_DIGEST=15\nDEFAULT_PAPERS_PER_DIGEST=6\n")
+    cli("subscribers", "add", "ada@example.org", "--topics", "LoRA", "--cadence", "weekly")
+    cli("subscribers", "add", "bob@example.org", "--topics", "LoRA")
+    cli("subscribers", "add", "cy@example.org", "--topics", "LoRA", "--cadence", "weekly",
+        "--papers", "3")
+    assert "15 papers" in cli("subscribers", "show", "ada@example.org").output
+    assert "6 papers" in cli("subscribers", "show", "bob@example.org").output
+    assert "3 papers" in cli("subscribers", "show", "cy@example.org").output
+    source = tmp_path / "people.csv"
+    source.write_text("email,topics,cadence\ndi@example.org,LoRA,weekly\neve@example.org,LoRA,\n")
+    assert cli("subscribers", "import", str(source)).exit_code == 0
+    assert "15 papers" in cli("subscribers", "show", "di@example.org").output
+    assert "6 papers" in cli("subscribers", "show", "eve@example.org").output

@@ -48,6 +48,8 @@ def test_postgres_needs_no_code_change() -> None:
          "ARCHIVE_LINK_DAYS=90 is longer than RETENTION_DELIVERY_ITEMS_DAYS=60"),
         ({"ARCHIVE_LINK_DAYS": "0"}, "ARCHIVE_LINK_DAYS=0 must be at least 1"),
         ({"FIRST_DIGEST": "later"}, "FIRST_DIGEST='later' is not one of offer, send, off"),
+        ({"WEEKLY_PAPERS_PER_DIGEST": "0"}, "WEEKLY_PAPERS_PER_DIGEST=0 must be from 1 to 50"),
+        ({"DEFAULT_PAPERS_PER_DIGEST": "51"}, "DEFAULT_PAPERS_PER_DIGEST=51 must be from 1 to 50"),
     ],
 )
 def test_bad_values_name_the_variable(env: dict[str, str], message: str) -> None:

@@ -111,3 +111,41 @@ def test_subscribers_and_the_suppression_list_do_not_import_each_other() -> None
 
     assert not imported("subscribers") & {"suppressions", "lifecycle", "subscribe_form", "notices"}
     assert not imported("suppressions") & {"lifecycle", "subscribe_form", "notices"}
+
+
+def test_change_preferences_checks_everything_first_then_saves_one_history_entry(
+    session: Session,
+) -> None:
+    from sqlalchemy import select
+
+    from digest.models import Cadence, SubscriberEvent
+    from digest.subscribers import change_preferences
+
+    sub = add_subscriber(session, "ada@example.org", "LoRA", papers_per_digest=5)
+    with pytest.raises(SubscriberError, match="Papers per digest"):
+        change_preferences(session, "ada@example.org", cadence=Cadence.WEEKLY,
+                           papers_per_digest=99)
+    assert (sub.cadence, sub.papers_per_digest) == (Cadence.DAILY, 5)
+    _, changes = change_preferences(session, "ADA@example.org", cadence=Cadence.WEEKLY,
+                                    send_weekday=6, click_tracking=True)
+    assert changes == ["cadence: weekly on Sunday", "click tracking: on"]
+    assert (sub.cadence, sub.send_weekday, sub.click_tracking, sub.papers_per_digest,
+            sub.profile.topics) == (Cadence.WEEKLY, 6, True, 5, "LoRA")
+    events = session.scalars(select(SubscriberEvent.detail)).all()
+    assert events == ["cadence: weekly on Sunday; click tracking: on"]
+    assert change_preferences(session, "ada@example.org", send_weekday=6)[1] == []
+
+
+@pytest.mark.parametrize("text, number", [("mon", 0), ("Fri", 4), ("SUNDAY", 6), ("thurs", 3)])
+def test_weekdays_are_read_by_name(text: str, number: int) -> None:
+    from digest.subscribers import parse_weekday
+
+    assert parse_weekday(text) == number
+
+
+@pytest.mark.parametrize("text", ["", "0", "7", "fr", "sunday!", "friyay", "monday2"])
+def test_a_weekday_that_is_no_name_is_refused(text: str) -> None:
+    from digest.subscribers import parse_weekday
+
+    with pytest.raises(SubscriberError, match="is not one of mon, tue"):
+        parse_weekday(text)

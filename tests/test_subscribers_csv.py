@@ -224,3 +224,82 @@ def test_export_round_trips_through_import(session: Session) -> None:
     again = find_subscriber(session, "ada@example.org")
     assert (again.profile.topics, again.profile.exclude, again.time_zone, again.send_hour,
             again.papers_per_digest) == ("LoRA, RLHF", "medical", "Asia/Tokyo", 6, 4)
+
+
+# --- cadence, weekday, click tracking ------------------------------------------------------
+
+
+def test_cadence_weekday_and_click_tracking_round_trip(session: Session) -> None:
+    from digest.models import Cadence
+
+    add_subscriber(session, "ada@example.org", "LoRA", cadence=Cadence.WEEKLY, send_weekday=4,
+                   papers_per_digest=20)
+    grace = add_subscriber(session, "grace@example.org", "RLHF", send_weekday=6,
+                           trending_fallback=True)
+    grace.click_tracking = True
+    session.flush()
+    first = exported(session)
+    header, ada, grace_row = cells(first)
+    assert dict(zip(header, ada, strict=True)) | {"created_at": "", "confirmed_at": ""} == {
+        "email": "ada@example.org", "topics": "LoRA", "exclude": "", "status": "active",
+        "time_zone": "UTC", "send_hour": "7", "papers_per_digest": "20", "cadence": "weekly",
+        "weekday": "fri", "trending_fallback": "0", "click_tracking": "0", "created_at": "",
+        "confirmed_at": "",
+    }
+    values = dict(zip(header, grace_row, strict=True))
+    assert (values["cadence"], values["weekday"], values["click_tracking"]) == ("daily", "sun", "1")
+    for subscriber in session.scalars(select(Subscriber)):
+        session.delete(subscriber)
+    session.flush()
+    report = import_csv(session, io.StringIO(first))
+    assert report.errors == [] and len(report.imported) == 2
+    assert exported(session) == first
+    again = find_subscriber(session, "ada@example.org")
+    assert (again.cadence, again.send_weekday, again.click_tracking) == (Cadence.WEEKLY, 4, False)
+
+
+def test_a_file_without_the_new_columns_imports_with_the_defaults(session: Session) -> None:
+    from digest.models import Cadence
+    from digest.settings import Settings
+
+    old = ("email,topics,exclude,status,time_zone,send_hour,papers_per_digest,"
+           "trending_fallback\n"
+           "ada@example.org,LoRA,,active,UTC,7,,1\n"
+           "grace@example.org,RLHF,,active,UTC,7,4,0\n")
+    report = import_csv(session, io.StringIO(old))
+    assert report.errors == []
+    ada = find_subscriber(session, "ada@example.org")
+    assert (ada.cadence, ada.send_weekday, ada.click_tracking, ada.papers_per_digest,
+            ada.profile.trending_fallback) == (Cadence.DAILY, 0, False, 10, True)
+    assert find_subscriber(session, "grace@example.org").papers_per_digest == 4
+    # A weekly line without a length gets the weekly default, from the deployment's settings.
+    settings = Settings(default_papers_per_digest=6, weekly_papers_per_digest=15)
+    weekly = "email,topics,cadence,weekday\nalan@example.org,LoRA,Weekly,Thursday\n" \
+             "emmy@example.org,LoRA,daily,\n"
+    assert import_csv(session, io.StringIO(weekly), settings=settings).errors == []
+    alan = find_subscriber(session, "alan@example.org")
+    assert (alan.cadence, alan.send_weekday, alan.papers_per_digest) == (Cadence.WEEKLY, 3, 15)
+    assert find_subscriber(session, "emmy@example.org").papers_per_digest == 6
+
+
+def test_bad_cadence_weekday_and_yes_no_cells_are_refused_per_line(session: Session) -> None:
+    source = ("email,topics,cadence,weekday,click_tracking,trending_fallback\n"
+              "a@example.org,LoRA,fortnightly,mon,0,0\n"
+              "b@example.org,LoRA,weekly,someday,0,0\n"
+              "c@example.org,LoRA,weekly,0,0,0\n"
+              "d@example.org,LoRA,weekly,fri,maybe,0\n"
+              "e@example.org,LoRA,weekly,fri,1,sometimes\n"
+              "f@example.org,LoRA,weekly,FRI,yes,no\n")
+    report = import_csv(session, io.StringIO(source))
+    assert report.imported == ["f@example.org"]
+    assert report.errors == [
+        "line 2: Cadence 'fortnightly' is not daily or weekly.",
+        "line 3: Weekday 'someday' is not one of mon, tue, wed, thu, fri, sat, sun (or the "
+        "full name).",
+        "line 4: Weekday '0' is not one of mon, tue, wed, thu, fri, sat, sun (or the full name).",
+        "line 5: click_tracking 'maybe' is not 1 or 0 (yes or no).",
+        "line 6: trending_fallback 'sometimes' is not 1 or 0 (yes or no).",
+    ]
+    f = find_subscriber(session, "f@example.org")
+    assert (f.send_weekday, f.click_tracking, f.profile.trending_fallback) == (4, True, False)
+    assert find_subscriber(session, "a@example.org") is None

@@ -48,9 +48,8 @@ def _subscriber_errors(func_: Any) -> Any:
     return wrapper
 
 
-WEEKDAY_NAMES = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]  # Monday is 0, as in Python
-# A weekly digest covers a week: longer than a daily one unless the reader chose a length.
-WEEKLY_PAPERS_PER_DIGEST = 20
+WEEKDAY_NAMES = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]  # subscribers.WEEKDAY_KEYS
+CADENCE_NAMES = ["daily", "weekly"]
 
 
 @subscribers_group.command("add")
@@ -62,7 +61,7 @@ WEEKLY_PAPERS_PER_DIGEST = 20
 @click.option("--papers", "papers_per_digest", type=int, default=None, help="Papers per digest.")
 @click.option("--trending-fallback", is_flag=True, help="Send trending papers when none match.")
 @click.option("--pending", is_flag=True, help="Add as pending (awaiting confirmation).")
-@click.option("--cadence", type=click.Choice(["daily", "weekly"]), default="daily",
+@click.option("--cadence", type=click.Choice(CADENCE_NAMES), default="daily",
               show_default=True, help="A digest every day, or once a week on --weekday.")
 @click.option("--weekday", type=click.Choice(WEEKDAY_NAMES, case_sensitive=False),
               default="mon", show_default=True, help="A weekly digest's day.")
@@ -81,18 +80,16 @@ def subscribers_add(
     --cadence weekly --weekday fri
     """
     from ..models import Cadence, EventKind
-    from ..subscribers import add_subscriber, record_event
+    from ..subscribers import add_subscriber, default_papers, record_event
 
     settings = settings_of(ctx)
     chosen = Cadence(cadence)
-    if papers_per_digest is None and chosen is Cadence.WEEKLY:
-        papers_per_digest = WEEKLY_PAPERS_PER_DIGEST
     with db.session_scope(settings) as session:
         sub = add_subscriber(
             session, email, topics, exclude=exclude,
             time_zone=time_zone or settings.default_time_zone,
             send_hour=settings.default_send_hour if send_hour is None else send_hour,
-            papers_per_digest=(settings.default_papers_per_digest if papers_per_digest is None
+            papers_per_digest=(default_papers(settings, chosen) if papers_per_digest is None
                                else papers_per_digest),
             trending_fallback=trending_fallback,
             status=SubscriberStatus.PENDING if pending else SubscriberStatus.ACTIVE,
@@ -101,6 +98,52 @@ def subscribers_add(
         record_event(session, sub.id, EventKind.SUBSCRIBED, "cli",
                      f"added by an admin ({sub.status.value})")
         click.echo(f"Added {sub.email} ({sub.status.value}).")
+
+
+@subscribers_group.command("edit")
+@click.argument("email")
+@click.option("--cadence", type=click.Choice(CADENCE_NAMES, case_sensitive=False), default=None,
+              help="A digest every day, or once a week (on --weekday).")
+@click.option("--weekday", type=click.Choice(WEEKDAY_NAMES, case_sensitive=False),
+              default=None, help="A weekly digest's day, in the reader's time zone.")
+@click.option("--papers", "papers_per_digest", type=int, default=None, help="Papers per digest.")
+@click.option("--hour", "send_hour", type=int, default=None, help="Local hour to send (0-23).")
+@click.option("--time-zone", default=None, help="IANA zone, e.g. Europe/Paris.")
+@click.option("--tracking/--no-tracking", "click_tracking", default=None,
+              help="Paper links through the click-recording redirect, or straight to the paper.")
+@click.option("--trending-fallback/--no-trending-fallback", default=None,
+              help="Send trending papers when none match, or nothing.")
+@click.pass_context
+@_subscriber_errors
+@needs_database
+def subscribers_edit(
+    ctx: click.Context, email: str, cadence: str | None, weekday: str | None,
+    papers_per_digest: int | None, send_hour: int | None, time_zone: str | None,
+    click_tracking: bool | None, trending_fallback: bool | None,
+) -> None:
+    """Change a subscriber's choices; what is not given stays. From their next digest on,
+    as on the preferences page; switching cadence keeps their papers per digest.
+
+    Example: digest subscribers edit ada@example.org --cadence weekly --weekday fri --papers 20
+    """
+    from ..subscribers import cadence_text, change_preferences, parse_cadence, parse_weekday
+
+    settings = settings_of(ctx)
+    with db.session_scope(settings) as session:
+        sub, changes = change_preferences(
+            session, email,
+            cadence=parse_cadence(cadence) if cadence else None,
+            send_weekday=parse_weekday(weekday) if weekday else None,
+            papers_per_digest=papers_per_digest, send_hour=send_hour, time_zone=time_zone,
+            click_tracking=click_tracking, trending_fallback=trending_fallback,
+        )
+        if not changes:
+            click.echo(f"{sub.email}: nothing to change.")
+            return
+        click.echo(f"{sub.email}: {'; '.join(changes)}.")
+        if weekday and sub.cadence.value == "daily":
+            click.echo(f"The weekday counts once they are weekly; now they are "
+                       f"{cadence_text(sub.cadence, sub.send_weekday)}.")
 
 
 @subscribers_group.command("list")
@@ -146,6 +189,7 @@ def subscribers_show(ctx: click.Context, email: str) -> None:
         click.echo(f"Exclude:      {sub.profile.exclude or '-'}")
         fallback = "yes" if sub.profile.trending_fallback else "no"
         click.echo(f"Trending when nothing matches: {fallback}")
+        click.echo(f"Click tracking: {'on' if sub.click_tracking else 'off'}")
         click.echo(f"Sends at:     {sub.send_hour:02d}:00 {sub.time_zone}, "
                    f"{sub.papers_per_digest} papers")
         weekly = f" on {WEEKDAY_NAMES[sub.send_weekday % 7]}" if sub.cadence == "weekly" else ""
@@ -244,7 +288,8 @@ def subscribers_set_topics(
 @_subscriber_errors
 @needs_database
 def subscribers_import(ctx: click.Context, csv_file: Any, pending: bool) -> None:
-    """Import subscribers from CSV with a header row (email,topics[,exclude,time_zone,...]).
+    """Import subscribers from CSV with a header row (email,topics[,exclude,time_zone,...,
+    cadence,weekday,click_tracking]); what a line leaves out takes the defaults.
 
     Bad lines are reported one by one; every valid line is imported.
 
@@ -255,7 +300,7 @@ def subscribers_import(ctx: click.Context, csv_file: Any, pending: bool) -> None
     settings = settings_of(ctx)
     status = SubscriberStatus.PENDING if pending else SubscriberStatus.ACTIVE
     with db.session_scope(settings) as session:
-        report = import_csv(session, csv_file, status)
+        report = import_csv(session, csv_file, status, settings)
     for error in report.errors:
         click.echo(error, err=True)
     click.echo(report.summary())
