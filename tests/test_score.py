@@ -388,6 +388,34 @@ def test_one_paper_text_the_title_twice_for_tf_idf_once_for_embeddings() -> None
     assert paper_key(lora) == f"{lora.id}:{hashlib.sha1(embedded).hexdigest()[:16]}"
 
 
+def test_keywords_count_like_the_title_and_a_paper_without_them_reads_as_before() -> None:
+    plain = paper(1, "Faster decoding", "Draft tokens are verified in parallel.")
+    tagged = paper(1, "Faster decoding", "Draft tokens are verified in parallel.",
+                   ai_keywords=("speculative decoding", "draft models"))
+    assert plain.text == "Faster decoding. Faster decoding. Draft tokens are verified in parallel."
+    assert tagged.text == (plain.text + ". speculative decoding; draft models"
+                           ". speculative decoding; draft models")
+    embedded = paper_text(tagged.title, tagged.abstract, title_repeats=1)
+    assert embedded == "Faster decoding. Draft tokens are verified in parallel."  # store keys
+
+
+def test_a_paper_is_matched_by_its_keywords_but_not_above_one_that_says_it() -> None:
+    others = [paper(10 + i, title, title) for i, title in enumerate([
+        "Protein structure prediction", "Weather forecasting with ensembles",
+        "Compilers for tensor programs", "Speech recognition in noise"])]
+    tagged = paper(1, "Faster decoding for chat models", "Draft tokens are verified in parallel.",
+                   ai_keywords=("speculative decoding", "draft models"))
+    untagged = paper(2, "Faster decoding for chat models",
+                     "Draft tokens are verified in parallel.")
+    titled = paper(3, "Speculative decoding with draft models",
+                   "Speculative decoding: a draft model proposes, the target model verifies.")
+    index = build_day_index([tagged, untagged, titled, *others], [], NOW, RankingKnobs())
+    [sel] = index.select([Profile(1, "speculative decoding", limit=3)])
+    relevance = {p.paper_id: p.relevance for p in sel.picks}
+    assert [p.paper_id for p in sel.picks][:2] == [3, 1]
+    assert relevance[1] > 2 * relevance.get(2, 0.0)  # 2 is 1 without its keywords
+
+
 HOSTILE_TOPICS = ["", " , ;\n ", "the of and", "\U0001f642", "LoRA, LoRA, lora", "MoE",
                   "(.*)+$", "x" * 300, "LoRA,\nactivation sparsity"]
 

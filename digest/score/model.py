@@ -29,11 +29,11 @@ class CandidatePaper:
     upvotes: int | None = None
     comments: int | None = None
     stars: int | None = None
-    ai_keywords: tuple[str, ...] = ()
+    ai_keywords: tuple[str, ...] = ()  # the source's keywords, weighed like the title
 
     @property
     def text(self) -> str:
-        return paper_text(self.title, self.abstract)
+        return paper_text(self.title, self.abstract, keywords=self.ai_keywords)
 
 
 @dataclass(frozen=True)

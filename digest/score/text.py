@@ -32,14 +32,21 @@ _SNOWBALL = snowballstemmer.stemmer("english")
 _SNOWBALL_LOCK = threading.Lock()
 
 
-def paper_text(title: str, abstract: str, title_repeats: int = 2) -> str:
+def paper_text(
+    title: str, abstract: str, title_repeats: int = 2, keywords: Sequence[str] = ()
+) -> str:
     """The text a paper is matched by.
 
     TF-IDF reads the title twice (the default): it says what the paper is about more densely
-    than the abstract. Sentence embeddings read it once (`title_repeats=1`), and their store
-    keys hash that text, so it must not change for them.
+    than the abstract. The source's keywords (the daily-papers API's `ai_keywords`) name its
+    topics as densely, so they count as the title does, as many times; a paper without them
+    reads as it always has. Sentence embeddings read the title once (`title_repeats=1`) and
+    no keywords, and their store keys hash that text, so it must not change for them.
     """
-    return ". ".join([title] * title_repeats + [abstract])
+    parts = [title] * title_repeats + [abstract]
+    if keywords:
+        parts += ["; ".join(keywords)] * title_repeats
+    return ". ".join(parts)
 
 
 def split_topics(topics: str) -> list[str]:
