@@ -558,3 +558,33 @@ def test_one_line_printable_and_clean_subject_keep_their_rules_on_any_text() -> 
         assert one_line(text) == " ".join(text.split()), repr(text)
         assert printable(text) == control.sub("", text), repr(text)
         assert clean_subject(text) == " ".join(_UNSAFE_IN_HEADER.sub(" ", text).split())
+
+
+@pytest.mark.parametrize("trending", [False, True])
+def test_a_weekly_digest_speaks_of_the_week_in_both_parts(trending: bool) -> None:
+    """A weekly reader reads "this week", never "today", in the HTML and the text alike."""
+    email = render_digest(make_context(weekly=True, trending_fallback=trending))
+    page = ParsedHTML(email.html)
+    for part in (page.text, " ".join(email.text.split())):
+        assert "today" not in part.lower(), part
+        assert "You receive this weekly digest because" in part
+        if trending:
+            assert ("No new papers matched your topics this week (LoRA, activation sparsity). "
+                    "As you asked, here are this week's 10 trending papers instead.") in part
+        else:
+            assert "This week's 10 new papers for your topics: LoRA, activation sparsity" in part
+            assert "new since your last digest, none sent to you before" in part
+    assert page.title == "Paper Digest, the week to 23 Nov 2026"
+    assert "Weekly · Monday, 23 November 2026" in page.text
+    assert email.text.startswith("PAPER DIGEST · WEEKLY · Monday, 23 November 2026\n")
+
+
+def test_an_empty_weekly_digest_says_this_week_and_a_daily_one_today() -> None:
+    weekly = render_digest(make_context(items=(), weekly=True))
+    daily = render_digest(make_context(items=()))
+    expected = "No new papers for your topics {}: LoRA, activation sparsity."
+    for email, period in ((weekly, "this week"), (daily, "today")):
+        assert expected.format(period) in ParsedHTML(email.html).text
+        assert expected.format(period) in " ".join(email.text.split())
+    assert "weekly" not in daily.text.lower() and "this week" not in daily.text
+    assert "since your last digest" not in daily.text

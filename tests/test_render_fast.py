@@ -76,6 +76,7 @@ def context(rng: random.Random, cards: list[PaperCard]) -> DigestContext:
         feedback_url=rng.choice(["", f"{SITE}/feedback/tok&<{rng.randrange(10**6)}>"]),
         click_tracking=rng.random() < 0.5,
         archive_url=rng.choice(["", f"{SITE}/archive/tok&<{rng.randrange(10**6)}>"]),
+        weekly=rng.random() < 0.3,  # "this week", not "today": a skeleton of its own
     )
 
 

@@ -54,6 +54,7 @@ class Variant(NamedTuple):
     has_feedback: bool
     tracking: bool = False  # paper links through the feedback redirect (only with feedback)
     has_archive: bool = False  # a "View in browser" link
+    weekly: bool = False  # a weekly reader's digest: "this week", not "today"
 
 
 @dataclass(frozen=True)
@@ -270,7 +271,7 @@ class DayRenderer:
         return tuple.__new__(Variant, (not ctx.items, ctx.trending_fallback,
                                        bool(context["topics"]), has_feedback,
                                        ctx.click_tracking and has_feedback,
-                                       bool(context["archive_href"])))
+                                       bool(context["archive_href"]), ctx.weekly))
 
     # -- per day, once each ------------------------------------------------------------------
 
@@ -287,6 +288,7 @@ class DayRenderer:
             "count": _PaperCount(variant.empty),
             "trending_fallback": variant.trending_fallback,
             "click_tracking": variant.tracking,
+            "weekly": variant.weekly,
             "day": self.day,
             "site_url": self.site_url,
             "items": (),

@@ -23,7 +23,7 @@ DIGEST_BODIES = ("email/digest/body.mjml", "email/digest/body.txt")
 PER_DAY = frozenset({"day", "site_url"})
 # One skeleton per value (see `day.Variant`). `count` is read only as zero or not: the count a
 # reader sees is `count_phrase`.
-PER_VARIANT = frozenset({"count", "trending_fallback", "click_tracking"})
+PER_VARIANT = frozenset({"count", "trending_fallback", "click_tracking", "weekly"})
 # Filled per subscriber into the compiled skeleton (`topics`, `feedback_href` and
 # `archive_href` also choose the variant, as the templates test whether they are empty).
 PER_SUBSCRIBER = frozenset({
