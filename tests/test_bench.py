@@ -115,6 +115,10 @@ def test_bench_can_run_on_workers_only(tmp_path: Path) -> None:
     stages = [row[0] for row in figures.rows]
     assert stages[0] == "whole day, 1 Celery workers" and "in-process" not in figures.table()
     assert stages[1].startswith("SMTP sink alone: 40 digests")
+    # Celery's share and the statements per batch, as the worker processes measured them.
+    notes = "\n".join(figures.notes)
+    assert "inside the workers: " in notes and "Celery between them" in notes
+    assert "database statements per batch of" in notes and "planning: first batch at" in notes
 
 
 def _imported_modules(path: Path, package: str) -> set[str]:

@@ -348,7 +348,41 @@ def run_workers(settings: Settings, workers: int, figures: Figures,
     figures.add(f"whole day, {workers} Celery workers{pool}", total,
                 f"{run.planned / total:,.0f} emails/s")
     note_worker_overheads(settings, figures, run, workers * concurrency, total, peaks)
+    note_inside_workers(settings, figures, run)
     return total
+
+
+def note_inside_workers(settings: Settings, figures: Figures, run: WorkerRun) -> None:
+    """What the worker processes measured themselves (`bench_worker`): Celery's share of
+    their time between their first task and their last (what is not inside a task:
+    acknowledging, fetching, decoding the next), statements per batch, and the stages."""
+    stats = [json.loads(p.read_text())
+             for p in sorted((Path(settings.data_dir) / "worker-stats").glob("*.json"))]
+    if not stats:
+        return
+    tasks = sum(s["tasks"] for s in stats)
+    wall = sum(s["last"] - s["first"] for s in stats)
+    inside = sum(s["in_tasks"] for s in stats)
+    statements = sum(s["statements"] for s in stats)
+    clock: dict[str, float] = {}
+    for s in stats:
+        for stage, seconds in s["clock"].items():
+            clock[stage] = clock.get(stage, 0.0) + seconds
+    figures.notes.append(
+        f"  inside the workers: {tasks:,} tasks, Celery between them {wall - inside:.1f} of "
+        f"{wall:.1f} process-seconds ({(wall - inside) / max(wall, 1e-9):.1%}, "
+        f"{(wall - inside) / max(tasks, 1) * 1000:.2f} ms a task); the tasks (claim, compose, "
+        f"hand over) {inside:.1f} s; {statements / max(tasks, 1):.1f} database statements per "
+        f"batch of {settings.batch_size}"
+    )
+    figures.notes.append(
+        "  workers' stages (process-seconds, the sending threads' included): "
+        + ", ".join(f"{stage} {seconds:.1f}" for stage, seconds in sorted(clock.items()))
+    )
+    figures.notes.append(
+        f"  planning: first batch at {run.planning:.1f} s, done at {run.enqueued:.1f} s, "
+        f"peak memory of the planning process {run.peak_mb:,.0f} MB"
+    )
 
 
 def start_workers(settings: Settings, workers: int,
@@ -360,7 +394,8 @@ def start_workers(settings: Settings, workers: int,
     for k in range(workers):
         log = (logs / f"w{k}.log").open("wb")
         procs.append(subprocess.Popen(
-            [str(Path(sys.executable).parent / "celery"), "-A", "workers", "worker",
+            [str(Path(sys.executable).parent / "celery"), "-A", "digest.tools.bench_worker",
+             "worker",
              "-n", f"bench{k}@%h", f"--concurrency={concurrency}", "--loglevel=WARNING",
              "--without-gossip", "--without-mingle", "--without-heartbeat"],
             env=worker_env(settings), stdout=log, stderr=subprocess.STDOUT,
@@ -378,21 +413,21 @@ def stop_workers(procs: Sequence[subprocess.Popen[bytes]]) -> None:
 
 @dataclass
 class WorkerRun:
-    """The day as handed to the workers: its batches and when planning started and ended."""
+    """The day as handed to the workers: how many batches, of which days, and when planning
+    started and ended (counts only: a million readers' ids are the workers' to hold)."""
 
     start: float  # perf_counter at the start of planning
     began: datetime  # the same instant in UTC, to compare with the ledger's times
-    batches: list[tuple[date, list[int]]] = field(default_factory=list)
+    tasks: int = 0
+    planned: int = 0
+    dates: set[date] = field(default_factory=set)
     planning: float = 0.0  # seconds until the first batch could go
-    enqueued: float = 0.0  # seconds until the last batch was enqueued
-
-    @property
-    def planned(self) -> int:
-        return sum(len(ids) for _, ids in self.batches)
+    enqueued: float = 0.0  # seconds until the last batch was enqueued (planning done)
+    peak_mb: float = 0.0  # the planning process's peak memory
 
     @property
     def days(self) -> list[date]:
-        return sorted({d for d, _ in self.batches})
+        return sorted(self.dates)
 
 
 def enqueue_day(settings: Settings) -> WorkerRun:
@@ -404,11 +439,13 @@ def enqueue_day(settings: Settings) -> WorkerRun:
     app = make_app(settings)
     run = WorkerRun(time.perf_counter(), datetime.now(timezone.utc))
     for day, ids in plan_due_batches(settings, run.began):
-        if not run.batches:
+        if not run.tasks:
             run.planning = time.perf_counter() - run.start
         app.send_task("workers.tasks.send_batch", args=[day.isoformat(), ids])
-        run.batches.append((day, ids))
+        run.tasks, run.planned = run.tasks + 1, run.planned + len(ids)
+        run.dates.add(day)
     run.enqueued = time.perf_counter() - run.start
+    run.peak_mb = peak_rss_mb()
     return run
 
 
@@ -449,17 +486,18 @@ def note_worker_overheads(settings: Settings, figures: Figures, run: WorkerRun, 
     tail = total - (last - run.began).total_seconds()
     workers = len(peaks)
     figures.notes.append(
-        f"{workers} workers: {run.planned:,} digests in {len(run.batches)} tasks, peak memory per "
+        f"{workers} workers: {run.planned:,} digests in {run.tasks} tasks, peak memory per "
         f"worker {', '.join(f'{p:,.0f}' for p in peaks)} MB; outside the batches' own work "
         f"(Celery, the broker, each worker preparing the day once): "
         f"{max(0.0, 1 - busy / (processes * total)):.1%} of the workers' time"
     )
     figures.notes.append(
         f"  of which: start-up {startup:.1f} s (first batch planned at {run.planning:.1f} s, all "
-        f"{len(run.batches)} enqueued at {run.enqueued:.1f} s, then the first claim), the bench "
+        f"{run.tasks} enqueued at {run.enqueued:.1f} s, then the first claim), the bench "
         f"seeing the end {tail:.1f} s, "
-        f"between batches {processes * (last - first).total_seconds() - busy:.1f} "
-        f"process-seconds ({len(spans)} batches)"
+        f"between batches {max(0.0, processes * (last - first).total_seconds() - busy):.1f} "
+        f"process-seconds ({len(spans)} batches; they overlap over SMTP, one sent while the "
+        f"next is composed: the workers' own line below splits Celery out)"
     )
 
 

@@ -8,11 +8,13 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
+from enum import Enum
 from typing import Any
 
-from sqlalchemy import create_engine, insert, text
+from sqlalchemy import Connection, create_engine, insert, text
 
 from .. import db
+from ..models import Subscriber, SubscriberStatus, TopicProfile
 from ..settings import Settings
 
 TOPIC_PHRASES = [
@@ -82,34 +84,69 @@ def synthetic_papers(
 
 
 def populate(settings: Settings, subscribers: int, papers: int, seed: int = 7) -> None:
-    """Fill an empty, migrated database with the synthetic day (bulk inserts)."""
-    from ..models import Paper, Subscriber, SubscriberStatus, TopicProfile
+    """Fill an empty, migrated database with the synthetic day: bulk inserts, and on
+    PostgreSQL the subscribers and their profiles by COPY (a million in about a minute, where
+    inserts of parameter lists take ten)."""
+    from ..models import Paper
 
     rng = random.Random(seed)
     now = datetime.now(timezone.utc)
     engine = db.engine_for(settings.database_url)
+    postgres = engine.dialect.name == "postgresql"
     with engine.begin() as conn:
         for start in range(0, papers, 1000):
             conn.execute(insert(Paper),
                          synthetic_papers(min(1000, papers - start), rng, now, offset=start))
-        for start in range(0, subscribers, 5000):
-            count = min(5000, subscribers - start)
-            conn.execute(insert(Subscriber), [
-                {"id": start + i + 1, "email": f"reader{start + i:07d}@bench.example.org",
-                 "status": SubscriberStatus.ACTIVE, "time_zone": rng.choice(ZONES),
-                 "send_hour": 0, "papers_per_digest": 10, "created_at": now,
-                 "confirmed_at": now}
-                for i in range(count)
-            ])
-            conn.execute(insert(TopicProfile), [
-                {"subscriber_id": start + i + 1,
-                 "topics": ", ".join(rng.sample(TOPIC_PHRASES, rng.randint(1, 4))),
-                 "exclude": "", "trending_fallback": rng.random() < 0.1, "updated_at": now}
-                for i in range(count)
-            ])
-        if engine.dialect.name == "postgresql":
+        for people, profiles in synthetic_subscribers(subscribers, rng, now):
+            if postgres:
+                _copy(conn, "subscribers", people)
+                _copy(conn, "topic_profiles", profiles)
+            else:
+                conn.execute(insert(Subscriber), people)
+                conn.execute(insert(TopicProfile), profiles)
+        if postgres:
             conn.execute(text("SELECT setval('subscribers_id_seq', "
                               "(SELECT max(id) FROM subscribers))"))
+
+
+def synthetic_subscribers(
+    n: int, rng: random.Random, now: datetime, chunk: int = 5000
+) -> Iterator[tuple[list[dict[str, Any]], list[dict[str, Any]]]]:
+    """N active subscribers and their topic profiles, `chunk` at a time (the same rows from the
+    same seed, whichever way they are stored)."""
+    from ..models import new_link_key
+
+    for start in range(0, n, chunk):
+        count = min(chunk, n - start)
+        people = [
+            {"id": start + i + 1, "email": f"reader{start + i:07d}@bench.example.org",
+             "status": SubscriberStatus.ACTIVE, "time_zone": rng.choice(ZONES),
+             "send_hour": 0, "papers_per_digest": 10, "created_at": now,
+             "confirmed_at": now, "link_key": new_link_key()}
+            for i in range(count)
+        ]
+        profiles = [
+            {"subscriber_id": start + i + 1,
+             "topics": ", ".join(rng.sample(TOPIC_PHRASES, rng.randint(1, 4))),
+             "exclude": "", "trending_fallback": rng.random() < 0.1, "updated_at": now}
+            for i in range(count)
+        ]
+        yield people, profiles
+
+
+def _copy(conn: Connection, table: str, rows: list[dict[str, Any]]) -> None:
+    """COPY rows (dicts with the same keys) into `table`, in the connection's transaction."""
+    columns = list(rows[0])
+    raw = conn.connection.driver_connection
+    with raw.cursor() as cursor, cursor.copy(  # type: ignore[union-attr]
+        f"COPY {table} ({', '.join(columns)}) FROM STDIN"
+    ) as copy:
+        for row in rows:
+            copy.write_row([_copy_value(row[c]) for c in columns])
+
+
+def _copy_value(value: Any) -> Any:
+    return value.value if isinstance(value, Enum) else value
 
 
 class ScratchDatabaseError(RuntimeError):
