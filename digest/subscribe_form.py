@@ -71,7 +71,8 @@ def _read_signup_form(settings: Settings, values: Mapping[str, str]) -> tuple[st
         errors["email"] = str(exc)
     try:
         prefs = read_preferences(values, settings.default_time_zone,
-                                 settings.default_send_hour, settings.default_papers_per_digest)
+                                 settings.default_send_hour, settings.default_papers_per_digest,
+                                 settings.weekly_papers_per_digest)
     except InvalidForm as exc:
         errors.update(exc.errors)
     if errors:

@@ -488,3 +488,31 @@ def test_words_to_exclude_and_the_fallback_do_not_restart_the_learning(
     assert topics_changed_at() == started
     client.post(path, data={**form, "topics": "diffusion models"})
     assert topics_changed_at() > started
+
+
+def test_a_length_left_to_the_default_follows_the_cadence(
+    client: FlaskClient, web_settings: Settings, smtp_server: SMTPServer
+) -> None:
+    """The subscribe form's papers default is "10, or 20 weekly" (DEFAULT_PAPERS_PER_DIGEST,
+    WEEKLY_PAPERS_PER_DIGEST) until the visitor picks a number: no script needed."""
+    html = client.get("/").get_data(as_text=True)
+    assert '<option value="" selected>10, or 20 weekly</option>' in html
+    readers = {"weekly@example.org": ("weekly", ""), "daily@example.org": ("daily", ""),
+               "chosen@example.org": ("weekly", "5")}
+    for email, (cadence, papers) in readers.items():
+        subscribe(client, email=email, cadence=cadence, papers_per_digest=papers)
+    for message in smtp_server.messages:
+        path = link_in(message, "confirm")
+        client.post(path, data={"csrf_token": csrf(client, path)})
+    with db.session_scope(web_settings) as s:
+        lengths = {email: find_subscriber(s, email).papers_per_digest  # type: ignore[union-attr]
+                   for email in readers}
+    assert lengths == {"weekly@example.org": 20, "daily@example.org": 10,
+                       "chosen@example.org": 5}
+    # A stored length is shown as it is on the preferences page: no default option there.
+    with db.session_scope(web_settings) as s:
+        weekly = find_subscriber(s, "weekly@example.org")
+        assert weekly is not None
+        owner = LinkRef(weekly.id, weekly.link_key)
+    page = client.get(preferences_path(web_settings, owner)).get_data(as_text=True)
+    assert '<option value="20" selected>20</option>' in page and "or 20 weekly" not in page

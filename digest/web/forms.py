@@ -53,6 +53,9 @@ def form_choices() -> dict[str, Any]:
         "cadences": [c.value for c in Cadence],
         "weekdays": list(enumerate(WEEKDAYS)),
         "default_time_zone": current_settings().default_time_zone,
+        # The papers a new reader who chose no length gets: subscribers.default_papers.
+        "default_papers": current_settings().default_papers_per_digest,
+        "weekly_papers": current_settings().weekly_papers_per_digest,
         "kept_days": kept_days(),
     }
 

@@ -55,8 +55,7 @@ def form_page(values: Any, errors: dict[str, str]) -> str:
     defaults = {
         "time_zone": settings.default_time_zone,
         "send_hour": str(settings.default_send_hour),
-        "papers_per_digest": str(settings.default_papers_per_digest),
-    }
+    }  # no papers_per_digest: the form offers the default for each cadence (`_fields.html`)
     merged = {**defaults, **{k: v for k, v in dict(values).items() if v}}
     return render_template("subscribe.html", values=merged, errors=errors,
                            prefill_time_zone="time_zone" not in values, **form_choices())
