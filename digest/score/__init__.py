@@ -8,7 +8,8 @@ Per-subscriber work is then a sparse matrix product for a whole batch of profile
 Ranking, per subscriber and candidate paper:
 
     relevance = 0.5 * best_phrase_similarity + 0.5 * whole_text_similarity
-    score     = relevance * (1 + trending_boost * trending)      (only if relevance >= min)
+    score     = relevance * (1 + trending_boost * trending)      (only if relevance >= cut)
+    cut       = max(min_relevance, relative_relevance * the profile's best relevance today)
     trending  = recency * (0.5 + 0.5 * engagement)   for sources with engagement
               = recency * 0.5                        for sources without it
     recency   = 0.5 ** (age_days / recency_half_life_days)
@@ -20,8 +21,8 @@ whole text, as one query, rewards a paper that touches several of them.
 
 The package, in the order a day uses it: `text` (words, phrases, acronyms), `model` (the
 plain data in and out), `signals` (trending, near-duplicates), `index` (`build_day_index`,
-`DayIndex.select`) over `queries`, `learned`, `picking` and `reasons`. What the rest of the
-library uses is importable from `digest.score`.
+`DayIndex.select`) over `queries` (with `fusion` for the semantic extra), `learned`,
+`picking` and `reasons`. What the rest of the library uses is importable from `digest.score`.
 """
 
 from .index import DayIndex, build_day_index
