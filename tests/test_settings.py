@@ -44,6 +44,7 @@ def test_postgres_needs_no_code_change() -> None:
         ({"TRENDING_BOOST": "-1"}, "TRENDING_BOOST=-1.0 would give trending papers no score"),
         ({"MIN_RELEVANCE": "1.5"}, "MIN_RELEVANCE=1.5 must be from 0"),
         ({"MIN_RELEVANCE": "-0.1"}, "MIN_RELEVANCE"),
+        ({"RELATIVE_RELEVANCE": "1.5"}, "RELATIVE_RELEVANCE=1.5 must be from 0"),
         ({"ARCHIVE_LINK_DAYS": "90"},
          "ARCHIVE_LINK_DAYS=90 is longer than RETENTION_DELIVERY_ITEMS_DAYS=60"),
         ({"ARCHIVE_LINK_DAYS": "0"}, "ARCHIVE_LINK_DAYS=0 must be at least 1"),
