@@ -233,10 +233,15 @@ def test_a_weekly_reader_from_sign_up_to_deletion_beside_a_daily_reader(
     def shot(view: Any, name: str) -> None:
         view.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
 
-    def email_shots(html: str, name: str, schemes: tuple[str, ...] = ("light",)) -> None:
-        """The email as a mail client shows it, at a desktop's and a phone's width."""
+    def email_shots(
+        html: str,
+        name: str,
+        schemes: tuple[str, ...] = ("light", "dark"),
+        widths: tuple[int, ...] = (800, 390),
+    ) -> None:
+        """The email as a mail client shows it, in each colour scheme and width."""
         for scheme in schemes:
-            for width in (800, 390):
+            for width in widths:
                 view = browser.new_context(
                     color_scheme=scheme, viewport={"width": width, "height": 900}
                 )
@@ -258,6 +263,7 @@ def test_a_weekly_reader_from_sign_up_to_deletion_beside_a_daily_reader(
     page.click("text=Send trending papers when nothing matches")  # the switch's label
     assert page.is_checked("#trending_fallback")
     assert not page.is_checked("#click_tracking")  # privacy by default
+    page.wait_for_selector("#preview-list li .title")
     shot(page, "01-subscribe-weekly")
     page.click("button[type=submit]")
     page.wait_for_selector("text=Check your inbox")
@@ -293,8 +299,10 @@ def test_a_weekly_reader_from_sign_up_to_deletion_beside_a_daily_reader(
     daily_page.close()
 
     # 3. FIRST_DIGEST=offer: one button sends this week's digest at once.
+    assert "Send me this week's digest now" in page.inner_text("main")
+    assert "daily or weekly" in page.inner_text(".site-header")
     page.click("form.first-digest button")
-    page.wait_for_selector("text=on its way")
+    page.wait_for_selector("text=This week's digest is on its way")
     assert wait_for_first_digests(30)
     first = mail_to(smtp_server, WEEKLY, 2)
     assert "speculative decoding" in first["Subject"].lower() or "trending" in first["Subject"]
@@ -323,6 +331,12 @@ def test_a_weekly_reader_from_sign_up_to_deletion_beside_a_daily_reader(
     week_titles = [t for t, _, _ in PAPERS if t in weekly_text]
     assert len(week_titles) >= 6, weekly_text  # papers from the whole week
     assert not TRACKED.search(html_part(weekly))  # tracking off: direct links
+    # Side by side: the weekly digest and the daily reader's digest of the same morning.
+    same_day = mail_to(smtp_server, DAILY, 8)  # the confirmation, then seven dailies
+    assert "week" in weekly["Subject"].lower() and "week" not in same_day["Subject"].lower()
+    assert "How Many Experts Does a Mixture of Experts Need?" in text_part(same_day)
+    email_shots(html_part(weekly), "04-weekly-digest")
+    email_shots(html_part(same_day), "04-daily-digest")
 
     # 5. The email in a browser; "View in browser" opens the same digest on the site.
     inbox = context.new_page()
@@ -334,8 +348,22 @@ def test_a_weekly_reader_from_sign_up_to_deletion_beside_a_daily_reader(
     archive_heading = inbox.inner_text(".digest-page .eyebrow")
     assert "Paper links go straight to the paper" in inbox.inner_text("main")
     archive_url = inbox.url
-    shot(inbox, "05-archive-weekly")
     inbox.close()
+    for scheme in ("light", "dark"):  # the page follows the reader's colour scheme
+        view = browser.new_context(color_scheme=scheme, viewport={"width": 1200, "height": 900})
+        archive = view.new_page()
+        archive.goto(archive_url)
+        assert archive.evaluate("matchMedia('(prefers-color-scheme: dark)').matches") is (
+            scheme == "dark"
+        )
+        shot(archive, f"05-archive-weekly-{scheme}")
+        view.close()
+    phone = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True)
+    archive = phone.new_page()
+    archive.goto(archive_url)
+    assert archive.evaluate("document.documentElement.scrollWidth") <= 390
+    shot(archive, "05-archive-weekly-light-390")
+    phone.close()
 
     # 6. The preferences page (the email's link) lists her past digests: both of them.
     preferences_url = link_after("Change preferences:", weekly_text)
@@ -376,23 +404,9 @@ def test_a_weekly_reader_from_sign_up_to_deletion_beside_a_daily_reader(
     assert not TRACKED.search(html), "tracking is off: paper links must be direct"
     assert re.search(r"/feedback/[^\"'\s]+/\d+/more", html)
     assert "https://arxiv.org/abs/" in html
-    side_by_side = mail_to(smtp_server, DAILY, 9)  # the daily reader's digest of that day
+    email_shots(html, "08-next-weekly-digest", ("light",), (800,))
 
-    # 9. Both digests of that day, light and dark, on a desktop and a phone; the archive page
-    #    in both schemes.
-    email_shots(html, "09-weekly-digest", ("light", "dark"))
-    email_shots(html_part(side_by_side), "09-daily-digest", ("light", "dark"))
-    for scheme in ("light", "dark"):
-        view = browser.new_context(color_scheme=scheme, viewport={"width": 1200, "height": 900})
-        archive = view.new_page()
-        archive.goto(link_after("View in browser:", text_part(following)))
-        archive.wait_for_selector(".digest-page")
-        dark = archive.evaluate("matchMedia('(prefers-color-scheme: dark)').matches")
-        assert dark is (scheme == "dark")
-        shot(archive, f"09-archive-{scheme}")
-        view.close()
-
-    # 10. Her data, as a JSON file.
+    # 9. Her data, as a JSON file.
     with page.expect_download() as download:
         page.click("text=Download my data (JSON)")
     data = json.loads(Path(download.value.path()).read_text(encoding="utf-8"))
@@ -407,13 +421,13 @@ def test_a_weekly_reader_from_sign_up_to_deletion_beside_a_daily_reader(
         json.dumps(data["deliveries"]).count("Speculative Decoding with Self-Drafting Heads") == 1
     )
 
-    # 11. Delete: a page that asks, a button that does it.
+    # 10. Delete: a page that asks, a button that does it.
     page.click("text=Delete me entirely")
     page.wait_for_selector("text=Delete everything about you?")
-    shot(page, "11-delete")
+    shot(page, "10-delete")
     page.click("button:has-text('Delete me entirely')")
     page.wait_for_selector("text=You're deleted")
-    shot(page, "11-deleted")
+    shot(page, "10-deleted")
     with db.session_scope(settings) as s:
         assert subscriber_of(s, WEEKLY) is None
         assert (
@@ -425,7 +439,7 @@ def test_a_weekly_reader_from_sign_up_to_deletion_beside_a_daily_reader(
 
     assert errors == [], errors  # no script error, no CSP violation on any page so far
 
-    # 12. Her old links do nothing: each says so, and nothing is recorded.
+    # 11. Her old links do nothing: each says so, and nothing is recorded.
     unsubscribe_url = link_after("Unsubscribe:", text_part(following))
     more_url = re.search(r'href="([^"]+/more)"', html).group(1)  # type: ignore[union-attr]
     for url in (archive_url, preferences_url, unsubscribe_url, more_url):
@@ -434,7 +448,7 @@ def test_a_weekly_reader_from_sign_up_to_deletion_beside_a_daily_reader(
         assert "did not work" in page.inner_text("main") or "cannot be used" in page.inner_text(
             "main"
         )
-    shot(page, "12-old-link")
+    shot(page, "11-old-link")
     page.goto(more_url)
     with db.session_scope(settings) as s:
         assert s.scalar(select(func.count()).select_from(PaperFeedback)) == 0

@@ -15,7 +15,7 @@ from typing import Any
 from flask import Blueprint, render_template
 
 from .. import archive, db, first_digest, subscribers, tokens
-from ..models import Subscriber
+from ..models import Cadence, Subscriber
 from ..render.content import engagement
 from ..render.filters import author_line, long_date, safe_url, shorten
 from ..tokens import Purpose
@@ -54,15 +54,19 @@ def digest_page(token: str) -> Any:
 
 @bp.post("/first-digest/<token>")
 def send_first_digest(token: str) -> Any:
-    """The confirmed page's button: today's digest now, through the ledger (once a day)."""
+    """The confirmed page's button: today's digest now (a weekly reader's, this week's),
+    through the ledger (once a day, or once a week)."""
     check_csrf()
     settings = current_settings()
     claim = read_claim(Purpose.PREFERENCES, token)
     with db.session_scope(settings) as s:
-        subscriber_id = subscribers.linked_subscriber(s, claim).id
+        subscriber = subscribers.linked_subscriber(s, claim)
+        subscriber_id, weekly = subscriber.id, subscriber.cadence is Cadence.WEEKLY
+        trending = bool(subscriber.profile and subscriber.profile.trending_fallback)
     started = first_digest.start(settings, subscriber_id, now())
     return render_template(
-        "first_digest.html", started=started, preferences_url=f"/preferences/{token}"
+        "first_digest.html", started=started, weekly=weekly, trending_fallback=trending,
+        preferences_url=f"/preferences/{token}",
     )
 
 
