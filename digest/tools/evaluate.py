@@ -286,6 +286,7 @@ def load_corpus(
                     abstract=record.abstract,
                     source=record.source,
                     first_seen_at=EVAL_TIME,
+                    ai_keywords=tuple(record.ai_keywords or ()),  # as a stored paper's count
                 )
             )
     return papers, keys
