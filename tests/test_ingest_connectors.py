@@ -28,7 +28,8 @@ from digest import db
 from digest.cli import main
 from digest.ingest import ConnectorOptions, IngestReport, ingest, source_list
 from digest.ingest.connectors import Pacer
-from digest.models import Paper
+from digest.ingest.formats import parse
+from digest.models import Paper, paper_new_at
 from digest.settings import Settings, SettingsError
 
 DATA = Path(__file__).parent / "data" / "ingest"
@@ -163,6 +164,22 @@ def test_the_arxiv_listing_stores_the_days_new_papers_once_and_skips_replacement
     # The listing's day, 13 July 00:00 in New York.
     assert paper.published_at == datetime(2026, 7, 13, 4, 0, tzinfo=UTC)
     assert len(server.paths("/rss/cs.AI")) == 2
+
+
+def test_the_listing_dates_its_papers_by_the_day_arxiv_announced_them(
+    sqlite_session: Session, server: SourceServer
+) -> None:
+    server.routes["/rss/cs.AI"] = always(LISTING)
+    announced = datetime(2026, 7, 13, 4, 0, tzinfo=UTC)  # 13 July 00:00 in New York
+
+    records = parse(LISTING, "arxiv-listing", origin="listing").records
+    run(sqlite_session, ["arxiv:cs.AI"], options(server))
+
+    assert {r.listed_at for r in records} == {announced}
+    assert {p.listed_at for p in stored(sqlite_session).values()} == {announced}
+    # New on the day of the listing: the day's candidate query finds every one of them.
+    new_today = select(func.count()).where(paper_new_at() >= announced - timedelta(hours=1))
+    assert sqlite_session.scalar(new_today) == 4
 
 
 def test_an_empty_listing_is_a_day_without_papers_and_categories_join_with_plus(

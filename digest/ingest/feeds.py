@@ -4,7 +4,9 @@ A feed is not a papers format: its items are whatever the publisher lists. An it
 paper when it has a title; an arXiv item (its link or guid names an arXiv paper, as every item of
 rss.arxiv.org does) gets the arXiv id, so it is one row with the same paper read from the API or
 the daily-papers site, and its description loses arXiv's "arXiv:ID Announce Type: new Abstract:"
-preamble. Any other item is kept under a stable id derived from its guid (or link).
+preamble; an item of arXiv's listing (it has an announce type) is dated by the listing
+(`listed_at`), the day arXiv announced it. Any other item is kept under a stable id derived
+from its guid (or link).
 
 Descriptions and titles may carry HTML (RSS says nothing of their type, Atom says "html"): they are
 reduced to their text, because what is stored is text and the renderer escapes it.
@@ -16,7 +18,7 @@ import hashlib
 import logging
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from email.utils import parsedate_to_datetime
 from html.parser import HTMLParser
@@ -114,10 +116,18 @@ def feed_items(text: str, origin: str) -> list[FeedItem]:
         where = f"{origin} item {position}"
         announce = one_line(element.findtext(f"{ARXIV}announce_type") or "").lower() or None
         try:
-            items.append(FeedItem(where, read(element), announce))
+            items.append(FeedItem(where, _listed(read(element), announce), announce))
         except BadRecord as exc:
             items.append(FeedItem(where, str(exc), announce))
     return items
+
+
+def _listed(record: PaperRecord, announce_type: str | None) -> PaperRecord:
+    """An arXiv listing's item dated by its listing: the item's date is the day arXiv announced
+    the paper, which is what makes it new (as the daily-papers site's featured day does)."""
+    if announce_type is None or record.source != "arxiv" or record.published_at is None:
+        return record
+    return replace(record, listed_at=record.published_at)
 
 
 def _xml_root(text: str) -> Element:
