@@ -22,6 +22,7 @@ def candidate_paper(paper: Paper) -> CandidatePaper:
         source=paper.source,
         first_seen_at=paper.first_seen_at,
         published_at=paper.published_at,
+        listed_at=paper.listed_at,
         upvotes=paper.upvotes,
         comments=paper.comments,
         stars=paper.stars,

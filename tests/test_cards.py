@@ -141,6 +141,9 @@ def test_a_row_gives_its_extras_to_the_card_and_its_keywords_to_scoring() -> Non
     assert (card.ai_summary, card.github_repo, card.stars, card.organization) == (
         TLDR, REPO, 1234, "MIT")
     assert candidate.ai_keywords == ("LoRA", "sparsity")
+    listed = datetime(2026, 11, 23, 5, tzinfo=UTC)
+    assert candidate_paper(row(listed_at=listed)).listed_at == listed  # trending's recency
+    assert candidate.listed_at is None
     assert candidate_paper(row(ai_keywords=None)).ai_keywords == ()
     assert candidate_paper(row(ai_keywords={"a": 1})).ai_keywords == ()
     assert candidate_paper(row(ai_keywords=["LoRA", 3, None, ""])).ai_keywords == ("LoRA",)

@@ -124,6 +124,21 @@ def test_trending_prefers_many_upvotes_today_over_few_last_week() -> None:
     assert t[0] > t[2] > t[1]
 
 
+def test_trending_counts_from_the_day_a_paper_was_listed_not_published() -> None:
+    weeks_ago, this_morning = NOW - timedelta(days=21), NOW - timedelta(hours=2)
+    featured = paper(1, "a", source="daily-papers", upvotes=200, published_at=weeks_ago,
+                     listed_at=this_morning)
+    unlisted = paper(2, "b", source="daily-papers", upvotes=200, published_at=weeks_ago)
+    fresh = paper(3, "c", source="daily-papers", upvotes=200, published_at=this_morning)
+    undated = paper(4, "d", source="page", first_seen_at=this_morning)
+    t = trending_scores([featured, unlisted, fresh, undated], NOW, half_life_days=3)
+    # Featured today, it is as hot as a paper published today; by its publication it is cold.
+    assert t[0] == pytest.approx(t[2])
+    assert t[1] < t[0] / 100
+    # With no date from its source, a paper is as old as its first sighting.
+    assert t[3] == pytest.approx(0.5 * 0.5 ** (2 / 24 / 3))
+
+
 def test_trending_breaks_ties_between_equally_relevant_papers() -> None:
     text = "Sparse mixture of experts routing for language models"
     quiet = paper(1, text, source="daily-papers", upvotes=1, published_at=NOW,

@@ -26,6 +26,7 @@ class CandidatePaper:
     source: str
     first_seen_at: datetime
     published_at: datetime | None = None
+    listed_at: datetime | None = None  # the day its source listed it (Paper.listed_at)
     upvotes: int | None = None
     comments: int | None = None
     stars: int | None = None

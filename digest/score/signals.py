@@ -30,7 +30,12 @@ def trending_reason(paper: CandidatePaper) -> str:
 def trending_scores(
     papers: Sequence[CandidatePaper], now: datetime, half_life_days: float
 ) -> np.ndarray:
-    """Engagement normalised per source, times exponential decay with age."""
+    """Engagement normalised per source, times exponential decay with age.
+
+    A paper's age counts from the day its source listed it (featured on the daily-papers site,
+    announced by arXiv), else its publication, else when it was first seen: a paper published
+    weeks ago and featured today is today's news, and its upvotes are today's.
+    """
     raw = np.array(
         [
             np.log1p((p.upvotes or 0) + 2 * (p.comments or 0) + (p.stars or 0) / 10)
@@ -49,17 +54,16 @@ def trending_scores(
         peak = raw[mask].max() if mask.any() else 0.0
         if peak > 0:
             engagement[mask] = raw[mask] / peak
-    ages = np.array(
-        [
-            max((now - (p.published_at or p.first_seen_at)).total_seconds(), 0.0) / 86400
-            for p in papers
-        ]
-    )
+    ages = np.array([max((now - _dated(p)).total_seconds(), 0.0) / 86400 for p in papers])
     recency = 0.5 ** (ages / max(half_life_days, 0.01))
     return np.where(has_engagement, recency * (0.5 + 0.5 * engagement), recency * 0.5).astype(
         np.float32
     )
 
+
+def _dated(paper: CandidatePaper) -> datetime:
+    """When the paper became news: its listing, else its publication, else its first sighting."""
+    return paper.listed_at or paper.published_at or paper.first_seen_at
 
 
 def duplicate_groups(matrix: sparse.csr_matrix, threshold: float) -> np.ndarray:
