@@ -17,7 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from .cards import paper_card
-from .models import Delivery, DeliveryItem, DeliveryStatus, Paper
+from .models import Cadence, Delivery, DeliveryItem, DeliveryStatus, Paper, delivery_period
 from .render.content import PaperCard
 from .settings import Settings
 from .tokens import LinkOwner, archive_link
@@ -52,6 +52,7 @@ class ShownDigest:
     papers: tuple[ShownPaper, ...]
     trending_fallback: bool
     sent_at: datetime | None
+    weekly: bool = False  # a weekly digest: its page speaks of the week to `day`
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,10 @@ def shown_digest(
     session: Session, settings: Settings, subscriber_id: int, day: date, today: date
 ) -> ShownDigest:
     """The reader's digest of `day` as it was sent: its papers in their order, each with why
-    it was picked. DigestTooOld past ARCHIVE_LINK_DAYS; DigestNotShown if none was sent."""
+    it was picked. DigestTooOld past ARCHIVE_LINK_DAYS; DigestNotShown if none was sent.
+
+    Whether it was a weekly digest is the delivery's period (an ISO week), not the reader's
+    cadence today: a reader who since switched still sees each digest as it was sent."""
     if day < oldest_shown(settings, today):
         raise DigestTooOld(
             f"Digests stay on the web for {settings.archive_link_days} days; this one is older."
@@ -97,6 +101,7 @@ def shown_digest(
         papers=tuple(ShownPaper(rank, paper_card(paper), why) for rank, why, paper in rows),
         trending_fallback=delivery.trending_fallback,
         sent_at=delivery.sent_at,
+        weekly=delivery.period == delivery_period(day, Cadence.WEEKLY),
     )
 
 

@@ -18,7 +18,7 @@ from flask.testing import FlaskClient
 from sqlalchemy import select
 
 from digest import db, first_digest, notices, pipeline, tokens
-from digest.models import Delivery, DeliveryItem, DeliveryStatus, Paper, Subscriber
+from digest.models import Cadence, Delivery, DeliveryItem, DeliveryStatus, Paper, Subscriber
 from digest.notices import LinkRef
 from digest.pipeline import run_day
 from digest.render.filters import long_date
@@ -164,6 +164,33 @@ def test_view_in_browser_shows_that_readers_digest_built_from_the_ledger(
     assert bob_url != url
     bob_page = main_text(client.get(local(bob_url)).get_data(as_text=True))
     assert all(t in bob_page for t in ledger_titles(web_settings, bob.id, today()))
+
+
+def test_a_weekly_digests_page_speaks_of_the_week(
+    client: FlaskClient, web_settings: Settings, smtp_server: SMTPServer
+) -> None:
+    with db.session_scope(web_settings) as s:
+        for email, topics in (("ada@example.org", "LoRA"), ("cy@example.org", "protein folding")):
+            sub = make_subscriber(s, email=email, topics=topics, trending_fallback=True)
+            sub.cadence, sub.send_weekday = Cadence.WEEKLY, today().weekday()
+    lora_papers(web_settings, 2)
+    assert sorted(run_day(web_settings, today()).sent) == ["ada@example.org", "cy@example.org"]
+    week_to = f"the week to {long_date(today())}"
+
+    pages = {}
+    for email in ("ada@example.org", "cy@example.org"):
+        [url] = hrefs(html_of(digest_to(smtp_server, email)), "View in browser")
+        html = client.get(local(url)).get_data(as_text=True)
+        pages[email] = main_text(html)
+        assert f"<title>Your weekly digest, {week_to}" in html
+        assert "that day" not in pages[email] and "the day's" not in pages[email]
+
+    assert f"Your weekly digest · {week_to}" in pages["ada@example.org"]
+    assert "2 papers for your topics" in pages["ada@example.org"]
+    # Nothing matched Cy's topics all week: the week's trending papers, as Cy asked.
+    assert "2 papers trending that week" in pages["cy@example.org"]
+    assert ("No new paper matched your topics that week (protein folding), so these were the "
+            "week's trending papers, as you asked.") in pages["cy@example.org"]
 
 
 def test_a_forged_altered_or_foreign_archive_link_shows_nothing(
