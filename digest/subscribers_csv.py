@@ -69,15 +69,15 @@ def import_csv(
 
     Each bad line is reported with its number and reason; every valid line is imported. A
     column left out or a cell left empty takes its default: daily, click tracking and the
-    trending fallback off, and, with `settings`, DEFAULT_PAPERS_PER_DIGEST papers (a weekly
-    reader WEEKLY_PAPERS_PER_DIGEST; without settings, their defaults).
+    trending fallback off, and, with `settings`, DEFAULT_TIME_ZONE, DEFAULT_SEND_HOUR and
+    DEFAULT_PAPERS_PER_DIGEST papers (a weekly reader WEEKLY_PAPERS_PER_DIGEST), as a reader
+    added by the CLI or the web gets; without settings, those settings' defaults.
     A file that cannot be read as CSV text (binary, compressed, UTF-16) raises
     SubscriberError: the caller rolls back, and nothing of it is kept. Cells neutralised by
     `spreadsheet_cell` come back as they were, and so do the dates of an export.
     """
     report = ImportReport()
-    lengths = ((settings.default_papers_per_digest, settings.weekly_papers_per_digest)
-               if settings else DEFAULT_LENGTHS)
+    defaults = RowDefaults.from_settings(settings)
     reader = csv.DictReader(_text_lines(stream))
     try:
         if not reader.fieldnames or "email" not in [
@@ -89,7 +89,7 @@ def import_csv(
         for row in reader:
             try:
                 with session.begin_nested():
-                    subscriber = _import_row(session, row, default_status, lengths)
+                    subscriber = _import_row(session, row, default_status, defaults)
                 report.imported.append(subscriber.email)
             except SubscriberError as exc:
                 report.errors.append(f"line {reader.line_num}: {exc}")
@@ -100,15 +100,33 @@ def import_csv(
     return report
 
 
-# Papers per digest, daily and weekly, when no settings are given: the settings' defaults.
-DEFAULT_LENGTHS = (Settings.default_papers_per_digest, Settings.weekly_papers_per_digest)
+@dataclass(frozen=True)
+class RowDefaults:
+    """What an empty cell takes: the deployment's defaults for a new reader (without settings,
+    the settings' own defaults)."""
+
+    time_zone: str = Settings.default_time_zone
+    send_hour: int = Settings.default_send_hour
+    papers: int = Settings.default_papers_per_digest
+    weekly_papers: int = Settings.weekly_papers_per_digest
+
+    @classmethod
+    def from_settings(cls, settings: Settings | None) -> RowDefaults:
+        if settings is None:
+            return cls()
+        return cls(
+            time_zone=settings.default_time_zone,
+            send_hour=settings.default_send_hour,
+            papers=settings.default_papers_per_digest,
+            weekly_papers=settings.weekly_papers_per_digest,
+        )
 
 
 def _import_row(
     session: Session,
     raw: Mapping[str | None, str | None],
     default_status: SubscriberStatus,
-    lengths: tuple[int, int] = DEFAULT_LENGTHS,
+    defaults: RowDefaults = RowDefaults(),
 ) -> Subscriber:
     """One CSV row as a new subscriber; SubscriberError says what is wrong with it."""
     row = {
@@ -120,15 +138,15 @@ def _import_row(
     created_at = _csv_datetime(row.get("created_at"), "created_at", now)
     confirmed_at = _csv_datetime(row.get("confirmed_at"), "confirmed_at", now)
     cadence = parse_cadence(row["cadence"]) if row.get("cadence") else Cadence.DAILY
-    length = lengths[1] if cadence is Cadence.WEEKLY else lengths[0]
+    length = defaults.weekly_papers if cadence is Cadence.WEEKLY else defaults.papers
     click_tracking = _bool(row.get("click_tracking"), "click_tracking")
     subscriber = add_subscriber(
         session,
         row.get("email", ""),
         row.get("topics", ""),
         exclude=row.get("exclude", ""),
-        time_zone=row.get("time_zone") or "UTC",
-        send_hour=_int(row.get("send_hour"), 7, "send_hour"),
+        time_zone=row.get("time_zone") or defaults.time_zone,
+        send_hour=_int(row.get("send_hour"), defaults.send_hour, "send_hour"),
         papers_per_digest=_int(row.get("papers_per_digest"), length, "papers_per_digest"),
         trending_fallback=_bool(row.get("trending_fallback"), "trending_fallback"),
         status=_status(row.get("status"), default_status),

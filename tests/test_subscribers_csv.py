@@ -282,6 +282,25 @@ def test_a_file_without_the_new_columns_imports_with_the_defaults(session: Sessi
     assert find_subscriber(session, "emmy@example.org").papers_per_digest == 6
 
 
+def test_an_empty_time_zone_or_hour_takes_the_deployments_defaults(session: Session) -> None:
+    from digest.settings import Settings
+
+    settings = Settings(default_time_zone="Europe/Berlin", default_send_hour=6)
+    source = ("email,topics,time_zone,send_hour\n"
+              "ada@example.org,LoRA,,\n"
+              "grace@example.org,RLHF,Asia/Tokyo,9\n")
+    assert import_csv(session, io.StringIO(source), settings=settings).errors == []
+    no_columns = "email,topics\nalan@example.org,LoRA\n"
+    assert import_csv(session, io.StringIO(no_columns), settings=settings).errors == []
+
+    def when(email: str) -> tuple[str, int]:
+        subscriber = find_subscriber(session, email)
+        return subscriber.time_zone, subscriber.send_hour
+
+    assert when("ada@example.org") == when("alan@example.org") == ("Europe/Berlin", 6)
+    assert when("grace@example.org") == ("Asia/Tokyo", 9)
+
+
 def test_bad_cadence_weekday_and_yes_no_cells_are_refused_per_line(session: Session) -> None:
     source = ("email,topics,cadence,weekday,click_tracking,trending_fallback\n"
               "a@example.org,LoRA,fortnightly,mon,0,0\n"
