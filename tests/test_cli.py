@@ -168,6 +168,26 @@ def test_ingest_run_preview_and_papers(cli, tmp_path: Path, shared_dir: Path) ->
     assert "sent" in history.output and "matches:" in history.output
 
 
+def test_papers_show_prints_the_listing_date_and_the_daily_papers_extras(cli) -> None:
+    real = Path(__file__).parent.parent / "inputs" / "real-inputs"
+    assert cli("ingest", str(real / "hf_daily_papers_2026-07-13_25entries.json")).exit_code == 0
+
+    shown = cli("papers", "show", "2607.07953")
+
+    assert shown.exit_code == 0, shown.output
+    lines = shown.output.splitlines()
+    assert "Listed:    2026-07-10 00:00 UTC" in lines  # featured on 10 July, published the 8th
+    assert "Organization: ETH Zurich" in lines
+    assert "Code:      https://github.com/tommasocerruti/linear-attention-architectures" in lines
+    [tldr] = [line for line in lines if line.startswith("TL;DR:     ")]
+    [words] = [line for line in lines if line.startswith("Keywords:  ")]
+    assert len(tldr) > 40 and len(words.split(", ")) == 24
+    # A paper the site gave no extras shows a dash for each.
+    bare = cli("papers", "show", "2607.09415").output.splitlines()
+    for label in ("Organization:", "Code:     ", "TL;DR:    ", "Keywords: "):
+        assert f"{label} -" in bare
+
+
 def test_a_broken_source_is_reported_and_the_good_ones_still_go_in(cli, tmp_path: Path,
                                                                     shared_dir: Path) -> None:
     broken = tmp_path / "broken.xml"

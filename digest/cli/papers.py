@@ -67,6 +67,7 @@ def papers_show(ctx: click.Context, paper: str) -> None:
 
     Example: digest papers show 2607.07673
     """
+    from ..cards import keywords
     from ..lookups import find_paper
 
     with db.session_scope(settings_of(ctx)) as session:
@@ -75,10 +76,15 @@ def papers_show(ctx: click.Context, paper: str) -> None:
             raise click.ClickException(f"No paper with id or source id {paper!r}.")
         click.echo(f"Title:     {found.title}")
         click.echo(f"Authors:   {', '.join(found.authors) or '-'}")
+        click.echo(f"Organization: {found.organization or '-'}")
         click.echo(f"Source:    {found.source} {found.source_id}")
         click.echo(f"Page:      {found.url or '-'}")
         click.echo(f"PDF:       {found.pdf_url or '-'}")
+        click.echo(f"Code:      {found.github_repo or '-'}")
         click.echo(f"Published: {found.published_at or '-'}")
+        # The day its source listed it, from which it counts as new (else from first seen).
+        listed = f"{found.listed_at:%Y-%m-%d %H:%M} UTC" if found.listed_at else "-"
+        click.echo(f"Listed:    {listed}")
         click.echo(f"First seen: {found.first_seen_at:%Y-%m-%d %H:%M} UTC")
         engagement = [
             f"{n} {label}" for n, label in
@@ -86,6 +92,8 @@ def papers_show(ctx: click.Context, paper: str) -> None:
             if n is not None
         ]
         click.echo(f"Engagement: {', '.join(engagement) or '-'}")
+        click.echo(f"Keywords:  {', '.join(keywords(found.ai_keywords)) or '-'}")
+        click.echo(f"TL;DR:     {found.ai_summary or '-'}")
         click.echo("")
         click.echo(found.abstract)
 
