@@ -172,13 +172,20 @@ def add_subscriber(
 def set_topics(
     session: Session, email: str, topics: str, exclude: str | None = None
 ) -> Subscriber:
+    """Replace a subscriber's topics and, given, their words to exclude (the CLI's set-topics).
+
+    New topics restart the profile's learning (its updated_at, as on the preferences page);
+    the same topics with other words to exclude do not (`_keep_learning`).
+    """
     subscriber = get_subscriber(session, email)
     topics = clean_topics(topics)
     if not topics:
         raise SubscriberError("Give at least one topic.")
-    subscriber.profile.topics = topics
-    if exclude is not None:
-        subscriber.profile.exclude = clean_topics(exclude)
+    profile = subscriber.profile
+    exclude = profile.exclude if exclude is None else clean_topics(exclude)
+    if profile.topics == topics and profile.exclude != exclude:
+        _keep_learning(profile)
+    profile.topics, profile.exclude = topics, exclude
     session.flush()
     return subscriber
 

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta, timezone
+
 import pytest
 from sqlalchemy.orm import Session
 
@@ -55,6 +57,24 @@ def test_topics_are_required_and_control_characters_dropped(session: Session) ->
     assert "\x00" not in sub.profile.topics and "\x1b" not in sub.profile.topics
     set_topics(session, "BOB@example.org", "graph neural networks", exclude="medical")
     assert (sub.profile.topics, sub.profile.exclude) == ("graph neural networks", "medical")
+
+
+def test_set_topics_restarts_the_learning_for_new_topics_only(session: Session) -> None:
+    """The profile's updated_at is when its topics last changed: feedback learning and
+    `digest prune` start from it. New words to exclude are not new topics (the CLI's
+    set-topics --exclude, as on the preferences page)."""
+    sub = add_subscriber(session, "ada@example.org", "LoRA, RLHF")
+    learning_since = datetime.now(timezone.utc) - timedelta(days=30)
+    sub.profile.updated_at = learning_since
+    session.flush()
+
+    set_topics(session, "ada@example.org", "LoRA, RLHF", exclude="medical")
+    session.expire_all()
+    assert (sub.profile.exclude, sub.profile.updated_at) == ("medical", learning_since)
+
+    set_topics(session, "ada@example.org", "diffusion models", exclude="medical")
+    session.expire_all()
+    assert sub.profile.updated_at > learning_since + timedelta(days=29)
 
 
 def test_read_preferences_names_every_bad_field() -> None:
