@@ -53,6 +53,19 @@ SCREENSHOTS = Path(
 ZONE = ZoneInfo("Europe/Paris")
 WEEKLY, DAILY = "ada@example.org", "grace@example.org"
 TOPICS = "speculative decoding, LoRA, mixture of experts"
+# The selects too narrow for the choice they show ("Once a w"): its text, in the select's own
+# font, and the select's padding (the arrow's room) against its inner width.
+CUT_SELECTS = """() => {
+  const measure = document.createElement('canvas').getContext('2d');
+  return [...document.querySelectorAll('select')].filter(select => {
+    const style = getComputedStyle(select);
+    measure.font = style.font;
+    const text = measure.measureText(select.selectedOptions[0].text).width;
+    const room = select.clientWidth - parseFloat(style.paddingLeft)
+                 - parseFloat(style.paddingRight);
+    return text > room;
+  }).map(select => select.id);
+}"""
 # A paper link that records a click: /feedback/<token>/<paper>/open (or /pdf).
 TRACKED = re.compile(r"/feedback/[^\"'\s]+/\d+/(open|pdf)")
 
@@ -265,6 +278,14 @@ def test_a_weekly_reader_from_sign_up_to_deletion_beside_a_daily_reader(
     assert not page.is_checked("#click_tracking")  # privacy by default
     page.wait_for_selector("#preview-list li .title")
     shot(page, "01-subscribe-weekly")
+    phone = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True)
+    form = phone.new_page()
+    form.goto(base + "/")
+    form.select_option("#cadence", "weekly")
+    assert form.evaluate("document.documentElement.scrollWidth") <= 390
+    assert form.evaluate(CUT_SELECTS) == []  # every select shows its whole choice
+    shot(form, "01-subscribe-weekly-390")
+    phone.close()
     page.click("button[type=submit]")
     page.wait_for_selector("text=Check your inbox")
 
@@ -314,6 +335,11 @@ def test_a_weekly_reader_from_sign_up_to_deletion_beside_a_daily_reader(
         ada_id = ada.id
         grace = subscriber_of(s, DAILY)
         assert grace is not None and grace.cadence.value == "daily"
+        # The papers field left at its default: a longer digest for the weekly reader.
+        assert (ada.papers_per_digest, grace.papers_per_digest) == (
+            settings.weekly_papers_per_digest,
+            settings.default_papers_per_digest,
+        )
 
     # 4. A week of the beat's hourly ticks: the daily reader gets a digest each morning,
     #    the weekly reader one, on her weekday at her hour, with the week's papers.
