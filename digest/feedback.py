@@ -22,6 +22,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -29,6 +30,7 @@ from sqlalchemy import Select, delete, exists, select
 from sqlalchemy.orm import Session
 
 from . import db, tokens
+from .cards import keywords
 from .models import DeliveryItem, FeedbackKind, Paper, PaperFeedback, Subscriber, TopicProfile
 from .render.filters import safe_url
 from .score import FeedbackSignal, make_vectorizer, paper_text, readable_terms
@@ -196,6 +198,7 @@ class FeedbackRow:
     at: datetime
     title: str
     abstract: str
+    keywords: tuple[str, ...] = ()  # the paper's ai_keywords: they count as on a day's paper
 
 
 def signals_for(
@@ -205,17 +208,21 @@ def signals_for(
     if not subscriber_ids:
         return {}
     rows: dict[int, list[FeedbackRow]] = {}
-    for sid, paper_id, kind, at, title, abstract in session.execute(
+    for sid, paper_id, kind, at, title, abstract, words in session.execute(
         _feedback_rows(session, subscriber_ids)
     ):
-        rows.setdefault(sid, []).append(FeedbackRow(paper_id, kind, at, title, abstract))
+        rows.setdefault(sid, []).append(
+            FeedbackRow(paper_id, kind, at, title, abstract, keywords(words))
+        )
     return {sid: learning_signals(history) for sid, history in rows.items()}
 
 
 def _feedback_rows(
     session: Session, subscriber_ids: Sequence[int],
-) -> Select[int, int, FeedbackKind, datetime, str, str]:
-    """(subscriber, paper, kind, time, title, abstract) of the feedback that still counts.
+) -> Select[int, int, FeedbackKind, datetime, str, str, Any]:
+    """(subscriber, paper, kind, time, title, abstract, keywords) of the feedback that still
+    counts. The keywords come along so that a rated paper reads the same whether or not it
+    is among the day's papers (whose text has them: `cards.candidate_paper`).
 
     Feedback given before the subscriber last changed their topics is not used: someone who
     switched from LoRA to diffusion models wants diffusion papers, not more of what they
@@ -224,7 +231,7 @@ def _feedback_rows(
     return (
         select(
             PaperFeedback.subscriber_id, PaperFeedback.paper_id, PaperFeedback.kind,
-            PaperFeedback.created_at, Paper.title, Paper.abstract,
+            PaperFeedback.created_at, Paper.title, Paper.abstract, Paper.ai_keywords,
         )
         .join(Paper, Paper.id == PaperFeedback.paper_id)
         .join(TopicProfile, TopicProfile.subscriber_id == PaperFeedback.subscriber_id)
@@ -267,7 +274,7 @@ def learning_signals(rows: Sequence[FeedbackRow]) -> tuple[FeedbackSignal, ...]:
     return tuple(
         FeedbackSignal(
             paper_id=row.paper_id, weight=weight, title=row.title,
-            text=paper_text(row.title, row.abstract),
+            text=paper_text(row.title, row.abstract, keywords=row.keywords),
         )
         for weight, _, row in newest
     )
@@ -299,8 +306,8 @@ def learned_profile(session: Session, subscriber: Subscriber, terms: int = 8) ->
     archive, so they read as "what distinguishes what they liked", not as common words.
     """
     rows = [
-        FeedbackRow(paper_id, kind, at, title, abstract)
-        for _, paper_id, kind, at, title, abstract in session.execute(
+        FeedbackRow(paper_id, kind, at, title, abstract, keywords(words))
+        for _, paper_id, kind, at, title, abstract, words in session.execute(
             _feedback_rows(session, [subscriber.id])
         )
     ]
@@ -323,9 +330,11 @@ def _learned_terms(
     if not signals:
         return (), ()
     archive = [
-        paper_text(title, abstract)
-        for title, abstract in session.execute(
-            select(Paper.title, Paper.abstract).order_by(Paper.id.desc()).limit(2000)
+        paper_text(title, abstract, keywords=keywords(words))
+        for title, abstract, words in session.execute(
+            select(Paper.title, Paper.abstract, Paper.ai_keywords)
+            .order_by(Paper.id.desc())
+            .limit(2000)
         )
     ]
     corpus = archive + [s.text for s in signals]

@@ -14,7 +14,7 @@ from datetime import date, datetime, time, timedelta, timezone
 from sqlalchemy import ColumnElement, and_, func, select
 from sqlalchemy.orm import Session
 
-from .cards import candidate_paper, paper_card
+from .cards import candidate_paper, keywords, paper_card
 from .clock import CLOCK
 from .embeddings import day_semantic_index
 from .models import Paper, paper_new_at
@@ -75,9 +75,11 @@ def prepare_day(
     papers = list(
         session.scalars(select(Paper).where(candidates_of(start, end)).order_by(Paper.id))
     )
+    # The archive's texts carry their keywords as the day's do, so that a keyword weighs the
+    # same in the day's IDF whichever side of the window its papers fall.
     archive = list(
         session.execute(
-            select(Paper.title, Paper.abstract)
+            select(Paper.title, Paper.abstract, Paper.ai_keywords)
             .where(Paper.first_seen_at <= start)
             .order_by(Paper.id.desc())
             .limit(ARCHIVE_PAPERS)
@@ -85,7 +87,7 @@ def prepare_day(
     )
     index = build_day_index(
         [candidate_paper(p) for p in papers],
-        [paper_text(t, a) for t, a in reversed(archive)],
+        [paper_text(t, a, keywords=keywords(k)) for t, a, k in reversed(archive)],
         now,
         RankingKnobs.from_settings(settings),
         semantic=day_semantic_index(settings, papers),

@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from digest import db, feedback
 from digest.cli import main
-from digest.models import FeedbackKind, PaperFeedback
+from digest.models import FeedbackKind, Paper, PaperFeedback
 from digest.pipeline import run_day
 from digest.settings import Settings
 from digest.tokens import Purpose, make_token
@@ -302,3 +302,47 @@ def test_changing_topics_starts_the_learning_afresh(
     with db.session_scope(fb_settings) as s:
         assert feedback.signals_for(s, [sub.id]) == {}
         assert feedback.learned_profile(s, s.get(type(sub), sub.id)).empty  # type: ignore[arg-type]
+
+
+def test_a_liked_paper_from_before_the_day_teaches_its_keywords_as_a_days_paper_does(
+    session: Session, settings: Settings
+) -> None:
+    """Only its keywords tie the liked paper to mixture-of-experts papers: it must pull the
+    reader toward them whether it is among the day's papers or older (read from the archive
+    by `signals_for`)."""
+    from digest.cards import candidate_paper
+    from digest.score import CandidatePaper, Profile, RankingKnobs, build_day_index
+
+    liked = make_paper(session, title="Scaling sparse models", abstract="We scale models.",
+                       first_seen_at=MORNING - timedelta(days=30))
+    liked.ai_keywords = ["mixture of experts", "expert routing"]
+    experts = paper(session, "Music generation with a mixture of experts",
+                    "Music generation where a mixture of experts routes each bar.", 0,
+                    upvotes=5)
+    dense = paper(session, "Music generation with dense transformers",
+                  "Music generation with dense transformers on long audio.", 0, upvotes=300)
+    for title in FILLER:
+        paper(session, title, f"{title} on standard benchmarks.", 0)
+    ada = make_subscriber(session, email="ada@example.org", topics="music generation")
+    ada.profile.updated_at = MORNING - timedelta(days=40)
+    session.add(PaperFeedback(subscriber_id=ada.id, paper_id=liked.id, kind=FeedbackKind.MORE,
+                              created_at=MORNING - timedelta(days=20)))
+    session.commit()
+
+    [signal] = feedback.signals_for(session, [ada.id])[ada.id]
+    assert signal.text == candidate_paper(liked).text  # the text a day's paper is read by
+    day = [candidate_paper(p) for p in session.scalars(
+        select(Paper).where(Paper.first_seen_at >= MORNING).order_by(Paper.id))]
+    knobs = RankingKnobs.from_settings(lexical_only(settings))
+
+    def picks(papers: list[CandidatePaper], learned: bool) -> list[int]:
+        index = build_day_index(papers, [], MORNING, knobs)
+        profile = Profile(ada.id, "music generation", limit=2,
+                          sent_paper_ids=frozenset({liked.id}),
+                          feedback=(signal,) if learned else ())
+        [selection] = index.select([profile])
+        return [pick.paper_id for pick in selection.picks]
+
+    assert picks(day, learned=False) == [dense, experts]  # the popular one leads unlearned
+    assert picks(day, learned=True) == [experts, dense]  # liked paper older than the day
+    assert picks([*day, candidate_paper(liked)], learned=True) == [experts, dense]  # a day's

@@ -20,7 +20,7 @@ from digest.pipeline import run_day
 from digest.settings import Settings
 
 from .conftest import lexical_only
-from .factories import make_subscriber
+from .factories import make_paper, make_subscriber
 from .smtp_server import SMTPServer
 
 DAY = date(2026, 11, 23)
@@ -120,6 +120,27 @@ def test_a_paper_without_a_date_is_new_from_when_it_was_first_seen(
 
     assert candidates(session, settings) == ["Low-rank adaptation, part 1"]
     assert candidates(session, settings, DAY + timedelta(days=3)) == []
+
+
+def test_a_keyword_weighs_the_same_in_the_days_idf_whichever_side_of_the_window(
+    session: Session, settings: Settings
+) -> None:
+    """The archive before the window feeds the day's IDF: its papers' keywords count there as
+    a day paper's do, so a word that only keywords carry is as common as a word of the text
+    that the same papers carry (here "gflownet" and "quokka")."""
+    for n, seen in enumerate([MORNING - timedelta(days=30)] * 4 + [MORNING]):
+        paper = make_paper(session, title=f"Sampler study {n}", abstract="A quokka sampler.",
+                           first_seen_at=seen, published_at=seen)
+        paper.ai_keywords = ["GFlowNet"]
+    make_paper(session, title="Unrelated", abstract="Graphs.", first_seen_at=MORNING)
+    session.commit()
+
+    day = prepare.prepare_day(session, lexical_only(settings), DAY)
+
+    assert len(day.index.papers) == 2  # the archive's four are not candidates ...
+    idf, vocabulary = day.index.vectorizer.idf_, day.index.vectorizer.vocabulary_
+    # ... but their keywords count in the IDF as their text does.
+    assert idf[vocabulary["gflownet"]] == pytest.approx(idf[vocabulary["quokka"]])
 
 
 def test_a_paper_counts_from_its_date_only_once_it_has_arrived(
