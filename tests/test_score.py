@@ -228,6 +228,23 @@ def test_acronyms_are_learned_from_the_corpus_and_expand_acronym_only_topics() -
     assert expand_acronyms("MoE routing", acronyms) == "MoE routing"  # words say enough
 
 
+def test_an_acronyms_x_stands_for_a_word_starting_ex() -> None:
+    acronyms = learn_acronyms([
+        "Existing explainable AI (XAI) methods fall short.",
+        "We use extreme gradient boosting (XGBoost) as a baseline.",
+        "A hidden text (XT) is no definition: the x is inside a word.",
+    ])
+    assert acronyms == {"xai": "explainable ai", "xgboost": "extreme gradient boosting"}
+    defining = paper(1, "Auditing concept explanations",
+                     "Existing explainable AI (XAI) methods fall short of audits.")
+    spelled = paper(2, "Explainable test prioritisation",
+                    "Explanations of learning-to-rank models for explainable AI in testing.")
+    other = paper(3, "Diffusion models for images", "Denoising generates images.")
+    index = build_day_index([defining, spelled, other], [], NOW, RankingKnobs())
+    [sel] = index.select([Profile(1, "XAI", limit=3)])
+    assert {p.paper_id for p in sel.picks} == {1, 2}
+
+
 def test_an_acronym_only_topic_finds_papers_that_spell_it_out() -> None:
     defining = paper(1, "Scaling sparse models",
                      "A mixture of experts (MoE) routes each token to two experts.")

@@ -206,7 +206,11 @@ def learn_acronyms(texts: Sequence[str]) -> dict[str, str]:
 
 
 def _long_form(short: str, text: str) -> str | None:
-    """Schwartz & Hearst: the shortest tail of `text` whose letters spell `short` in order."""
+    """Schwartz & Hearst: the shortest tail of `text` whose letters spell `short` in order.
+
+    Their rule that the first letter starts a word has one exception: an X may stand for a
+    word's "ex" ("explainable AI (XAI)", "extreme gradient boosting (XGBoost)").
+    """
     s, t = len(short) - 1, len(text) - 1
     while s >= 0:
         char = short[s].lower()
@@ -214,7 +218,8 @@ def _long_form(short: str, text: str) -> str | None:
             s -= 1
             continue
         while t >= 0 and (
-            text[t].lower() != char or (s == 0 and t > 0 and text[t - 1].isalnum())
+            text[t].lower() != char
+            or (s == 0 and t > 0 and text[t - 1].isalnum() and not _ex_word(char, text, t))
         ):
             t -= 1
         if t < 0:
@@ -222,6 +227,11 @@ def _long_form(short: str, text: str) -> str | None:
         t -= 1
         s -= 1
     return text[text.rfind(" ", 0, t + 1) + 1 :].strip() or None
+
+
+def _ex_word(char: str, text: str, t: int) -> bool:
+    """Whether `text[t]` is the x of a word starting "ex", which an acronym's X stands for."""
+    return char == "x" and text[t - 1] in "eE" and (t < 2 or not text[t - 2].isalnum())
 
 
 def expand_acronyms(text: str, acronyms: dict[str, str], everywhere: bool = False) -> str:
