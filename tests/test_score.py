@@ -24,6 +24,7 @@ from digest.score import (
     trending_scores,
 )
 from digest.score import queries as score_queries
+from digest.score.picking import relevance_cuts
 from digest.score.text import acronyms_in, word_slots
 
 NOW = datetime(2026, 11, 23, 12, tzinfo=timezone.utc)
@@ -622,12 +623,34 @@ def test_a_reader_with_an_unusual_topic_gets_a_full_digest_of_the_best_there_is(
                                RankingKnobs(min_relevance=best * 1.01, relative_relevance=0.0))
     assert absolute.select([Profile(1, "tardigrades", limit=8)])[0].picks == ()
     # The cut is relative to the reader's best match: with a paper squarely on the topic
-    # today, the weak matches fall under a share of it.
+    # today, the weak matches fall under a share of it...
     strong = paper(50, "Tardigrades survive in space", "Tardigrades tardigrades in orbit.")
     index = build_day_index([strong, *weak, *others], [], NOW,
                             RankingKnobs(relative_relevance=0.5))
-    [sel] = index.select([Profile(1, "tardigrades", limit=8)])
+    [sel] = index.select([Profile(1, "tardigrades", limit=1)])
     assert [p.paper_id for p in sel.picks] == [50]
+    # ...and to the digest's length: a reader who asked for more than clear it still gets a
+    # full digest, the best match first and then the best of the rest.
+    [sel] = index.select([Profile(1, "tardigrades", limit=len(weak) + 1)])
+    assert sel.picks[0].paper_id == 50
+    assert {p.paper_id for p in sel.picks} == {50, *(p.id for p in weak)}
+
+
+def test_the_cut_comes_down_to_the_digests_length_but_never_under_the_floor() -> None:
+    relevance = np.array([[0.9, 0.2, 0.05, 0.004], [0.9, 0.8, 0.7, 0.6]], dtype=np.float32)
+    allowed = np.ones_like(relevance, dtype=bool)
+    knobs = RankingKnobs(relative_relevance=0.5, min_relevance=0.01)
+    # Without a length: half the best match.
+    assert relevance_cuts(relevance, allowed, knobs).tolist() == pytest.approx([0.45, 0.45])
+    # A reader asking for 3 papers gets the 3rd best (0.05); the 4th is under the floor.
+    cuts = relevance_cuts(relevance, allowed, knobs, np.array([3, 3]))
+    assert cuts.tolist() == pytest.approx([0.05, 0.45])
+    cuts = relevance_cuts(relevance, allowed, knobs, np.array([4, 10]))
+    assert cuts.tolist() == pytest.approx([0.01, 0.45])
+    # Papers a reader may not receive (already sent) are not counted.
+    allowed[0, 1] = False
+    cuts = relevance_cuts(relevance, allowed, knobs, np.array([2, 1]))
+    assert cuts.tolist() == pytest.approx([0.05, 0.45])
 
 
 def test_a_reader_with_no_matching_paper_gets_nothing_or_the_trending_fallback() -> None:

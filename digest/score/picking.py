@@ -43,19 +43,38 @@ def top_indices(values: np.ndarray, k: int) -> np.ndarray:
 
 
 def relevance_cuts(
-    relevance: np.ndarray, allowed: np.ndarray, knobs: RankingKnobs
+    relevance: np.ndarray, allowed: np.ndarray, knobs: RankingKnobs,
+    limits: np.ndarray | None = None,
 ) -> np.ndarray:
     """Per profile, the least relevance a paper needs to be sent as a match today.
 
     Relative to that reader's best match of the day (RELATIVE_RELEVANCE x the best relevance
     among the papers they may receive), so a reader of an unusual topic, whose best match
-    scores low because few words are shared, still gets a full digest of the best there is;
-    and never below MIN_RELEVANCE, the floor under which a paper only shares a stray word
-    (pure noise is never sent, and a reader with nothing above it falls back as before). A
-    paper with no relevance at all is never a match, whatever the knobs say.
+    scores low because few words are shared, still gets the best there is; and relative to
+    the digest's length: when fewer than `limits` papers clear that cut, it comes down to the
+    limit-th best paper, so the digest is full. Never below MIN_RELEVANCE, the floor under
+    which a paper only shares a stray word (pure noise is never sent, and a reader with
+    nothing above it falls back as before). A paper with no relevance at all is never a
+    match, whatever the knobs say.
     """
-    best = np.where(allowed, relevance, 0.0).max(axis=1, initial=0.0)
-    return np.maximum(knobs.relative_relevance * best, knobs.min_relevance).astype(relevance.dtype)
+    mine = np.where(allowed, relevance, 0.0)
+    best = mine.max(axis=1, initial=0.0)
+    cuts = np.maximum(knobs.relative_relevance * best, knobs.min_relevance)
+    if limits is not None and len(cuts):
+        short = np.flatnonzero((mine >= cuts[:, None]).sum(axis=1) < limits)
+        if len(short):
+            cuts[short] = np.maximum(
+                np.minimum(cuts[short], _kth_best(mine[short], limits[short])),
+                knobs.min_relevance,
+            )
+    return cuts.astype(relevance.dtype)
+
+
+def _kth_best(values: np.ndarray, k: np.ndarray) -> np.ndarray:
+    """Each row's k-th largest value (k per row, at least 1; the smallest if k > width)."""
+    k = np.clip(k, 1, values.shape[1])
+    ordered = -np.sort(-values, axis=1)
+    return ordered[np.arange(len(values)), k - 1]
 
 
 class Picker:
@@ -95,7 +114,8 @@ class Picker:
         """
         # score = relevance * (1 + boost * trending), negated for the ascending partition,
         # and 0 where not eligible (a multiply: np.where or a masked copy allocate a new array).
-        eligible = relevance >= relevance_cuts(relevance, allowed, self.knobs)[:, None]
+        cuts = relevance_cuts(relevance, allowed, self.knobs, limits)
+        eligible = relevance >= cuts[:, None]
         eligible &= allowed
         negative = relevance * self.negative_boost[None, :]
         negative *= eligible
