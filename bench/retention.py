@@ -62,8 +62,8 @@ COLUMNS = {
     "papers": ("id", "source", "source_id", "title_key", "title", "abstract", "authors", "url",
                "pdf_url", "published_at", "upvotes", "comments", "stars", "first_seen_at",
                "updated_at"),
-    "deliveries": ("id", "subscriber_id", "digest_date", "status", "message_id", "paper_count",
-                   "trending_fallback", "claimed_at", "sent_at", "attempts"),
+    "deliveries": ("id", "subscriber_id", "digest_date", "period", "status", "message_id",
+                   "paper_count", "trending_fallback", "claimed_at", "sent_at", "attempts"),
     "delivery_items": ("id", "delivery_id", "subscriber_id", "paper_id", "rank", "score", "why"),
     "webhook_events": ("id", "provider", "event_id", "kind", "address", "received_at"),
     "subscriber_events": ("id", "subscriber_id", "kind", "detail", "source", "created_at"),
@@ -285,7 +285,8 @@ class Simulation:
         sent = w.stamp(self.start_of(n) + timedelta(hours=7))
         delivery_ids = w.ids("deliveries", v.subscribers)
         w.write("deliveries", [
-            (did, sid, day, "sent", f"<digest.{day}.{sid}.{did:016x}@bench.example.org>",
+            (did, sid, day, str(day), "sent",
+             f"<digest.{day}.{sid}.{did:016x}@bench.example.org>",
              v.papers_per_digest, False, sent, sent, 1)
             for sid, did in enumerate(delivery_ids, start=1)
         ])
