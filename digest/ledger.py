@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 from itertools import islice
+from operator import itemgetter
 from typing import Any
 
 from sqlalchemy import and_, bindparam, delete, func, or_, select, text, update
@@ -247,12 +248,11 @@ def attach_items(session: Session, items: Sequence[dict[str, object]]) -> None:
     # SQLite: the rows as tuples, straight to its C driver's executemany. Through a compiled
     # INSERT, SQLAlchemy would process each row's parameters in Python, as much work as the
     # storing. The columns are plain integers, a float and text.
-    session.connection().exec_driver_sql(
-        _INSERT_ITEMS_SQLITE, [tuple(item[name] for name in _ITEM_COLUMNS) for item in items]
-    )
+    session.connection().exec_driver_sql(_INSERT_ITEMS_SQLITE, list(map(_item_row, items)))
 
 
 _ITEM_COLUMNS = ("delivery_id", "subscriber_id", "paper_id", "rank", "score", "why")
+_item_row = itemgetter(*_ITEM_COLUMNS)  # a dict's values in column order, at C speed
 _INSERT_ITEMS_SQLITE = (
     f"INSERT INTO {DeliveryItem.__tablename__} ({', '.join(_ITEM_COLUMNS)}) "
     f"VALUES ({', '.join('?' * len(_ITEM_COLUMNS))}) "

@@ -59,12 +59,13 @@ def run_in_processes(
     context = multiprocessing.get_context("fork")
     gc.freeze()  # the inherited day stays shared: no collection in a child touches its pages
     taken = context.Value("q", 0)  # the next batch to take: whoever is free takes it
+    writes = context.Lock()  # SQLite: one writer at a time, taking turns without sleeping
     children: list[tuple[Any, Connection]] = []
     try:
         for k in range(jobs):
             ours, theirs = context.Pipe(duplex=False)
             child = context.Process(
-                target=_run_share, args=(settings, run, batches, taken, theirs),
+                target=_run_share, args=(settings, run, batches, taken, theirs, writes),
                 name=f"digest-run-{k + 1}", daemon=True,
             )
             child.start()
@@ -113,11 +114,14 @@ def _gather(
 
 def _run_share(
     settings: Settings, run: BatchRunner[Any], batches: Sequence[Sequence[int]], taken: Any,
-    conn: Connection,
+    conn: Connection, writes: Any = None,
 ) -> None:
     """A forked child of `run_in_processes`: batches taken one by one from the shared counter
     until none is left (no process idles while another has a backlog), reported back."""
-    db.engine_for(settings.database_url).dispose(close=False)  # the parent's connections
+    engine = db.engine_for(settings.database_url)
+    engine.dispose(close=False)  # the parent's connections
+    if writes is not None and engine.dialect.name == "sqlite":
+        db.take_turns_writing(engine, writes)
     CLOCK.reset()
     try:
         with db.session_scope(settings) as session:
