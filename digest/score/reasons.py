@@ -1,6 +1,6 @@
 """Reasons: each pick with its numbers and the lines that say why it was picked.
 
-"matches: <the subscriber's phrases it matches>", "trending: 12 upvotes", or "trending today"
+"matches: <the subscriber's phrases it matches>", "trending: 12 upvotes", or "trending"
 for the fallback; a day writes a million picks, so the lines are worked out per batch as
 numbers (`match_codes`) and each distinct line is written once per profile.
 """
@@ -69,7 +69,7 @@ class PickWriter:
         self.trending_reasons = [trending_reason(p) for p in papers]
         # A pick's reasons when it matched no phrase, and in the trending fallback.
         self.trending_alone = [(r,) if r else () for r in self.trending_reasons]
-        self.fallback_reasons = [(r or "trending today",) for r in self.trending_reasons]
+        self.fallback_reasons = [(r or "trending",) for r in self.trending_reasons]
 
     def selection(
         self,
