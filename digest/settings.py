@@ -201,8 +201,8 @@ class Settings:
             raise SettingsError(f"METRICS_PORT={self.metrics_port} is not a port (0 turns it off).")
         _check_retention(self)
         _check_unsubscribe_by_mail(self)
-        _check_connectors(self)
         _check_reading_links(self)
+        _check_connectors(self)
         return _replace(self, **changes)
 
     @property

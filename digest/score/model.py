@@ -96,8 +96,8 @@ class RankingKnobs:
     def from_settings(cls, settings: Any) -> RankingKnobs:
         return cls(
             min_relevance=settings.min_relevance,
-            trending_boost=settings.trending_boost,
             relative_relevance=settings.relative_relevance,
+            trending_boost=settings.trending_boost,
             recency_half_life_days=settings.recency_half_life_days,
             mmr_lambda=settings.mmr_lambda,
             like_weight=settings.feedback_like_weight,
