@@ -16,6 +16,7 @@ every step safe to repeat; `status.py` reports on a run and on a day.
 from __future__ import annotations
 
 import atexit
+import json
 import logging
 import os
 import queue
@@ -26,10 +27,27 @@ from dataclasses import dataclass
 from datetime import date, datetime, timezone
 from functools import partial
 from time import perf_counter
-from typing import TypeVar
+from typing import Any, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from sqlalchemy import and_, exists, func, or_, select, text, update
+from sqlalchemy import (
+    JSON,
+    Date,
+    Integer,
+    Select,
+    String,
+    and_,
+    case,
+    cast,
+    column,
+    exists,
+    func,
+    literal,
+    or_,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -44,6 +62,7 @@ from .mail import (
     SendResult,
     batch_sender,
     message_id_for,
+    message_id_sql,
     open_sender,
     outbox_rows,
     write_outbox_index,
@@ -184,10 +203,9 @@ def due_subscribers(session: Session, now: datetime) -> Iterator[tuple[int, date
     and cadences), so a day of a million readers is never held whole, and each page is a
     query of its own: the planner commits between pages, which would end a cursor.
     """
-    zones = session.scalars(select(Subscriber.time_zone).where(mailable()).distinct()).all()
-    if not zones:
+    local = _local_times(session, now)
+    if not local:
         return
-    local = {zone: now.astimezone(_zone(zone)) for zone in zones}
     due_now = or_(*(
         and_(Subscriber.time_zone == zone, Subscriber.send_hour <= at.hour,
              due_on_weekday(at.weekday()), ~_handled(at.date(), now))
@@ -197,9 +215,7 @@ def due_subscribers(session: Session, now: datetime) -> Iterator[tuple[int, date
     after = 0
     while True:
         if postgres:
-            # The page's cost estimate (a LIMIT over a filter the planner cannot size) passes
-            # jit_above_cost, and compiling the filter took 4 s a page, far more than running it.
-            session.execute(text("SET LOCAL jit = off"))
+            _without_jit(session)
         rows = session.execute(
             select(Subscriber.id, Subscriber.cadence, Subscriber.time_zone)
             .where(mailable(), Subscriber.id > after, due_now)
@@ -217,9 +233,79 @@ def due_subscribers(session: Session, now: datetime) -> Iterator[tuple[int, date
 DUE_PAGE = 5000
 
 
-def _handled(today: date, now: datetime) -> ColumnElement[bool]:
-    """A subscriber with a live delivery row for `today`, or a weekly one for its ISO week."""
-    week = delivery_period(today, Cadence.WEEKLY)
+def _local_times(session: Session, now: datetime) -> dict[str, datetime]:
+    """`now` in each time zone a mailable subscriber has (an unknown zone: UTC)."""
+    zones = session.scalars(select(Subscriber.time_zone).where(mailable()).distinct()).all()
+    return {zone: now.astimezone(_zone(zone)) for zone in zones}
+
+
+def _without_jit(session: Session) -> None:
+    """For this transaction: a planning page's cost estimate (a filter the planner cannot
+    size) passes jit_above_cost, and compiling it took 4 s a page, far more than running it."""
+    session.execute(text("SET LOCAL jit = off"))
+
+
+def due_pages(
+    session: Session, settings: Settings, now: datetime
+) -> Iterator[Select[Any]]:
+    """PostgreSQL: `due_subscribers` as SELECTs the database plans from directly
+    (`ledger.plan_selected`), one per page of PLAN_CHUNK subscribers by id, each with its
+    rows' message ids: the same rows, and none of them read into Python.
+
+    The zones' local dates, hours, weekdays and weeks are computed here (Python's zoneinfo,
+    as for `due_subscribers`) and joined as a small table. Each page's upper id is found
+    when the page is due (the planner commits between pages), by the primary key alone.
+    """
+    local = _local_times(session, now)
+    if not local:
+        return
+    zones = json.dumps([
+        {"time_zone": zone, "day": at.date().isoformat(), "hour": at.hour,
+         "weekday": at.weekday(), "week": delivery_period(at.date(), Cadence.WEEKLY)}
+        for zone, at in local.items()
+    ])
+    zone = (
+        func.json_to_recordset(cast(literal(zones, String), JSON))
+        .table_valued(column("time_zone", String), column("day", String),
+                      column("hour", Integer), column("weekday", Integer),
+                      column("week", String))
+        .render_derived(name="zone", with_types=True)
+    )
+    day = cast(zone.c.day, Date)
+    select_due = (
+        select(
+            Subscriber.id.label("subscriber_id"),
+            day.label("digest_date"),
+            case((Subscriber.cadence == Cadence.WEEKLY, zone.c.week),
+                 else_=zone.c.day).label("period"),
+            message_id_sql(settings, "digest", Subscriber.id, zone.c.day).label("message_id"),
+        )
+        .join_from(Subscriber, zone, Subscriber.time_zone == zone.c.time_zone)
+        .where(mailable(), Subscriber.send_hour <= zone.c.hour,
+               or_(Subscriber.cadence == Cadence.DAILY, Subscriber.send_weekday == zone.c.weekday),
+               ~_handled(day, now, zone.c.week))
+    )
+    after: int | None = 0
+    while after is not None:
+        _without_jit(session)
+        # The page's last id, and the next one's first if there is a next page.
+        ends = session.scalars(
+            select(Subscriber.id).where(Subscriber.id > after).order_by(Subscriber.id)
+            .offset(ledger.PLAN_CHUNK - 1).limit(2)
+        ).all()
+        page = select_due.where(Subscriber.id > after)
+        yield page.where(Subscriber.id <= ends[0]) if ends else page
+        after = ends[0] if len(ends) == 2 else None
+
+
+def _handled(
+    today: date | ColumnElement[date], now: datetime, week: str | ColumnElement[str] | None = None
+) -> ColumnElement[bool]:
+    """A subscriber with a live delivery row for `today`, or a weekly one for its ISO week
+    (`week`: given when `today` is a column)."""
+    if week is None:
+        assert isinstance(today, date)
+        week = delivery_period(today, Cadence.WEEKLY)
     return exists().where(
         Delivery.subscriber_id == Subscriber.id,
         or_(
@@ -262,13 +348,27 @@ def plan_due_batches(settings: Settings, now: datetime) -> Iterator[tuple[date, 
     enqueues a big day's first batches while it plans the rest."""
     with db.session_scope(settings) as session:
         resolve_abandoned(session, settings, now)  # logs what it settled
-        for planned in _plan(session, settings, due_subscribers(session, now), now):
+        for planned in _plan_due(session, settings, now):
             by_day: dict[date, list[int]] = {}
-            for sid, day in planned:
+            for sid, day in sorted(planned):
                 by_day.setdefault(day, []).append(sid)
             for day, ids in sorted(by_day.items()):
                 for batch in chunked(ids, settings.batch_size):
                     yield day, list(batch)
+
+
+def _plan_due(session: Session, settings: Settings, now: datetime,
+              ) -> Iterator[list[tuple[int, date]]]:
+    """Plan who is due now, chunk by committed chunk: on PostgreSQL inside the database, a
+    page of subscribers per statement (`due_pages`); on SQLite, the stream of
+    `due_subscribers` through `ledger.plan`. Both plan the same rows (tests/test_planning)."""
+    if session.get_bind().dialect.name != "postgresql":
+        yield from _plan(session, settings, due_subscribers(session, now), now)
+        return
+    for planned in ledger.plan_selected(session, due_pages(session, settings, now), now,
+                                        settings.claim_lease_seconds):
+        metrics.count_planned(planned)
+        yield planned
 
 
 def _plan(

@@ -19,7 +19,7 @@ What the rest of the library uses is exported here.
 """
 
 from .backend import OutboxRow, OutboxRows, Sender, SendOutcome, SendResult
-from .message import OutgoingEmail, message_id_for
+from .message import OutgoingEmail, message_id_for, message_id_sql
 from .mime import message_bytes
 from .outbox import outbox_rows, write_outbox_index
 from .senders import batch_sender, close_kept_sender, open_sender
@@ -35,6 +35,7 @@ __all__ = [
     "close_kept_sender",
     "message_bytes",
     "message_id_for",
+    "message_id_sql",
     "open_sender",
     "outbox_rows",
     "write_outbox_index",
