@@ -247,7 +247,7 @@ def test_the_polite_delay_separates_every_request_to_arxiv(
 ) -> None:
     """Two API pages and a listing in one run: three requests to arXiv, each at least the
     delay after the one before, across sources; the daily-papers API is not arXiv's to pace."""
-    delay = 0.3
+    delay = 1.0  # long enough that an unpaced request on a busy machine stays well under it
     server.routes["/api/query"] = by_start({"0": API_PAGE_1, "50": API_PAGE_2})
     server.routes["/rss/cs.AI"] = always(LISTING)
     server.routes["/api/daily_papers"] = by_date({"2026-07-13": DAILY_0713})
