@@ -119,11 +119,14 @@ def papers_show(ctx: click.Context, paper: str) -> None:
               type=click.IntRange(1, 100),
               help="Run the whole bench N times in a row; print each run and the spread "
                    "(min/median/max) of the whole day and of the workers' ratio.")
+@click.option("--plan-only", is_flag=True,
+              help="Only plan the day in PostgreSQL and enqueue its batches to Redis, as the "
+                   "beat's tick does (no sending, no workers): time, memory, statements.")
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
 @click.pass_context
 def bench(ctx: click.Context, subscribers: int, papers: int, workers: int, concurrency: int,
           backend: str, batch_size: int | None, jobs: int | None, in_process: bool, runs: int,
-          as_json: bool) -> None:
+          plan_only: bool, as_json: bool) -> None:
     """Run a synthetic day and print time, rate and ratio to the best case per stage.
 
     Uses a throwaway SQLite file (and a throwaway PostgreSQL database with --workers);
@@ -138,11 +141,11 @@ def bench(ctx: click.Context, subscribers: int, papers: int, workers: int, concu
         settings = replace(settings, batch_size=batch_size)
     if jobs is not None:
         settings = replace(settings, run_jobs=jobs)
-    if not in_process and not workers:
+    if not in_process and not workers and not plan_only:
         raise click.UsageError("--no-in-process needs --workers K: there would be nothing to run.")
     every = repeat_bench(settings, runs, subscribers, papers, workers, backend,
                          in_process=in_process, progress=lambda line: click.echo(line, err=True),
-                         concurrency=concurrency)
+                         concurrency=concurrency, plan_only=plan_only)
     if as_json:
         click.echo(figures_json(every[0]) if runs == 1 else runs_json(every))
         return

@@ -449,6 +449,21 @@ def enqueue_day(settings: Settings) -> WorkerRun:
     return run
 
 
+def note_planning_only(settings: Settings, figures: Figures) -> None:
+    """The beat's planning alone (`--plan-only`): every batch planned and enqueued to Redis,
+    none sent; its time, memory and statements."""
+    with counted_statements(settings.database_url) as statements:
+        run = enqueue_day(settings)
+    figures.add(f"planning only: {run.planned:,} digests, {run.tasks:,} batches enqueued",
+                run.enqueued, f"{run.enqueued / max(run.planned, 1) * 1e6:.1f} us per subscriber")
+    figures.notes.append(
+        f"planning: first batch at {run.planning:.1f} s, the last enqueued at {run.enqueued:.1f} "
+        f"s, peak memory of the planning process {run.peak_mb:,.0f} MB, {statements.value:,} "
+        f"database statements = {statements.value / max(run.tasks, 1):.2f} per batch of "
+        f"{settings.batch_size}"
+    )
+
+
 def wait_for_day(settings: Settings, sink: Sink, run: WorkerRun,
                  progress: Callable[[int], None]) -> None:
     """Until the ledger has settled every planned digest.
@@ -528,13 +543,14 @@ def run_bench(
     progress: Callable[[str], None] = print,
     in_process: bool = True,
     concurrency: int = 1,
+    plan_only: bool = False,
 ) -> Figures:
     """Generate the day, run it, measure the best cases in the same run; return the figures."""
     figures = Figures(subscribers, papers)
     workdir = Path(tempfile.mkdtemp(prefix="digest-bench-"))
     try:
         _run(base, figures, workdir, subscribers, papers, workers, backend, postgres_admin_url,
-             progress, in_process, concurrency)
+             progress, in_process and not plan_only, concurrency, plan_only)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)  # a 100k day leaves gigabytes of outbox
     return figures
@@ -543,7 +559,7 @@ def run_bench(
 def _run(
     base: Settings, figures: Figures, workdir: Path, subscribers: int, papers: int,
     workers: int, backend: str, postgres_admin_url: str, progress: Callable[[str], None],
-    in_process: bool, concurrency: int = 1,
+    in_process: bool, concurrency: int = 1, plan_only: bool = False,
 ) -> None:
     with Sink() as sink:
         settings = replace(
@@ -560,14 +576,19 @@ def _run(
             progress("Running the day in this process...")
             jobs = run_in_process(settings, figures, progress)
             measure_best_cases(settings, figures, sink, subscribers, jobs)
-        if workers:
+        if workers or plan_only:
             with temporary_postgres(postgres_admin_url) as url, \
                     temporary_redis_database() as broker:
                 pg = replace(settings, database_url=url, mail_backend="smtp",
                              celery_broker_url=broker, redis_url=broker)
-                progress(f"Generating the same day in PostgreSQL for {workers} workers...")
+                progress("Generating the same day in PostgreSQL"
+                         + ("..." if plan_only else f" for {workers} workers..."))
                 db.upgrade(pg)
                 populate(pg, subscribers, papers)
+                if plan_only:
+                    progress("Planning the day and enqueuing its batches (no workers)...")
+                    note_planning_only(pg, figures)
+                    return
                 seconds = run_workers(pg, workers, figures, progress, concurrency, sink)
                 measure_sink(pg, figures, sink, subscribers, seconds, progress)
 
