@@ -135,31 +135,12 @@ def _text_part(subtype: str, body: str) -> bytes:
         return content_type + b"Content-Transfer-Encoding: 7bit\r\n\r\n" + data.replace(
             b"\n", b"\r\n"
         )
+    encoded = binascii.b2a_qp(data, quotetabs=False, istext=True, header=False)
     return (
         content_type
         + b"Content-Transfer-Encoding: quoted-printable\r\n\r\n"
-        + quoted_printable_crlf(data)
+        + encoded.replace(b"\n", b"\r\n")
     )
-
-
-def quoted_printable_crlf(data: bytes) -> bytes:
-    """`binascii.b2a_qp(data, istext=True)` of LF-terminated text, its line breaks CRLF,
-    paragraph by paragraph through a cache: a day's digests share most of their paragraphs
-    (each paper's title and wrapped abstract), encoded once per process, not once per email.
-
-    The same bytes as encoding the whole (a test checks): b2a_qp's state (line length, soft
-    breaks) starts afresh at each line break, so text cut after a line break encodes piece
-    by piece to the same output. Each paragraph keeps its own line break, as what b2a_qp
-    does with a space or tab at the end of a line differs from at the end of its input."""
-    *paragraphs, last = data.split(b"\n\n")
-    return b"\r\n".join([*(_quoted_paragraph(p + b"\n") for p in paragraphs),
-                          _quoted_paragraph(last)])
-
-
-@functools.lru_cache(maxsize=1 << 15)
-def _quoted_paragraph(text: bytes) -> bytes:
-    encoded = binascii.b2a_qp(text, quotetabs=False, istext=True, header=False)
-    return encoded.replace(b"\n", b"\r\n")
 
 
 @functools.lru_cache(maxsize=8)

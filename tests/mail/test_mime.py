@@ -167,22 +167,3 @@ def test_html_goes_in_long_7_bit_lines_only_where_it_can(
     if encoding == "7bit":
         assert len(lines) < 40  # broken where needed, not at every tag
 
-
-def test_quoted_printable_paragraph_by_paragraph_is_the_whole_encoded_at_once() -> None:
-    """The text part is encoded a paragraph at a time through a cache (most are each paper's,
-    shared by a day's digests): byte for byte what encoding the whole text gives."""
-    import binascii
-
-    from digest.mail.mime import quoted_printable_crlf
-
-    rng = random.Random(7)
-    pieces = ["word", " ", "  ", "\t", ".", "=", "=3D", "é", "—", "中", "😀", "x" * 73,
-              "y" * 75, "z" * 76, "From ", "\n", "\n", "\n\n", "\n\n\n", " \n", ".\n", "\t\n"]
-    texts = [*BODIES, "", "\n", "\n\n", ".\n\n.\n", "a  \n\nb\t\n\n\n \n"]
-    texts += ["".join(rng.choice(pieces) for _ in range(rng.randint(1, 120)))
-              for _ in range(1500)]
-    for text in texts:
-        data = text.replace("\r\n", "\n").replace("\r", "\n").encode("utf-8") + b"\n"
-        whole = binascii.b2a_qp(data, quotetabs=False, istext=True, header=False)
-        assert quoted_printable_crlf(data) == whole.replace(b"\n", b"\r\n"), repr(text)
-        assert quoted_printable_crlf(data) == quoted_printable_crlf(data)  # cached: the same
