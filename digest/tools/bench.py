@@ -294,8 +294,8 @@ def stage_rate(seconds: float, items: int, counted: str, unit: str,
     batch too when the clock counted calls: "0.170 ms per subscriber, 1.1 ms per call (...)"."""
     per = items if counted == unit else units.get(unit, 0)
     rate = f"{seconds / max(per, 1) * 1000:.3f} ms per {unit}"
-    if counted == "call" and unit != "call":
-        rate += f", {seconds / max(items, 1) * 1000:.3f} ms per call ({items:,} calls)"
+    if counted == "call" and unit != "call" and items > 1:
+        rate += f", {seconds / items * 1000:.3f} ms per call ({items:,} calls)"
         if unit == "subscriber" and units.get("batch"):
             rate += f", {seconds / units['batch'] * 1000:.1f} ms per batch"
     return rate
