@@ -89,6 +89,10 @@ class _Skeleton:
         object.__setattr__(self, "values", _slot_names(slots, _SUBSCRIBER_VALUES))
 
 
+# Escaped why lines kept at most: a day repeats a few thousand, readers' own topics add more.
+_WHY_CACHE = 100_000
+
+
 def _slot_names(slots: tuple[str, ...], names: tuple[str, ...]) -> tuple[str, ...]:
     """Which of `names` are among `slots` (a part's slot names): only those are filled."""
     return tuple(name for name in names if name in slots)
@@ -131,7 +135,13 @@ def _count_misread() -> UnfilledVariableError:
 
 def _html(value: str) -> str:
     """A value as Jinja's autoescape prints it (finalize, then escape)."""
-    return str(escape(printable(value)))
+    text = printable(value)
+    # Most values (links, counts, most addresses) have nothing to escape: skip markupsafe's
+    # Python-level wrapper for them. Only a plain str: escape leaves a Markup as it is.
+    if type(text) is str and not ("&" in text or "<" in text or ">" in text or '"' in text
+                                  or "'" in text):
+        return text
+    return str(escape(text))
 
 
 def _common_prefix(a: str, b: str) -> int:
@@ -168,6 +178,7 @@ class DayRenderer:
         self._skeletons: dict[Variant, _Skeleton] = {}
         self._cards: dict[tuple[int, bool, Variant], tuple[str, ...] | None] = {}
         self._text_frames: dict[Variant, _TextFrame] = {}
+        self._html_why: dict[str, str] = {}
         self._text_cards: dict[tuple[int, int, bool, bool, bool], tuple[str, str]] = {}
         self._why: dict[tuple[str, int], str] = {}
         self._lines: dict[tuple[object, ...], tuple[str, ...]] = {}
@@ -209,20 +220,32 @@ class DayRenderer:
         return fit_line(name, filled(topics), topics, filled)
 
     def html(self, ctx: DigestContext, context: dict[str, Any]) -> str | None:
-        """The HTML part from the day's compiled skeleton and cards; None if a card won't fit."""
-        compiled = self.compiled(ctx, context)
-        if compiled is None:
-            return None
-        skeleton, units = compiled
+        """The HTML part from the day's compiled skeleton and cards; None if a card won't fit.
+        (A card's why line recurs across readers: it is escaped once.)"""
+        variant = self._variant(ctx, context)
+        skeleton = self._skeleton(variant)
         values = {}
         for name in skeleton.values:
             values[name] = _html(context[name])
         feedback = _html(context["feedback_href"])
-        cards = [
-            fill(unit, {"rank": str(rank), "why": _html(item.why), "feedback_href": feedback})
-            for rank, (unit, item) in enumerate(zip(units, ctx.items, strict=True), start=1)
-        ]
-        return fill(skeleton.head, values) + "".join(cards) + fill(skeleton.tail, values)
+        cards = self._cards
+        whys = self._html_why
+        if len(whys) > _WHY_CACHE:  # a day's why lines are many, but not without bound
+            whys.clear()
+        parts = [fill(skeleton.head, values)]
+        for rank, item in enumerate(ctx.items, start=1):
+            why = item.why
+            key = (item.card.paper_id, bool(why), variant)
+            unit = cards[key] if key in cards else self._card(item.card, bool(why), variant)
+            if unit is None:
+                return None
+            html_why = whys.get(why)
+            if html_why is None:
+                html_why = whys[why] = _html(why)
+            parts.append(fill(unit, {"rank": str(rank), "why": html_why,
+                                     "feedback_href": feedback}))
+        parts.append(fill(skeleton.tail, values))
+        return "".join(parts)
 
     def compiled(
         self, ctx: DigestContext, context: dict[str, Any]
