@@ -79,7 +79,7 @@ from .models import (
 )
 from .pool import run_in_processes, run_jobs
 from .prepare import PreparedDay, prepare_day, prepared_day
-from .profiles import load_batch, profile_of
+from .profiles import Reader, load_batch, profile_of, reader_of
 from .render.content import DigestContext, DigestItem
 from .render.plain import RenderedEmail, render_digest
 from .score import Profile, Selection
@@ -545,7 +545,7 @@ def compose_batch(
 
 
 def prepared_for(
-    session: Session, settings: Settings, prepared: PreparedDay, subscribers: Sequence[Subscriber]
+    session: Session, settings: Settings, prepared: PreparedDay, subscribers: Sequence[Reader]
 ) -> list[PreparedDay]:
     """Each subscriber's PreparedDay: the day's, or a weekly reader's the week's (built once per
     process and day, and only for a batch that has a weekly reader: one query more at most)."""
@@ -816,7 +816,7 @@ EMAIL_LINKS = (Purpose.PREFERENCES, Purpose.UNSUBSCRIBE, Purpose.FEEDBACK)
 
 
 def digest_context(
-    settings: Settings, prepared: PreparedDay, subscriber: Subscriber, selection: Selection
+    settings: Settings, prepared: PreparedDay, subscriber: Reader, selection: Selection
 ) -> DigestContext:
     items = tuple(
         DigestItem(card=prepared.cards[pick.paper_id], reasons=pick.reasons, score=pick.score)
@@ -826,7 +826,7 @@ def digest_context(
     return DigestContext(
         day=prepared.day,
         recipient=subscriber.email,
-        topics=subscriber.profile.topics if subscriber.profile else "",
+        topics=subscriber.topics,
         items=items,
         preferences_url=own[Purpose.PREFERENCES],
         unsubscribe_url=own[Purpose.UNSUBSCRIBE],
@@ -840,7 +840,7 @@ def digest_context(
 
 
 def compose_message(
-    settings: Settings, prepared: PreparedDay, subscriber: Subscriber, selection: Selection
+    settings: Settings, prepared: PreparedDay, subscriber: Reader, selection: Selection
 ) -> OutgoingEmail:
     context = digest_context(settings, prepared, subscriber, selection)
     rendered = prepared.renderer.render(context)
@@ -862,7 +862,7 @@ def preview_digest(settings: Settings, email: str, day: date) -> RenderedEmail |
     from .subscribers import get_subscriber
 
     with db.session_scope(settings) as session:
-        subscriber = get_subscriber(session, email)
+        subscriber = reader_of(get_subscriber(session, email))
         prepared = prepare_day(session, settings, day, subscriber.cadence is Cadence.WEEKLY)
         _, profiles = load_batch(session, day, [subscriber.id])
         if not profiles:  # not active: preview their topics anyway

@@ -8,28 +8,76 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import date, datetime, timezone
+from typing import NamedTuple
 
-from sqlalchemy import func, select
+from sqlalchemy import false, func, select
 from sqlalchemy.orm import Session
 
 from . import db, feedback
-from .models import Delivery, DeliveryItem, DeliveryStatus, Subscriber, SubscriberStatus
+from .models import (
+    Cadence,
+    Delivery,
+    DeliveryItem,
+    DeliveryStatus,
+    Subscriber,
+    SubscriberStatus,
+    TopicProfile,
+)
 from .prepare import day_bounds
 from .score import FeedbackSignal, Profile
 
 
+class Reader(NamedTuple):
+    """What a digest needs of its subscriber (their links, their topics, how many papers),
+    read as one row: a batch's hundred ORM instances, with their profiles and identity-map
+    bookkeeping, cost more to build than the query that read them."""
+
+    id: int
+    email: str
+    link_key: str
+    cadence: Cadence
+    papers_per_digest: int
+    click_tracking: bool
+    topics: str
+    exclude: str
+    trending_fallback: bool
+
+
+def reader_of(subscriber: Subscriber) -> Reader:
+    """A loaded subscriber as the Reader a digest is made for (a preview, a single send)."""
+    topics = subscriber.profile
+    return Reader(
+        id=subscriber.id, email=subscriber.email, link_key=subscriber.link_key,
+        cadence=subscriber.cadence, papers_per_digest=subscriber.papers_per_digest,
+        click_tracking=subscriber.click_tracking,
+        topics=topics.topics if topics else "", exclude=topics.exclude if topics else "",
+        trending_fallback=bool(topics and topics.trending_fallback),
+    )
+
+
+READER_COLUMNS = (
+    Subscriber.id, Subscriber.email, Subscriber.link_key, Subscriber.cadence,
+    Subscriber.papers_per_digest, Subscriber.click_tracking,
+    func.coalesce(TopicProfile.topics, ""), func.coalesce(TopicProfile.exclude, ""),
+    func.coalesce(TopicProfile.trending_fallback, false()),
+)
+
+
 def load_batch(
     session: Session, day: date, subscriber_ids: Sequence[int]
-) -> tuple[list[Subscriber], list[Profile]]:
-    """A batch's subscribers, profiles, history and feedback in a constant number of queries."""
-    subscribers = list(
-        session.scalars(
-            select(Subscriber)
+) -> tuple[list[Reader], list[Profile]]:
+    """A batch's active readers, profiles, history and feedback in a constant number of
+    queries."""
+    subscribers = [
+        Reader._make(row)
+        for row in session.execute(
+            select(*READER_COLUMNS)
+            .outerjoin(TopicProfile, TopicProfile.subscriber_id == Subscriber.id)
             .where(db.among(session, Subscriber.id, subscriber_ids),
                    Subscriber.status == SubscriberStatus.ACTIVE)
             .order_by(Subscriber.id)
-        ).unique()
-    )
+        )
+    ]
     ids = [s.id for s in subscribers]
     last_digest = {
         subscriber_id: last_digest_cutoff(last_date, claimed_at)
@@ -76,20 +124,19 @@ def last_digest_cutoff(digest_date: date, claimed_at: datetime | None) -> dateti
 
 
 def profile_of(
-    subscriber: Subscriber,
+    reader: Reader,
     since: datetime | None = None,
     sent: frozenset[int] = frozenset(),
     learned: tuple[FeedbackSignal, ...] = (),
 ) -> Profile:
-    """What scoring needs of a subscriber: topics, exclusions, size, what they already have,
+    """What scoring needs of a reader: topics, exclusions, size, what they already have,
     and what their feedback taught."""
-    topics = subscriber.profile
     return Profile(
-        subscriber_id=subscriber.id,
-        topics=topics.topics if topics else "",
-        exclude=topics.exclude if topics else "",
-        trending_fallback=bool(topics and topics.trending_fallback),
-        limit=subscriber.papers_per_digest,
+        subscriber_id=reader.id,
+        topics=reader.topics,
+        exclude=reader.exclude,
+        trending_fallback=bool(reader.trending_fallback),
+        limit=reader.papers_per_digest,
         since=since,
         sent_paper_ids=sent,
         feedback=learned,
