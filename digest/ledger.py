@@ -25,7 +25,7 @@ from __future__ import annotations
 import functools
 import json
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 from itertools import islice
@@ -363,31 +363,70 @@ def _attach_items_postgresql(session: Session, items: Sequence[dict[str, object]
     _execute(session, statement, {"items": json.dumps(list(items))})  # other keys: ignored
 
 
-def set_contents(
-    session: Session, day: date, token: str, contents: dict[int, tuple[int, bool]]
-) -> None:
-    """Paper count and trending flag per claimed row, in one statement per distinct value."""
-    groups: dict[tuple[int, bool], list[int]] = {}
-    for sid, value in contents.items():
-        groups.setdefault(value, []).append(sid)
-    for (count, fallback), sids in groups.items():
-        _execute(session, _statement(session, "set_contents"), {
-            "day": day, "token": token, "ids": sids, "count": count, "fallback": fallback,
-        })
-
-
 def start_sending(
     session: Session, day: date, token: str, subscriber_ids: Sequence[int], now: datetime,
-    lease_seconds: int,
+    lease_seconds: int, contents: Mapping[int, tuple[int, bool]] | None = None,
+    sent: Sequence[int] = (),
 ) -> set[int]:
-    """Mark a window SENDING (committed before anything goes out); returns the rows still ours."""
+    """Mark a window SENDING (committed before anything goes out); returns the rows still ours.
+
+    In the same statement: each row's paper count and trending flag (`contents`, by
+    subscriber), and the previous window's accepted rows (`sent`) closed as SENT, as `finish`
+    would. A batch's windows then cost one statement each, where a statement per window to
+    mark it, one to close it and one per distinct content value cost more in SQLAlchemy and
+    the driver than SQLite spends on the rows.
+    """
+    window = [
+        {"subscriber_id": sid, "sending": True,
+         "paper_count": contents[sid][0] if contents else None,
+         "trending_fallback": contents[sid][1] if contents else None}
+        for sid in subscriber_ids
+    ]
+    window += [{"subscriber_id": sid, "sending": False, "paper_count": None,
+                "trending_fallback": None} for sid in sent]
     rows = _execute(session, _statement(session, "start_sending"), {
-        "day": day, "token": token, "ids": list(subscriber_ids),
-        "lease": now + timedelta(seconds=lease_seconds),
+        "day": day, "token": token, "rows": json.dumps(window), "now": now,
+        "lease": now + timedelta(seconds=lease_seconds), "claimed": DeliveryStatus.CLAIMED,
+        "sending": DeliveryStatus.SENDING, "sent": DeliveryStatus.SENT,
     }).scalars()
-    owned = set(rows)
+    owned = set(rows).difference(sent)
     session.commit()
     return owned
+
+
+def _start_sending_statement(dialect: str) -> Any:
+    """`start_sending`'s one UPDATE: its rows (JSON) joined to theirs by subscriber, each
+    either marked SENDING with its contents (if still only claimed) or closed as SENT."""
+    table = Delivery.__table__.c
+    if dialect == "postgresql":
+        rows = ("SELECT * FROM json_to_recordset(CAST(:rows AS json)) AS row(subscriber_id "
+                "integer, sending boolean, paper_count integer, trending_fallback boolean)")
+    else:
+        rows = ("SELECT json_extract(value, '$.subscriber_id') AS subscriber_id, "
+                "json_extract(value, '$.sending') AS sending, "
+                "json_extract(value, '$.paper_count') AS paper_count, "
+                "json_extract(value, '$.trending_fallback') AS trending_fallback "
+                "FROM json_each(:rows)")
+    return text(
+        "UPDATE deliveries SET "
+        "status = CASE WHEN w.sending THEN :sending ELSE :sent END, "
+        "lease_until = CASE WHEN w.sending THEN :lease ELSE deliveries.lease_until END, "
+        "sent_at = CASE WHEN w.sending THEN deliveries.sent_at ELSE :now END, "
+        "error = CASE WHEN w.sending THEN deliveries.error END, "
+        "paper_count = coalesce(w.paper_count, deliveries.paper_count), "
+        "trending_fallback = coalesce(w.trending_fallback, deliveries.trending_fallback) "
+        f"FROM ({rows}) AS w "
+        "WHERE deliveries.subscriber_id = w.subscriber_id AND deliveries.digest_date = :day "
+        "AND deliveries.claim_token = :token "
+        "AND (NOT w.sending OR deliveries.status = :claimed) "
+        "RETURNING deliveries.subscriber_id"
+    ).bindparams(
+        bindparam("day", type_=table.digest_date.type),
+        bindparam("token", type_=table.claim_token.type),
+        bindparam("now", type_=table.sent_at.type),
+        bindparam("lease", type_=table.lease_until.type),
+        *(bindparam(name, type_=table.status.type) for name in ("claimed", "sending", "sent")),
+    )
 
 
 def finish(
@@ -486,14 +525,7 @@ def _statements(dialect: str) -> dict[str, Any]:
         .values(claim_token=param("token", table.claim_token), lease_until=lease,
                 attempts=Delivery.attempts + 1, claimed_at=now)
         .returning(Delivery.subscriber_id, Delivery.id, Delivery.attempts),
-        "set_contents": update(Delivery)
-        .where(owned)
-        .values(paper_count=param("count", table.paper_count),
-                trending_fallback=param("fallback", table.trending_fallback)),
-        "start_sending": update(Delivery)
-        .where(owned, Delivery.status == DeliveryStatus.CLAIMED)
-        .values(status=DeliveryStatus.SENDING, lease_until=lease)
-        .returning(Delivery.subscriber_id),
+        "start_sending": _start_sending_statement(dialect),
         "finish": update(Delivery).where(owned).values(status=status, error=error),
         "finish_sent": update(Delivery).where(owned)
         .values(status=status, error=error, sent_at=now),

@@ -503,11 +503,7 @@ def claim_and_compose(
     for sid, email, reason in unsendable:
         report.failed.append((email, reason))
         ledger.finish(session, day, token, DeliveryStatus.FAILED, [sid], now, error=reason)
-    ledger.set_contents(
-        session, day, token,
-        {c.subscriber_id: (len(c.selection.picks), c.selection.trending_fallback)
-         for c in composed},
-    )
+    # Each row's paper count and trending flag are written with its window's SENDING mark.
     with CLOCK("ledger"):
         ledger.attach_items(session, delivery_items(composed, delivery_ids))
         session.commit()
@@ -599,13 +595,15 @@ def send_windows(
 ) -> None:
     """Send an attempt's windows one after the other, each marked SENDING before it goes out.
 
-    A window's outcomes are committed with the next window's SENDING mark, in one transaction:
-    at every commit at most one window is SENDING, as with a commit for each, and the
-    connections wait for one round trip to the database between windows instead of two.
+    A window's outcomes are committed with the next window's SENDING mark, in one transaction
+    (its accepted rows closed by that mark's statement): at every commit at most one window is
+    SENDING, as with a commit for each, and the connections wait for one round trip to the
+    database between windows instead of two.
     """
+    sent: list[int] = []
     for k, window in enumerate(windows):
-        send_window(session, settings, day, token, window, sender, report, journal,
-                    commit=k == len(windows) - 1)
+        sent = send_window(session, settings, day, token, window, sender, report, journal,
+                           commit=k == len(windows) - 1, sent_before=sent)
 
 
 def send_window(
@@ -618,10 +616,12 @@ def send_window(
     report: DayReport,
     journal: Journal | None = None,
     commit: bool = True,
-) -> None:
+    sent_before: Sequence[int] = (),
+) -> list[int]:
     """Mark a window SENDING (committing with it what the session holds, such as the previous
-    window's outcomes), hand it to the mail backend, record each outcome (committed unless
-    `commit` is False: then the next window's mark commits them).
+    window's outcomes, and closing `sent_before`, that window's accepted rows, as SENT), hand
+    it to the mail backend, record each outcome (committed unless `commit` is False: then the
+    next window's mark commits them, and closes the accepted rows this returns).
 
     If the process dies here this window's rows stay SENDING; the attempt's `journal` then
     tells which of them the backend accepted, and only those in flight stay in doubt.
@@ -630,6 +630,9 @@ def send_window(
         owned = ledger.start_sending(
             session, day, token, [c.subscriber_id for c in window], datetime.now(timezone.utc),
             settings.claim_lease_seconds,
+            {c.subscriber_id: (len(c.selection.picks), c.selection.trending_fallback)
+             for c in window},
+            sent_before,
         )
     with CLOCK("send", len(owned)):
         ours = [c for c in window if c.subscriber_id in owned]
@@ -638,7 +641,8 @@ def send_window(
             strict=True,
         ))
     with CLOCK("ledger"):
-        record_outcomes(session, settings, day, token, window, results, report, commit)
+        return record_outcomes(session, settings, day, token, window, results, report, commit,
+                               defer_sent=not commit)
 
 
 def record_outcomes(
@@ -650,8 +654,11 @@ def record_outcomes(
     results: dict[int, SendResult],
     report: DayReport,
     commit: bool = True,
-) -> None:
-    """Close each row of the window with what the mail backend said, in bulk."""
+    defer_sent: bool = False,
+) -> list[int]:
+    """Close each row of the window with what the mail backend said, in bulk. With
+    `defer_sent`, the accepted rows are left to the next window's SENDING mark
+    (`ledger.start_sending`), in the same transaction: returns them."""
     now = datetime.now(timezone.utc)
     by_status: dict[DeliveryStatus, list[int]] = {}
     errors: dict[int, str] = {}
@@ -675,7 +682,8 @@ def record_outcomes(
         errors[c.subscriber_id] = result.detail[:1000]
     for status, ids in by_status.items():
         if status is DeliveryStatus.SENT:
-            ledger.finish(session, day, token, status, ids, now)
+            if not defer_sent:
+                ledger.finish(session, day, token, status, ids, now)
         else:
             # One statement per distinct error keeps this bulk in the common case.
             for detail in {errors[i] for i in ids}:
@@ -689,6 +697,7 @@ def record_outcomes(
     if commit:
         session.commit()
     metrics.count_outcomes(by_status)
+    return by_status.get(DeliveryStatus.SENT, []) if defer_sent else []
 
 
 RETRY_AFTER_SECONDS = 300

@@ -68,7 +68,18 @@ def test_a_big_planned_day_keeps_batch_statements_on_the_subscriber_index(
             "EXPLAIN QUERY PLAN UPDATE deliveries SET status = 'sending' "
             "WHERE digest_date = :day AND claim_token = 't' AND subscriber_id IN (1, 2, 3) "
             "AND status = 'claimed'"), {"day": DAY.isoformat()}).all()
+        # A window's mark joins its rows (a JSON parameter) to the day's by subscriber.
+        statement = ledger._statements("sqlite")["start_sending"]
+        compiled = statement.compile(dialect=s.get_bind().dialect)
+        window = '[{"subscriber_id": 2, "sending": true, "paper_count": 3}]'
+        window_plan = s.connection().exec_driver_sql(
+            f"EXPLAIN QUERY PLAN {compiled}",
+            tuple({"day": DAY.isoformat(), "token": "t", "rows": window, "now": None,
+                   "lease": None, "claimed": "claimed", "sending": "sending",
+                   "sent": "sent"}[name] for name in compiled.positiontup or ())).all()
     assert "subscriber_id=?" in str(plan), plan
+    assert "SEARCH deliveries USING INDEX" in str(window_plan), window_plan
+    assert "(subscriber_id=? AND digest_date=?)" in str(window_plan), window_plan
 
 
 def test_attached_items_are_stored_once_per_subscriber_and_paper(session: Session) -> None:

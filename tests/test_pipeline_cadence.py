@@ -197,7 +197,7 @@ def test_batches_mixing_daily_and_weekly_readers_cost_a_constant_number_of_queri
     small = statements_for(10, MONDAY)  # 6 mixed batches of 10
     large = statements_for(60, MONDAY + timedelta(days=7))  # 1 mixed batch of 60
     per_batch = (small - large) / 5
-    assert large < small and per_batch <= 13, per_batch
+    assert large < small and per_batch <= 9, per_batch
 
 
 def test_the_cli_adds_a_weekly_reader_with_a_longer_digest_and_shows_it(
