@@ -55,7 +55,18 @@ class DigestItem:
     why: str = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "why", " · ".join(map(one_line, self.reasons)))
+        why = _WHYS.get(self.reasons)
+        if why is None:
+            if len(_WHYS) >= _WHYS_KEPT:
+                _WHYS.clear()
+            why = _WHYS[self.reasons] = " · ".join(map(one_line, self.reasons))
+        object.__setattr__(self, "why", why)
+
+
+# Readers with like topics get a paper for the same reasons: each set of reasons is joined
+# once (a digest has ten items, a day hundreds of thousands), up to this many kept.
+_WHYS: dict[tuple[str, ...], str] = {}
+_WHYS_KEPT = 100_000
 
 
 @dataclass(frozen=True)

@@ -180,7 +180,7 @@ class DayRenderer:
         self._text_frames: dict[Variant, _TextFrame] = {}
         self._html_why: dict[str, str] = {}
         self._text_cards: dict[tuple[int, int, bool, bool, bool], tuple[str, str]] = {}
-        self._why: dict[tuple[str, int], str] = {}
+        self._why: dict[tuple[str, int], str] = {}  # (why line, digits of its number)
         self._lines: dict[tuple[object, ...], tuple[str, ...]] = {}
         self.fallbacks = 0
 
@@ -276,11 +276,7 @@ class DayRenderer:
         for name, (parts, (width, indent, first)) in frame.paragraphs.items():
             # As in the template: the text is joined raw, wrapped, then printed.
             values[name] = str(printable(wrap(fill(parts, raw), width, indent, first)))
-        values["cards"] = "\n\n".join(
-            self._card_text(item.card, rank, item.why, ctx.feedback_url,
-                            ctx.click_tracking and bool(ctx.feedback_url))
-            for rank, item in enumerate(ctx.items, 1)
-        ) + "\n" if ctx.items else ""  # a blank line before what follows, as tidying leaves
+        values["cards"] = self._cards_text(ctx)
         text = fill(frame.segments, values)
         if not ctx.feedback_url:
             return text
@@ -379,32 +375,50 @@ class DayRenderer:
             )
         return self._cards[key]
 
+    def _cards_text(self, ctx: DigestContext) -> str:
+        """The cards of the text part: each card's text was wrapped once per day; per reader
+        only its number and why lines go in (the feedback slot stays, for `text` to fill once
+        for the whole part). A why line, wrapped and printed, is kept for the next reader."""
+        if not ctx.items:
+            return ""
+        has_feedback = bool(ctx.feedback_url)
+        tracking = ctx.click_tracking and has_feedback
+        texts = self._text_cards
+        whys = self._why
+        if len(whys) > _WHY_CACHE:
+            whys.clear()
+        cards = []
+        for rank, item in enumerate(ctx.items, 1):
+            why = item.why
+            digits = 1 if rank < 10 else len(str(rank))
+            key = (item.card.paper_id, digits, bool(why), has_feedback, tracking)
+            parts = texts.get(key) or self._card_text(item.card, key)
+            if not why:
+                cards.append(str(rank) + parts[0])
+                continue
+            lines = whys.get((why, digits))
+            if lines is None:
+                lines = whys[why, digits] = str(printable(why_block(why, digits + 2)))
+            cards.append(str(rank) + parts[0] + lines + parts[1])
+        return "\n\n".join(cards) + "\n"  # a blank line before what follows, as tidying leaves
+
     def _card_text(
-        self, card: PaperCard, rank: int, why: str, feedback_url: str, tracking: bool
-    ) -> str:
-        """The card's text, wrapped once per day; per subscriber only its number and why lines
-        go in (the feedback slot stays, for `text` to fill once for the whole part)."""
-        digits = len(str(rank))
-        key = (card.paper_id, digits, bool(why), bool(feedback_url), tracking)
-        parts = self._text_cards.get(key)
-        if parts is None:
-            number = "9" * digits + ". "  # the same width as the real number
-            module = email_environment().get_template("email/digest/_card.txt").module
-            macro = module.paper_card  # type: ignore[attr-defined]
-            block = tidy_text(str(macro(card, number, self.slot["why"] if why else "",
-                                        self.slot["feedback_href"] if feedback_url else "",
-                                        tracking)))
-            if not block.startswith(number):
-                raise RuntimeError("templates/email/digest/_card.txt must start with the number")
-            before, _, after = block[digits:].rstrip("\n").partition(self.slot["why"])
-            parts = self._text_cards[key] = (before, after)
-        if not why:
-            return str(rank) + parts[0]
-        indent = digits + 2
-        lines = self._why.get((why, indent)) or self._why.setdefault(
-            (why, indent), str(printable(why_block(why, indent)))
-        )
-        return str(rank) + parts[0] + lines + parts[1]
+        self, card: PaperCard, key: tuple[int, int, bool, bool, bool]
+    ) -> tuple[str, str]:
+        """The card's text of `key` (paper, digits of its number, whether it has a why line and
+        feedback links, tracking) wrapped and tidied, cut where the number and why lines go."""
+        _, digits, has_why, has_feedback, tracking = key
+        number = "9" * digits + ". "  # the same width as the real number
+        module = email_environment().get_template("email/digest/_card.txt").module
+        macro = module.paper_card  # type: ignore[attr-defined]
+        block = tidy_text(str(macro(card, number, self.slot["why"] if has_why else "",
+                                    self.slot["feedback_href"] if has_feedback else "",
+                                    tracking)))
+        if not block.startswith(number):
+            raise RuntimeError("templates/email/digest/_card.txt must start with the number")
+        before, _, after = block[digits:].rstrip("\n").partition(self.slot["why"])
+        parts = self._text_cards[key] = (before, after)
+        return parts
 
 
 @cache
