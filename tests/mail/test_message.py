@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from datetime import date, timedelta
 from email import message_from_bytes, policy
 from pathlib import Path
@@ -99,6 +101,26 @@ def test_unsafe_recipient_is_refused(tmp_path: Path, to: str) -> None:
 def test_unsafe_unsubscribe_url_is_refused(tmp_path: Path, url: str) -> None:
     with pytest.raises(ValueError, match="refusing unsubscribe URL"):
         make_email(make_settings(tmp_path), unsubscribe_url=url)
+
+
+def test_a_link_like_one_accepted_before_is_still_checked(tmp_path: Path) -> None:
+    # Links with the head of one that passed are checked faster, but checked all the same.
+    settings = make_settings(tmp_path)
+    make_email(settings, unsubscribe_url="https://digest.test/unsubscribe/token1")
+    for url in ("https://digest.test/unsubscribe/a b", "https://digest.test/unsubscribe/a>",
+                "https://digest.test/unsubscribe/\u00e9", "https://digest.test/unsubscribe/\n"):
+        with pytest.raises(ValueError, match="refusing unsubscribe URL"):
+            make_email(settings, unsubscribe_url=url)
+
+
+def test_message_id_is_the_keyed_hash_of_its_local_part(tmp_path: Path) -> None:
+    # A retried send, even from a newer release, must carry the id the first attempt had.
+    settings = make_settings(tmp_path)
+    local = "digest.2026-11-23.42"
+    tag = hmac.new(settings.signing_key().encode(), local.encode(), hashlib.sha256).hexdigest()
+    assert message_id_for(settings, "digest", 42, date(2026, 11, 23)) == (
+        f"<{local}.{tag[:16]}@{settings.mail_domain}>"
+    )
 
 
 def test_message_id_is_deterministic_and_distinct(tmp_path: Path) -> None:
