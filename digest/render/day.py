@@ -179,7 +179,9 @@ class DayRenderer:
         self._cards: dict[tuple[int, bool, Variant], tuple[str, ...] | None] = {}
         self._text_frames: dict[Variant, _TextFrame] = {}
         self._html_why: dict[str, str] = {}
-        self._text_cards: dict[tuple[int, int, bool, bool, bool], tuple[str, str]] = {}
+        # A card's text, cut at its why lines and feedback links: (before, after) the why.
+        self._text_cards: dict[tuple[int, int, bool, bool, bool],
+                               tuple[tuple[str, ...], tuple[str, ...]]] = {}
         self._why: dict[tuple[str, int], str] = {}  # (why line, digits of its number)
         self._lines: dict[tuple[object, ...], tuple[str, ...]] = {}
         self.fallbacks = 0
@@ -232,7 +234,10 @@ class DayRenderer:
         whys = self._html_why
         if len(whys) > _WHY_CACHE:  # a day's why lines are many, but not without bound
             whys.clear()
+        # One list for the whole part, joined once: each card's literals and slots go in as
+        # compiled, then its slots (the odd places) are replaced by the reader's values.
         parts = [fill(skeleton.head, values)]
+        slots = {"feedback_href": feedback}
         for rank, item in enumerate(ctx.items, start=1):
             why = item.why
             key = (item.card.paper_id, bool(why), variant)
@@ -242,8 +247,12 @@ class DayRenderer:
             html_why = whys.get(why)
             if html_why is None:
                 html_why = whys[why] = _html(why)
-            parts.append(fill(unit, {"rank": str(rank), "why": html_why,
-                                     "feedback_href": feedback}))
+            slots["rank"] = str(rank)
+            slots["why"] = html_why
+            start = len(parts)
+            parts += unit
+            for i in range(start + 1, len(parts), 2):
+                parts[i] = slots[parts[i]]
         parts.append(fill(skeleton.tail, values))
         return "".join(parts)
 
@@ -277,10 +286,7 @@ class DayRenderer:
             # As in the template: the text is joined raw, wrapped, then printed.
             values[name] = str(printable(wrap(fill(parts, raw), width, indent, first)))
         values["cards"] = self._cards_text(ctx)
-        text = fill(frame.segments, values)
-        if not ctx.feedback_url:
-            return text
-        return text.replace(self.slot["feedback_href"], str(printable(ctx.feedback_url)))
+        return fill(frame.segments, values)
 
     @staticmethod
     def _variant(ctx: DigestContext, context: Mapping[str, Any]) -> Variant:
@@ -377,11 +383,12 @@ class DayRenderer:
 
     def _cards_text(self, ctx: DigestContext) -> str:
         """The cards of the text part: each card's text was wrapped once per day; per reader
-        only its number and why lines go in (the feedback slot stays, for `text` to fill once
-        for the whole part). A why line, wrapped and printed, is kept for the next reader."""
+        only its number, why lines and feedback links go in. A why line, wrapped and printed,
+        is kept for the next reader."""
         if not ctx.items:
             return ""
         has_feedback = bool(ctx.feedback_url)
+        feedback = str(printable(ctx.feedback_url))
         tracking = ctx.click_tracking and has_feedback
         texts = self._text_cards
         whys = self._why
@@ -392,19 +399,22 @@ class DayRenderer:
             why = item.why
             digits = 1 if rank < 10 else len(str(rank))
             key = (item.card.paper_id, digits, bool(why), has_feedback, tracking)
-            parts = texts.get(key) or self._card_text(item.card, key)
-            if not why:
-                cards.append(str(rank) + parts[0])
-                continue
-            lines = whys.get((why, digits))
-            if lines is None:
-                lines = whys[why, digits] = str(printable(why_block(why, digits + 2)))
-            cards.append(str(rank) + parts[0] + lines + parts[1])
-        return "\n\n".join(cards) + "\n"  # a blank line before what follows, as tidying leaves
+            before, after = texts.get(key) or self._card_text(item.card, key)
+            cards.append(str(rank))
+            cards.append(feedback.join(before))
+            if why:
+                lines = whys.get((why, digits))
+                if lines is None:
+                    lines = whys[why, digits] = str(printable(why_block(why, digits + 2)))
+                cards.append(lines)
+                cards.append(feedback.join(after))
+            cards.append("\n\n")
+        cards[-1] = "\n"  # a blank line before what follows, as tidying leaves
+        return "".join(cards)
 
     def _card_text(
         self, card: PaperCard, key: tuple[int, int, bool, bool, bool]
-    ) -> tuple[str, str]:
+    ) -> tuple[tuple[str, ...], tuple[str, ...]]:
         """The card's text of `key` (paper, digits of its number, whether it has a why line and
         feedback links, tracking) wrapped and tidied, cut where the number and why lines go."""
         _, digits, has_why, has_feedback, tracking = key
@@ -417,7 +427,9 @@ class DayRenderer:
         if not block.startswith(number):
             raise RuntimeError("templates/email/digest/_card.txt must start with the number")
         before, _, after = block[digits:].rstrip("\n").partition(self.slot["why"])
-        parts = self._text_cards[key] = (before, after)
+        feedback = self.slot["feedback_href"]
+        parts = self._text_cards[key] = (tuple(before.split(feedback)),
+                                         tuple(after.split(feedback)))
         return parts
 
 

@@ -69,8 +69,11 @@ def author_line(authors: Iterable[str], shown: int = AUTHORS_SHOWN) -> str:
 
 def topic_list(topics: str) -> str:
     """Free-text topics as one comma-separated line ("LoRA\\nsparsity" -> "LoRA, sparsity")."""
-    parts = (one_line(p) for p in re.split(r"[,;\n\r]+", topics))
-    return ", ".join(p for p in parts if p)
+    parts = [" ".join(p.split()) for p in _TOPIC_SEPARATORS.split(topics)]  # `one_line`'s
+    return ", ".join([p for p in parts if p])
+
+
+_TOPIC_SEPARATORS = re.compile(r"[,;\n\r]+")
 
 
 # Any whitespace (str.isspace's set: \s on str patterns is the same) or control character.
