@@ -64,9 +64,10 @@ class DigestItem:
 
 
 # Readers with like topics get a paper for the same reasons: each set of reasons is joined
-# once (a digest has ten items, a day hundreds of thousands), up to this many kept.
+# once (a digest has ten items, a day hundreds of thousands); up to this many are kept
+# (about 300 bytes each), then the cache starts again.
 _WHYS: dict[tuple[str, ...], str] = {}
-_WHYS_KEPT = 100_000
+_WHYS_KEPT = 50_000
 
 
 @dataclass(frozen=True)
