@@ -111,8 +111,9 @@ def test_wrap_is_textwraps_fill_without_breaking_words() -> None:
                   "x" * 90, "word", "—", "“quoted”", "tab\there", "new\nline", ""]
     for _ in range(2000):
         text = " ".join(rng.choice(vocabulary) for _ in range(rng.randint(0, 40)))
-        width, indent = rng.choice([20, 40, 72]), rng.choice([0, 3, 4])
-        first = rng.choice([None, "1. ", "10. "])
+        # Also lines narrower than their indent or their first word (each word alone then).
+        width, indent = rng.choice([2, 6, 20, 40, 72]), rng.choice([0, 3, 4, 8])
+        first = rng.choice([None, "1. ", "10. ", "100. "])
         pad = " " * indent
         expected = textwrap.fill(one_line(text), width=width, initial_indent=
                                  pad if first is None else first, subsequent_indent=pad,

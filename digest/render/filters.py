@@ -136,19 +136,24 @@ def wrap(text: str, width: int = TEXT_WIDTH, indent: int = 0, first: str | None 
     """
     # What textwrap.fill does with break_long_words and break_on_hyphens off, on text whose
     # whitespace is already collapsed: greedy filling at spaces, without textwrap's machinery.
-    words = str(text).split()
-    if not words:
+    # Each line ends at the last space that still fits (str.rfind, not a loop over words).
+    rest = " ".join(str(text).split())
+    if not rest:
         return ""
     pad = " " * indent
+    lead = pad if first is None else first
     lines: list[str] = []
-    line = (pad if first is None else first) + words[0]
-    for word in words[1:]:
-        if len(line) + 1 + len(word) <= width:
-            line += " " + word
-        else:
-            lines.append(line)
-            line = pad + word
-    lines.append(line)
+    while len(lead) + len(rest) > width:
+        room = width - len(lead) + 1
+        cut = rest.rfind(" ", 0, room) if room > 0 else -1
+        if cut < 0:  # a first word too long for the line: alone on it, never broken
+            cut = rest.find(" ")
+            if cut < 0:
+                break
+        lines.append(lead + rest[:cut])
+        rest = rest[cut + 1 :]
+        lead = pad
+    lines.append(lead + rest)
     return "\n".join(lines)
 
 
