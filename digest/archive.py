@@ -62,6 +62,7 @@ class PastDigest:
     day: date
     paper_count: int
     url: str
+    weekly: bool = False  # listed as "the week to <day>"
 
 
 def oldest_shown(settings: Settings, today: date) -> date:
@@ -110,7 +111,7 @@ def past_digests(
 ) -> list[PastDigest]:
     """The reader's digests still on the web, newest first, each with its signed link."""
     rows = session.execute(
-        select(Delivery.digest_date, Delivery.paper_count)
+        select(Delivery.digest_date, Delivery.paper_count, Delivery.period)
         .where(
             Delivery.subscriber_id == subscriber.id,
             Delivery.status == DeliveryStatus.SENT,
@@ -119,4 +120,8 @@ def past_digests(
         .order_by(Delivery.digest_date.desc())
         .limit(LISTED)
     ).all()
-    return [PastDigest(day, count, archive_link(settings, subscriber, day)) for day, count in rows]
+    return [
+        PastDigest(day, count, archive_link(settings, subscriber, day),
+                   weekly=period == delivery_period(day, Cadence.WEEKLY))
+        for day, count, period in rows
+    ]

@@ -189,6 +189,12 @@ def test_a_weekly_digests_page_speaks_of_the_week(
     assert "2 papers for your topics" in pages["ada@example.org"]
     # Nothing matched Cy's topics all week: the week's trending papers, as Cy asked.
     assert "2 papers trending that week" in pages["cy@example.org"]
+    # The preferences page lists it as that week's digest.
+    with db.session_scope(web_settings) as s:
+        ada = s.scalars(select(Subscriber).where(Subscriber.email == "ada@example.org")).one()
+        path = "/preferences/" + tokens.make_token(web_settings, Purpose.PREFERENCES, ada)
+    listed = main_text(client.get(path).get_data(as_text=True))
+    assert f"The week to {long_date(today())} · 2 papers" in listed
     assert ("No new paper matched your topics that week (protein folding), so these were the "
             "week's trending papers, as you asked.") in pages["cy@example.org"]
 
