@@ -26,6 +26,7 @@ from .subscribers import (
     WEEKDAY_KEYS,
     SubscriberError,
     add_subscriber,
+    default_papers,
     parse_cadence,
     parse_weekday,
 )
@@ -77,7 +78,7 @@ def import_csv(
     `spreadsheet_cell` come back as they were, and so do the dates of an export.
     """
     report = ImportReport()
-    defaults = RowDefaults.from_settings(settings)
+    defaults = settings or Settings()
     reader = csv.DictReader(_text_lines(stream))
     try:
         if not reader.fieldnames or "email" not in [
@@ -100,33 +101,11 @@ def import_csv(
     return report
 
 
-@dataclass(frozen=True)
-class RowDefaults:
-    """What an empty cell takes: the deployment's defaults for a new reader (without settings,
-    the settings' own defaults)."""
-
-    time_zone: str = Settings.default_time_zone
-    send_hour: int = Settings.default_send_hour
-    papers: int = Settings.default_papers_per_digest
-    weekly_papers: int = Settings.weekly_papers_per_digest
-
-    @classmethod
-    def from_settings(cls, settings: Settings | None) -> RowDefaults:
-        if settings is None:
-            return cls()
-        return cls(
-            time_zone=settings.default_time_zone,
-            send_hour=settings.default_send_hour,
-            papers=settings.default_papers_per_digest,
-            weekly_papers=settings.weekly_papers_per_digest,
-        )
-
-
 def _import_row(
     session: Session,
     raw: Mapping[str | None, str | None],
     default_status: SubscriberStatus,
-    defaults: RowDefaults = RowDefaults(),
+    defaults: Settings,
 ) -> Subscriber:
     """One CSV row as a new subscriber; SubscriberError says what is wrong with it."""
     row = {
@@ -138,15 +117,15 @@ def _import_row(
     created_at = _csv_datetime(row.get("created_at"), "created_at", now)
     confirmed_at = _csv_datetime(row.get("confirmed_at"), "confirmed_at", now)
     cadence = parse_cadence(row["cadence"]) if row.get("cadence") else Cadence.DAILY
-    length = defaults.weekly_papers if cadence is Cadence.WEEKLY else defaults.papers
+    length = default_papers(defaults, cadence)
     click_tracking = _bool(row.get("click_tracking"), "click_tracking")
     subscriber = add_subscriber(
         session,
         row.get("email", ""),
         row.get("topics", ""),
         exclude=row.get("exclude", ""),
-        time_zone=row.get("time_zone") or defaults.time_zone,
-        send_hour=_int(row.get("send_hour"), defaults.send_hour, "send_hour"),
+        time_zone=row.get("time_zone") or defaults.default_time_zone,
+        send_hour=_int(row.get("send_hour"), defaults.default_send_hour, "send_hour"),
         papers_per_digest=_int(row.get("papers_per_digest"), length, "papers_per_digest"),
         trending_fallback=_bool(row.get("trending_fallback"), "trending_fallback"),
         status=_status(row.get("status"), default_status),
