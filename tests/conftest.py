@@ -13,14 +13,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from flask.testing import FlaskClient
 from sqlalchemy import create_engine, text
 from sqlalchemy.orm import Session
 
-from digest import db
+from digest import db, notices
 from digest.mail import close_kept_sender
 from digest.models import Base
 from digest.notices import forget_background_senders
 from digest.settings import Settings
+from digest.web import create_app
 
 from .smtp_server import SMTPServer
 
@@ -185,3 +187,17 @@ def lexical_only(settings: Settings) -> Settings:
     if "semantic_weight" in {f.name for f in fields(Settings)}:
         return replace(settings, semantic_weight=0.0)  # type: ignore[call-arg]
     return settings
+
+
+@pytest.fixture
+def client(web_settings: Settings) -> Iterator[FlaskClient]:
+    """The web app on the requesting module's own `web_settings` fixture."""
+    with create_app(web_settings).test_client() as c:
+        yield c
+
+
+@pytest.fixture
+def background_sends_done() -> Iterator[None]:
+    """No email of this test may still be on its way when the next test's database starts."""
+    yield
+    assert notices.wait_for_background_sends(30), "the background sender is stuck"

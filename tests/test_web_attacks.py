@@ -11,7 +11,6 @@ import re
 import socket
 import statistics
 import time
-from collections.abc import Iterator
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from email.message import EmailMessage
@@ -55,17 +54,9 @@ def web_settings(settings: Settings, smtp_server: SMTPServer, redis_url: str) ->
                    min_relevance=0.05)
 
 
-@pytest.fixture
-def client(web_settings: Settings) -> Iterator[FlaskClient]:
-    with create_app(web_settings).test_client() as c:
-        yield c
-
-
-@pytest.fixture(autouse=True)
-def background_sends_done() -> Iterator[None]:
-    """No email of this test may still be on its way when the next test's database starts."""
-    yield
-    assert notices.wait_for_background_sends(30), "the background sender is stuck"
+# The app on the module's `web_settings`, and no email still on its way after a test
+# (conftest.py).
+pytestmark = pytest.mark.usefixtures("background_sends_done")
 
 
 def post_form(client: FlaskClient, remote: str = "127.0.0.1", **fields: str) -> int:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
 from dataclasses import replace
 from datetime import date, datetime, timedelta, timezone
 from html import unescape
@@ -52,17 +51,9 @@ def web_settings(settings: Settings, smtp_server: SMTPServer, redis_url: str) ->
                    smtp_port=smtp_server.port, smtp_retry_attempts=1, redis_url=redis_url)
 
 
-@pytest.fixture
-def client(web_settings: Settings) -> Iterator[FlaskClient]:
-    with create_app(web_settings).test_client() as c:
-        yield c
-
-
-@pytest.fixture(autouse=True)
-def background_sends_done() -> Iterator[None]:
-    """No email of this test may still be on its way when the next test's database starts."""
-    yield
-    assert notices.wait_for_background_sends(30), "the background sender is stuck"
+# The app on the module's `web_settings`, and no email still on its way after a test
+# (conftest.py).
+pytestmark = pytest.mark.usefixtures("background_sends_done")
 
 
 CHOICES = {"exclude": "medical, survey", "trending_fallback": "on", "cadence": "weekly",
