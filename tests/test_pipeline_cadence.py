@@ -10,13 +10,13 @@ from datetime import date, datetime, time, timedelta, timezone
 from zoneinfo import ZoneInfo
 
 import pytest
-from sqlalchemy import event, select, update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from digest import db
 from digest.models import Cadence, Delivery, DeliveryItem, DeliveryStatus, Subscriber
 from digest.pipeline import plan_due_batches, run_day
 from digest.settings import Settings
+from digest.tools.bench import counted_statements
 
 from .factories import make_paper, make_subscriber
 from .test_pipeline_schedule import run_ticks, ticks
@@ -177,22 +177,11 @@ def test_batches_mixing_daily_and_weekly_readers_cost_a_constant_number_of_queri
     for n in range(60):
         reader(session, Cadence.WEEKLY if n % 2 else Cadence.DAILY, weekday=MONDAY.weekday())
     session.commit()
-    engine = db.engine_for(week_settings.database_url)
-
     def statements_for(batch_size: int, day: date) -> int:
-        count = 0
-
-        def on_execute(*_args: object) -> None:
-            nonlocal count
-            count += 1
-
-        event.listen(engine, "before_cursor_execute", on_execute)
-        try:
+        with counted_statements(week_settings.database_url) as count:
             report = run_day(replace(week_settings, batch_size=batch_size), day)
-        finally:
-            event.remove(engine, "before_cursor_execute", on_execute)
         assert len(report.sent) == 60
-        return count
+        return int(count.value)
 
     small = statements_for(10, MONDAY)  # 6 mixed batches of 10
     large = statements_for(60, MONDAY + timedelta(days=7))  # 1 mixed batch of 60

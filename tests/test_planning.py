@@ -3,20 +3,19 @@ the same rows, and neither sends more statements for more subscribers."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import delete, event, insert, select
+from sqlalchemy import delete, insert, select
 
 from digest import db, ledger
 from digest.mail import message_id_for
 from digest.models import Cadence, Delivery, DeliveryStatus, Subscriber, delivery_period
 from digest.pipeline import plan_due_batches
 from digest.settings import Settings
+from digest.tools.bench import counted_statements
 
 from .conftest import _truncate_postgres, make_settings
 
@@ -123,21 +122,6 @@ def test_postgresql_plans_in_the_database_the_same_rows_as_sqlite_through_python
                for sid, day, _, mid, *_ in pg_rows)
 
 
-@contextmanager
-def counted(settings: Settings) -> Iterator[list[int]]:
-    count = [0]
-
-    def on_execute(*_: object) -> None:
-        count[0] += 1
-
-    engine = db.engine_for(settings.database_url)
-    event.listen(engine, "before_cursor_execute", on_execute)
-    try:
-        yield count
-    finally:
-        event.remove(engine, "before_cursor_execute", on_execute)
-
-
 def test_planning_statements_do_not_grow_with_the_subscribers_of_a_page(
     settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -153,9 +137,9 @@ def test_planning_statements_do_not_grow_with_the_subscribers_of_a_page(
                 {"id": k, "email": f"r{k}@example.org", "time_zone": "UTC", "send_hour": 0,
                  "status": "active", "papers_per_digest": 5} for k in range(1, n + 1)])
             session.commit()
-        with counted(settings) as count:
+        with counted_statements(settings.database_url) as count:
             planned = sum(len(ids) for _, ids in plan_due_batches(settings, NOW))
-        costs.append((planned, count[0]))
+        costs.append((planned, count.value))
     (n40, one_page), (n400, same_page), (n2000, five_pages) = costs
     assert (n40, n400, n2000) == (40, 400, 2000)
     assert same_page == one_page
