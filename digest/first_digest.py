@@ -17,14 +17,13 @@ import os
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from datetime import date, datetime
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy import select
 
 from . import db
 from .mail import open_sender
 from .models import Subscriber, delivery_period
-from .pipeline import plan_pairs, process_batch
+from .pipeline import plan_pairs, process_batch, reader_zone
 from .prepare import prepared_day
 from .settings import Settings
 from .status import DayReport, mailable
@@ -42,7 +41,7 @@ def start(settings: Settings, subscriber_id: int, now: datetime) -> bool:
         )
         if subscriber is None:
             return False
-        day = local_date(subscriber.time_zone, now)
+        day = now.astimezone(reader_zone(subscriber.time_zone)).date()
         period = delivery_period(day, subscriber.cadence)
         if not plan_pairs(session, settings, [(subscriber_id, day, period)], now):
             return False
@@ -60,14 +59,6 @@ def after_confirming(settings: Settings, subscriber_id: int, already: bool, now:
     except Exception:  # the reader is confirmed: their hour's digest still comes
         log.exception("first digest of subscriber %s not started", subscriber_id)
         return False
-
-
-def local_date(zone: str, now: datetime) -> date:
-    """The reader's date at `now` in their zone (UTC for a zone this system does not know)."""
-    try:
-        return now.astimezone(ZoneInfo(zone)).date()
-    except (ZoneInfoNotFoundError, ValueError):
-        return now.date()
 
 
 def send_planned(settings: Settings, day: date, subscriber_id: int) -> DayReport:

@@ -236,7 +236,7 @@ DUE_PAGE = 5000
 def _local_times(session: Session, now: datetime) -> dict[str, datetime]:
     """`now` in each time zone a mailable subscriber has (an unknown zone: UTC)."""
     zones = session.scalars(select(Subscriber.time_zone).where(mailable()).distinct()).all()
-    return {zone: now.astimezone(_zone(zone)) for zone in zones}
+    return {zone: now.astimezone(reader_zone(zone)) for zone in zones}
 
 
 def _without_jit(session: Session) -> None:
@@ -322,7 +322,8 @@ def due_on_weekday(weekday: int) -> ColumnElement[bool]:
     return or_(Subscriber.cadence == Cadence.DAILY, Subscriber.send_weekday == weekday)
 
 
-def _zone(name: str) -> ZoneInfo:
+def reader_zone(name: str) -> ZoneInfo:
+    """A stored time zone (UTC, with a warning, for a zone this system does not know)."""
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):
