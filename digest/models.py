@@ -130,6 +130,10 @@ class FeedbackKind(str, enum.Enum):
     LESS = "less"  # "less like this"
 
 
+# `send_weekday`'s values are indexes into this (Monday 0, as datetime.weekday()).
+WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
+
+
 class Cadence(str, enum.Enum):
     """How often a reader gets a digest: every day, or once a week on their weekday."""
 

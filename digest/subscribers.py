@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import flag_modified
 
 from .models import (
+    WEEKDAYS,
     Cadence,
     Delivery,
     EventKind,
@@ -266,7 +267,6 @@ def last_event_at(session: Session, subscriber_id: int, kind: EventKind) -> date
 # --- Preferences ---------------------------------------------------------------------
 
 
-WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
 
 
 @dataclass(frozen=True)

@@ -11,11 +11,12 @@ from collections.abc import Iterable
 from datetime import date
 from urllib.parse import urlsplit
 
+from ..models import WEEKDAYS
+
 ABSTRACT_CHARS = 280
 AUTHORS_SHOWN = 3
 TEXT_WIDTH = 72
 
-_WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
 _MONTHS = (
     "January", "February", "March", "April", "May", "June",
     "July", "August", "September", "October", "November", "December",
@@ -115,7 +116,7 @@ _PLAIN_SEGMENT = re.compile(r"[A-Za-z0-9._~-]+")
 
 def long_date(day: date) -> str:
     """The date as "Monday, 23 November 2026", independent of the process locale."""
-    return f"{_WEEKDAYS[day.weekday()]}, {day.day} {_MONTHS[day.month - 1]} {day.year}"
+    return f"{WEEKDAYS[day.weekday()]}, {day.day} {_MONTHS[day.month - 1]} {day.year}"
 
 
 def short_date(day: date) -> str:
