@@ -23,6 +23,7 @@ from .content import DigestContext, PaperCard
 from .filters import TEXT_WIDTH, one_line, printable, wrap
 from .plain import (
     RenderedEmail,
+    ascii_body,
     check_own_links,
     digest_template_context,
     email_environment,
@@ -135,14 +136,17 @@ def _count_misread() -> UnfilledVariableError:
 
 
 def _html(value: str) -> str:
-    """A value as Jinja's autoescape prints it (finalize, then escape)."""
+    """A value as Jinja's autoescape prints it (finalize, then escape), in the body's ASCII
+    (`ascii_body`)."""
     text = printable(value)
     # Most values (links, counts, most addresses) have nothing to escape: skip markupsafe's
     # Python-level wrapper for them. Only a plain str: escape leaves a Markup as it is.
-    if type(text) is str and not ("&" in text or "<" in text or ">" in text or '"' in text
-                                  or "'" in text):
+    if not (type(text) is str and not ("&" in text or "<" in text or ">" in text
+                                       or '"' in text or "'" in text)):
+        text = str(escape(text))
+    if text.isascii():
         return text
-    return str(escape(text))
+    return text.encode("ascii", "xmlcharrefreplace").decode("ascii")
 
 
 def _common_prefix(a: str, b: str) -> int:
@@ -351,7 +355,7 @@ class DayRenderer:
 
     def _compile(self, context: Mapping[str, Any]) -> str:
         mjml = email_environment().get_template("email/digest/body.mjml").render(context)
-        return str(mjml2html(mjml, disable_comments=True))
+        return ascii_body(str(mjml2html(mjml, disable_comments=True)))
 
     def _skeleton(self, variant: Variant) -> _Skeleton:
         if variant not in self._skeletons:

@@ -103,8 +103,22 @@ def render_email(name: str, context: Mapping[str, Any]) -> RenderedEmail:
     subject = one_line(env.get_template(f"{folder}/subject.txt").render(context))
     text = tidy_text(env.get_template(f"{folder}/body.txt").render(context))
     mjml = env.get_template(f"{folder}/body.mjml").render(context)
-    html = mjml2html(mjml, disable_comments=True)
+    html = ascii_body(str(mjml2html(mjml, disable_comments=True)))
     return RenderedEmail(subject=subject, html=html, text=text)
+
+
+def ascii_body(html: str) -> str:
+    """The page with every character beyond ASCII in its <body> written as a character
+    reference ("…" as "&#8230;"): the same page, which goes in 7-bit lines as it is
+    (`mail.mime._html_part`). The day renderer converts each card once a day, rather than
+    each message's whole page. <head> keeps its characters: <style> is raw text, where a
+    reference would be read literally."""
+    if html.isascii():
+        return html
+    start = html.find("<body")
+    if start < 0:
+        return html
+    return html[:start] + html[start:].encode("ascii", "xmlcharrefreplace").decode("ascii")
 
 
 _TRAILING_SPACE = re.compile(r"[^\S\n]+$", re.MULTILINE)
