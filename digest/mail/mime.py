@@ -124,39 +124,23 @@ def _break_between_tags(line: bytes, into: list[bytes]) -> bool:
 
 
 def _text_part(subtype: str, body: str) -> bytes:
-    """A text part as the email package writes it: short ASCII lines go as they are, anything
-    else quoted-printable. Quoted-printable works line by line, so each line is encoded
-    once and kept: a day's digests repeat most of their lines (cards, why lines, footers),
-    and only the reader's own lines (topics, links) are encoded per message."""
     if "\r" in body:
         body = body.replace("\r\n", "\n").replace("\r", "\n")
-    lines = body.split("\n")
-    if body.endswith("\n"):
-        lines.pop()  # the part's final line break, not an empty line after it
+    data = body.encode("utf-8")
+    if not data.endswith(b"\n"):
+        data += b"\n"
     content_type = f'Content-Type: text/{subtype}; charset="utf-8"\r\n'.encode("ascii")
-    if body.isascii() and max(map(len, lines)) <= 78:
-        lines.append("")
-        return (content_type + b"Content-Transfer-Encoding: 7bit\r\n\r\n"
-                + "\r\n".join(lines).encode("ascii"))
-    cache = _QP_LINES
-    if len(cache) > _QP_LINES_KEPT:
-        cache.clear()
-    encoded = [cache.get(line) or _qp_line(line) for line in lines]
-    return (content_type + b"Content-Transfer-Encoding: quoted-printable\r\n\r\n"
-            + b"".join(encoded))
-
-
-_QP_LINES: dict[str, bytes] = {}
-_QP_LINES_KEPT = 50_000  # a day's distinct lines number in the thousands; readers' own, more
-
-
-def _qp_line(line: str) -> bytes:
-    """One line and its break, quoted-printable with CRLF (soft breaks too), kept in _QP_LINES.
-    Encoded with its line break, `binascii` gives the bytes it would give inside the body."""
-    data = binascii.b2a_qp((line + "\n").encode("utf-8"), quotetabs=False, istext=True,
-                           header=False)
-    encoded = _QP_LINES[line] = data.replace(b"\n", b"\r\n")
-    return encoded
+    # As the email package does: short ASCII lines go as they are, anything else as QP.
+    if data.isascii() and max(map(len, data.split(b"\n"))) <= 78:
+        return content_type + b"Content-Transfer-Encoding: 7bit\r\n\r\n" + data.replace(
+            b"\n", b"\r\n"
+        )
+    encoded = binascii.b2a_qp(data, quotetabs=False, istext=True, header=False)
+    return (
+        content_type
+        + b"Content-Transfer-Encoding: quoted-printable\r\n\r\n"
+        + encoded.replace(b"\n", b"\r\n")
+    )
 
 
 @functools.lru_cache(maxsize=8)

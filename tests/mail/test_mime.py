@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import binascii
 import random
 from dataclasses import replace
 from datetime import datetime, timezone
@@ -13,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from digest.mail.message import OutgoingEmail, build_message, clean_subject
-from digest.mail.mime import _text_part, fast_message_bytes, message_bytes
+from digest.mail.mime import fast_message_bytes, message_bytes
 from digest.settings import Settings
 
 from ..conftest import make_settings
@@ -168,23 +167,3 @@ def test_html_goes_in_long_7_bit_lines_only_where_it_can(
     if encoding == "7bit":
         assert len(lines) < 40  # broken where needed, not at every tag
 
-
-
-def test_text_parts_encoded_line_by_line_equal_the_whole_body_encoded_at_once() -> None:
-    """_text_part keeps each line's quoted-printable: the same bytes as binascii over the body."""
-    rng = random.Random(7)
-    alphabet = "abc XYZ 019 =?_.!*/-…—“”βΣéü中文😀\t\r\n. "
-    for n in range(3000):
-        letters = alphabet if n % 3 else "ab =.\t\n"  # a third 7-bit, most of them
-        body = "".join(rng.choice(letters) for _ in range(rng.randint(0, 400)))
-        if n % 2:
-            body += "\n" + "".join(rng.choice(alphabet) for _ in range(rng.randint(70, 200)))
-        for _ in range(2):  # the second time, every line comes from the cache
-            part = _text_part("plain", body)
-            data = body.replace("\r\n", "\n").replace("\r", "\n").encode("utf-8")
-            data += b"" if data.endswith(b"\n") else b"\n"
-            if b"quoted-printable" in part.split(b"\r\n\r\n", 1)[0]:
-                whole = binascii.b2a_qp(data, quotetabs=False, istext=True, header=False)
-                assert part.split(b"\r\n\r\n", 1)[1] == whole.replace(b"\n", b"\r\n")
-            else:
-                assert part.split(b"\r\n\r\n", 1)[1] == data.replace(b"\n", b"\r\n")
