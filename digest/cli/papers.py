@@ -122,11 +122,15 @@ def papers_show(ctx: click.Context, paper: str) -> None:
 @click.option("--plan-only", is_flag=True,
               help="Only plan the day in PostgreSQL and enqueue its batches to Redis, as the "
                    "beat's tick does (no sending, no workers): time, memory, statements.")
+@click.option("--sink-count", default=None, type=click.IntRange(1, 10_000_000),
+              help="Feed the SMTP sink alone at most N digests for the workers' ratio (its "
+                   "rate over N stands for the day's; default: as many as the day, which at "
+                   "1,000,000 takes as long as the day again).")
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
 @click.pass_context
 def bench(ctx: click.Context, subscribers: int, papers: int, workers: int, concurrency: int,
           backend: str, batch_size: int | None, jobs: int | None, in_process: bool, runs: int,
-          plan_only: bool, as_json: bool) -> None:
+          plan_only: bool, sink_count: int | None, as_json: bool) -> None:
     """Run a synthetic day and print time, rate and ratio to the best case per stage.
 
     Uses a throwaway SQLite file (and a throwaway PostgreSQL database with --workers);
@@ -145,7 +149,7 @@ def bench(ctx: click.Context, subscribers: int, papers: int, workers: int, concu
         raise click.UsageError("--no-in-process needs --workers K: there would be nothing to run.")
     every = repeat_bench(settings, runs, subscribers, papers, workers, backend,
                          in_process=in_process, progress=lambda line: click.echo(line, err=True),
-                         concurrency=concurrency, plan_only=plan_only)
+                         concurrency=concurrency, plan_only=plan_only, sink_count=sink_count)
     if as_json:
         click.echo(figures_json(every[0]) if runs == 1 else runs_json(every))
         return
