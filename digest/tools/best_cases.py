@@ -39,11 +39,15 @@ def html_timing(renderer: Any, cycle: Sequence[tuple[Any, dict[str, Any]]]) -> T
     pieces as ours), each made a Jinja template; per email Jinja fills the subscriber's parts
     (their cards, ranks, reasons, links, address, topics) into them."""
     from jinja2 import Environment
+    from markupsafe import Markup, escape
 
     from ..render.plain import render_digest
     from ..render.slots import PER_SUBSCRIBER
 
-    jinja = Environment(autoescape=True)
+    def in_ascii(value: Any) -> Markup:  # escaped, then the body's ASCII, as ours is
+        return Markup(escape(value).encode("ascii", "xmlcharrefreplace").decode("ascii"))
+
+    jinja = Environment(autoescape=True, finalize=in_ascii)
     templates: dict[tuple[str, ...], Any] = {}
 
     def template(segments: tuple[str, ...]) -> Any:
