@@ -75,6 +75,7 @@ class Settings:
     recency_half_life_days: float = 3.0
     semantic_weight: float = 0.6  # share of embedding similarity; used only with [semantic]
     mmr_lambda: float = 0.95  # 1: pure score order; lower: more diverse digests
+    expansion_weight: float = 0.5  # share of the pull toward their best matches of the day; 0: off
     feedback_like_weight: float = 0.5  # Rocchio: pull toward papers the reader liked
     feedback_dislike_weight: float = 0.5  # Rocchio: push away from papers they disliked
 
@@ -294,6 +295,11 @@ def _check_relevance_cuts(settings: Settings) -> None:
         raise SettingsError(
             f"RELATIVE_RELEVANCE={settings.relative_relevance} must be from 0 (only "
             "MIN_RELEVANCE counts) to 1 (only papers as relevant as the best)."
+        )
+    if not 0 <= settings.expansion_weight < 1:
+        raise SettingsError(
+            f"EXPANSION_WEIGHT={settings.expansion_weight} must be from 0 (off) to below 1 "
+            "(at 1 the topics themselves would no longer count)."
         )
 
 

@@ -281,12 +281,14 @@ VLM_DAY = [
 
 @pytest.mark.parametrize("topic", ["alignment of VLMs", "alignment of VLM"])
 def test_an_acronym_among_other_words_reaches_papers_that_spell_it_out(topic: str) -> None:
-    index = build_day_index(VLM_DAY, [], NOW, RankingKnobs(min_relevance=0.01))
+    # The phrase's own match, without the pull toward the best matches (expansion_weight).
+    knobs = RankingKnobs(min_relevance=0.01, expansion_weight=0.0)
+    index = build_day_index(VLM_DAY, [], NOW, knobs)
     [sel] = index.select([Profile(1, topic, limit=3)])
     assert [p.paper_id for p in sel.picks][:2] == [2, 1]  # 2 aligns VLMs, never says "VLM"
     assert sel.picks[0].reasons[0] == f"matches: {topic}"  # what the reader typed
     # Where no paper spells the acronym out, the phrase knows only "alignment" of paper 2.
-    unknown = build_day_index(VLM_DAY[1:], [], NOW, RankingKnobs(min_relevance=0.01))
+    unknown = build_day_index(VLM_DAY[1:], [], NOW, knobs)
     [plain] = unknown.select([Profile(1, topic, limit=3)])
     assert sel.picks[0].relevance > 1.5 * next(p.relevance for p in plain.picks if p.paper_id == 2)
 
@@ -348,8 +350,11 @@ def test_diversity_lets_a_second_subtopic_in_before_more_of_the_first() -> None:
             for i, extra in enumerate(extras, 1)]
     sparsity = paper(9, "Faster inference", "Activation sparsity speeds up inference.")
     topics = "LoRA low-rank adapters, activation sparsity"
-    plain = build_day_index([*lora, sparsity], [], NOW, RankingKnobs(mmr_lambda=1.0))
-    diverse = build_day_index([*lora, sparsity], [], NOW, RankingKnobs(mmr_lambda=0.5))
+    # Diversity alone: the expansion would pull this toy day further toward its four LoRA papers.
+    plain = build_day_index([*lora, sparsity], [], NOW,
+                            RankingKnobs(mmr_lambda=1.0, expansion_weight=0.0))
+    diverse = build_day_index([*lora, sparsity], [], NOW,
+                              RankingKnobs(mmr_lambda=0.5, expansion_weight=0.0))
     [p1] = plain.select([Profile(1, topics, limit=3)])
     [d1] = diverse.select([Profile(1, topics, limit=3)])
     assert 9 not in [p.paper_id for p in p1.picks]

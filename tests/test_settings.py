@@ -45,6 +45,8 @@ def test_postgres_needs_no_code_change() -> None:
         ({"MIN_RELEVANCE": "1.5"}, "MIN_RELEVANCE=1.5 must be from 0"),
         ({"MIN_RELEVANCE": "-0.1"}, "MIN_RELEVANCE"),
         ({"RELATIVE_RELEVANCE": "1.5"}, "RELATIVE_RELEVANCE=1.5 must be from 0"),
+        ({"EXPANSION_WEIGHT": "-0.5"}, "EXPANSION_WEIGHT=-0.5 must be from 0 \\(off\\) to below 1"),
+        ({"EXPANSION_WEIGHT": "1"}, "EXPANSION_WEIGHT=1.0 must be from 0"),
         ({"ARCHIVE_LINK_DAYS": "90"},
          "ARCHIVE_LINK_DAYS=90 is longer than RETENTION_DELIVERY_ITEMS_DAYS=60"),
         ({"ARCHIVE_LINK_DAYS": "0"}, "ARCHIVE_LINK_DAYS=0 must be at least 1"),

@@ -7,7 +7,9 @@ Per-subscriber work is then a sparse matrix product for a whole batch of profile
 
 Ranking, per subscriber and candidate paper:
 
-    relevance = 0.5 * best_phrase_similarity + 0.5 * whole_text_similarity
+    matching  = 0.5 * best_phrase_similarity + 0.5 * whole_text_similarity
+    relevance = (1 - expansion_weight) * matching
+              + expansion_weight * max(0, cosine(paper, centroid of the profile's best 3) - 0.05)
     score     = relevance * (1 + trending_boost * trending)      (only if relevance >= cut)
     cut       = max(min_relevance, relative_relevance * the profile's best relevance today)
     trending  = recency * (0.5 + 0.5 * engagement)   for sources with engagement
@@ -17,11 +19,13 @@ Ranking, per subscriber and candidate paper:
 
 where a "phrase" is one comma-separated topic the subscriber typed ("LoRA, activation sparsity"),
 so a paper strongly about one topic is not diluted by the subscriber's other topics, and the
-whole text, as one query, rewards a paper that touches several of them.
+whole text, as one query, rewards a paper that touches several of them. The last term is
+pseudo-relevance feedback (`expansion`): papers that talk like the reader's best matches of
+the day come in even when they share no word with the topics.
 
 The package, in the order a day uses it: `text` (words, phrases, acronyms), `model` (the
 plain data in and out), `signals` (trending, near-duplicates), `index` (`build_day_index`,
-`DayIndex.select`) over `queries` (with `fusion` for the semantic extra), `learned`,
+`DayIndex.select`) over `queries` (with `fusion` for the semantic extra), `expansion`, `learned`,
 `picking` and `reasons`. What the rest of the library uses is importable from `digest.score`.
 """
 

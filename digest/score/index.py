@@ -17,6 +17,7 @@ from scipy import sparse
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.preprocessing import normalize
 
+from .expansion import Expansion
 from .learned import FeedbackLearner
 from .model import CandidatePaper, Profile, RankingKnobs, Selection, SemanticIndex
 from .picking import Picker
@@ -44,6 +45,7 @@ class DayIndex:
     semantic: SemanticIndex | None = None
     paper_ids: np.ndarray = field(init=False)
     queries: QueryScorer = field(init=False)
+    expansion: Expansion = field(init=False)
     learner: FeedbackLearner = field(init=False)
     picker: Picker = field(init=False)
     writer: PickWriter = field(init=False)
@@ -58,6 +60,10 @@ class DayIndex:
         self.paper_ids = np.array([p.id for p in self.papers], dtype=np.int64)
         self._position = {p.id: i for i, p in enumerate(self.papers)}
         self.queries = QueryScorer(self.vectorizer, self.acronyms, matrix_t, self.semantic)
+        self.expansion = Expansion(
+            self.matrix, matrix_t, similarity, self.duplicate_group, self.knobs.expansion_weight,
+            self.knobs.min_relevance, self.knobs.relative_relevance,
+        )
         self.learner = FeedbackLearner(
             self.vectorizer, self.matrix, matrix_t, self._position, self.knobs
         )
@@ -88,6 +94,7 @@ class DayIndex:
         relevance, lexical, phrase_slots = self.queries.relevance(
             phrase_lists, counts, [p.topics for p in profiles]
         )
+        relevance = self.expansion.expanded(relevance)
         relevance = self.learner.learned(relevance, profiles)
         allowed = self._allowed(profiles)
         limits = np.array([p.limit for p in profiles], dtype=np.int64)

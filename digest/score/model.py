@@ -89,6 +89,7 @@ class RankingKnobs:
     trending_boost: float = 1.0
     recency_half_life_days: float = 3.0
     mmr_lambda: float = 0.95  # 1: pure relevance order; lower: more diverse digests
+    expansion_weight: float = 0.5  # share of the pull toward the day's best matches (0: off)
     like_weight: float = 0.5  # Rocchio beta: toward the papers a reader liked
     dislike_weight: float = 0.5  # Rocchio gamma: away from the ones they did not
 
@@ -100,6 +101,7 @@ class RankingKnobs:
             trending_boost=settings.trending_boost,
             recency_half_life_days=settings.recency_half_life_days,
             mmr_lambda=settings.mmr_lambda,
+            expansion_weight=settings.expansion_weight,
             like_weight=settings.feedback_like_weight,
             dislike_weight=settings.feedback_dislike_weight,
         )

@@ -25,6 +25,8 @@ subscriber receives, not a re-implementation of it.
 The ranking's defaults that were chosen by measurement (SEMANTIC_WEIGHT, MMR_LAMBDA,
 RELATIVE_RELEVANCE, MIN_RELEVANCE) were chosen on one split, SELECTION_SPLIT, which nothing
 else was tuned on; `sweep` shows each knob's values on every split (`digest eval --sweep`).
+EXPANSION_WEIGHT (pseudo-relevance feedback) was chosen on both sets' dev splits together,
+the test splits held out (eval/README.md).
 """
 
 from __future__ import annotations
@@ -222,7 +224,8 @@ class EvalRun:
         parts.append(f"Defaults: {knobs}\n  ({', '.join(k.upper() for k in SWEEPS)} chosen on "
                      f"{where}, one at a time with the others at their defaults, every other "
                      "split held out for them (digest eval --sweep shows the values tried);\n"
-                     "  MIN_RELEVANCE is the noise floor, which nDCG cannot see: eval/README.md)")
+                     "  MIN_RELEVANCE is the noise floor, which nDCG cannot see; EXPANSION_WEIGHT "
+                     "was chosen on seeds/dev and real/dev together: eval/README.md)")
         for sweep in self.sweeps:
             columns = list(next(iter(sweep.rows.values())))
             lines = [f"Sweep {sweep.knob.upper()} (nDCG@10; * the default, < best on {where})",
@@ -589,7 +592,8 @@ def run_eval(
                 eval_set, corpus, keys, RankingKnobs.from_settings(settings), splits
             )
         reports.append(report)
-    defaults = {knob: float(getattr(settings, knob)) for knob in (*SWEEPS, "min_relevance")}
+    defaults = {knob: float(getattr(settings, knob))
+                for knob in (*SWEEPS, "min_relevance", "expansion_weight")}
     run = EvalRun(reports, defaults)
     if sweep:
         run.sweeps = sweep_knobs(settings, loaded)
