@@ -366,7 +366,13 @@ class Delivery(Base):
 
 
 class DeliveryItem(Base):
-    """A paper carried by a delivery, with the reason it was picked."""
+    """A paper carried by a delivery, with the reason it was picked.
+
+    Its one foreign key is its delivery (migration 0010): the subscriber is the delivery's
+    own, kept here for the never-twice unique index, and the paper one the day's index read
+    from `papers`, which retention deletes only when no item names it. A key on each cost
+    two lookups per row on the table that grows fastest.
+    """
 
     __tablename__ = "delivery_items"
     __table_args__ = (
@@ -376,14 +382,14 @@ class DeliveryItem(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     delivery_id: Mapped[int] = mapped_column(ForeignKey("deliveries.id", ondelete="CASCADE"))
-    subscriber_id: Mapped[int] = mapped_column(ForeignKey("subscribers.id", ondelete="CASCADE"))
-    paper_id: Mapped[int] = mapped_column(ForeignKey("papers.id", ondelete="CASCADE"))
+    subscriber_id: Mapped[int] = mapped_column(Integer)
+    paper_id: Mapped[int] = mapped_column(Integer)
     rank: Mapped[int] = mapped_column(Integer)
     score: Mapped[float] = mapped_column(Float)
     why: Mapped[str] = mapped_column(Text, default="")
 
     delivery: Mapped[Delivery] = relationship(back_populates="items")
-    paper: Mapped[Paper] = relationship()
+    paper: Mapped[Paper] = relationship(primaryjoin="foreign(DeliveryItem.paper_id) == Paper.id")
 
 
 class PaperFeedback(Base):

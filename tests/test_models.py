@@ -6,7 +6,7 @@ import warnings
 from datetime import date
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -125,3 +125,19 @@ def test_upgrading_keeps_existing_deliveries_and_their_papers(tmp_path) -> None:
         assert conn.execute(text("SELECT count(*) FROM deliveries")).scalar() == 1
         assert conn.execute(text("SELECT count(*) FROM delivery_items")).scalar() == 1
     db.engine_for(settings.database_url).dispose()
+
+
+def test_deleting_a_subscriber_deletes_their_delivery_items(session: Session) -> None:
+    """An item's one foreign key is its delivery (migration 0010): a subscriber's items go
+    with their deliveries, on both backends."""
+    sub, other = make_subscriber(session), make_subscriber(session)
+    paper = make_paper(session)
+    for reader in (sub, other):
+        delivery = make_delivery(session, reader, date(2026, 12, 7))
+        session.add(DeliveryItem(delivery=delivery, subscriber_id=reader.id, paper_id=paper.id,
+                                 rank=1, score=0.5, why=""))
+    session.commit()
+    session.execute(delete(Subscriber).where(Subscriber.id == sub.id))  # the database's cascade
+    session.commit()
+    session.expire_all()
+    assert session.scalars(select(DeliveryItem.subscriber_id)).all() == [other.id]
