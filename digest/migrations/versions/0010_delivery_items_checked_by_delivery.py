@@ -33,7 +33,7 @@ def upgrade() -> None:
     bind = op.get_bind()
     if bind.dialect.name == "postgresql":
         for key in sa.inspect(bind).get_foreign_keys("delivery_items"):
-            if key["constrained_columns"] in (["subscriber_id"], ["paper_id"]):
+            if key["name"] and key["constrained_columns"] in (["subscriber_id"], ["paper_id"]):
                 op.drop_constraint(key["name"], "delivery_items", type_="foreignkey")
         return
     with op.batch_alter_table("delivery_items", naming_convention=_NAMES) as batch:
