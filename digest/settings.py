@@ -73,7 +73,7 @@ class Settings:
     relative_relevance: float = 0.1  # and below this share of the reader's best match today
     trending_boost: float = 1.0  # a paper at the top of the trending signal scores up to 2x
     recency_half_life_days: float = 3.0
-    semantic_weight: float = 0.6  # share of embedding similarity; used only with [semantic]
+    semantic_weight: float = 0.7  # share of embedding similarity; used only with [semantic]
     mmr_lambda: float = 0.95  # 1: pure score order; lower: more diverse digests
     expansion_weight: float = 0.5  # share of the pull toward their best matches of the day; 0: off
     feedback_like_weight: float = 0.5  # Rocchio: pull toward papers the reader liked
