@@ -71,7 +71,20 @@ def test_a_day_too_big_for_the_dense_cosines_expands_the_same_way() -> None:
                             dense.floor, dense.relative)
     relevance = np.random.default_rng(7).random((4, len(DAY))).astype(np.float32) * 0.3
     relevance[2] = 0.0  # matched nothing: left as it is
-    by_dense = dense.expanded(relevance.copy())
-    by_sparse = sparse_only.expanded(relevance.copy())
+    by_dense, dense_sources = dense.expanded(relevance.copy())
+    by_sparse, sparse_sources = sparse_only.expanded(relevance.copy())
     np.testing.assert_allclose(by_dense, by_sparse, atol=1e-5)
+    assert (dense_sources == sparse_sources).all() and (dense_sources[2] == -1).all()
     assert (by_dense[2] == 0).all() and not np.allclose(by_dense[0], relevance[0])
+
+
+def test_a_pick_that_shares_no_phrase_says_which_best_match_it_is_close_to() -> None:
+    no_shared_word = paper(2, "Replay against catastrophic forgetting",
+                           "Replay buffers reduce catastrophic forgetting when tasks arrive "
+                           "in sequence.")
+    index = build_day_index([DAY[0], no_shared_word, *DAY[2:]], [], NOW, RankingKnobs())
+    [selection] = index.select([Profile(1, "lifelong learning", limit=3)])
+    reasons = {pick.paper_id: pick.reasons for pick in selection.picks}
+    assert reasons[1][0] == "matches: lifelong learning"
+    assert reasons[2][0] == ("close to “Lifelong learning without forgetting”, one of your "
+                             "best matches today")

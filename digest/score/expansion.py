@@ -19,9 +19,15 @@ sum of a few of their rows; a day too big for that takes two sparse products.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import replace
+
 import numpy as np
 from scipy import sparse
 from sklearn.preprocessing import normalize
+
+from .learned import short_title
+from .model import Selection
 
 # How many of a reader's best matches stand for what they want (those above the day's
 # relevance cut, at most this many).
@@ -31,6 +37,8 @@ EXPANSION_DEPTH = 3
 # both labelled corpora). Only what a paper has above it counts, so the expansion lifts the
 # papers that talk like the best matches and leaves the rest of the day at 0.
 EXPANSION_NOISE = 0.05
+# Why a pick that shares no phrase with the topics is there.
+RELATED_REASON = "close to “{}”, one of your best matches today"
 
 
 def best_few(values: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -59,6 +67,7 @@ class Expansion:
         weight: float,
         floor: float,
         relative: float,
+        titles: Sequence[str] = (),
     ) -> None:
         self.matrix = matrix  # papers x terms, rows L2-normalised
         self.matrix_t = matrix_t
@@ -68,15 +77,18 @@ class Expansion:
         self.floor = floor  # MIN_RELEVANCE
         self.relative = relative  # RELATIVE_RELEVANCE
         self.depth = EXPANSION_DEPTH
+        self.titles = titles  # per paper, for the reason a related pick is given
 
-    def expanded(self, relevance: np.ndarray) -> np.ndarray:
+    def expanded(self, relevance: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Per profile: (1 - weight) x relevance + weight x each paper's cosine (above the
         noise) with the centroid of the profile's best `depth` papers, those that clear the
         day's cut (MIN_RELEVANCE and RELATIVE_RELEVANCE x its best). A profile that matched
-        nothing is left as it is. `relevance` is changed in place and returned."""
+        nothing is left as it is. `relevance` is changed in place and returned, with those
+        papers per profile (columns, best first, -1 for none) for `explain`."""
         papers = relevance.shape[1]
+        none = np.full((len(relevance), 0), -1, dtype=np.int64)
         if self.weight <= 0 or papers == 0 or len(relevance) == 0:
-            return relevance
+            return relevance, none
         top, top_relevance = best_few(relevance, min(self.depth, papers))
         cut = np.maximum(self.relative * relevance.max(axis=1), self.floor)
         taken = top_relevance >= cut[:, None]
@@ -84,7 +96,7 @@ class Expansion:
         self._once_per_group(top, taken)
         rows = np.flatnonzero(taken.any(axis=1))
         if not len(rows):
-            return relevance
+            return relevance, none
         similarity = self._centroid_similarity(top[rows], taken[rows])
         similarity -= EXPANSION_NOISE
         np.maximum(similarity, 0.0, out=similarity)
@@ -94,7 +106,34 @@ class Expansion:
             relevance += similarity
         else:
             relevance[rows] = (1.0 - self.weight) * relevance[rows] + similarity
-        return relevance
+        return relevance, np.where(taken, top, -1)
+
+    def explain(
+        self, selections: list[Selection], sources: np.ndarray, unmatched: np.ndarray,
+        picked: np.ndarray,
+    ) -> list[Selection]:
+        """Say why a pick that matches none of the reader's phrases is there: the best
+        match it is closest to. `unmatched` marks, per profile and place, the picks with no
+        "matches:" line (`picked` their columns); only those rows are looked at."""
+        if not sources.size or not self.titles:
+            return selections
+        for row in np.flatnonzero(unmatched.any(axis=1) & (sources[:, 0] >= 0)).tolist():
+            own = [int(c) for c in sources[row] if c >= 0]
+            picks = list(selections[row].picks)
+            for place in np.flatnonzero(unmatched[row]).tolist():
+                col = int(picked[row, place])
+                if col in own:
+                    continue
+                closest = own[int(np.argmax(self._cosines(col, own)))]
+                reason = RELATED_REASON.format(short_title(self.titles[closest]))
+                picks[place] = picks[place]._replace(reasons=(reason, *picks[place].reasons))
+            selections[row] = replace(selections[row], picks=tuple(picks))
+        return selections
+
+    def _cosines(self, col: int, others: list[int]) -> np.ndarray:
+        if self.similarity is not None:
+            return self.similarity[col, others]
+        return (self.matrix[others] @ self.matrix[col].T).toarray().ravel()
 
     def _once_per_group(self, top: np.ndarray, taken: np.ndarray) -> None:
         """A paper and its near-duplicate (the arXiv and the daily-papers copy) are one

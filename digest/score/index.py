@@ -63,6 +63,7 @@ class DayIndex:
         self.expansion = Expansion(
             self.matrix, matrix_t, similarity, self.duplicate_group, self.knobs.expansion_weight,
             self.knobs.min_relevance, self.knobs.relative_relevance,
+            [p.title for p in self.papers],
         )
         self.learner = FeedbackLearner(
             self.vectorizer, self.matrix, matrix_t, self._position, self.knobs
@@ -94,7 +95,7 @@ class DayIndex:
         relevance, lexical, phrase_slots = self.queries.relevance(
             phrase_lists, counts, [p.topics for p in profiles]
         )
-        relevance = self.expansion.expanded(relevance)
+        relevance, sources = self.expansion.expanded(relevance)
         relevance = self.learner.learned(relevance, profiles)
         allowed = self._allowed(profiles)
         limits = np.array([p.limit for p in profiles], dtype=np.int64)
@@ -113,6 +114,9 @@ class DayIndex:
                 codes.tolist(), strict=True,
             )
         ]
+        unmatched = (codes == 0) & (np.arange(codes.shape[1])[None, :] < np.array(wanted)[:, None])
+        unmatched &= ~fallback[:, None]
+        selections = self.expansion.explain(selections, sources, unmatched, picked)
         return [
             self.learner.explain(selection, profile) if profile.feedback else selection
             for selection, profile in zip(selections, profiles, strict=True)
