@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from datetime import date, datetime, timezone
+from datetime import date, datetime, timedelta, timezone
 
 from sqlalchemy.orm import Session
 
@@ -15,6 +15,7 @@ from digest.models import (
     SubscriberStatus,
     TopicProfile,
 )
+from digest.score import CandidatePaper
 
 _counter = itertools.count(1)
 
@@ -85,3 +86,15 @@ def make_delivery(
     session.add(delivery)
     session.flush()
     return delivery
+
+
+def candidate_paper(
+    pid: int, title: str, abstract: str = "", source: str = "arxiv", *, now: datetime,
+    **kw: object,
+) -> CandidatePaper:
+    """A paper as the ranking sees it (no database row), first seen two hours before `now`."""
+    return CandidatePaper(
+        id=pid, title=title, abstract=abstract or title, source=source,
+        first_seen_at=kw.pop("first_seen_at", now - timedelta(hours=2)),  # type: ignore[arg-type]
+        **kw,  # type: ignore[arg-type]
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
+from functools import partial
 from typing import ClassVar
 
 import numpy as np
@@ -27,17 +28,12 @@ from digest.score import queries as score_queries
 from digest.score.picking import relevance_cuts
 from digest.score.text import acronyms_in, word_slots
 
+from .factories import candidate_paper
+
 NOW = datetime(2026, 11, 23, 12, tzinfo=timezone.utc)
 
 
-def paper(
-    pid: int, title: str, abstract: str = "", source: str = "arxiv", **kw: object
-) -> CandidatePaper:
-    return CandidatePaper(
-        id=pid, title=title, abstract=abstract or title, source=source,
-        first_seen_at=kw.pop("first_seen_at", NOW - timedelta(hours=2)),  # type: ignore[arg-type]
-        **kw,  # type: ignore[arg-type]
-    )
+paper = partial(candidate_paper, now=NOW)
 
 
 PAPERS = [

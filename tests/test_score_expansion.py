@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
+from functools import partial
 
 import numpy as np
 
-from digest.score import CandidatePaper, Profile, RankingKnobs, build_day_index
+from digest.score import Profile, RankingKnobs, build_day_index
 from digest.score.expansion import Expansion
+
+from .factories import candidate_paper
 
 NOW = datetime(2026, 12, 7, 6, tzinfo=timezone.utc)
 
 
-def paper(pid: int, title: str, abstract: str) -> CandidatePaper:
-    return CandidatePaper(id=pid, title=title, abstract=abstract, source="arxiv",
-                          first_seen_at=NOW - timedelta(hours=2))
+paper = partial(candidate_paper, now=NOW)
 
 
 # A reader of "lifelong learning": one paper says it, the field mostly says "continual
