@@ -24,6 +24,7 @@ from .filters import TEXT_WIDTH, one_line, printable, wrap
 from .plain import (
     RenderedEmail,
     ascii_body,
+    ascii_references,
     check_own_links,
     digest_template_context,
     email_environment,
@@ -141,12 +142,10 @@ def _html(value: str) -> str:
     text = printable(value)
     # Most values (links, counts, most addresses) have nothing to escape: skip markupsafe's
     # Python-level wrapper for them. Only a plain str: escape leaves a Markup as it is.
-    if not (type(text) is str and not ("&" in text or "<" in text or ">" in text
-                                       or '"' in text or "'" in text)):
+    if type(text) is not str or ("&" in text or "<" in text or ">" in text or '"' in text
+                                 or "'" in text):
         text = str(escape(text))
-    if text.isascii():
-        return text
-    return text.encode("ascii", "xmlcharrefreplace").decode("ascii")
+    return ascii_references(text)
 
 
 def _common_prefix(a: str, b: str) -> int:

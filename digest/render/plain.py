@@ -118,7 +118,14 @@ def ascii_body(html: str) -> str:
     start = html.find("<body")
     if start < 0:
         return html
-    return html[:start] + html[start:].encode("ascii", "xmlcharrefreplace").decode("ascii")
+    return html[:start] + ascii_references(html[start:])
+
+
+def ascii_references(text: str) -> str:
+    """`text` with each character beyond ASCII as a decimal character reference."""
+    if text.isascii():
+        return text
+    return text.encode("ascii", "xmlcharrefreplace").decode("ascii")
 
 
 _TRAILING_SPACE = re.compile(r"[^\S\n]+$", re.MULTILINE)

@@ -41,11 +41,11 @@ def html_timing(renderer: Any, cycle: Sequence[tuple[Any, dict[str, Any]]]) -> T
     from jinja2 import Environment
     from markupsafe import Markup, escape
 
-    from ..render.plain import render_digest
+    from ..render.plain import ascii_references, render_digest
     from ..render.slots import PER_SUBSCRIBER
 
     def in_ascii(value: Any) -> Markup:  # escaped, then the body's ASCII, as ours is
-        return Markup(escape(value).encode("ascii", "xmlcharrefreplace").decode("ascii"))
+        return Markup(ascii_references(str(escape(value))))
 
     jinja = Environment(autoescape=True, finalize=in_ascii)
     templates: dict[tuple[str, ...], Any] = {}
