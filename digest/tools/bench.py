@@ -35,6 +35,7 @@ from sqlalchemy import event
 from .. import db
 from ..settings import Settings
 from .best_cases import stage_timings
+from .cpu import CpuAccount, cpu_note
 from .synthetic import populate, temporary_postgres, temporary_redis_database
 
 # --- an SMTP sink in its own process -----------------------------------------------------
@@ -337,10 +338,12 @@ def run_workers(settings: Settings, workers: int, figures: Figures,
     procs = start_workers(settings, workers, concurrency)
     try:
         time.sleep(4)  # workers import the library
+        cpu = CpuAccount(day_parties(sink)).start()
         run = enqueue_day(settings)
         wait_for_day(settings, sink, run, lambda done: progress(
             f"  {workers} workers: {done:,}/{run.planned:,} digests"))
         total = time.perf_counter() - run.start
+        cpu.stop()
         peaks = [process_tree_peak_mb(p.pid) for p in procs]
     finally:
         stop_workers(procs)
@@ -349,7 +352,20 @@ def run_workers(settings: Settings, workers: int, figures: Figures,
                 f"{run.planned / total:,.0f} emails/s")
     note_worker_overheads(settings, figures, run, workers * concurrency, total, peaks)
     note_inside_workers(settings, figures, run)
+    figures.notes += filter(None, [cpu_note(cpu, run.planned)])
     return total
+
+
+def day_parties(sink: Sink) -> dict[str, Callable[[int, str], bool]]:
+    """Who shares the cores during the workers' day, for the CPU account."""
+    bench = os.getpid()
+    return {
+        "workers": lambda _pid, command: "digest.tools.bench_worker" in command,
+        "the sink": lambda pid, _command: sink.process is not None and pid == sink.process.pid,
+        "PostgreSQL": lambda _pid, command: command.startswith("postgres"),
+        "Redis": lambda _pid, command: "redis-server" in command,
+        "planning and watching (this process)": lambda pid, _command: pid == bench,
+    }
 
 
 def note_inside_workers(settings: Settings, figures: Figures, run: WorkerRun) -> None:
