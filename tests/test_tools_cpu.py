@@ -48,4 +48,13 @@ def test_a_process_that_is_gone_has_no_cpu_and_descendants_include_children() ->
 
 
 def test_an_account_with_nothing_measured_prints_nothing() -> None:
-    assert cpu_note(CpuAccount({}), digests=10) is None
+    assert cpu_note(CpuAccount({}).stop(), digests=10) is None  # never started: nothing
+
+
+def test_stopping_twice_keeps_the_first_account() -> None:
+    account = CpuAccount({"me": lambda pid, _command: pid == os.getpid()}, interval=0.05).start()
+    first = account.stop().seconds["me"]
+    spin_until = time.process_time() + 0.2
+    while time.process_time() < spin_until:
+        pass
+    assert account.stop().seconds["me"] == first

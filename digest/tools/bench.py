@@ -336,9 +336,10 @@ def run_workers(settings: Settings, workers: int, figures: Figures,
                 progress: Callable[[str], None], concurrency: int, sink: Sink) -> float:
     """The same day on K Celery workers (each `concurrency` processes) over Redis."""
     procs = start_workers(settings, workers, concurrency)
+    cpu = CpuAccount(day_parties(sink))
     try:
         time.sleep(4)  # workers import the library
-        cpu = CpuAccount(day_parties(sink)).start()
+        cpu.start()
         run = enqueue_day(settings)
         wait_for_day(settings, sink, run, lambda done: progress(
             f"  {workers} workers: {done:,}/{run.planned:,} digests"))
@@ -346,6 +347,7 @@ def run_workers(settings: Settings, workers: int, figures: Figures,
         cpu.stop()
         peaks = [process_tree_peak_mb(p.pid) for p in procs]
     finally:
+        cpu.stop()  # idempotent: an interrupted day leaves no sampling thread behind
         stop_workers(procs)
     pool = f" x {concurrency} processes" if concurrency > 1 else ""
     figures.add(f"whole day, {workers} Celery workers{pool}", total,

@@ -91,9 +91,11 @@ class CpuAccount:
         return self
 
     def stop(self) -> CpuAccount:
+        """Take the last sample and sum the account; once only (later calls keep it)."""
+        if self._thread is None or self._stop.is_set():
+            return self
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
+        self._thread.join()
         self._sample()
         end = cores_busy_and_total()
         if self._cores is not None and end is not None and end[1] > self._cores[1]:
