@@ -48,20 +48,6 @@ def _command(pid: int) -> str:
         return ""
 
 
-def descendants(pid: int) -> set[int]:
-    """A process and all its live descendants."""
-    found, todo = set(), [pid]
-    while todo:
-        p = todo.pop()
-        found.add(p)
-        try:
-            todo += [int(c) for c in (PROC / str(p) / "task" / str(p) / "children")
-                     .read_text().split()]
-        except OSError:
-            continue
-    return found
-
-
 @dataclass
 class CpuAccount:
     """CPU seconds per party over a span, sampled every `interval` seconds in a thread.
@@ -69,7 +55,8 @@ class CpuAccount:
     A process is charged what it used between its first sample and its last, so processes
     that come and go (PostgreSQL's backends) are counted while they lived; a process that
     exits loses at most one interval of its use. `parties` maps a party's name to a function
-    that picks its processes from (pid, command line), given the roots the caller names.
+    that tells its processes by pid and command line; a process is the first party's that
+    claims it.
     """
 
     parties: dict[str, Callable[[int, str], bool]]
