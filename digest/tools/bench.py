@@ -344,10 +344,9 @@ def run_workers(settings: Settings, workers: int, figures: Figures,
         wait_for_day(settings, sink, run, lambda done: progress(
             f"  {workers} workers: {done:,}/{run.planned:,} digests"))
         total = time.perf_counter() - run.start
-        cpu.stop()
         peaks = [process_tree_peak_mb(p.pid) for p in procs]
     finally:
-        cpu.stop()  # idempotent: an interrupted day leaves no sampling thread behind
+        cpu.stop()  # here too if the day was interrupted: no sampling thread is left behind
         stop_workers(procs)
     pool = f" x {concurrency} processes" if concurrency > 1 else ""
     figures.add(f"whole day, {workers} Celery workers{pool}", total,
@@ -364,7 +363,8 @@ def day_parties(sink: Sink) -> dict[str, Callable[[int, str], bool]]:
     return {
         "workers": lambda _pid, command: "digest.tools.bench_worker" in command,
         "the sink": lambda pid, _command: sink.process is not None and pid == sink.process.pid,
-        "PostgreSQL": lambda _pid, command: command.startswith("postgres"),
+        # Its postmaster's path, or a backend's title ("postgres: ..."), set just after fork.
+        "PostgreSQL": lambda _pid, command: "postgres" in command.split(" ", 1)[0],
         "Redis": lambda _pid, command: "redis-server" in command,
         "planning and watching (this process)": lambda pid, _command: pid == bench,
     }

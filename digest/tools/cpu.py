@@ -66,6 +66,7 @@ class CpuAccount:
     span: float = 0.0
     _first: dict[int, tuple[str, float]] = field(default_factory=dict)
     _last: dict[int, float] = field(default_factory=dict)
+    _others: set[int] = field(default_factory=set)  # no party's: their command is read once
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
     _cores: tuple[float, float] | None = None
@@ -99,9 +100,12 @@ class CpuAccount:
 
     def _sample(self) -> None:
         for pid in _pids():
+            if pid in self._others:
+                continue
             known = pid in self._first
             name = None if known else self._party(pid)
             if not known and name is None:
+                self._others.add(pid)
                 continue
             used = process_cpu_seconds(pid)
             if used is None:
