@@ -184,6 +184,8 @@ def _verdict(
             return "sent"
         if mark == REFUSED:
             return "failed"
+        if outbox is not None:
+            return "replan"  # handed to the file backend, whose write the kill cut short
         return "in_doubt"  # handed over (or answered "maybe") with no definite answer
     if outbox is not None:
         return "replan"  # the file backend writes atomically: absent means not written
@@ -279,6 +281,8 @@ class _OutboxIndex:
         return hashlib.sha256(message_id.encode()).hexdigest()[:12] in self._hashes
 
     def _read_folders_from(self, first: str) -> None:
+        from .mail.outbox import is_message_name  # mail imports this module
+
         if self._read_from is not None and self._read_from <= first:
             return
         if not self.outbox_dir.is_dir():
@@ -288,7 +292,8 @@ class _OutboxIndex:
             if folder.is_dir() and name >= first and (
                 self._read_from is None or name < self._read_from
             ):
-                self._hashes.update(p.stem.rsplit("--", 1)[-1] for p in folder.glob("*.eml"))
+                self._hashes.update(name[: -len(".eml")].rsplit("--", 1)[-1]
+                                    for name in os.listdir(folder) if is_message_name(name))
         self._read_from = first
 
 

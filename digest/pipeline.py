@@ -487,7 +487,7 @@ def claim_and_compose(
     token: str,
 ) -> tuple[DayReport, list[Sequence[Composed]]]:
     """Claim the batch for the attempt `token`, score and render it, record what each row
-    carries (committed), and cut the digests to send into windows of LEDGER_WINDOW."""
+    carries (committed), and cut the digests to send into windows (`window_size`)."""
     day = prepared.day
     report = DayReport(day=day)
     now = datetime.now(timezone.utc)
@@ -509,7 +509,18 @@ def claim_and_compose(
         ledger.attach_items(session, delivery_items(composed, delivery_ids))
         session.commit()
     metrics.count_digests(skipped=len(skipped), failed=len(unsendable))
-    return report, list(chunked(composed, settings.ledger_window))
+    return report, list(chunked(composed, window_size(settings, len(composed))))
+
+
+def window_size(settings: Settings, composed: int) -> int:
+    """How many of a batch's digests are marked SENDING together.
+
+    A window bounds what a crash can leave in doubt where nothing else can tell what went out.
+    The file outbox can: a message is in it whole or not at all, and `journal.resolve_abandoned`
+    settles a dead attempt's SENDING rows exactly from it. So the file backend sends its whole
+    batch as one window, one ledger statement instead of one per LEDGER_WINDOW messages.
+    """
+    return max(1, composed) if settings.mail_backend == "file" else settings.ledger_window
 
 
 def compose_batch(

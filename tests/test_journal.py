@@ -30,6 +30,7 @@ from digest.journal import (
     read_journal,
     resolve_abandoned,
 )
+from digest.mail.outbox import is_message_name, outbox_entries
 from digest.models import Delivery, DeliveryStatus, Subscriber
 from digest.pipeline import plan_due_batches, run_day
 from digest.settings import Settings
@@ -158,18 +159,28 @@ def test_the_file_outbox_tells_exactly_what_was_written(
         make_subscriber(session, email=email, topics="LoRA")
     session.commit()
     assert len(run_day(settings, DAY).sent) == 3
-    # As if the run had died after writing a and b: c's file never made it.
+    # As if the run had died after writing a and b, in the middle of writing c: c's file is
+    # only a hidden partial write (named as before ".part"), and its journal says "handing".
     [c_file] = Path(settings.outbox_dir).glob("*/*c@example.org*.eml")
-    c_file.unlink()
-    session.execute(update(Delivery).values(status=DeliveryStatus.SENDING,
-                                            claim_token="0" * 32,
+    c_file.rename(c_file.with_name(f".tmp-1-2-{c_file.name}"))
+    c_id = session.scalar(select(Delivery.message_id).join(Subscriber).where(
+        Subscriber.email == "c@example.org"))
+    token = "0" * 32
+    journal = Journal(settings, token)
+    journal.handing(str(c_id))
+    journal.close(remove=False)
+    session.execute(update(Delivery).values(status=DeliveryStatus.SENDING, claim_token=token,
                                             lease_until=NOW - timedelta(hours=1)))
     session.commit()
     recovery = resolve_abandoned(session, settings, NOW)
     assert (recovery.sent, recovery.replanned, recovery.in_doubt) == (2, 1, 0)
     assert run_day(settings, DAY).sent == ["c@example.org"]
     names = [p.name for p in Path(settings.outbox_dir).glob("*/*.eml")]
-    assert len(names) == 3
+    assert len([name for name in names if is_message_name(name)]) == 3
+    # The outbox index lists the three messages, not the partial write.
+    entries, count = outbox_entries(Path(settings.outbox_dir))
+    assert count == 3 and {e.to for e in entries} == {"a@example.org", "b@example.org",
+                                                      "c@example.org"}
 
 
 def test_read_journal_keeps_the_first_answer_and_ignores_a_torn_line(tmp_path: Path) -> None:
@@ -220,3 +231,46 @@ def test_a_run_killed_mid_window_leaves_in_doubt_only_the_messages_in_flight(
         if final[email] is DeliveryStatus.SENT:
             assert got[email] == 1, email
     assert set(rerun.sent).isdisjoint(e for e in readers if got[e] and e not in rerun.sent)
+
+
+def test_a_file_outbox_run_killed_mid_batch_is_settled_exactly_and_nobody_is_in_doubt(
+    session: Session, settings: Settings
+) -> None:
+    """The file backend sends a whole batch as one window (the outbox settles it exactly), so
+    a kill -9 anywhere in it leaves nothing in doubt: the rerun sends each reader the rest."""
+    seed_papers(session)
+    readers = [f"f{n:03d}@example.org" for n in range(400)]
+    for email in readers:
+        make_subscriber(session, email=email, topics="LoRA")
+    session.commit()
+    outbox = Path(settings.outbox_dir)
+    env = {**os.environ, "DATABASE_URL": settings.database_url,
+           "DATA_DIR": str(settings.data_dir), "OUTBOX_DIR": str(outbox),
+           "MAIL_BACKEND": "file", "SECRET_KEY": "test-secret-key",
+           "PUBLIC_BASE_URL": settings.public_base_url, "MAIL_FROM": settings.mail_from,
+           "LIST_ID": settings.list_id, "MIN_RELEVANCE": "0.05",
+           "LOOKBACK_DAYS": str(settings.lookback_days), "LEDGER_WINDOW": "5", "RUN_JOBS": "1"}
+    run = subprocess.Popen([sys.executable, "-m", "digest.cli", "run", "--date", DAY.isoformat()],
+                           env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def written() -> list[str]:  # whole messages, not a write the kill cut short
+        return [p.name for p in outbox.glob("*/*.eml") if not p.name.startswith(".")]
+
+    deadline = time.monotonic() + 60
+    while len(written()) < 150 and time.monotonic() < deadline:
+        assert run.poll() is None, "the run ended before it could be killed"
+        time.sleep(0.002)
+    os.kill(run.pid, signal.SIGKILL)
+    run.wait()
+    before = len(written())
+    assert 150 <= before < len(readers), "killed too late to test anything"
+
+    rerun = run_day(settings, DAY)
+    status = day_status(settings, DAY)
+    assert status.counts["in_doubt"] == 0, status.lines()
+    assert status.counts["sent"] == len(readers), status.lines()
+    files = Counter(name.split("--")[1] for name in written())
+    assert sorted(files) == readers, sorted(set(readers) ^ set(files))[:5]
+    assert set(files.values()) == {1}, files.most_common(3)
+    # The rerun wrote only what the killed run had not: no reader got a second message.
+    assert len(rerun.sent) == len(readers) - before

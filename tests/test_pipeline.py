@@ -324,6 +324,30 @@ def test_each_window_records_what_its_digests_carry_and_closes_what_went_out(
     assert {d.trending_fallback for d in rows} == {False}
 
 
+@pytest.mark.parametrize("backend, windows", [("file", [5]), ("console", [2, 2, 1])])
+def test_only_the_file_outbox_sends_a_whole_batch_as_one_window(
+    session: Session, settings: Settings, monkeypatch: pytest.MonkeyPatch, backend: str,
+    windows: list[int],
+) -> None:
+    """The outbox settles a crashed window exactly, so one SENDING mark a batch is enough;
+    a backend nothing can check afterwards keeps LEDGER_WINDOW's bound on what is in doubt."""
+    seed_papers(session)
+    for n in range(5):
+        make_subscriber(session, email=f"o{n}@example.org", topics="LoRA")
+    session.commit()
+    marked: list[int] = []
+    start_sending = pipeline.ledger.start_sending
+
+    def counted(*args: object, **kwargs: object) -> set[int]:
+        marked.append(len(args[3]))  # type: ignore[arg-type]
+        return start_sending(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(pipeline.ledger, "start_sending", counted)
+    report = run_day(replace(settings, ledger_window=2, mail_backend=backend), DAY)
+    assert len(report.sent) == 5
+    assert marked == windows
+
+
 def _papers_by_reader(session: Session) -> dict[int, set[int]]:
     papers: dict[int, set[int]] = {}
     for sid, paper_id in session.execute(select(DeliveryItem.subscriber_id,

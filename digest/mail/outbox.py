@@ -171,7 +171,7 @@ def outbox_entries(
             continue
         names = set(os.listdir(day_dir))
         for name in names:
-            if not name.endswith(".eml"):
+            if not is_message_name(name):
                 continue
             key = f"{day_dir.name}/{name}"
             row = known.get(key)
@@ -262,13 +262,21 @@ def _read_head(path: Path) -> bytes:
     return head
 
 
+def is_message_name(name: str) -> bool:
+    """Whether a file name in an outbox day folder is a whole message: an .eml, not hidden (a
+    write in progress, or one cut short by a kill, before this version named those ".part")."""
+    return name.endswith(".eml") and not name.startswith(".")
+
+
 def _write_atomically(path: Path, data: bytes) -> os.stat_result:
     # A reader (a browser on index.html, a mail client on an .eml) never sees half a file.
     # The temporary name is the file's own plus this process and thread: unique among
     # writers without mkstemp's random names and chmod (a file per message at 100k a day).
+    # It is hidden and ends in ".part", so that what a killed writer leaves behind is never
+    # taken for a message (`is_message_name`).
     target = str(path)
     folder, _, name = target.rpartition("/")
-    tmp = f"{folder}/.tmp-{os.getpid()}-{threading.get_ident()}-{name}"
+    tmp = f"{folder}/.{name}.{os.getpid()}-{threading.get_ident()}.part"
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
