@@ -48,6 +48,7 @@ class Settings:
     smtp_password: str = field(default="", repr=False)
     smtp_timeout: float = 30.0
     smtp_connections: int = 2  # per process, each in its own thread, many messages each
+    smtp_pipelining: bool = True  # RFC 2920 when the server offers it: 2 round trips, not 4
 
     # Links and identity
     public_base_url: str = "http://localhost:8000"

@@ -9,6 +9,8 @@ with given replies (a "421" one then closes the connection, like an idle timeout
 `drop_next_data` records the next N messages but closes the connection before answering.
 Set `credentials` (login -> password) to require AUTH, and `tls_context` to offer STARTTLS
 (or `implicit_tls_context` to speak TLS from the first byte, like port 465), before `start()`.
+It offers PIPELINING (RFC 2920), as the relays of mail providers do, unless `pipelining` is
+False; aiosmtpd answers pipelined commands one by one, in order, as the RFC asks.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ class SMTPServer:
     drop_next_mail: int = 0
     drop_next_data: int = 0
     data_delay: float = 0.0  # seconds before answering DATA: a slow server, for crash tests
+    pipelining: bool = True  # offer PIPELINING in the EHLO reply
     credentials: dict[str, str] | None = None
     tls_context: ssl.SSLContext | None = None
     implicit_tls_context: ssl.SSLContext | None = None
@@ -115,6 +118,8 @@ class _Handler:
         with self.server._lock:
             self.server.connections += 1
         session.host_name = hostname
+        if self.server.pipelining:
+            responses.insert(-1, "250-PIPELINING")  # the last line ends the reply
         return responses
 
     async def handle_MAIL(

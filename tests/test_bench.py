@@ -116,6 +116,9 @@ def test_bench_can_run_on_workers_only(tmp_path: Path) -> None:
     assert stages[0] == "whole day, 1 Celery workers" and "in-process" not in figures.table()
     # --sink-count: the sink alone is timed on 20 of them, its rate standing for the 40.
     assert stages[1].startswith("SMTP sink alone: 40 digests (rate over 20)")
+    # ... and fed by the same client pipelining its commands, as the workers do.
+    assert stages[2].startswith("SMTP sink alone: 40 digests (rate over 20), pipelining")
+    assert figures.rows[2][-1].endswith("x")
     # Celery's share and the statements per batch, as the worker processes measured them.
     notes = "\n".join(figures.notes)
     assert "inside the workers: " in notes and "Celery between them" in notes

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import ssl
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import replace
@@ -16,12 +18,21 @@ from digest.mail.backend import SendOutcome
 from digest.mail.senders import (
     open_sender,
 )
-from digest.mail.smtp import SMTPSender
+from digest.mail.smtp import SMTPSender, _pipelinable
 from digest.settings import Settings
 
 from ..conftest import make_settings
 from ..smtp_server import SMTPServer
 from .emails import MAILTO, SENT_AT, make_email, parts
+
+
+@pytest.fixture(params=[True, False], ids=["pipelined", "one-at-a-time"])
+def smtp_server(request: pytest.FixtureRequest) -> Iterator[SMTPServer]:
+    """Every test here against a server that offers PIPELINING and one that does not."""
+    server = SMTPServer(pipelining=request.param)
+    server.start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture
@@ -373,3 +384,90 @@ def test_lines_starting_with_a_dot_arrive_intact(
     assert parts(message)["text/plain"] == text
 
 
+
+
+# --- PIPELINING (RFC 2920) -------------------------------------------------------------------
+
+
+class _ScriptedServer:
+    """A bare SMTP server on a socket that notes, when MAIL is to be answered, what else the
+    client had sent by then: whether it waited for the reply before its next command."""
+
+    def __init__(self, offer_pipelining: bool) -> None:
+        self.offer = offer_pipelining
+        self.waiting_at_mail: list[bytes] = []
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        conn, _ = self.listener.accept()
+        buffer = b""
+
+        def line() -> bytes:
+            nonlocal buffer
+            while b"\r\n" not in buffer:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    return b""
+                buffer += chunk
+            first, buffer = buffer.split(b"\r\n", 1)
+            return first
+
+        with conn, self.listener:
+            conn.sendall(b"220 scripted ESMTP\r\n")
+            line()  # EHLO
+            offer = b"250-PIPELINING\r\n" if self.offer else b""
+            conn.sendall(b"250-scripted\r\n" + offer + b"250 8BITMIME\r\n")
+            while command := line()[:4].upper():
+                if command == b"MAIL":
+                    time.sleep(0.2)  # time enough for whatever the client sends unasked
+                    conn.setblocking(False)
+                    with contextlib.suppress(BlockingIOError):
+                        buffer += conn.recv(65536)
+                    conn.setblocking(True)
+                    self.waiting_at_mail.append(buffer)
+                if command == b"QUIT":
+                    conn.sendall(b"221 bye\r\n")
+                    return
+                if command == b"DATA":
+                    conn.sendall(b"354 go ahead\r\n")
+                    while line() != b".":
+                        pass
+                conn.sendall(b"250 ok\r\n")
+
+
+@pytest.mark.parametrize("offered, setting, pipelined", [
+    (True, True, True),  # offered and allowed: one write, then the replies
+    (False, True, False),  # not offered: one command at a time, as RFC 2920 requires
+    (True, False, False),  # SMTP_PIPELINING=false, for a relay that mishandles it
+])
+def test_envelope_and_data_go_in_one_write_only_when_the_server_offers_pipelining(
+    tmp_path: Path, offered: bool, setting: bool, pipelined: bool
+) -> None:
+    server = _ScriptedServer(offer_pipelining=offered)
+    settings = make_settings(tmp_path, mail_backend="smtp", smtp_host="127.0.0.1",
+                             smtp_port=server.port, smtp_timeout=5.0, smtp_pipelining=setting)
+    with SMTPSender(settings) as sender:
+        results = [sender.send(make_email(settings, n)) for n in (1, 2)]
+    server.thread.join(5)
+
+    assert [r.outcome for r in results] == [SendOutcome.SENT] * 2
+    expected = [b"RCPT TO:<reader1@example.org>\r\nDATA\r\n",
+                b"RCPT TO:<reader2@example.org>\r\nDATA\r\n"] if pipelined else [b"", b""]
+    assert server.waiting_at_mail == expected
+
+
+@pytest.mark.parametrize("address, plain", [
+    ("reader@example.org", True),
+    ("a@example.org>\r\nRCPT TO:<b@example.org", False),  # would smuggle in a command
+    ("a@example.org\nRSET", False),
+    ('"john doe"@example.org', True),  # a quoted local part, worded as smtplib does
+    ("John <john@example.org>", False),  # smtplib would send only the address: its way
+    ("rédacteur@example.org", False),
+])
+def test_only_a_plain_address_is_written_into_pipelined_commands(
+    address: str, plain: bool
+) -> None:
+    assert _pipelinable(address) is plain
