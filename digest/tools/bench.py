@@ -110,6 +110,7 @@ def trivial_client_rate(port: int, message: bytes, count: int, connections: int,
 
     def feed(n: int) -> None:
         with smtplib.SMTP("127.0.0.1", port) as client:
+            client.ehlo()
             for _ in range(n):
                 if not pipelined:
                     client.sendmail("digest@bench.example.org", ["reader@bench.example.org"],
@@ -129,7 +130,10 @@ def trivial_client_rate(port: int, message: bytes, count: int, connections: int,
         p.start()
     for p in procs:
         p.join()
-    return per * connections / (time.perf_counter() - start)
+    seconds = time.perf_counter() - start
+    if any(p.exitcode != 0 for p in procs):
+        raise RuntimeError("a trivial client failed to feed the sink (its error is above)")
+    return per * connections / seconds
 
 
 # --- best cases, measured in the same run ------------------------------------------------
