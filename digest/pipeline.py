@@ -470,8 +470,13 @@ def process_batch(
     token = uuid.uuid4().hex
     journal = Journal(settings, token)  # before the claim: a dead attempt's claims are freed
     try:
-        report, windows = claim_and_compose(session, settings, prepared, subscriber_ids, token)
-        send_windows(session, settings, prepared.day, token, windows, sender, report, journal)
+        report, windows = claim_and_compose(session, settings, prepared, subscriber_ids, token,
+                                            commit=False)
+        if windows:  # the first window's SENDING mark commits what the batch carries with it
+            send_windows(session, settings, prepared.day, token, windows, sender, report,
+                         journal)
+        else:
+            session.commit()
     except BaseException:
         journal.close(remove=False)  # what went out before the failure, for the recovery
         raise
@@ -485,9 +490,17 @@ def claim_and_compose(
     prepared: PreparedDay,
     subscriber_ids: Sequence[int],
     token: str,
+    commit: bool = True,
 ) -> tuple[DayReport, list[Sequence[Composed]]]:
     """Claim the batch for the attempt `token`, score and render it, record what each row
-    carries (committed), and cut the digests to send into windows (`window_size`)."""
+    carries, and cut the digests to send into windows (`window_size`).
+
+    What each row carries (its papers, a skip, a failure) is committed here unless `commit` is
+    False: then the caller commits it, with the first window's SENDING mark when the same
+    session sends the batch at once (one transaction a batch fewer; a crash before that commit
+    leaves the rows only claimed, which are planned again once their lease ends). A batch
+    handed to another session to send (the worker's sending thread) must commit here.
+    """
     day = prepared.day
     report = DayReport(day=day)
     now = datetime.now(timezone.utc)
@@ -507,7 +520,8 @@ def claim_and_compose(
     # Each row's paper count and trending flag are written with its window's SENDING mark.
     with CLOCK("ledger"):
         ledger.attach_items(session, delivery_items(composed, delivery_ids))
-        session.commit()
+        if commit:
+            session.commit()
     metrics.count_digests(skipped=len(skipped), failed=len(unsendable))
     return report, list(chunked(composed, window_size(settings, len(composed))))
 

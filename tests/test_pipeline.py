@@ -348,6 +348,38 @@ def test_only_the_file_outbox_sends_a_whole_batch_as_one_window(
     assert marked == windows
 
 
+def test_a_batch_that_dies_before_its_first_window_leaves_its_rows_only_claimed(
+    session: Session, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch's papers are committed with its first SENDING mark, in one transaction: a batch
+    that dies between composing and that mark has attached nothing (those papers may go out
+    another day) and left its rows claimed, and the next run sends each digest once."""
+    seed_papers(session)
+    readers = [make_subscriber(session, email=f"d{n}@example.org", topics="LoRA")
+               for n in range(3)]
+    session.commit()
+
+    def killed(*_args: object, **_kwargs: object) -> set[int]:
+        raise RuntimeError("the process died before its first window")
+
+    monkeypatch.setattr(pipeline.ledger, "start_sending", killed)
+    with pytest.raises(RuntimeError, match="before its first window"):
+        run_day(replace(settings, claim_lease_seconds=0), DAY)  # its lease ends at once
+    monkeypatch.undo()
+    session.expire_all()
+    rows = session.execute(select(Delivery).where(Delivery.digest_date == DAY)).scalars().all()
+    assert len(rows) == 3
+    assert all(d.status is DeliveryStatus.CLAIMED and d.claim_token for d in rows)
+    assert _papers_by_reader(session) == {}
+    assert not list((settings.outbox_dir).rglob("*.eml"))
+
+    report = run_day(settings, DAY)
+    assert sorted(report.sent) == sorted(r.email for r in readers)
+    session.expire_all()
+    assert set(_papers_by_reader(session)) == {r.id for r in readers}
+    assert len(list(settings.outbox_dir.rglob("*.eml"))) == 3
+
+
 def _papers_by_reader(session: Session) -> dict[int, set[int]]:
     papers: dict[int, set[int]] = {}
     for sid, paper_id in session.execute(select(DeliveryItem.subscriber_id,
