@@ -884,6 +884,7 @@ def compose_message(
         subject=rendered.subject,
         html=rendered.html,
         text=rendered.text,
+        text_quoted=rendered.text_quoted,
         message_id=message_id_for(settings, "digest", subscriber.id, prepared.day),
         unsubscribe_url=context.unsubscribe_url,  # the same signed link as in the body
         date=datetime.now(timezone.utc),

@@ -93,6 +93,53 @@ def test_fast_path_is_identical_to_the_plain_render_for_many_digests() -> None:
     assert renderer.fallbacks == 0  # every card fit the skeleton: the shortcut was used
 
 
+# What quoted-printable treats specially: "=", a lone ".", spaces and tabs at a line's end,
+# lines past 76 characters, bytes beyond ASCII at the soft-break column.
+QP_HOSTILE = ["1 = 2 =3D", ".", "trailing space ", "tab\tend\t", "é" * 90, "x" * 75 + "é",
+              "y" * 76 + " =", "=" * 100, "\u2028 line separator \x85 next line"]
+
+
+def test_the_text_parts_quoted_printable_is_the_whole_text_encoded_at_once() -> None:
+    """The renderer encodes each card's own lines once a day and joins them per reader with
+    the reader's lines: byte for byte what encoding the whole text gives, in the message.
+    (Also the text itself, with a reader's values that hold control characters.)"""
+    from dataclasses import replace
+
+    from digest.mail.message import OutgoingEmail
+    from digest.mail.mime import fast_message_bytes, quoted_printable
+
+    from .conftest import make_settings
+
+    rng = random.Random(20261207)
+    cards = [card(i, rng) for i in range(40)]
+    cards += [replace(card(40 + i, rng), title=rng.choice(QP_HOSTILE), abstract=" ".join(
+        rng.choice(QP_HOSTILE) for _ in range(rng.randint(1, 9))))
+        for i in range(20)]
+    renderer = DayRenderer(DAY, SITE)
+    settings = make_settings(Path("."))
+    encoded = 0
+    for n in range(300):
+        ctx = context(rng, cards)
+        if rng.random() < 0.3:
+            ctx = replace(ctx, topics=rng.choice(QP_HOSTILE), feedback_url=f"{SITE}/f/{'=' * n}")
+        rendered = renderer.render(ctx)
+        assert rendered.text == render_digest(ctx).text
+        if rendered.text_quoted is None:
+            # Only a digest without cards, or one whose reader's values held control characters
+            # (which every door removes, and which is tidied whole), is left for MIME to encode.
+            assert not (ctx.items and ctx.topics.isprintable() and ctx.recipient.isprintable())
+            continue
+        encoded += 1
+        assert rendered.text_quoted == quoted_printable(rendered.text)
+        email = OutgoingEmail(to="ada@example.org", subject="s", html="<p>x</p>",
+                              text=rendered.text, message_id="<1@digest.test>",
+                              unsubscribe_url=f"{SITE}/u", date=datetime(2026, 11, 23),
+                              text_quoted=rendered.text_quoted)
+        assert fast_message_bytes(settings, email) == fast_message_bytes(
+            settings, replace(email, text_quoted=None))
+    assert encoded > 200
+
+
 def test_fast_path_refuses_a_digest_without_a_working_unsubscribe_link() -> None:
     rng = random.Random(1)
     ctx = context(rng, [card(i, rng) for i in range(20)])

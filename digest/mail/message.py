@@ -7,7 +7,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 from email.message import EmailMessage
 from email.policy import EmailPolicy
@@ -49,6 +49,9 @@ class OutgoingEmail:
     kind: str = "digest"
     # The recipient's own signed address (mailto.mailto_address); empty: UNSUBSCRIBE_MAILTO.
     unsubscribe_mailto: str = ""
+    # `text`'s quoted-printable body as `mime.quoted_printable` gives it, made by the day
+    # renderer from pieces it encoded once a day; None: `mime` encodes `text`.
+    text_quoted: bytes | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         check_address(self.to, "recipient")

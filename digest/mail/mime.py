@@ -67,7 +67,7 @@ def fast_message_bytes(settings: Settings, email: OutgoingEmail) -> bytes:
     marker = f"\r\n--{boundary}\r\n".encode("ascii")
     return b"".join((
         head, _CRLF,
-        marker[2:], _text_part("plain", email.text),
+        marker[2:], _text_part("plain", email.text, email.text_quoted),
         marker, _html_part(email.html),
         f"\r\n--{boundary}--\r\n".encode("ascii"),
     ))
@@ -123,24 +123,41 @@ def _break_between_tags(line: bytes, into: list[bytes]) -> bool:
     return True
 
 
-def _text_part(subtype: str, body: str) -> bytes:
+def _text_part(subtype: str, body: str, quoted: bytes | None = None) -> bytes:
+    """A text part: 7-bit as it is if it is short ASCII lines, else quoted-printable (`quoted`,
+    if the renderer encoded it already: it is `quoted_printable(body)`, a test checks)."""
+    content_type = f'Content-Type: text/{subtype}; charset="utf-8"\r\n'.encode("ascii")
+    if quoted is not None and not body.isascii() and body.endswith("\n") and "\r" not in body:
+        return (content_type + b"Content-Transfer-Encoding: quoted-printable\r\n\r\n"
+                + quoted.replace(b"\n", b"\r\n"))
     if "\r" in body:
         body = body.replace("\r\n", "\n").replace("\r", "\n")
     data = body.encode("utf-8")
     if not data.endswith(b"\n"):
         data += b"\n"
-    content_type = f'Content-Type: text/{subtype}; charset="utf-8"\r\n'.encode("ascii")
     # As the email package does: short ASCII lines go as they are, anything else as QP.
     if data.isascii() and max(map(len, data.split(b"\n"))) <= 78:
         return content_type + b"Content-Transfer-Encoding: 7bit\r\n\r\n" + data.replace(
             b"\n", b"\r\n"
         )
-    encoded = binascii.b2a_qp(data, quotetabs=False, istext=True, header=False)
     return (
         content_type
         + b"Content-Transfer-Encoding: quoted-printable\r\n\r\n"
-        + encoded.replace(b"\n", b"\r\n")
+        + _quoted_bytes(data).replace(b"\n", b"\r\n")
     )
+
+
+def quoted_printable(text: str) -> bytes:
+    """`text` (LF line ends) as a text part's quoted-printable body, LF line ends kept.
+
+    The encoding starts afresh at each line end, so text cut after line ends encodes piece by
+    piece to the same bytes as the whole: the day renderer encodes a card's lines once a day
+    and joins them per reader (tests/test_render_fast.py checks it against this)."""
+    return _quoted_bytes(text.encode("utf-8"))
+
+
+def _quoted_bytes(data: bytes) -> bytes:
+    return binascii.b2a_qp(data, quotetabs=False, istext=True, header=False)
 
 
 @functools.lru_cache(maxsize=8)

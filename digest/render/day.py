@@ -8,6 +8,7 @@ know.
 
 from __future__ import annotations
 
+import itertools
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from jinja2 import meta
 from markupsafe import escape
 from mjml import mjml2html
 
+from ..mail.mime import quoted_printable
 from .content import DigestContext, PaperCard
 from .filters import TEXT_WIDTH, one_line, printable, wrap
 from .plain import (
@@ -59,6 +61,33 @@ class Variant(NamedTuple):
     weekly: bool = False  # a weekly reader's digest: "this week", not "today"
 
 
+# Text of the plain-text part as runs of whole lines. A run that holds nothing of a reader is
+# (its text, its quoted-printable body, True), encoded once a day; one that holds a reader's
+# values is (its segments, None, shared), filled and encoded per reader, or, `shared` (values
+# that recur across readers: a card's number, its why lines), encoded once per filled text.
+# Quoted-printable starts afresh at each line end, so the runs' bodies joined are the whole
+# text's (`mail.mime.quoted_printable`; tests/test_render_fast.py checks it).
+_Runs = tuple[tuple[Any, bytes | None, bool], ...]
+
+
+def _line_runs(
+    text: str, slots: Mapping[str, str], prefix: str, personal: frozenset[str]
+) -> _Runs:
+    """`text` (whole lines: it ends with a line end) cut into runs of lines with and without a
+    slot (markers start with `prefix`); a run holding a slot among `personal` is not shared."""
+    if not text.endswith("\n"):
+        raise ValueError("runs of lines are cut from text that ends with a line end")
+    runs: list[tuple[Any, bytes | None, bool]] = []
+    for slotted, lines in itertools.groupby(text.split("\n")[:-1], lambda line: prefix in line):
+        joined = "".join(line + "\n" for line in lines)
+        if slotted:
+            parts = segments(joined, slots)
+            runs.append((parts, None, personal.isdisjoint(parts[1::2])))
+        else:
+            runs.append((joined, quoted_printable(joined), True))
+    return tuple(runs)
+
+
 @dataclass(frozen=True)
 class _TextFrame:
     """The plain-text part around the cards, compiled with slots. Its wrapped paragraphs that
@@ -67,6 +96,9 @@ class _TextFrame:
 
     segments: tuple[str, ...]  # literal, slot, literal, ... (slots: values, "cards", paragraphs)
     paragraphs: dict[str, tuple[tuple[str, ...], tuple[int, int, str | None]]]
+    # The same text before and after the cards as runs of lines (`_line_runs`); None when
+    # the cards are not a line of their own (then MIME encodes each digest's text whole).
+    runs: tuple[_Runs, _Runs] | None = None
     values: tuple[str, ...] = field(init=False)  # the subscriber's values the segments show
     wrapped: tuple[str, ...] = field(init=False)  # the subscriber's values the paragraphs hold
 
@@ -183,10 +215,10 @@ class DayRenderer:
         self._cards: dict[tuple[int, bool, Variant], tuple[str, ...] | None] = {}
         self._text_frames: dict[Variant, _TextFrame] = {}
         self._html_why: dict[str, str] = {}
-        # A card's text, cut at its why lines and feedback links: (before, after) the why.
-        self._text_cards: dict[tuple[int, int, bool, bool, bool],
-                               tuple[tuple[str, ...], tuple[str, ...]]] = {}
+        # A card's text as runs of lines, those of the card alone encoded (`_Runs`).
+        self._text_cards: dict[tuple[int, int, bool, bool, bool], _Runs] = {}
         self._why: dict[tuple[str, int], str] = {}  # (why line, digits of its number)
+        self._quoted: dict[str, bytes] = {}  # a card's numbered or why lines, encoded
         self._lines: dict[tuple[object, ...], tuple[str, ...]] = {}
         self.fallbacks = 0
 
@@ -198,8 +230,9 @@ class DayRenderer:
         if html is None:
             self.fallbacks += 1
             return render_digest(ctx)
-        return RenderedEmail(subject=self.line("subject", context), html=html,
-                             text=self.text(ctx, context))
+        text, quoted = self.text_and_quoted(ctx, context)
+        return RenderedEmail(subject=self.line("subject", context), html=html, text=text,
+                             text_quoted=quoted)
 
     def line(self, name: str, context: Mapping[str, Any]) -> str:
         """`render_line`, from a frame rendered once per day for each value of the variables
@@ -276,9 +309,20 @@ class DayRenderer:
         return skeleton, units
 
     def text(self, ctx: DigestContext, context: dict[str, Any]) -> str:
-        """The plain-text part: the frame and each paper's text were rendered, wrapped and
-        tidied once per day; per subscriber the frame's values and wrapped paragraphs are
-        filled in and the cards joined, with the reader's feedback links put in last."""
+        """The plain-text part (`text_and_quoted` without its encoding)."""
+        return self.text_and_quoted(ctx, context)[0]
+
+    def text_and_quoted(
+        self, ctx: DigestContext, context: dict[str, Any]
+    ) -> tuple[str, bytes | None]:
+        """The plain-text part, and its quoted-printable body as `mail.mime` would encode it
+        (None when the frame does not give the cards lines of their own: MIME encodes it).
+
+        The frame and each paper's text were rendered, wrapped and tidied once per day; per
+        subscriber the frame's values and wrapped paragraphs are filled in and the cards
+        joined, with the reader's feedback links put in last. The lines that hold nothing of
+        a reader were encoded once a day too (`_Runs`); only the reader's own are encoded
+        here."""
         frame = self._text_frame(self._variant(ctx, context))
         raw = {}
         for name in frame.wrapped:
@@ -286,11 +330,47 @@ class DayRenderer:
         values = {}
         for name in frame.values:
             values[name] = str(printable(context[name]))
+        untidy = False
         for name, (parts, (width, indent, first)) in frame.paragraphs.items():
             # As in the template: the text is joined raw, wrapped, then printed.
-            values[name] = str(printable(wrap(fill(parts, raw), width, indent, first)))
-        values["cards"] = self._cards_text(ctx)
-        return fill(frame.segments, values)
+            wrapped = wrap(fill(parts, raw), width, indent, first)
+            values[name] = str(printable(wrapped))
+            # A control character printing removed may leave a space at a line's end, which
+            # the plain path's tidying takes away: tidy this digest's text whole (rare: every
+            # door removes control characters from what readers type).
+            untidy = untidy or len(values[name]) != len(wrapped)
+        text: list[str] = []
+        quoted: list[bytes] = []
+        if frame.runs is None or untidy:
+            self._cards_text(ctx, text, quoted)
+            values["cards"] = "".join(text)
+            whole = fill(frame.segments, values)
+            return (tidy_text(whole) if untidy else whole), None
+        head, tail = frame.runs
+        self._fill_runs(head, values, text, quoted)
+        self._cards_text(ctx, text, quoted)
+        self._fill_runs(tail, values, text, quoted)
+        return "".join(text), b"".join(quoted)
+
+    def _fill_runs(
+        self, runs: _Runs, values: Mapping[str, str], text: list[str], quoted: list[bytes]
+    ) -> None:
+        """Append the runs' text, filled with `values`, and its quoted-printable body."""
+        encoded = self._quoted
+        for part, part_quoted, shared in runs:
+            if part_quoted is not None:  # lines of no reader's, encoded once a day
+                text.append(part)
+                quoted.append(part_quoted)
+                continue
+            filled = fill(part, values)
+            text.append(filled)
+            if shared:
+                part_quoted = encoded.get(filled)
+                if part_quoted is None:
+                    part_quoted = encoded[filled] = quoted_printable(filled)
+            else:
+                part_quoted = quoted_printable(filled)
+            quoted.append(part_quoted)
 
     @staticmethod
     def _variant(ctx: DigestContext, context: Mapping[str, Any]) -> Variant:
@@ -348,9 +428,22 @@ class DayRenderer:
         env = email_environment().overlay()
         env.filters["wrap"] = deferred_wrap
         body = env.get_template("email/digest/body.txt").render(self._slot_context(variant))
-        frame = _TextFrame(segments(tidy_text(body), slots), paragraphs)
+        tidied = tidy_text(body)
+        frame = _TextFrame(segments(tidied, slots), paragraphs,
+                           self._frame_runs(tidied, slots))
         self._text_frames[variant] = frame
         return frame
+
+    def _frame_runs(self, tidied: str, slots: Mapping[str, str]) -> tuple[_Runs, _Runs] | None:
+        """The frame before and after the cards as runs of lines, if the cards are lines of
+        their own; every slot of the frame is the reader's own."""
+        head, *tail = tidied.split(self.slot["cards"])
+        if len(tail) != 1 or not head.endswith("\n") or not tail[0].startswith("\n") \
+                or not tail[0].endswith("\n"):
+            return None
+        personal = frozenset(slots)
+        return (_line_runs(head, slots, self._marker_prefix, personal),
+                _line_runs(tail[0], slots, self._marker_prefix, personal))
 
     def _compile(self, context: Mapping[str, Any]) -> str:
         mjml = email_environment().get_template("email/digest/body.mjml").render(context)
@@ -385,42 +478,42 @@ class DayRenderer:
             )
         return self._cards[key]
 
-    def _cards_text(self, ctx: DigestContext) -> str:
-        """The cards of the text part: each card's text was wrapped once per day; per reader
-        only its number, why lines and feedback links go in. A why line, wrapped and printed,
-        is kept for the next reader."""
+    def _cards_text(self, ctx: DigestContext, text: list[str], quoted: list[bytes]) -> None:
+        """Append the cards of the text part and their quoted-printable body: each card's
+        text was wrapped (and its lines of no reader's encoded) once per day; per reader only
+        its number, why lines and feedback links go in. A why line, wrapped and printed, is
+        kept for the next reader."""
         if not ctx.items:
-            return ""
+            return
         has_feedback = bool(ctx.feedback_url)
-        feedback = str(printable(ctx.feedback_url))
+        values = {"feedback_href": str(printable(ctx.feedback_url))}
         tracking = ctx.click_tracking and has_feedback
         texts = self._text_cards
         whys = self._why
-        if len(whys) > _WHY_CACHE:
-            whys.clear()
-        cards = []
+        for kept in (whys, self._quoted):
+            if len(kept) > _WHY_CACHE:
+                kept.clear()
         for rank, item in enumerate(ctx.items, 1):
             why = item.why
             digits = 1 if rank < 10 else len(str(rank))
             key = (item.card.paper_id, digits, bool(why), has_feedback, tracking)
-            before, after = texts.get(key) or self._card_text(item.card, key)
-            cards.append(str(rank))
-            cards.append(feedback.join(before))
+            runs = texts.get(key) or self._card_text(item.card, key)
+            values["rank"] = str(rank)
             if why:
                 lines = whys.get((why, digits))
                 if lines is None:
                     lines = whys[why, digits] = str(printable(why_block(why, digits + 2)))
-                cards.append(lines)
-                cards.append(feedback.join(after))
-            cards.append("\n\n")
-        cards[-1] = "\n"  # a blank line before what follows, as tidying leaves
-        return "".join(cards)
+                values["why"] = lines
+            self._fill_runs(runs, values, text, quoted)
+            text.append("\n")  # a blank line between cards
+            quoted.append(b"\n")
+        text.pop()  # none after the last: the frame has it
+        quoted.pop()
 
-    def _card_text(
-        self, card: PaperCard, key: tuple[int, int, bool, bool, bool]
-    ) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    def _card_text(self, card: PaperCard, key: tuple[int, int, bool, bool, bool]) -> _Runs:
         """The card's text of `key` (paper, digits of its number, whether it has a why line and
-        feedback links, tracking) wrapped and tidied, cut where the number and why lines go."""
+        feedback links, tracking) wrapped and tidied, as runs of lines: its number, why lines
+        and feedback links are slots."""
         _, digits, has_why, has_feedback, tracking = key
         number = "9" * digits + ". "  # the same width as the real number
         module = email_environment().get_template("email/digest/_card.txt").module
@@ -430,11 +523,11 @@ class DayRenderer:
                                     tracking)))
         if not block.startswith(number):
             raise RuntimeError("templates/email/digest/_card.txt must start with the number")
-        before, _, after = block[digits:].rstrip("\n").partition(self.slot["why"])
-        feedback = self.slot["feedback_href"]
-        parts = self._text_cards[key] = (tuple(before.split(feedback)),
-                                         tuple(after.split(feedback)))
-        return parts
+        slots = {name: self.slot[name] for name in ("rank", "why", "feedback_href")}
+        runs = self._text_cards[key] = _line_runs(
+            self.slot["rank"] + block[digits:].rstrip("\n") + "\n", slots, self._marker_prefix,
+            frozenset({"feedback_href"}))
+        return runs
 
 
 @cache

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -53,6 +53,9 @@ class RenderedEmail:
     subject: str
     html: str
     text: str
+    # The text part's quoted-printable body, if the renderer made it (`mail.mime`); None:
+    # the sender encodes `text` itself. Not part of what the email is.
+    text_quoted: bytes | None = field(default=None, compare=False, repr=False)
 
 
 @cache

@@ -107,6 +107,8 @@ def segments(text: str, slots: Mapping[str, str]) -> tuple[str, ...]:
 
 def fill(parts: tuple[str, ...], values: Mapping[str, str]) -> str:
     """`segments` joined again with each slot replaced by its value."""
+    if len(parts) == 3:  # one slot: most of a digest's runs of lines
+        return parts[0] + values[parts[1]] + parts[2]
     joined = list(parts)  # a dozen of these per email: an index loop beats a generator
     for i in range(1, len(joined), 2):
         joined[i] = values[joined[i]]
