@@ -167,3 +167,22 @@ def test_html_goes_in_long_7_bit_lines_only_where_it_can(
     if encoding == "7bit":
         assert len(lines) < 40  # broken where needed, not at every tag
 
+
+
+def test_quoted_printable_is_what_binascii_gives_on_any_text() -> None:
+    """`quoted_printable` cuts plain ASCII lines itself (a reader's link lines) and gives the
+    rest to binascii: either way the bytes b2a_qp gives, at the soft-break column, with a
+    lone '.', spaces and tabs at a line's end, '=', control and non-ASCII characters."""
+    import binascii
+
+    from digest.mail.mime import quoted_printable
+
+    rng = random.Random(20261207)
+    plain = ["a", "Z", "0", " ", ".", "/", ":", "-", "~", "\n"]
+    hostile = [*plain, "=", "\t", "é", "—", "\x7f", "\x01", " \n", ".\n", "\r"]
+    for _ in range(20000):
+        length = rng.choice([rng.randint(0, 10), rng.randint(70, 80), rng.randint(145, 156),
+                             rng.randint(0, 400)])
+        text = "".join(rng.choice(rng.choice([plain, hostile])) for _ in range(length))
+        expected = binascii.b2a_qp(text.encode(), quotetabs=False, istext=True, header=False)
+        assert quoted_printable(text) == expected, repr(text)
