@@ -4,12 +4,15 @@ A delivery row (unique per subscriber and date, and per subscriber and period: a
 daily reader, an ISO week for a weekly one) moves through:
 
     planned  CLAIMED, no claim_token, lease_until = plan time + lease
-    claimed  CLAIMED, claim_token = the attempt running the batch
+    claimed  CLAIMED, claim_token = the attempt that composed the batch, to send it later
     sending  SENDING: the attempt is handing these messages to the mail server right now
     done     SENT | FAILED | SKIPPED | RETRYING (planned again after lease_until) | IN_DOUBT
 
-Every write is guarded by the attempt's claim_token, so a second copy of a task (a redelivery,
-a second beat) finds nothing to claim and sends nothing. A worker killed mid-batch leaves
+An attempt composes its batch first, then claims the rows (`claim_composed`), each straight
+into what it became: claimed, or SENDING for the first window of a batch sent at once, or
+SKIPPED or FAILED, with the papers each carries, in one transaction. Every later write is
+guarded by the attempt's claim_token, so a second copy of a task (a redelivery, a second
+beat) finds nothing to claim and sends nothing. A worker killed mid-batch leaves
 CLAIMED rows, which the planner hands to a new attempt once their lease has passed (they were
 never given to the mail server), and at most one window of SENDING rows, which
 `journal.resolve_abandoned` settles from the attempt's send journal: accepted ones are SENT,
@@ -295,6 +298,17 @@ def _insert_planned(
     return {(sid, day) for sid, day in inserted}
 
 
+@dataclass(frozen=True)
+class ComposedRow:
+    """What one planned row of a batch becomes once the batch is composed (`claim`)."""
+
+    subscriber_id: int
+    status: DeliveryStatus  # CLAIMED (to send later), SENDING (now), SKIPPED or FAILED
+    paper_count: int | None = None  # with its papers, for a row to send
+    trending_fallback: bool | None = None
+    error: str | None = None  # why it FAILED
+
+
 def claim(
     session: Session,
     day: date,
@@ -303,22 +317,91 @@ def claim(
     now: datetime,
     lease_seconds: int,
 ) -> list[Claim]:
-    """Take ownership of a batch's planned rows for this attempt; others' live claims are left."""
-    if not subscriber_ids:
+    """Take ownership of a batch's planned rows for this attempt; others' live claims are left
+    (committed). `claim_composed` takes them as what each becomes, in the caller's transaction."""
+    claims = claim_composed(session, day, token, now, lease_seconds,
+                            [ComposedRow(sid, DeliveryStatus.CLAIMED) for sid in subscriber_ids])
+    session.commit()
+    return claims
+
+
+def claim_composed(
+    session: Session,
+    day: date,
+    token: str,
+    now: datetime,
+    lease_seconds: int,
+    rows: Sequence[ComposedRow],
+) -> list[Claim]:
+    """Take a composed batch's planned rows for the attempt `token`, each straight into what
+    it becomes (one statement): claimed to send later, SENDING (the first window of a batch
+    sent at once), SKIPPED (nothing to send) or FAILED. Returns the rows taken: others' live
+    claims are left, and what was composed for them is not sent.
+
+    Taken this late, a batch that dies while composing leaves its rows only planned, for the
+    next run or tick; the caller commits the claim with the papers it attaches. A row taken
+    over from a dead attempt loses what that attempt attached (it was never sent).
+    """
+    if not rows:
         return []
-    rows = _execute(session, _statement(session, "claim"), {
-        "day": day, "ids": list(subscriber_ids), "token": token, "now": now,
+    values = json.dumps([
+        {"subscriber_id": row.subscriber_id, "status": row.status.value,
+         "paper_count": row.paper_count, "trending_fallback": row.trending_fallback,
+         "error": row.error}
+        for row in rows
+    ])
+    taken = _execute(session, _statement(session, "claim_composed"), {
+        "day": day, "token": token, "rows": values, "now": now,
         "lease": now + timedelta(seconds=lease_seconds),
+        **{status.value: status for status in _CLAIMED_AS},
     }).all()
-    taken_over = [did for _, did, attempts in rows if attempts > 1]
+    taken_over = [did for _, did, attempts in taken if attempts > 1]
     if taken_over:
-        # Taking over an abandoned claim: its papers were attached but never sent.
         _execute(
             session, delete(DeliveryItem).where(db.among(session, DeliveryItem.delivery_id,
                                                          taken_over))
         )
-    session.commit()
-    return sorted((Claim(sid, did) for sid, did, _ in rows), key=lambda c: c.subscriber_id)
+    return sorted((Claim(sid, did) for sid, did, _ in taken), key=lambda c: c.subscriber_id)
+
+
+# What `claim_composed` may make of a planned row, each a typed parameter of its statement.
+_CLAIMED_AS = (DeliveryStatus.CLAIMED, DeliveryStatus.SENDING, DeliveryStatus.SKIPPED,
+               DeliveryStatus.FAILED)
+
+
+def _claim_composed_statement(dialect: str) -> Any:
+    """`claim_composed`'s one UPDATE: its rows (JSON) joined to theirs by subscriber."""
+    table = Delivery.__table__.c
+    if dialect == "postgresql":
+        rows = ("SELECT * FROM json_to_recordset(CAST(:rows AS json)) AS row(subscriber_id "
+                "integer, status text, paper_count integer, trending_fallback boolean, "
+                "error text)")
+    else:
+        rows = ("SELECT json_extract(value, '$.subscriber_id') AS subscriber_id, "
+                "json_extract(value, '$.status') AS status, "
+                "json_extract(value, '$.paper_count') AS paper_count, "
+                "json_extract(value, '$.trending_fallback') AS trending_fallback, "
+                "json_extract(value, '$.error') AS error "
+                "FROM json_each(:rows)")
+    status = " ".join(f"WHEN '{s.value}' THEN :{s.value}" for s in _CLAIMED_AS)
+    return text(
+        f"UPDATE deliveries SET status = CASE w.status {status} END, "
+        "claim_token = :token, lease_until = :lease, attempts = deliveries.attempts + 1, "
+        "claimed_at = :now, error = coalesce(w.error, deliveries.error), "
+        "paper_count = coalesce(w.paper_count, deliveries.paper_count), "
+        "trending_fallback = coalesce(w.trending_fallback, deliveries.trending_fallback) "
+        f"FROM ({rows}) AS w "
+        "WHERE deliveries.subscriber_id = w.subscriber_id AND deliveries.digest_date = :day "
+        "AND deliveries.status = :claimed "
+        "AND (deliveries.claim_token IS NULL OR deliveries.lease_until < :now) "
+        "RETURNING deliveries.subscriber_id, deliveries.id, deliveries.attempts"
+    ).bindparams(
+        bindparam("day", type_=table.digest_date.type),
+        bindparam("token", type_=table.claim_token.type),
+        bindparam("now", type_=table.claimed_at.type),
+        bindparam("lease", type_=table.lease_until.type),
+        *(bindparam(s.value, type_=table.status.type) for s in _CLAIMED_AS),
+    )
 
 
 def attach_items(session: Session, items: Sequence[dict[str, object]]) -> None:
@@ -515,16 +598,7 @@ def _statements(dialect: str) -> dict[str, Any]:
     status, error = param("status", table.status), param("error", table.error)
     now, lease = param("now", table.claimed_at), param("lease", table.lease_until)
     return {
-        "claim": update(Delivery)
-        .where(
-            Delivery.digest_date == param("day", table.digest_date),
-            ids,
-            Delivery.status == DeliveryStatus.CLAIMED,
-            or_(Delivery.claim_token.is_(None), Delivery.lease_until < now),
-        )
-        .values(claim_token=param("token", table.claim_token), lease_until=lease,
-                attempts=Delivery.attempts + 1, claimed_at=now)
-        .returning(Delivery.subscriber_id, Delivery.id, Delivery.attempts),
+        "claim_composed": _claim_composed_statement(dialect),
         "start_sending": _start_sending_statement(dialect),
         "finish": update(Delivery).where(owned).values(status=status, error=error),
         "finish_sent": update(Delivery).where(owned)

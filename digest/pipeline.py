@@ -1,4 +1,4 @@
-"""The day's story, top-down: plan → prepare once → for each batch: claim, score, render,
+"""The day's story, top-down: plan → prepare once → for each batch: score, render, claim,
 send, record.
 
 `run_day` runs a whole day in this process, or in forked processes sharing its batches
@@ -431,11 +431,11 @@ class Composed:
 
 
 def send_planned_batch(settings: Settings, day: date, subscriber_ids: Sequence[int]) -> DayReport:
-    """A worker's step: claim and compose one planned batch, and send it; safe to run twice.
+    """A worker's step: compose and claim one planned batch, and send it; safe to run twice.
 
     Over SMTP the composed batch goes to this process's sending thread (`SENDING`), which
-    sends it over the kept connections while this task returns and the next one claims and
-    composes: the report then holds what was claimed and composed, and the sending thread
+    sends it over the kept connections while this task returns and the next one composes and
+    claims: the report then holds what was composed and claimed, and the sending thread
     records each outcome in the ledger. Other backends send here, before returning.
     """
     if settings.mail_backend != "smtp":
@@ -449,7 +449,7 @@ def send_planned_batch(settings: Settings, day: date, subscriber_ids: Sequence[i
         token = uuid.uuid4().hex
         journal = Journal(settings, token)  # before the claim: a dead attempt's claims are freed
         try:
-            report, windows = claim_and_compose(session, settings, prepared, subscriber_ids,
+            report, windows = compose_and_claim(session, settings, prepared, subscriber_ids,
                                                 token)
         except BaseException:
             journal.close(remove=False)
@@ -470,13 +470,10 @@ def process_batch(
     token = uuid.uuid4().hex
     journal = Journal(settings, token)  # before the claim: a dead attempt's claims are freed
     try:
-        report, windows = claim_and_compose(session, settings, prepared, subscriber_ids, token,
-                                            commit=False)
-        if windows:  # the first window's SENDING mark commits what the batch carries with it
-            send_windows(session, settings, prepared.day, token, windows, sender, report,
-                         journal)
-        else:
-            session.commit()
+        report, windows = compose_and_claim(session, settings, prepared, subscriber_ids, token,
+                                            first_window=True)
+        send_windows(session, settings, prepared.day, token, windows, sender, report, journal,
+                     first_marked=True)
     except BaseException:
         journal.close(remove=False)  # what went out before the failure, for the recovery
         raise
@@ -484,46 +481,53 @@ def process_batch(
     return report
 
 
-def claim_and_compose(
+def compose_and_claim(
     session: Session,
     settings: Settings,
     prepared: PreparedDay,
     subscriber_ids: Sequence[int],
     token: str,
-    commit: bool = True,
+    first_window: bool = False,
 ) -> tuple[DayReport, list[Sequence[Composed]]]:
-    """Claim the batch for the attempt `token`, score and render it, record what each row
-    carries, and cut the digests to send into windows (`window_size`).
+    """Score and render the batch, then claim its planned rows for the attempt `token`, each
+    as what it became (to send, skipped, failed), with the papers each carries: one statement
+    and one commit. Returns the report and the digests this attempt owns, cut into windows
+    (`window_size`).
 
-    What each row carries (its papers, a skip, a failure) is committed here unless `commit` is
-    False: then the caller commits it, with the first window's SENDING mark when the same
-    session sends the batch at once (one transaction a batch fewer; a crash before that commit
-    leaves the rows only claimed, which are planned again once their lease ends). A batch
-    handed to another session to send (the worker's sending thread) must commit here.
+    With `first_window` (the same session sends the batch at once) the first window's rows are
+    claimed straight into SENDING, the mark `send_windows` would otherwise write before them.
+    Rows another attempt holds are left to it, and what was composed for them is dropped. A
+    batch that dies before the claim commits leaves its rows planned, and nothing attached.
     """
     day = prepared.day
     report = DayReport(day=day)
-    now = datetime.now(timezone.utc)
+    now = datetime.now(timezone.utc)  # the digests' papers are those known by now
+    composed, skipped, unsendable = compose_batch(session, settings, prepared, subscriber_ids)
+    windows = list(chunked(composed, window_size(settings, len(composed))))
+    sending = {c.subscriber_id for c in windows[0]} if first_window and windows else set()
+    rows = [
+        *(ledger.ComposedRow(
+            c.subscriber_id,
+            DeliveryStatus.SENDING if c.subscriber_id in sending else DeliveryStatus.CLAIMED,
+            len(c.selection.picks), c.selection.trending_fallback) for c in composed),
+        *(ledger.ComposedRow(sid, DeliveryStatus.SKIPPED) for sid in skipped),
+        *(ledger.ComposedRow(sid, DeliveryStatus.FAILED, error=reason)
+          for sid, _, reason in unsendable),
+    ]
     with CLOCK("ledger"):
-        claims = ledger.claim(
-            session, day, subscriber_ids, token, now, settings.claim_lease_seconds
-        )
-    if len(claims) < len(subscriber_ids):
-        report.skipped[SKIP_ELSEWHERE] += len(subscriber_ids) - len(claims)
-    delivery_ids = {c.subscriber_id: c.delivery_id for c in claims}
-    composed, skipped, unsendable = compose_batch(session, settings, prepared, list(delivery_ids))
-    report.skipped[SKIP_NO_MATCH] += len(skipped)
-    ledger.finish(session, day, token, DeliveryStatus.SKIPPED, skipped, now)
-    for sid, email, reason in unsendable:
-        report.failed.append((email, reason))
-        ledger.finish(session, day, token, DeliveryStatus.FAILED, [sid], now, error=reason)
-    # Each row's paper count and trending flag are written with its window's SENDING mark.
-    with CLOCK("ledger"):
-        ledger.attach_items(session, delivery_items(composed, delivery_ids))
-        if commit:
-            session.commit()
-    metrics.count_digests(skipped=len(skipped), failed=len(unsendable))
-    return report, list(chunked(composed, window_size(settings, len(composed))))
+        claims = ledger.claim_composed(session, day, token, now, settings.claim_lease_seconds,
+                                       rows)
+        owned = {c.subscriber_id: c.delivery_id for c in claims}
+        ledger.attach_items(session, delivery_items(
+            [c for c in composed if c.subscriber_id in owned], owned))
+        session.commit()
+    report.skipped[SKIP_ELSEWHERE] += len(subscriber_ids) - len(owned)
+    report.skipped[SKIP_NO_MATCH] += sum(sid in owned for sid in skipped)
+    report.failed += [(email, reason) for sid, email, reason in unsendable if sid in owned]
+    metrics.count_digests(skipped=sum(sid in owned for sid in skipped),
+                          failed=sum(sid in owned for sid, _, _ in unsendable))
+    # Each window keeps its place: the first, if claimed as SENDING, stays the first.
+    return report, [[c for c in window if c.subscriber_id in owned] for window in windows]
 
 
 def window_size(settings: Settings, composed: int) -> int:
@@ -618,8 +622,10 @@ def send_windows(
     sender: Sender,
     report: DayReport,
     journal: Journal | None = None,
+    first_marked: bool = False,
 ) -> None:
-    """Send an attempt's windows one after the other, each marked SENDING before it goes out.
+    """Send an attempt's windows one after the other, each marked SENDING before it goes out
+    (the first already is if `first_marked`: `compose_and_claim` claimed it so).
 
     A window's outcomes are committed with the next window's SENDING mark, in one transaction
     (its accepted rows closed by that mark's statement): at every commit at most one window is
@@ -629,7 +635,8 @@ def send_windows(
     sent: list[int] = []
     for k, window in enumerate(windows):
         sent = send_window(session, settings, day, token, window, sender, report, journal,
-                           commit=k == len(windows) - 1, sent_before=sent)
+                           commit=k == len(windows) - 1, sent_before=sent,
+                           marked=first_marked and k == 0)
 
 
 def send_window(
@@ -643,6 +650,7 @@ def send_window(
     journal: Journal | None = None,
     commit: bool = True,
     sent_before: Sequence[int] = (),
+    marked: bool = False,
 ) -> list[int]:
     """Mark a window SENDING (committing with it what the session holds, such as the previous
     window's outcomes, and closing `sent_before`, that window's accepted rows, as SENT), hand
@@ -650,16 +658,13 @@ def send_window(
     next window's mark commits them, and closes the accepted rows this returns).
 
     If the process dies here this window's rows stay SENDING; the attempt's `journal` then
-    tells which of them the backend accepted, and only those in flight stay in doubt.
+    tells which of them the backend accepted, and only those in flight stay in doubt. A window
+    already `marked` SENDING (by the claim, just committed) goes out as it is.
     """
-    with CLOCK("ledger"):
-        owned = ledger.start_sending(
-            session, day, token, [c.subscriber_id for c in window], datetime.now(timezone.utc),
-            settings.claim_lease_seconds,
-            {c.subscriber_id: (len(c.selection.picks), c.selection.trending_fallback)
-             for c in window},
-            sent_before,
-        )
+    if marked:
+        owned = {c.subscriber_id for c in window}
+    else:
+        owned = _mark_sending(session, settings, day, token, window, sent_before)
     with CLOCK("send", len(owned)):
         ours = [c for c in window if c.subscriber_id in owned]
         results: dict[int, SendResult] = dict(zip(
@@ -669,6 +674,21 @@ def send_window(
     with CLOCK("ledger"):
         return record_outcomes(session, settings, day, token, window, results, report, commit,
                                defer_sent=not commit)
+
+
+def _mark_sending(
+    session: Session, settings: Settings, day: date, token: str, window: Sequence[Composed],
+    sent_before: Sequence[int],
+) -> set[int]:
+    """Mark `window` SENDING, closing `sent_before` as SENT (committed); the rows still ours."""
+    with CLOCK("ledger"):
+        return ledger.start_sending(
+            session, day, token, [c.subscriber_id for c in window], datetime.now(timezone.utc),
+            settings.claim_lease_seconds,
+            {c.subscriber_id: (len(c.selection.picks), c.selection.trending_fallback)
+             for c in window},
+            sent_before,
+        )
 
 
 def record_outcomes(
@@ -734,7 +754,7 @@ RETRY_AFTER_SECONDS = 300
 
 @dataclass(frozen=True)
 class ComposedBatch:
-    """A claimed and composed batch, handed to the sending thread by `send_planned_batch`."""
+    """A composed and claimed batch, handed to the sending thread by `send_planned_batch`."""
 
     settings: Settings
     day: date
@@ -747,7 +767,7 @@ class ComposedBatch:
 
 class SendingThread:
     """One thread per worker process that sends composed batches, one window at a time and in
-    the order they came, while the task's thread claims and composes the next batch.
+    the order they came, while the task's thread composes and claims the next batch.
 
     Without it a worker's connections wait while it loads, scores and renders each batch and
     while Celery acknowledges the task and fetches the next. What can be in doubt after a

@@ -80,7 +80,7 @@ def load_batch(
             statements["last_digest"], {"ids": ids, "day": day})
     }
     sent: dict[int, set[int]] = {}
-    for subscriber_id, paper_id in connection.execute(statements["sent"], {"ids": ids}):
+    for subscriber_id, paper_id in connection.execute(statements["sent"], {"ids": ids, "day": day}):
         sent.setdefault(subscriber_id, set()).add(paper_id)
     learned = feedback.signals_for(session, ids)
     profiles = [
@@ -109,8 +109,15 @@ def _statements(dialect: str) -> dict[str, Any]:
                Delivery.digest_date < bindparam("day", type_=Delivery.__table__.c.digest_date.type),
                Delivery.status == DeliveryStatus.SENT)
         .group_by(Delivery.subscriber_id),
+        # Papers of the day's own row are not "sent before": they are what a dead attempt
+        # attached to it, which the claim replaces (`ledger.claim_composed`).
         "sent": select(DeliveryItem.subscriber_id, DeliveryItem.paper_id)
-        .where(db.among_bound(dialect, DeliveryItem.subscriber_id, "ids")),
+        .where(db.among_bound(dialect, DeliveryItem.subscriber_id, "ids"),
+               DeliveryItem.delivery_id.not_in(
+                   select(Delivery.id).where(
+                       db.among_bound(dialect, Delivery.subscriber_id, "ids"),
+                       Delivery.digest_date == bindparam(
+                           "day", type_=Delivery.__table__.c.digest_date.type)))),
     }
 
 

@@ -122,6 +122,37 @@ def test_taking_over_an_abandoned_claim_drops_only_its_papers(session: Session) 
     assert session.scalars(select(DeliveryItem.subscriber_id)).all() == []
 
 
+def test_a_composed_batch_is_claimed_as_what_each_row_became(session: Session) -> None:
+    """One statement takes a composed batch's planned rows straight into SENDING, claimed,
+    SKIPPED or FAILED (with why), with each digest's contents; a row another attempt holds
+    live is left to it, and nothing of it changes."""
+    from digest.models import DeliveryStatus as S
+
+    readers = [make_subscriber(session, email=f"c{n}@example.org") for n in range(5)]
+    ids = [r.id for r in readers]
+    plan_all(session, [(sid, DAY) for sid in ids])
+    [held] = ledger.claim(session, DAY, [ids[4]], "other", NOW, 600)
+    rows = [ledger.ComposedRow(ids[0], S.SENDING, 10, False),
+            ledger.ComposedRow(ids[1], S.CLAIMED, 7, True),
+            ledger.ComposedRow(ids[2], S.SKIPPED),
+            ledger.ComposedRow(ids[3], S.FAILED, error="not sendable: a bad address"),
+            ledger.ComposedRow(ids[4], S.SENDING, 3, False)]
+    taken = ledger.claim_composed(session, DAY, "ours", NOW, 600, rows)
+    session.commit()
+    assert [c.subscriber_id for c in taken] == ids[:4]
+    session.expire_all()
+    got = {d.subscriber_id: d for d in session.scalars(select(Delivery))}
+    assert [got[sid].status for sid in ids] == [S.SENDING, S.CLAIMED, S.SKIPPED, S.FAILED,
+                                                S.CLAIMED]
+    assert [got[sid].claim_token for sid in ids] == ["ours"] * 4 + ["other"]
+    assert (got[ids[0]].paper_count, got[ids[0]].trending_fallback) == (10, False)
+    assert (got[ids[1]].paper_count, got[ids[1]].trending_fallback) == (7, True)
+    assert got[ids[3]].error == "not sendable: a bad address"
+    assert got[ids[4]].id == held.delivery_id and got[ids[4]].paper_count == 0
+    assert all(got[sid].attempts == 1 for sid in ids)
+    assert ledger.claim_composed(session, DAY, "again", NOW, 600, rows) == []  # all taken
+
+
 def test_the_database_keeps_one_digest_per_subscriber_per_week_and_per_day(
     session: Session,
 ) -> None:

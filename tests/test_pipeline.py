@@ -330,48 +330,55 @@ def test_only_the_file_outbox_sends_a_whole_batch_as_one_window(
     windows: list[int],
 ) -> None:
     """The outbox settles a crashed window exactly, so one SENDING mark a batch is enough;
-    a backend nothing can check afterwards keeps LEDGER_WINDOW's bound on what is in doubt."""
+    a backend nothing can check afterwards keeps LEDGER_WINDOW's bound on what is in doubt.
+    The first window is claimed straight into SENDING, the others marked before each goes."""
     seed_papers(session)
     for n in range(5):
         make_subscriber(session, email=f"o{n}@example.org", topics="LoRA")
     session.commit()
     marked: list[int] = []
-    start_sending = pipeline.ledger.start_sending
+    claim_composed, start_sending = pipeline.ledger.claim_composed, pipeline.ledger.start_sending
+
+    def claimed(*args: object, **kwargs: object) -> list[object]:
+        rows = args[5]
+        marked.append(sum(row.status is DeliveryStatus.SENDING for row in rows))  # type: ignore[attr-defined]
+        return claim_composed(*args, **kwargs)  # type: ignore[arg-type]
 
     def counted(*args: object, **kwargs: object) -> set[int]:
         marked.append(len(args[3]))  # type: ignore[arg-type]
         return start_sending(*args, **kwargs)  # type: ignore[arg-type]
 
+    monkeypatch.setattr(pipeline.ledger, "claim_composed", claimed)
     monkeypatch.setattr(pipeline.ledger, "start_sending", counted)
     report = run_day(replace(settings, ledger_window=2, mail_backend=backend), DAY)
     assert len(report.sent) == 5
     assert marked == windows
 
 
-def test_a_batch_that_dies_before_its_first_window_leaves_its_rows_only_claimed(
+def test_a_batch_that_dies_before_its_claim_commits_leaves_its_rows_planned(
     session: Session, settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A batch's papers are committed with its first SENDING mark, in one transaction: a batch
-    that dies between composing and that mark has attached nothing (those papers may go out
-    another day) and left its rows claimed, and the next run sends each digest once."""
+    """A batch is composed first and claimed with its papers in one transaction: a batch that
+    dies before that commit has taken and attached nothing, and the next run, without waiting
+    for any lease, sends each digest once."""
     seed_papers(session)
     readers = [make_subscriber(session, email=f"d{n}@example.org", topics="LoRA")
                for n in range(3)]
     session.commit()
 
-    def killed(*_args: object, **_kwargs: object) -> set[int]:
-        raise RuntimeError("the process died before its first window")
+    def killed(*_args: object, **_kwargs: object) -> None:
+        raise RuntimeError("the process died before the claim was committed")
 
-    monkeypatch.setattr(pipeline.ledger, "start_sending", killed)
-    with pytest.raises(RuntimeError, match="before its first window"):
-        run_day(replace(settings, claim_lease_seconds=0), DAY)  # its lease ends at once
+    monkeypatch.setattr(pipeline.ledger, "attach_items", killed)
+    with pytest.raises(RuntimeError, match="before the claim"):
+        run_day(settings, DAY)
     monkeypatch.undo()
     session.expire_all()
     rows = session.execute(select(Delivery).where(Delivery.digest_date == DAY)).scalars().all()
     assert len(rows) == 3
-    assert all(d.status is DeliveryStatus.CLAIMED and d.claim_token for d in rows)
+    assert all(d.status is DeliveryStatus.CLAIMED and d.claim_token is None for d in rows)
     assert _papers_by_reader(session) == {}
-    assert not list((settings.outbox_dir).rglob("*.eml"))
+    assert not list(settings.outbox_dir.rglob("*.eml"))
 
     report = run_day(settings, DAY)
     assert sorted(report.sent) == sorted(r.email for r in readers)

@@ -411,7 +411,7 @@ def note_inside_workers(settings: Settings, figures: Figures, run: WorkerRun) ->
     figures.notes.append(
         f"  inside the workers: {tasks:,} tasks, Celery between them {wall - inside:.1f} of "
         f"{wall:.1f} process-seconds ({(wall - inside) / max(wall, 1e-9):.1%}, "
-        f"{(wall - inside) / max(tasks, 1) * 1000:.2f} ms a task); the tasks (claim, compose, "
+        f"{(wall - inside) / max(tasks, 1) * 1000:.2f} ms a task); the tasks (compose, claim, "
         f"hand over) {inside:.1f} s; {statements / max(tasks, 1):.1f} database statements per "
         f"batch of {settings.batch_size}"
     )
