@@ -27,6 +27,7 @@ def test_bench_runs_in_process_and_on_a_worker(tmp_path: Path) -> None:
         assert stage in table, stage
     assert "database statements" in table and "peak memory" in table
     assert "outside the batches' own work" in table
+    assert "database after the day:" in table and "delivery_items" in table
     assert any("Generating" in line for line in lines)
 
 

@@ -30,7 +30,7 @@ from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import event, text
 
 from .. import db
 from ..settings import Settings
@@ -375,8 +375,20 @@ def run_workers(settings: Settings, workers: int, figures: Figures,
                 f"{run.planned / total:,.0f} emails/s")
     note_worker_overheads(settings, figures, run, workers * concurrency, total, peaks)
     note_inside_workers(settings, figures, run)
-    figures.notes += filter(None, [cpu_note(cpu, run.planned)])
+    figures.notes += filter(None, [cpu_note(cpu, run.planned), database_size_note(settings)])
     return total
+
+
+def database_size_note(settings: Settings) -> str:
+    """The day's PostgreSQL database on disk once the day is sent, and its two biggest tables
+    with their indexes (the ledger's rows and each digest's papers)."""
+    with db.engine_for(settings.database_url).connect() as conn:
+        total = conn.scalar(text("SELECT pg_database_size(current_database())"))
+        tables = {name: conn.scalar(text(f"SELECT pg_total_relation_size('{name}')"))
+                  for name in ("deliveries", "delivery_items")}
+    return (f"  database after the day: {total / 2**20:,.0f} MB, of which "
+            + ", ".join(f"{name} {size / 2**20:,.0f} MB" for name, size in tables.items())
+            + " (with their indexes)")
 
 
 def day_parties(sink: Sink) -> dict[str, Callable[[int, str], bool]]:
