@@ -260,17 +260,9 @@ def _insert_planned(
     table = Delivery.__table__
     dialect = session.get_bind().dialect
     status_type = table.c.status.type.compile(dialect)
-    if dialect.name == "postgresql":
-        rows_sql = ("SELECT row.subscriber_id, row.digest_date, row.period, row.message_id "
-                    "FROM json_to_recordset(CAST(:rows AS json)) "
-                    "AS row(subscriber_id integer, digest_date date, period text, "
-                    "message_id text)")
-    else:  # SQLite stores a date as its ISO text; WHERE true parses ON CONFLICT as the upsert
-        rows_sql = ("SELECT json_extract(value, '$.subscriber_id') AS subscriber_id, "
-                    "json_extract(value, '$.digest_date') AS digest_date, "
-                    "json_extract(value, '$.period') AS period, "
-                    "json_extract(value, '$.message_id') AS message_id "
-                    "FROM json_each(:rows) WHERE true")
+    # SQLite stores a date as its ISO text; WHERE true parses ON CONFLICT as the upsert.
+    rows_sql = _json_rows(dialect.name, (("subscriber_id", "integer"), ("digest_date", "date"),
+                                         ("period", "text"), ("message_id", "text")))
     statement = (
         text(
             "INSERT INTO deliveries (subscriber_id, digest_date, period, message_id, status, "
@@ -372,17 +364,9 @@ _CLAIMED_AS = (DeliveryStatus.CLAIMED, DeliveryStatus.SENDING, DeliveryStatus.SK
 def _claim_composed_statement(dialect: str) -> Any:
     """`claim_composed`'s one UPDATE: its rows (JSON) joined to theirs by subscriber."""
     table = Delivery.__table__.c
-    if dialect == "postgresql":
-        rows = ("SELECT * FROM json_to_recordset(CAST(:rows AS json)) AS row(subscriber_id "
-                "integer, status text, paper_count integer, trending_fallback boolean, "
-                "error text)")
-    else:
-        rows = ("SELECT json_extract(value, '$.subscriber_id') AS subscriber_id, "
-                "json_extract(value, '$.status') AS status, "
-                "json_extract(value, '$.paper_count') AS paper_count, "
-                "json_extract(value, '$.trending_fallback') AS trending_fallback, "
-                "json_extract(value, '$.error') AS error "
-                "FROM json_each(:rows)")
+    rows = _json_rows(dialect, (("subscriber_id", "integer"), ("status", "text"),
+                                ("paper_count", "integer"), ("trending_fallback", "boolean"),
+                                ("error", "text")))
     status = " ".join(f"WHEN '{s.value}' THEN :{s.value}" for s in _CLAIMED_AS)
     return text(
         f"UPDATE deliveries SET status = CASE w.status {status} END, "
@@ -481,15 +465,8 @@ def _start_sending_statement(dialect: str) -> Any:
     """`start_sending`'s one UPDATE: its rows (JSON) joined to theirs by subscriber, each
     either marked SENDING with its contents (if still only claimed) or closed as SENT."""
     table = Delivery.__table__.c
-    if dialect == "postgresql":
-        rows = ("SELECT * FROM json_to_recordset(CAST(:rows AS json)) AS row(subscriber_id "
-                "integer, sending boolean, paper_count integer, trending_fallback boolean)")
-    else:
-        rows = ("SELECT json_extract(value, '$.subscriber_id') AS subscriber_id, "
-                "json_extract(value, '$.sending') AS sending, "
-                "json_extract(value, '$.paper_count') AS paper_count, "
-                "json_extract(value, '$.trending_fallback') AS trending_fallback "
-                "FROM json_each(:rows)")
+    rows = _json_rows(dialect, (("subscriber_id", "integer"), ("sending", "boolean"),
+                                ("paper_count", "integer"), ("trending_fallback", "boolean")))
     return text(
         "UPDATE deliveries SET "
         "status = CASE WHEN w.sending THEN :sending ELSE :sent END, "
@@ -574,6 +551,17 @@ def day_counts(session: Session, day: date, now: datetime | None = None) -> Coun
     ).one()
     counts.update({"stale": stale, "claimed": claimed, "planned": planned})
     return +counts
+
+
+def _json_rows(dialect: str, columns: Sequence[tuple[str, str]]) -> str:
+    """A SELECT of the rows in the JSON parameter `:rows` (a list of objects), one column per
+    (name, PostgreSQL type): `json_to_recordset` on PostgreSQL, `json_each` on SQLite. A batch's
+    rows travel as one JSON text, which the C json module writes and the database reads."""
+    if dialect == "postgresql":
+        fields = ", ".join(f"{name} {type_}" for name, type_ in columns)
+        return f"SELECT * FROM json_to_recordset(CAST(:rows AS json)) AS row({fields})"
+    picks = ", ".join(f"json_extract(value, '$.{name}') AS {name}" for name, _ in columns)
+    return f"SELECT {picks} FROM json_each(:rows)"
 
 
 def _statement(session: Session, name: str) -> Any:

@@ -521,11 +521,12 @@ def compose_and_claim(
         ledger.attach_items(session, delivery_items(
             [c for c in composed if c.subscriber_id in owned], owned))
         session.commit()
+    skipped_here = sum(sid in owned for sid in skipped)
+    failed_here = [(email, reason) for sid, email, reason in unsendable if sid in owned]
     report.skipped[SKIP_ELSEWHERE] += len(subscriber_ids) - len(owned)
-    report.skipped[SKIP_NO_MATCH] += sum(sid in owned for sid in skipped)
-    report.failed += [(email, reason) for sid, email, reason in unsendable if sid in owned]
-    metrics.count_digests(skipped=sum(sid in owned for sid in skipped),
-                          failed=sum(sid in owned for sid, _, _ in unsendable))
+    report.skipped[SKIP_NO_MATCH] += skipped_here
+    report.failed += failed_here
+    metrics.count_digests(skipped=skipped_here, failed=len(failed_here))
     # Each window keeps its place: the first, if claimed as SENDING, stays the first.
     return report, [[c for c in window if c.subscriber_id in owned] for window in windows]
 

@@ -308,10 +308,6 @@ class DayRenderer:
             units.append(unit)
         return skeleton, units
 
-    def text(self, ctx: DigestContext, context: dict[str, Any]) -> str:
-        """The plain-text part (`text_and_quoted` without its encoding)."""
-        return self.text_and_quoted(ctx, context)[0]
-
     def text_and_quoted(
         self, ctx: DigestContext, context: dict[str, Any]
     ) -> tuple[str, bytes | None]:
