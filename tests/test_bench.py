@@ -10,7 +10,14 @@ from click.testing import CliRunner
 
 from digest.cli import main
 from digest.settings import Settings
-from digest.tools.bench import Figures, run_bench, spread, spread_table
+from digest.tools.bench import (
+    Figures,
+    file_creation_seconds,
+    mean_file_size,
+    run_bench,
+    spread,
+    spread_table,
+)
 from digest.tools.synthetic import temporary_redis_database
 
 pytestmark = pytest.mark.slow
@@ -51,6 +58,35 @@ def test_each_stage_rate_says_what_it_is_per(tmp_path: Path) -> None:
     assert "ms per call (" in rates["ledger"] and "ms per batch" in rates["ledger"]
     assert "ms per call" in rates["prepare"] and "ms/item" not in figures.table()
     assert figures.whole_day is not None and figures.whole_day > 0
+
+
+def test_the_file_day_is_set_beside_its_best_case_summed_from_the_same_run(
+    tmp_path: Path,
+) -> None:
+    figures = run_bench(Settings(data_dir=tmp_path).resolved(), subscribers=60, papers=40,
+                        backend="file", progress=lambda _: None)
+    row = next(r for r in figures.rows if r[0].startswith("whole day's best case"))
+    parts = dict(part.rsplit(" ", 1) for part in  # "score 1.2 + HTML 0.3 + ..."
+                 row[2].removesuffix(" process-s").split(" + "))
+    assert list(parts) == ["score", "HTML", "text", "MIME", "file creation"]
+    assert float(row[1].removesuffix(" s")) == pytest.approx(
+        sum(map(float, parts.values())), abs=0.5)
+    assert figures.whole_day is not None and figures.best_day_ratio == pytest.approx(
+        figures.whole_day / float(row[1].removesuffix(" s")), rel=0.02)
+    assert row[4] == f"{figures.best_day_ratio:.2f}x"
+    assert "the day's mean .eml" in "\n".join(figures.notes)
+    assert not (tmp_path / "file-creation").exists()
+
+
+def test_file_creation_makes_one_file_of_the_size_per_item(tmp_path: Path) -> None:
+    seconds = file_creation_seconds(tmp_path, range(5), size=1234)
+    (folder,) = tmp_path.iterdir()
+    assert sorted(f.stat().st_size for f in folder.iterdir()) == [1234] * 5 and seconds > 0
+    (tmp_path / "outbox" / "2026-12-07").mkdir(parents=True)
+    for k, size in enumerate((100, 200, 301)):
+        (tmp_path / "outbox" / "2026-12-07" / f"{k}.eml").write_bytes(b"x" * size)
+    (tmp_path / "outbox" / "2026-12-07" / "index.html").write_bytes(b"x" * 9999)
+    assert mean_file_size(tmp_path / "outbox") == 200
 
 
 def test_bench_repeat_prints_each_run_and_the_spread(
