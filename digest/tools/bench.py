@@ -191,13 +191,14 @@ def our_score_seconds(index: Any, profiles: Sequence[Any], batch: int) -> float:
 
 
 def seconds_in_processes(
-    jobs: int, measure: Callable[[Any, Sequence[Any]], float], index: Any,
-    profiles: Sequence[Any],
+    jobs: int, measure: Callable[[Any, Sequence[Any]], float], shared: Any,
+    items: Sequence[Any],
 ) -> float:
-    """`measure` over shares of the profiles in `jobs` processes at once, as the day ran
-    them: process-seconds summed, comparable with the day's per-stage figures."""
-    share = -(-len(profiles) // max(jobs, 1))
-    return sum(in_processes([partial(measure, index, profiles[k * share : (k + 1) * share])
+    """`measure(shared, share)` over shares of `items` (profiles to score, files to make) in
+    `jobs` processes at once, as the day ran them: process-seconds summed, comparable with
+    the day's per-stage figures."""
+    share = -(-len(items) // max(jobs, 1))
+    return sum(in_processes([partial(measure, shared, items[k * share : (k + 1) * share])
                              for k in range(max(jobs, 1))]))
 
 
@@ -786,7 +787,7 @@ def add_best_day(settings: Settings, figures: Figures, score_best: float,
     # The day wrote into an empty outbox: so does the floor (tmpfs slows as it fills).
     shutil.rmtree(settings.outbox_dir, ignore_errors=True)
     files = seconds_in_processes(jobs, partial(file_creation_seconds, size=size),
-                                 settings.data_dir / "file-creation", list(range(n)))
+                                 settings.data_dir / "file-creation", range(n))
     shutil.rmtree(settings.data_dir / "file-creation", ignore_errors=True)
     parts = {"score": score_best, **floors, "file creation": files}
     best = sum(parts.values())
