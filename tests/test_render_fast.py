@@ -5,8 +5,10 @@ from __future__ import annotations
 import itertools
 import random
 import shutil
+from collections.abc import Mapping
 from datetime import date, datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import pytest
 from jinja2 import Environment, FileSystemLoader
@@ -91,6 +93,34 @@ def test_fast_path_is_identical_to_the_plain_render_for_many_digests() -> None:
         assert fast.text == plain.text
         assert fast.html == plain.html
     assert renderer.fallbacks == 0  # every card fit the skeleton: the shortcut was used
+
+
+def test_cards_compiled_together_are_the_cards_compiled_one_by_one() -> None:
+    # A digest's new cards go through MJML in one compile and are cut apart at each card's
+    # opening tags: every hostile card, with and without a why line, in every variant, must
+    # come out as it does compiled alone.
+    class Counting(DayRenderer):
+        compiles = 0
+
+        def _compile(self, context: Mapping[str, Any]) -> str:
+            self.compiles += 1
+            return super()._compile(context)
+
+    rng = random.Random(20261207)
+    cards = [card(i, rng) for i in range(24)]
+    together, alone = Counting(DAY, SITE), DayRenderer(DAY, SITE)
+    for variant in itertools.islice(itertools.product([False, True], repeat=7), 0, None, 9):
+        variant = day.Variant(*variant)
+        items = tuple(DigestItem(card=c, reasons=("matches: LoRA",) if i % 3 else (), score=1.0)
+                      for i, c in enumerate(cards))
+        together._skeleton(variant)
+        before = together.compiles
+        together._compile_cards(items, variant)
+        assert together.compiles == before + 1  # all of them in one compile, none again alone
+        for item in items:
+            key = (item.card.paper_id, bool(item.why), variant)
+            assert together._cards[key] == alone._card(item.card, bool(item.why), variant)
+    assert together.fallbacks == alone.fallbacks == 0
 
 
 # What quoted-printable treats specially: "=", a lone ".", spaces and tabs at a line's end,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 import secrets
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from functools import cache
@@ -21,7 +21,7 @@ from markupsafe import escape
 from mjml import mjml2html
 
 from ..mail.mime import quoted_printable
-from .content import DigestContext, PaperCard
+from .content import DigestContext, DigestItem, PaperCard
 from .filters import TEXT_WIDTH, one_line, printable, wrap
 from .plain import (
     RenderedEmail,
@@ -116,6 +116,9 @@ class _Skeleton:
     tail: tuple[str, ...]
     offset: int  # where cards start in the compiled HTML
     bare: str  # the compiled skeleton with its slots, no cards
+    # How a compiled card starts (its first tags, up to the first text or slot): where cards
+    # compiled together are cut apart. "" if it cannot tell.
+    card_opening: str = ""
     values: tuple[str, ...] = field(init=False)  # the subscriber's values head and tail show
 
     def __post_init__(self) -> None:
@@ -178,6 +181,16 @@ def _html(value: str) -> str:
                                  or "'" in text):
         text = str(escape(text))
     return ascii_references(text)
+
+
+def _opening_tags(unit: str) -> str:
+    """The run of tags a compiled card starts with, to its first text (`tr><td ...><div ...>`:
+    a unit starts inside its first tag, since the skeleton's head and the first card share
+    its "<"). Card text is escaped, so this run of tags never occurs inside a card."""
+    end = unit.find(">") + 1
+    while end and unit.startswith("<", end):
+        end = unit.find(">", end) + 1
+    return unit[:end]
 
 
 def _common_prefix(a: str, b: str) -> int:
@@ -275,6 +288,10 @@ class DayRenderer:
         # compiled, then its slots (the odd places) are replaced by the reader's values.
         parts = [fill(skeleton.head, values)]
         slots = {"feedback_href": feedback}
+        for item in ctx.items:
+            if (item.card.paper_id, bool(item.why), variant) not in cards:
+                self._compile_cards(ctx.items, variant)
+                break
         for rank, item in enumerate(ctx.items, start=1):
             why = item.why
             key = (item.card.paper_id, bool(why), variant)
@@ -452,27 +469,61 @@ class DayRenderer:
             probe = PaperCard(0, "probe", ("A",), "probe", "https://probe.invalid", None, None)
             one = self._compile({**slots, "items": (_SlotItem(probe, self.slot["why"]),)})
             offset = _common_prefix(bare, one)
+            probe_unit = one[offset : len(one) - (len(bare) - offset)]
             self._skeletons[variant] = _Skeleton(
                 head=segments(bare[:offset], self.slot),
                 tail=segments(bare[offset:], self.slot),
                 offset=offset,
                 bare=bare,
+                card_opening=_opening_tags(probe_unit),
             )
         return self._skeletons[variant]
 
     def _card(self, card: PaperCard, has_why: bool, variant: Variant) -> tuple[str, ...] | None:
         key = (card.paper_id, has_why, variant)
         if key not in self._cards:
-            skeleton = self._skeleton(variant)
-            why = self.slot["why"] if has_why else ""
-            items = (_SlotItem(card, why),)
-            one = self._compile({**self._slot_context(variant), "items": items})
-            head, tail = skeleton.bare[: skeleton.offset], skeleton.bare[skeleton.offset :]
-            fits = one.startswith(head) and one.endswith(tail) and len(one) > len(skeleton.bare)
-            self._cards[key] = (
-                segments(one[len(head) : len(one) - len(tail)], self.slot) if fits else None
-            )
+            self._cards[key] = self._compiled_cards([(card, has_why)], variant)[0]
         return self._cards[key]
+
+    def _compile_cards(self, items: Sequence[DigestItem], variant: Variant) -> None:
+        """Compile the cards of `items` not compiled yet, all in one MJML compile: most of a
+        compile is the skeleton around the cards, so a digest's new cards cost about one card
+        together (the first readers of a day bring ten new cards each)."""
+        wanted: dict[tuple[int, bool, Variant], tuple[PaperCard, bool]] = {}
+        for item in items:
+            key = (item.card.paper_id, bool(item.why), variant)
+            if key not in self._cards:
+                wanted.setdefault(key, (item.card, bool(item.why)))
+        units = self._compiled_cards(list(wanted.values()), variant) if len(wanted) > 1 else None
+        for key, (card, has_why) in wanted.items():
+            if units is None:
+                self._card(card, has_why, variant)
+            else:
+                self._cards[key] = units.pop(0)
+
+    def _compiled_cards(
+        self, cards: Sequence[tuple[PaperCard, bool]], variant: Variant
+    ) -> list[tuple[str, ...] | None]:
+        """Each (card, with a why line) compiled into the variant's skeleton, cut out, as
+        segments with slots; a card that does not fit the skeleton is None.
+
+        Compiled together, the cards come out one after the other, each starting with the
+        skeleton's own card opening (the probe's, up to its first tag's end): the output is
+        cut there. Should the cut not give one unit per card (a card whose compiled HTML
+        differs in shape), each is compiled alone instead."""
+        skeleton = self._skeleton(variant)
+        items = tuple(_SlotItem(card, self.slot["why"] if has_why else "")
+                      for card, has_why in cards)
+        out = self._compile({**self._slot_context(variant), "items": items})
+        head, tail = skeleton.bare[: skeleton.offset], skeleton.bare[skeleton.offset :]
+        fits = out.startswith(head) and out.endswith(tail) and len(out) > len(skeleton.bare)
+        middle = out[len(head) : len(out) - len(tail)] if fits else ""
+        if len(cards) == 1:
+            return [segments(middle, self.slot) if fits else None]
+        pieces = middle.split(skeleton.card_opening) if skeleton.card_opening else []
+        if len(pieces) != len(cards) + 1 or pieces[0]:
+            return [self._compiled_cards([one], variant)[0] for one in cards]
+        return [segments(skeleton.card_opening + piece, self.slot) for piece in pieces[1:]]
 
     def _cards_text(self, ctx: DigestContext, text: list[str], quoted: list[bytes]) -> None:
         """Append the cards of the text part and their quoted-printable body: each card's
