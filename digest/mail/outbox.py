@@ -60,22 +60,22 @@ class FileSender(Sender):
         self.outbox_dir = Path(settings.outbox_dir).resolve()
         self.index_path = self.outbox_dir / "index.html"
         self.known: OutboxRows = {}  # index rows of the messages written here
-        self._folders: dict[str, Path] = {}
+        self._folders: dict[str, str] = {}
         # The HTML of the newest messages written here: their copies are written on close.
         self._recent: OrderedDict[str, str] = OrderedDict()
 
     def send(self, email: OutgoingEmail) -> SendResult:
-        eml_path = self.path_for(email)
+        day, file_name = self._place(email)
+        name = f"{self._day_folder(day)}/{file_name}"
         data = message_bytes(self.settings, email)
-        stat = _write_atomically(eml_path, data)
-        name = str(eml_path)
+        stat = _write_atomically(name, data)
         self._recent[name] = email.html
         self._recent.move_to_end(name)
         if len(self._recent) > INDEX_ROWS:
             self._recent.popitem(last=False)
         # What the index shows of it, so that writing the index needs not read it back.
         sent_at = email.date if email.date.tzinfo else email.date.replace(tzinfo=timezone.utc)
-        self.known[f"{eml_path.parent.name}/{eml_path.name}"] = OutboxRow(
+        self.known[f"{day}/{file_name}"] = OutboxRow(
             stat.st_size, stat.st_mtime_ns, sent_at.replace(microsecond=0).isoformat(),
             wire_address(email.to), clean_subject(email.subject), email.kind, email.message_id,
         )
@@ -83,23 +83,29 @@ class FileSender(Sender):
 
     def path_for(self, email: OutgoingEmail) -> Path:
         """Where `email`'s .eml goes; always inside the outbox whatever the address holds."""
-        recipient = re.sub(r"[^A-Za-z0-9@+_.-]+", "_", email.to).strip("._-")[:64] or "recipient"
-        digest = hashlib.sha256(email.message_id.encode()).hexdigest()[:12]
-        folder = self._day_folder(email.date.date().isoformat())
-        return folder / f"{email.kind}--{recipient}--{digest}.eml"
+        day, file_name = self._place(email)
+        return Path(self._day_folder(day), file_name)
 
-    def _day_folder(self, day: str) -> Path:
+    @staticmethod
+    def _place(email: OutgoingEmail) -> tuple[str, str]:
+        """(day folder name, file name) of `email`'s .eml, as strings: a day makes one per
+        subscriber, and pathlib's joins cost more than the names."""
+        recipient = _UNSAFE_IN_NAME.sub("_", email.to).strip("._-")[:64] or "recipient"
+        digest = hashlib.sha256(email.message_id.encode()).hexdigest()[:12]
+        return email.date.date().isoformat(), f"{email.kind}--{recipient}--{digest}.eml"
+
+    def _day_folder(self, day: str) -> str:
         """outbox/<day>/, checked once per day to lie inside the outbox (a symlink might not).
 
         The file name itself cannot leave it: the recipient part keeps only [A-Za-z0-9@+_.-]
         (no slash), and the kind and hash are our own."""
         folder = self._folders.get(day)
         if folder is None:
-            folder = self.outbox_dir / day
-            if not folder.resolve().is_relative_to(self.outbox_dir):
-                raise ValueError(f"refusing to write into {folder}: outside the outbox")
-            folder.mkdir(parents=True, exist_ok=True)
-            self._folders[day] = folder
+            path = self.outbox_dir / day
+            if not path.resolve().is_relative_to(self.outbox_dir):
+                raise ValueError(f"refusing to write into {path}: outside the outbox")
+            path.mkdir(parents=True, exist_ok=True)
+            folder = self._folders[day] = str(path)
         return folder
 
     def outbox_rows(self) -> OutboxRows:
@@ -268,7 +274,10 @@ def is_message_name(name: str) -> bool:
     return name.endswith(".eml") and not name.startswith(".")
 
 
-def _write_atomically(path: Path, data: bytes) -> os.stat_result:
+_UNSAFE_IN_NAME = re.compile(r"[^A-Za-z0-9@+_.-]+")
+
+
+def _write_atomically(path: Path | str, data: bytes) -> os.stat_result:
     # A reader (a browser on index.html, a mail client on an .eml) never sees half a file.
     # The temporary name is the file's own plus this process and thread: unique among
     # writers without mkstemp's random names and chmod (a file per message at 100k a day).
