@@ -172,14 +172,17 @@ def outbox_entries(
     fresh: OutboxRows = {}
     parser = BytesHeaderParser(policy=default_policy)
     found: list[tuple[str, float, str, OutboxRow, bool]] = []
+    # A day's messages share each second's Date: each distinct one is parsed once.
+    stamps: dict[str, float] = {}
     for day_dir in outbox_dir.iterdir():
         if not (day_dir.is_dir() and re.fullmatch(r"\d{4}-\d{2}-\d{2}", day_dir.name)):
             continue
+        day = day_dir.name
         names = set(os.listdir(day_dir))
         for name in names:
             if not is_message_name(name):
                 continue
-            key = f"{day_dir.name}/{name}"
+            key = f"{day}/{name}"
             row = known.get(key)
             if row is None:
                 eml = day_dir / name
@@ -188,9 +191,12 @@ def outbox_entries(
                 if row is None or row[:2] != (stat.st_size, stat.st_mtime_ns):
                     row = OutboxRow(stat.st_size, stat.st_mtime_ns, *_header_fields(parser, eml))
             fresh[key] = row
-            sent_at = datetime.fromisoformat(row.sent_at).timestamp() if row.sent_at else 0.0
+            when = row.sent_at or ""
+            sent_at = stamps.get(when)
+            if sent_at is None:
+                sent_at = stamps[when] = datetime.fromisoformat(when).timestamp() if when else 0.0
             has_html = name[: -len(".eml")] + ".html" in names
-            found.append((day_dir.name, sent_at, name, row, has_html))
+            found.append((day, sent_at, name, row, has_html))
     if fresh != stored:
         _write_atomically(cache_path, json.dumps(fresh).encode("utf-8"))
     newest = heapq.nlargest(limit, found, key=lambda f: (f[0], f[1], f[2]))
