@@ -105,6 +105,13 @@ _PREPARED: dict[tuple[str, date, bool], tuple[tuple[object, ...], PreparedDay]] 
 DAYS_KEPT = 6
 
 
+def forget_prepared_days(database_url: str) -> None:
+    """Drop the days kept for `database_url`: a database thrown away (a bench run's) would
+    otherwise hold one of the DAYS_KEPT places, and its memory, until pushed out."""
+    for key in [key for key in _PREPARED if key[0] == database_url]:
+        del _PREPARED[key]
+
+
 def prepared_day(
     session: Session, settings: Settings, day: date, weekly: bool = False
 ) -> PreparedDay:

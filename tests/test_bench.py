@@ -60,6 +60,17 @@ def test_each_stage_rate_says_what_it_is_per(tmp_path: Path) -> None:
     assert figures.whole_day is not None and figures.whole_day > 0
 
 
+def test_a_run_keeps_nothing_of_its_throwaway_databases(tmp_path: Path) -> None:
+    # With --repeat each run would otherwise leave its prepared day behind in this process,
+    # and the next run's forked run processes would count it in their peak memory.
+    from digest import prepare
+
+    before = set(prepare._PREPARED)
+    run_bench(Settings(data_dir=tmp_path).resolved(), subscribers=40, papers=30,
+              backend="file", progress=lambda _: None)
+    assert set(prepare._PREPARED) <= before
+
+
 def test_the_file_day_is_set_beside_its_best_case_summed_from_the_same_run(
     tmp_path: Path,
 ) -> None:

@@ -34,6 +34,7 @@ from typing import Any, TypeVar
 from sqlalchemy import event, text
 
 from .. import db
+from ..prepare import forget_prepared_days
 from ..settings import Settings
 from .best_cases import Timing, stage_timings
 from .cpu import CpuAccount, cpu_note
@@ -618,8 +619,17 @@ def run_bench(
         _run(base, figures, workdir, subscribers, papers, workers, backend, postgres_admin_url,
              progress, in_process and not plan_only, concurrency, plan_only, sink_count)
     finally:
+        # The run's SQLite file goes with its folder: nothing of it stays in this process
+        # for the next run (`--repeat`) to carry, neither its prepared day nor its connections.
+        forget_prepared_days(bench_database_url(workdir))
+        db.engine_for(bench_database_url(workdir)).dispose()
         shutil.rmtree(workdir, ignore_errors=True)  # a 100k day leaves gigabytes of outbox
     return figures
+
+
+def bench_database_url(workdir: Path) -> str:
+    """The in-process day's throwaway SQLite database, in the run's folder."""
+    return f"sqlite:///{workdir / 'bench.sqlite3'}"
 
 
 def _run(
@@ -633,7 +643,7 @@ def _run(
             base, data_dir=workdir, outbox_dir=workdir / "outbox", mail_backend=backend,
             smtp_host="127.0.0.1", smtp_port=sink.port, smtp_security="none",
             smtp_username="", send_rate_per_second=0.0, secret_key="bench",
-            database_url=f"sqlite:///{workdir / 'bench.sqlite3'}",
+            database_url=bench_database_url(workdir),
         )
         if in_process:
             progress(f"Generating {subscribers:,} subscribers and {papers:,} papers in "

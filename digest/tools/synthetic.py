@@ -15,6 +15,7 @@ from sqlalchemy import Connection, create_engine, insert, text
 
 from .. import db
 from ..models import Subscriber, SubscriberStatus, TopicProfile
+from ..prepare import forget_prepared_days
 from ..settings import Settings
 
 TOPIC_PHRASES = [
@@ -171,6 +172,7 @@ def temporary_postgres(admin_url: str, prefix: str = "digest_bench") -> Iterator
     try:
         yield url
     finally:
+        forget_prepared_days(url)  # the days prepared from it would outlive it here
         db.engine_for(url).dispose()
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
