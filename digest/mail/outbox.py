@@ -44,6 +44,10 @@ class OutboxEntry:
     html_href: str | None
 
 
+# What an .eml name may not hold of the recipient's address (no slash: it stays in its folder).
+_UNSAFE_IN_NAME = re.compile(r"[^A-Za-z0-9@+_.-]+")
+
+
 class FileSender(Sender):
     """Write each message into `outbox_dir/<day>/` as an `.eml` file.
 
@@ -81,15 +85,11 @@ class FileSender(Sender):
         )
         return SendResult(SendOutcome.SENT, name)
 
-    def path_for(self, email: OutgoingEmail) -> Path:
-        """Where `email`'s .eml goes; always inside the outbox whatever the address holds."""
-        day, file_name = self._place(email)
-        return Path(self._day_folder(day), file_name)
-
     @staticmethod
     def _place(email: OutgoingEmail) -> tuple[str, str]:
-        """(day folder name, file name) of `email`'s .eml, as strings: a day makes one per
-        subscriber, and pathlib's joins cost more than the names."""
+        """(day folder name, file name) of `email`'s .eml, always inside the outbox whatever
+        the address holds; as strings: a day makes one per subscriber, and pathlib's joins
+        cost more than the names."""
         recipient = _UNSAFE_IN_NAME.sub("_", email.to).strip("._-")[:64] or "recipient"
         digest = hashlib.sha256(email.message_id.encode()).hexdigest()[:12]
         return email.date.date().isoformat(), f"{email.kind}--{recipient}--{digest}.eml"
@@ -278,9 +278,6 @@ def is_message_name(name: str) -> bool:
     """Whether a file name in an outbox day folder is a whole message: an .eml, not hidden (a
     write in progress, or one cut short by a kill, before this version named those ".part")."""
     return name.endswith(".eml") and not name.startswith(".")
-
-
-_UNSAFE_IN_NAME = re.compile(r"[^A-Za-z0-9@+_.-]+")
 
 
 def _write_atomically(path: Path | str, data: bytes) -> os.stat_result:

@@ -494,12 +494,9 @@ class DayRenderer:
             key = (item.card.paper_id, bool(item.why), variant)
             if key not in self._cards:
                 wanted.setdefault(key, (item.card, bool(item.why)))
-        units = self._compiled_cards(list(wanted.values()), variant) if len(wanted) > 1 else None
-        for key, (card, has_why) in wanted.items():
-            if units is None:
-                self._card(card, has_why, variant)
-            else:
-                self._cards[key] = units.pop(0)
+        if wanted:
+            units = self._compiled_cards(list(wanted.values()), variant)
+            self._cards.update(zip(wanted, units, strict=True))
 
     def _compiled_cards(
         self, cards: Sequence[tuple[PaperCard, bool]], variant: Variant
