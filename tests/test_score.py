@@ -325,6 +325,27 @@ def test_a_phrase_is_covered_however_its_hyphenated_words_are_written() -> None:
     assert coverage[1].tolist() == [1.0] * 4  # no word of it is a term today: no verdict
 
 
+def test_an_acronym_is_held_by_its_whole_spelled_out_form_not_by_one_of_its_words() -> None:
+    # A reader of "XAI" was sent papers that merely "explain" something, each said to match
+    # "XAI": the rarest word of "explainable AI" stood for the whole of it.
+    defining = paper(1, "Explainable AI (XAI) for doctors", "Explainable AI (XAI) in clinics.")
+    spelled = paper(2, "Explainable AI for credit scoring", "Which AI decisions are explainable.")
+    explains = [paper(10 + i, f"Theory that explains {topic}", f"Our model explains {topic}.")
+                for i, topic in enumerate(["proton radius", "ocean tides", "bird flight"])]
+    others = [paper(20 + i, t, t) for i, t in enumerate([
+        "Weather forecasting with ensembles", "Compilers for tensor programs",
+        "AI for protein folding", "Speech recognition with AI"])]
+    index = build_day_index([defining, spelled, *explains, *others], [], NOW, RankingKnobs())
+    assert index.acronyms["xai"] == "explainable ai"
+    coverage = index.queries.coverage.of(["XAI"])[0]
+    assert coverage[:2].tolist() == [1.0, 1.0]
+    assert coverage[2:5].tolist() == [0.0, 0.0, 0.0]  # "explains" alone is not XAI
+    [sel] = index.select([Profile(1, "XAI", limit=10)])
+    said_to_match = {p.paper_id for p in sel.picks if p.reasons == ("matches: XAI",)}
+    assert said_to_match == {1, 2}
+    assert not {p.paper_id for p in sel.picks} & {10, 11, 12}
+
+
 def test_coverage_in_batches_equals_the_plain_rule() -> None:
     from digest.tools.synthetic import TOPIC_PHRASES, sample_texts
 
@@ -535,25 +556,26 @@ def test_topic_rows_built_from_phrases_equal_the_vectorizers_own() -> None:
 
 def plain_coverage(index: DayIndex, phrase: str, held: list[set[str]]) -> list[float]:
     """How much of a phrase each paper (the terms it holds) holds, word by word: the IDF of
-    the words it holds over the rarest word's, at most 1 (an acronym also held by its
-    spelled-out form's rarest word, and no rarer than that word)."""
+    the words it holds over the rarest word's, at most 1 (an acronym also held by a paper
+    holding every word of its spelled-out form, and no rarer than that form's rarest word)."""
     vocab, idf = index.vectorizer.vocabulary_, index.vectorizer.idf_
     weighed = []
     for slot in word_slots(phrase, index.acronyms):
         terms = [t for t in slot.terms if t in vocab]
         weight = max((float(idf[vocab[t]]) for t in slot.stems if t in vocab), default=0.0)
         weight = weight or max((float(idf[vocab[t]]) for t in terms), default=0.0)
-        spelled = [t for t in slot.spelled if t in vocab]
+        spelled = {t for t in slot.spelled if t in vocab}
         if spelled:
-            rarest = max(spelled, key=lambda t: idf[vocab[t]])
-            terms.append(rarest)
-            weight = min(weight, float(idf[vocab[rarest]])) if weight else idf[vocab[rarest]]
-        if terms:
-            weighed.append((weight, terms))
+            rarest = max(float(idf[vocab[t]]) for t in spelled)
+            weight = min(weight, rarest) if weight else rarest
+        if terms or spelled:
+            weighed.append((weight, terms, spelled))
     if not weighed:
         return [1.0] * len(held)
-    rarest_weight = max(w for w, _ in weighed)
-    return [min(1.0, sum(w for w, terms in weighed if not has.isdisjoint(terms)) / rarest_weight)
+    rarest_weight = max(w for w, _, _ in weighed)
+    return [min(1.0, sum(w for w, terms, spelled in weighed
+                         if not has.isdisjoint(terms) or (spelled and spelled <= has))
+                / rarest_weight)
             for has in held]
 
 

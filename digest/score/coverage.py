@@ -12,6 +12,7 @@ to a paper is scaled by that coverage.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from scipy import sparse
@@ -38,40 +39,60 @@ class PhraseCoverage:
         holds, over the IDF of the phrase's rarest word, at most 1.
 
         A phrase's words are its slots (`word_slots`); a paper holds a slot when it holds
-        any of the slot's terms (an acronym: also the rarest word of its spelled-out form).
-        A slot weighs its rarest stem's IDF; words no paper of the day holds, and those too
-        common to be terms, weigh nothing. A phrase with no weighed word is fully covered.
+        any of the slot's terms, or (an acronym) every word of its spelled-out form: "XAI"
+        is held by "explainable AI", not by a paper that only "explains". A slot weighs its
+        rarest stem's IDF; words no paper of the day holds, and those too common to be
+        terms, weigh nothing. A phrase with no weighed word is fully covered.
         """
-        slot_terms: list[list[int]] = []
-        weights: list[tuple[int, float]] = []  # per slot: (phrase, weight)
+        slots: list[_SlotColumns] = []
+        rows: list[int] = []  # per slot: its phrase
         for row, phrase in enumerate(phrases):
             for slot in word_slots(phrase, self.acronyms):
-                columns, weight = self._slot(slot)
-                if columns:
-                    weights.append((row, weight))
-                    slot_terms.append(columns)
+                columns = self._slot(slot)
+                if columns.weight:
+                    slots.append(columns)
+                    rows.append(row)
         coverage = np.ones((len(phrases), self.paper_count), dtype=np.float32)
-        if not slot_terms:
+        if not slots:
             return coverage
-        pick = sparse.csr_matrix(
-            (np.ones(sum(map(len, slot_terms)), dtype=np.float32),
-             np.concatenate([np.array(c, dtype=np.int64) for c in slot_terms]),
-             np.cumsum([0, *map(len, slot_terms)])),
-            shape=(len(slot_terms), self.holds.shape[0]),
-        )
-        held = (pick @ self.holds).tocsr()  # slots x papers: how many of its terms
-        held.data[:] = 1.0
-        rows = np.array([row for row, _ in weights])
-        values = np.array([weight for _, weight in weights])
+        held = self._held(slots)
+        values = np.array([slot.weight for slot in slots])
         rarest = np.zeros(len(phrases))
         np.maximum.at(rarest, rows, values)
         share = sparse.csr_matrix(
-            (values / rarest[rows], (rows, np.arange(len(weights)))),
-            shape=(len(phrases), len(weights)),
+            (values / rarest[rows], (rows, np.arange(len(slots)))),
+            shape=(len(phrases), len(slots)),
         )
         weighed = np.flatnonzero(rarest)
         coverage[weighed] = np.minimum((share @ held).toarray()[weighed], 1.0)
         return coverage
+
+    def _held(self, slots: Sequence[_SlotColumns]) -> sparse.csr_matrix:
+        """Slots x papers: 1 where the paper holds the slot (any of its own terms, or all of
+        its spelled-out words)."""
+        held = self._count_held([slot.any_of for slot in slots])
+        held.data[:] = 1.0
+        if any(slot.all_of for slot in slots):
+            counts = self._count_held([slot.all_of for slot in slots]).tocoo()
+            needed = np.array([len(slot.all_of) for slot in slots])
+            every = counts.data == needed[counts.row]
+            spelled = sparse.csr_matrix(
+                (np.ones(int(every.sum()), dtype=np.float32),
+                 (counts.row[every], counts.col[every])),
+                shape=held.shape,
+            )
+            held = held.maximum(spelled).tocsr()
+        return held
+
+    def _count_held(self, column_lists: Sequence[list[int]]) -> sparse.csr_matrix:
+        """Per list of term columns and paper: how many of the columns the paper holds."""
+        pick = sparse.csr_matrix(
+            (np.ones(sum(map(len, column_lists)), dtype=np.float32),
+             np.concatenate([np.array(c, dtype=np.int64) for c in column_lists]),
+             np.cumsum([0, *map(len, column_lists)])),
+            shape=(len(column_lists), self.holds.shape[0]),
+        )
+        return (pick @ self.holds).tocsr()
 
     def rarest(self, stems: Sequence[str]) -> tuple[int | None, float]:
         """The column and IDF of the rarest of these stems that is a term today."""
@@ -81,14 +102,26 @@ class PhraseCoverage:
         column = max(columns, key=lambda c: self.idf[c])
         return column, float(self.idf[column])
 
-    def _slot(self, slot: WordSlot) -> tuple[list[int], float]:
+    def _slot(self, slot: WordSlot) -> _SlotColumns:
         """The columns that hold a slot, and its weight (none and 0 if it is no term)."""
         columns = [c for t in slot.terms if (c := self.vocabulary.get(t)) is not None]
         weight = self.rarest(slot.stems)[1] or self.rarest(slot.terms)[1]
-        spelled, spelled_weight = self.rarest(slot.spelled)
-        if spelled is not None:
-            columns.append(spelled)
+        spelled = sorted({c for t in slot.spelled if (c := self.vocabulary.get(t)) is not None})
+        if spelled:
             # An acronym is as common as the papers saying it either way: no rarer than
             # its spelled-out form's rarest word.
+            spelled_weight = self.rarest(slot.spelled)[1]
             weight = min(weight, spelled_weight) if weight else spelled_weight
-        return (columns, weight) if columns else ([], 0.0)
+        if not columns and not spelled:
+            return _SlotColumns([], [], 0.0)
+        return _SlotColumns(columns, spelled, weight)
+
+
+@dataclass(frozen=True)
+class _SlotColumns:
+    """A slot as the day's columns: a paper holds it by any of `any_of`, or by all of
+    `all_of` (an acronym's spelled-out words that are terms today)."""
+
+    any_of: list[int]
+    all_of: list[int]
+    weight: float
