@@ -19,53 +19,75 @@ from scipy import sparse
 
 from .text import WordSlot, word_slots
 
+# Coverage 1 (it is capped there), float32 rounding aside.
+FULL_COVERAGE = 1.0 - 1e-6
+
 
 class PhraseCoverage:
     """The day's papers as the terms each holds, to measure phrases' coverage in batches."""
 
     def __init__(
         self, vocabulary: dict[str, int], idf: np.ndarray, matrix_t: sparse.csr_matrix,
-        acronyms: dict[str, str],
+        acronyms: dict[str, str], too_common: frozenset[str] | None = None,
     ) -> None:
         self.vocabulary = vocabulary
         self.idf = idf
         self.acronyms = acronyms
+        # The terms the vectorizer dropped for being in most papers (None: not known, and
+        # then no word counts as missing from the day).
+        self.too_common = too_common
         self.holds = matrix_t.copy()  # terms x papers: 1 where the paper holds the term
         self.holds.data[:] = 1.0
         self.paper_count = matrix_t.shape[1]
 
     def of(self, phrases: list[str]) -> np.ndarray:
         """Per phrase and paper, its coverage: the IDF of the phrase's words the paper
-        holds, over the IDF of the phrase's rarest word, at most 1.
+        holds, over the IDF of the phrase's rarest word, at most 1 (`measure`)."""
+        return self.measure(phrases)[0]
+
+    def measure(self, phrases: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Per phrase and paper, its coverage (what ranking reads), and whether the paper
+        holds the whole phrase (what a pick's "matches:" line claims).
 
         A phrase's words are its slots (`word_slots`); a paper holds a slot when it holds
         any of the slot's terms, or (an acronym) every word of its spelled-out form: "XAI"
         is held by "explainable AI", not by a paper that only "explains". A slot weighs its
         rarest stem's IDF; words no paper of the day holds, and those too common to be
-        terms, weigh nothing. A phrase with no weighed word is fully covered.
+        terms, weigh nothing. Coverage is the weight of the slots a paper holds over the
+        rarest slot's, at most 1: "graphs" alone covers "learning on graphs". A paper holds
+        the whole phrase when it covers it fully and no word of the phrase is missing from
+        the whole day (though not for being too common to count): coverage weighs such a
+        word nothing, so that today's papers are ranked by the words they can hold, but no
+        paper matches "brain-computer interfaces" whole on a day no paper says "brain". A
+        phrase with no weighed word is fully covered, and held whole unless a word of it is
+        missing.
         """
         slots: list[_SlotColumns] = []
         rows: list[int] = []  # per slot: its phrase
+        unmet = np.zeros(len(phrases), dtype=bool)
         for row, phrase in enumerate(phrases):
             for slot in word_slots(phrase, self.acronyms):
                 columns = self._slot(slot)
                 if columns.weight:
                     slots.append(columns)
                     rows.append(row)
+                elif self.too_common is not None and self.too_common.isdisjoint(slot.terms):
+                    unmet[row] = True
         coverage = np.ones((len(phrases), self.paper_count), dtype=np.float32)
-        if not slots:
-            return coverage
-        held = self._held(slots)
-        values = np.array([slot.weight for slot in slots])
-        rarest = np.zeros(len(phrases))
-        np.maximum.at(rarest, rows, values)
-        share = sparse.csr_matrix(
-            (values / rarest[rows], (rows, np.arange(len(slots)))),
-            shape=(len(phrases), len(slots)),
-        )
-        weighed = np.flatnonzero(rarest)
-        coverage[weighed] = np.minimum((share @ held).toarray()[weighed], 1.0)
-        return coverage
+        if slots:
+            held = self._held(slots)
+            values = np.array([slot.weight for slot in slots])
+            rarest = np.zeros(len(phrases))
+            np.maximum.at(rarest, rows, values)
+            share = sparse.csr_matrix(
+                (values / rarest[rows], (rows, np.arange(len(slots)))),
+                shape=(len(phrases), len(slots)),
+            )
+            weighed = np.flatnonzero(rarest)
+            coverage[weighed] = np.minimum((share @ held).toarray()[weighed], 1.0)
+        whole = coverage >= FULL_COVERAGE
+        whole[unmet] = False
+        return coverage, whole
 
     def _held(self, slots: Sequence[_SlotColumns]) -> sparse.csr_matrix:
         """Slots x papers: 1 where the paper holds the slot (any of its own terms, or all of

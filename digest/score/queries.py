@@ -25,7 +25,7 @@ from .text import acronyms_in, bigrams, expand_acronyms, split_words
 # long-lived index stays small (a row is a few dozen numbers).
 MAX_CACHED_QUERIES = 50_000
 # Phrases whose similarity to every paper a day's index keeps, the first ones seen: 2,000
-# rows of 2,000 papers are 16 MB.
+# rows of 2,000 papers are 20 MB (a float and a bool per paper).
 MAX_CACHED_PHRASE_ROWS = 2_000
 SEMANTIC_FLOOR = 0.15
 # How a profile's topics combine: its best-matching phrase, and its whole text as one query
@@ -33,6 +33,15 @@ SEMANTIC_FLOOR = 0.15
 BLEND_BEST, BLEND_WHOLE = 0.5, 0.5
 
 QueryRow = tuple[np.ndarray, np.ndarray]  # a normalised TF-IDF row: (term indices, values)
+
+
+@dataclass(frozen=True)
+class Lexical:
+    """Each distinct query's lexical similarity to each paper (queries x papers), and
+    whether the paper covers the query whole (`coverage.py`; a whole topics text: always)."""
+
+    similarity: np.ndarray
+    whole: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -115,17 +124,19 @@ class QueryScorer:
         self.term_count, self.paper_count = matrix_t.shape
         self._query_rows: dict[str, QueryRow] = {}
         self._phrase_counts: dict[str, PhraseTerms] = {}
-        self._phrase_similarity: dict[str, np.ndarray] = {}  # see lexical_similarity
+        # See lexical_similarity: a phrase's similarity row and its whole-coverage row.
+        self._phrase_similarity: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self.coverage = PhraseCoverage(
-            vectorizer.vocabulary_, vectorizer.idf_, matrix_t, acronyms
+            vectorizer.vocabulary_, vectorizer.idf_, matrix_t, acronyms,
+            getattr(vectorizer, "too_common_", None),
         )
 
     def relevance(
         self, phrase_lists: list[list[str]], counts: np.ndarray, topics: list[str]
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    ) -> tuple[np.ndarray, Lexical, np.ndarray]:
         """Per profile: blended relevance per paper. Also the lexical similarity of each
-        distinct query to each paper, and per profile the rows of its phrases in that
-        (`BatchQueries.phrase_slots`).
+        distinct query to each paper (and which papers cover each), and per profile the
+        rows of its phrases in that (`BatchQueries.phrase_slots`).
 
         Each distinct query of the batch is scored once (one sparse product, one encoder
         call with the semantic extra) and each profile gathers its rows.
@@ -135,49 +146,56 @@ class QueryScorer:
         lexical = self.lexical_similarity(batch.texts, batch.splits)
         matching = np.flatnonzero(counts)  # profiles with at least one phrase
         slots, whole_slots = batch.phrase_slots[matching], batch.whole[matching]
-        relevance[matching] = blend(lexical, slots, whole_slots)
+        relevance[matching] = blend(lexical.similarity, slots, whole_slots)
         semantic = self.semantic_similarity(batch.texts)
         if semantic is not None and self.semantic is not None:
             sem = blend(semantic, slots, whole_slots)
             relevance[matching] = zscore_fusion(relevance[matching], sem, self.semantic.weight)
         return relevance, lexical, batch.phrase_slots
 
-    def lexical_similarity(self, queries: list[str], splits: list[list[str]]) -> np.ndarray:
-        """Cosine of each query with each paper (queries x papers).
+    def lexical_similarity(self, queries: list[str], splits: list[list[str]]) -> Lexical:
+        """Cosine of each query with each paper (queries x papers), and which papers
+        cover each query whole.
 
         A single phrase's row is kept for the day (the popular ones come back in every
         batch, a whole topics text seldom does), so the sparse product is only for the rest.
         """
         similarity = np.empty((len(queries), self.paper_count), dtype=np.float32)
+        whole = np.ones((len(queries), self.paper_count), dtype=bool)
         fresh = []
         for row, query in enumerate(queries):
             known = self._phrase_similarity.get(query)
             if known is None:
                 fresh.append(row)
             else:
-                similarity[row] = known
+                similarity[row], whole[row] = known
         if fresh:
             rows = self.query_matrix([queries[i] for i in fresh], [splits[i] for i in fresh])
             similarity[fresh] = (rows @ self.matrix_t).toarray()
             self._spelled_out(similarity, fresh, queries, splits)
-            self._covered(similarity, fresh, queries, splits)
+            self._covered(similarity, whole, fresh, queries, splits)
             room = MAX_CACHED_PHRASE_ROWS - len(self._phrase_similarity)
             for row in fresh:
                 if room > 0 and len(splits[row]) == 1 and splits[row][0] == queries[row]:
-                    self._phrase_similarity[queries[row]] = similarity[row].copy()
+                    self._phrase_similarity[queries[row]] = (
+                        similarity[row].copy(), whole[row].copy()
+                    )
                     room -= 1
-        return similarity
+        return Lexical(similarity, whole)
 
     def _covered(
-        self, similarity: np.ndarray, fresh: list[int], queries: list[str],
+        self, similarity: np.ndarray, whole: np.ndarray, fresh: list[int], queries: list[str],
         splits: list[list[str]],
     ) -> None:
         """A phrase's similarity scaled by how much of it each paper holds (`coverage.py`):
-        "learning" alone is little of "learning on graphs". Not a whole topics text's: it
-        names several topics, and a paper on one of them is a match."""
+        "learning" alone is little of "learning on graphs"; `whole` marks the papers that
+        hold all of it that counts (a pick's line says whether it matches a phrase or only
+        partly). Not a whole topics text's: it names several topics, and a paper on one of
+        them is a match."""
         phrases = [row for row in fresh if splits[row] == [queries[row]]]
         if phrases:
-            similarity[phrases] *= self.coverage.of([queries[row] for row in phrases])
+            coverage, whole[phrases] = self.coverage.measure([queries[row] for row in phrases])
+            similarity[phrases] *= coverage
 
     def _spelled_out(
         self, similarity: np.ndarray, fresh: list[int], queries: list[str],

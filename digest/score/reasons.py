@@ -1,8 +1,9 @@
 """Reasons: each pick with its numbers and the lines that say why it was picked.
 
-"matches: <the subscriber's phrases it matches>", "trending: 12 upvotes", or "trending"
-for the fallback; a day writes a million picks, so the lines are worked out per batch as
-numbers (`match_codes`) and each distinct line is written once per profile.
+"matches: <the subscriber's phrases it matches>" ("partly matches: ..." when it holds only
+the common words of each), "trending: 12 upvotes", or "trending" for the fallback; a day
+writes a million picks, so the lines are worked out per batch as numbers (`match_codes`)
+and each distinct line is written once per profile.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from functools import partial
 import numpy as np
 
 from .model import CandidatePaper, Pick, Profile, Selection
+from .queries import Lexical
 from .signals import trending_reason
 
 # Pick from a (paper_id, score, relevance, trending, reasons) tuple, all in C: the named
@@ -24,36 +26,48 @@ MATCH_LINE_PHRASES, MATCH_LINE_MIN_SIMILARITY = 3, 0.02
 
 
 def match_codes(
-    lexical: np.ndarray, phrase_slots: np.ndarray, counts: np.ndarray, picked: np.ndarray
+    lexical: Lexical, phrase_slots: np.ndarray, counts: np.ndarray, picked: np.ndarray
 ) -> np.ndarray:
     """Per profile and pick: which of its phrases the pick matches, best first, as a number.
 
-    The phrases above MATCH_LINE_MIN_SIMILARITY, the best MATCH_LINE_PHRASES of them
-    (equal similarities keep the subscriber's order), are written as digits in base
-    count + 1: sum of (phrase index + 1) * base ** place. 0 means none matched. Profiles
-    with the same number of phrases are ranked together, as one (profiles x phrases x
-    picks) block.
+    The phrases above MATCH_LINE_MIN_SIMILARITY that the pick covers whole, the best
+    MATCH_LINE_PHRASES of them (equal similarities keep the subscriber's order), are
+    written as digits in base count + 1: sum of (phrase index + 1) * base ** place. When
+    it covers none of them whole, the same number of the phrases it only partly covers,
+    negated ("partly matches"). 0 means none matched. Profiles with the same number of
+    phrases are ranked together, as one (profiles x phrases x picks) block.
     """
     codes = np.zeros(picked.shape, dtype=np.int64)
     for count in np.unique(counts[counts > 0]).tolist():
         rows = np.flatnonzero(counts == count)
-        similarity = lexical[phrase_slots[rows, :count, None], picked[rows, None, :]]
+        at = (phrase_slots[rows, :count, None], picked[rows, None, :])
+        similarity, whole = lexical.similarity[at], lexical.whole[at]
         # A float64 bound, as the similarities were compared as Python floats before.
-        key = np.where(similarity > np.float64(MATCH_LINE_MIN_SIMILARITY), similarity, -1.0)
-        best = np.argsort(-key, axis=1, kind="stable")[:, :MATCH_LINE_PHRASES]
-        digits = np.where(np.take_along_axis(key, best, axis=1) > 0, best + 1, 0)
-        places = (count + 1) ** np.arange(digits.shape[1])
-        codes[rows] = (digits * places[None, :, None]).sum(axis=1)
+        above = similarity > np.float64(MATCH_LINE_MIN_SIMILARITY)
+        full = _code(np.where(above & whole, similarity, -1.0), count)
+        partly = _code(np.where(above & ~whole, similarity, -1.0), count)
+        codes[rows] = np.where(full > 0, full, -partly)
     return codes
 
 
+def _code(key: np.ndarray, count: int) -> np.ndarray:
+    """Per (profile, pick) of a (profiles x phrases x picks) block: its phrases with a
+    positive key, best first, as a number (`match_codes`)."""
+    best = np.argsort(-key, axis=1, kind="stable")[:, :MATCH_LINE_PHRASES]
+    digits = np.where(np.take_along_axis(key, best, axis=1) > 0, best + 1, 0)
+    places = (count + 1) ** np.arange(digits.shape[1])
+    return np.asarray((digits * places[None, :, None]).sum(axis=1))
+
+
 def match_line(phrases: list[str], code: int, base: int) -> str:
-    """The "matches: ..." line a `match_codes` number stands for."""
+    """The "matches: ..." (or, for a negative code, "partly matches: ...") line a
+    `match_codes` number stands for."""
     named = []
-    while code:
-        code, digit = divmod(code, base)
+    rest = abs(code)
+    while rest:
+        rest, digit = divmod(rest, base)
         named.append(phrases[digit - 1])
-    return "matches: " + ", ".join(named)
+    return ("matches: " if code > 0 else "partly matches: ") + ", ".join(named)
 
 
 class PickWriter:

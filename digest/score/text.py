@@ -15,6 +15,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from itertools import pairwise
+from typing import Any
 
 import numpy as np
 import snowballstemmer
@@ -170,9 +171,25 @@ def bigrams(words: list[str]) -> list[str]:
     return [f"{a} {b}" for a, b in pairwise(words)]
 
 
-def make_vectorizer(corpus_size: int = 1000) -> TfidfVectorizer:
+class DayVectorizer(TfidfVectorizer):
+    """scikit-learn's TF-IDF, keeping the terms its fit dropped for being in too many
+    documents (`too_common_`; scikit-learn no longer keeps them, as `stop_words_`, since
+    1.8): a topic word missing from the vocabulary is either one of those, which no paper
+    needs to say, or one no paper of the day says (`PhraseCoverage.measure`)."""
+
+    too_common_: frozenset[str]
+
+    def _limit_features(self, X: Any, vocabulary: dict[str, int], *args: Any,
+                        **kwargs: Any) -> Any:
+        before = set(vocabulary)
+        limited = super()._limit_features(X, vocabulary, *args, **kwargs)
+        self.too_common_ = frozenset(before.difference(vocabulary))
+        return limited
+
+
+def make_vectorizer(corpus_size: int = 1000) -> DayVectorizer:
     """TF-IDF over `analyze` terms; very common terms are dropped only in a real corpus."""
-    return TfidfVectorizer(
+    return DayVectorizer(
         analyzer=analyze,
         sublinear_tf=True,
         min_df=1,
