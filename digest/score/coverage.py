@@ -132,7 +132,7 @@ class PhraseCoverage:
         if spelled:
             # An acronym is as common as the papers saying it either way: no rarer than
             # its spelled-out form's rarest word.
-            spelled_weight = self.rarest(slot.spelled)[1]
+            spelled_weight = float(self.idf[spelled].max())
             weight = min(weight, spelled_weight) if weight else spelled_weight
         if not columns and not spelled:
             return _SlotColumns([], [], 0.0)
