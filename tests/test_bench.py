@@ -11,8 +11,12 @@ from click.testing import CliRunner
 from digest.cli import main
 from digest.settings import Settings
 from digest.tools.bench import (
+    LEDGER_EVERY,
+    LEDGER_STALL,
+    PROGRESS_EVERY,
     Figures,
     file_creation_seconds,
+    ledger_wait,
     mean_file_size,
     run_bench,
     spread,
@@ -174,8 +178,17 @@ def test_bench_can_run_on_workers_only(tmp_path: Path) -> None:
     assert "inside the workers: " in notes and "Celery between them" in notes
     assert "database statements per batch of" in notes and "planning: first batch at" in notes
     # Where the cores went: each party's CPU, and how busy the cores were.
+    assert "asked the ledger" in notes
     cpu = next(line for line in figures.notes if "CPU while the workers ran" in line)
     assert "workers " in cpu and "PostgreSQL" in cpu and "the sink" in cpu and "busy" in cpu
+
+
+def test_the_day_watcher_asks_the_ledger_when_the_sink_stands_still_not_as_it_fills() -> None:
+    """Counting a day's ledger rows costs time in proportion to the day: a watcher asking
+    every few seconds made a 1,000,000 day's database work grow with the square of its size."""
+    assert ledger_wait(arriving=True, still=0.0) == LEDGER_EVERY >= 60
+    assert ledger_wait(arriving=True, still=LEDGER_STALL) == LEDGER_STALL <= 0.5
+    assert ledger_wait(arriving=False, still=30.0) == PROGRESS_EVERY
 
 
 def _imported_modules(path: Path, package: str) -> set[str]:
