@@ -544,9 +544,9 @@ def wait_for_day(settings: Settings, sink: Sink, run: WorkerRun,
     It watches the sink's counter (shared memory) and asks the ledger only when the counter
     has stood still for `LEDGER_STALL` seconds (the day may be done: digests with nothing to
     send never reach the sink), or once every `LEDGER_EVERY` seconds (`PROGRESS_EVERY` until
-    the first digest arrives). Counting a day's rows
-    costs the database time in proportion to the day, so a watcher that asks every few
-    seconds charges a big day the square of its size: progress is the sink's count instead.
+    the first digest arrives). Counting a day's rows costs the database time in proportion
+    to the day, so a watcher that asks every few seconds charges a big day the square of its
+    size: progress is the sink's count instead.
     """
     from .. import ledger
 
