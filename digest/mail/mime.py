@@ -153,33 +153,7 @@ def quoted_printable(text: str) -> bytes:
     The encoding starts afresh at each line end, so text cut after line ends encodes piece by
     piece to the same bytes as the whole: the day renderer encodes a card's lines once a day
     and joins them per reader (tests/test_render_fast.py checks it against this)."""
-    if text.isascii() and "=" not in text:
-        broken = _soft_broken(text)
-        if broken is not None:
-            return broken
     return _quoted_bytes(text.encode("utf-8"))
-
-
-def _soft_broken(text: str) -> bytes | None:
-    """What b2a_qp makes of ASCII text without "=" whose lines hold nothing it encodes: each
-    line as it is, but a line past 76 characters cut into 75 and a soft break ("=") while more
-    than 76 remain. None if a line holds a control character or tab, ends with a space, or
-    would leave a lone "." on a line (all encoded). A reader's link lines are such text, and
-    cutting them here costs less than b2a_qp's character-by-character pass."""
-    lines = text.split("\n")
-    for i, line in enumerate(lines):
-        if not line.isprintable() or line.endswith(" "):
-            return None
-        if len(line) > 76:
-            pieces = []
-            while len(line) > 76:
-                pieces.append(line[:75])
-                line = line[75:]
-            pieces.append(line)
-            lines[i] = line = "=\n".join(pieces)
-        if line == "." or line.endswith("\n."):
-            return None
-    return "\n".join(lines).encode("ascii")
 
 
 def _quoted_bytes(data: bytes) -> bytes:

@@ -170,9 +170,10 @@ def test_html_goes_in_long_7_bit_lines_only_where_it_can(
 
 
 def test_quoted_printable_is_what_binascii_gives_on_any_text() -> None:
-    """`quoted_printable` cuts plain ASCII lines itself (a reader's link lines) and gives the
-    rest to binascii: either way the bytes b2a_qp gives, at the soft-break column, with a
-    lone '.', spaces and tabs at a line's end, '=', control and non-ASCII characters."""
+    """`quoted_printable` gives the bytes b2a_qp gives, at the soft-break column, with a lone
+    '.', spaces and tabs at a line's end, '=', control and non-ASCII characters: the day
+    renderer's pieces, encoded apart, must join to the whole text's encoding, and any shortcut
+    taken for plain lines has to give the same bytes."""
     import binascii
 
     from digest.mail.mime import quoted_printable
